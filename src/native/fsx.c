@@ -1,0 +1,107 @@
+/*
+ * fsx: the three Linux file-system calls Node does not expose, as a tiny N-API addon.
+ *
+ *   seekData(fd, offset)  -> next data offset at or after offset, or -1 at/after the last data (ENXIO)
+ *   seekHole(fd, offset)  -> next hole offset at or after offset (end of file counts as a hole)
+ *   punchHole(fd, offset, length)  fallocate(PUNCH_HOLE | KEEP_SIZE): deallocate, reads give zeroes
+ *   zeroRange(fd, offset, length)  fallocate(ZERO_RANGE | KEEP_SIZE): zeroes, allocated
+ *
+ * All are metadata operations that return in microseconds, so they run synchronously on the
+ * calling thread. Errors throw a JS Error whose `code` is the errno name (e.g. "EOPNOTSUPP"), so
+ * callers can fall back to writing zeroes where the file system cannot punch.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <node_api.h>
+
+static const char *errno_name(int e) {
+  switch (e) {
+    case EBADF: return "EBADF";
+    case EINVAL: return "EINVAL";
+    case ENXIO: return "ENXIO";
+    case EOPNOTSUPP: return "EOPNOTSUPP";
+    case ENOSPC: return "ENOSPC";
+    case EIO: return "EIO";
+    case EPERM: return "EPERM";
+    case ENODEV: return "ENODEV";
+    case ESPIPE: return "ESPIPE";
+    default: return "EUNKNOWN";
+  }
+}
+
+static napi_value throw_errno(napi_env env, const char *what, int e) {
+  char msg[160];
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(e));
+  napi_throw_error(env, errno_name(e), msg);
+  return NULL;
+}
+
+static int get_args(napi_env env, napi_callback_info info, size_t want, int64_t *out) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
+    napi_throw_type_error(env, "EINVAL", "fsx: wrong number of arguments");
+    return -1;
+  }
+  for (size_t i = 0; i < want; i++) {
+    if (napi_get_value_int64(env, argv[i], &out[i]) != napi_ok) {
+      napi_throw_type_error(env, "EINVAL", "fsx: arguments must be numbers");
+      return -1;
+    }
+  }
+  return 0;
+}
+
+static napi_value seek_common(napi_env env, napi_callback_info info, int whence, const char *what) {
+  int64_t a[2];
+  if (get_args(env, info, 2, a) < 0) return NULL;
+  off_t r = lseek((int)a[0], (off_t)a[1], whence);
+  if (r < 0) {
+    if (errno == ENXIO) r = -1; /* offset at or past the last data / end of file */
+    else return throw_errno(env, what, errno);
+  }
+  napi_value v;
+  napi_create_int64(env, (int64_t)r, &v);
+  return v;
+}
+
+static napi_value seek_data(napi_env env, napi_callback_info info) {
+  return seek_common(env, info, SEEK_DATA, "lseek(SEEK_DATA)");
+}
+
+static napi_value seek_hole(napi_env env, napi_callback_info info) {
+  return seek_common(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
+}
+
+static napi_value falloc_common(napi_env env, napi_callback_info info, int mode, const char *what) {
+  int64_t a[3];
+  if (get_args(env, info, 3, a) < 0) return NULL;
+  if (fallocate((int)a[0], mode, (off_t)a[1], (off_t)a[2]) < 0) return throw_errno(env, what, errno);
+  return NULL;
+}
+
+static napi_value punch_hole(napi_env env, napi_callback_info info) {
+  return falloc_common(env, info, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, "fallocate(PUNCH_HOLE)");
+}
+
+static napi_value zero_range(napi_env env, napi_callback_info info) {
+  return falloc_common(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, "fallocate(ZERO_RANGE)");
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
+    {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
+    {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
+    {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

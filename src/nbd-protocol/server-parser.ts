@@ -1,0 +1,152 @@
+/**
+ * The server side's incremental parser: frames what a client sends. No I/O: feed it bytes with
+ * `push()`, then pull complete messages with `next()` until it returns undefined.
+ *
+ * The phase moves forward as the handshake does: the 4-byte client flags first, then options,
+ * then (once the server has accepted NBD_OPT_GO or NBD_OPT_EXPORT_NAME and called
+ * `startTransmission()`) requests. Pulling one message at a time lets the owner switch phase
+ * between two messages that arrived in the same chunk.
+ *
+ * Framing faults (a bad magic) throw a fatal NbdProtocolError: the stream cannot be resynced.
+ * A WRITE whose payload exceeds `maxPayload` is not buffered: its payload is skipped as it
+ * arrives and the request is yielded with `discarded: true`, so the server can answer it with an
+ * error and the stream stays in sync.
+ */
+import {
+  CLIENT_FLAGS_SIZE,
+  Command,
+  NBD_EXTENDED_REQUEST_MAGIC,
+  NBD_OPTS_MAGIC,
+  NBD_REQUEST_MAGIC,
+  OPTION_HEADER_SIZE,
+  REQUEST_HEADER_SIZE,
+} from './constants.ts';
+import { BufferList } from './buffer-list.ts';
+import { NbdProtocolError } from './errors.ts';
+import type { ClientMessage, RequestMessage } from './messages.ts';
+import { readU64 } from './wire.ts';
+
+export type ServerParserPhase = 'clientFlags' | 'options' | 'transmission';
+
+export interface ServerParserOptions {
+  /** Largest WRITE payload buffered; larger ones are discarded. Default 64 MiB. */
+  maxPayload?: number;
+  /** Largest option payload accepted before the client is treated as hostile. Default 64 KiB. */
+  maxOptionLength?: number;
+  /** Start in a later phase (tests, and clients that skip the handshake). */
+  phase?: ServerParserPhase;
+}
+
+export class ServerParser {
+  private readonly input = new BufferList();
+  private phaseNow: ServerParserPhase;
+  private readonly maxPayload: number;
+  private readonly maxOptionLength: number;
+  /** A request whose header has been read and whose WRITE payload is still arriving. */
+  private pending: RequestMessage | undefined;
+  private skipLeft = 0;
+
+  constructor(options: ServerParserOptions = {}) {
+    this.phaseNow = options.phase ?? 'clientFlags';
+    this.maxPayload = options.maxPayload ?? 64 * 1024 * 1024;
+    this.maxOptionLength = options.maxOptionLength ?? 64 * 1024;
+  }
+
+  get phase(): ServerParserPhase {
+    return this.phaseNow;
+  }
+
+  /** Bytes received but not yet yielded as messages. */
+  get buffered(): number {
+    return this.input.length;
+  }
+
+  push(chunk: Buffer): void {
+    this.input.push(chunk);
+  }
+
+  /** Called by the owner once the handshake has ended successfully. */
+  startTransmission(): void {
+    this.phaseNow = 'transmission';
+  }
+
+  next(): ClientMessage | undefined {
+    switch (this.phaseNow) {
+      case 'clientFlags':
+        return this.nextClientFlags();
+      case 'options':
+        return this.nextOption();
+      case 'transmission':
+        return this.nextRequest();
+    }
+  }
+
+  private nextClientFlags(): ClientMessage | undefined {
+    if (this.input.length < CLIENT_FLAGS_SIZE) return undefined;
+    const flags = this.input.take(CLIENT_FLAGS_SIZE).readUInt32BE(0);
+    this.phaseNow = 'options';
+    return { kind: 'clientFlags', flags };
+  }
+
+  private nextOption(): ClientMessage | undefined {
+    if (this.input.length < OPTION_HEADER_SIZE) return undefined;
+    const header = this.input.peek(OPTION_HEADER_SIZE);
+    if (header.readBigUInt64BE(0) !== NBD_OPTS_MAGIC) {
+      throw new NbdProtocolError('BAD_MAGIC', 'option does not start with IHAVEOPT');
+    }
+    const option = header.readUInt32BE(8);
+    const length = header.readUInt32BE(12);
+    if (length > this.maxOptionLength) {
+      throw new NbdProtocolError('TOO_LARGE', `option ${option} has a ${length}-byte payload`);
+    }
+    if (this.input.length < OPTION_HEADER_SIZE + length) return undefined;
+    this.input.skip(OPTION_HEADER_SIZE);
+    // Copy: option payloads are small and may outlive the socket chunk they arrived in.
+    const data = Buffer.from(this.input.take(length));
+    return { kind: 'option', option, data };
+  }
+
+  private nextRequest(): ClientMessage | undefined {
+    if (this.skipLeft > 0) {
+      this.skipLeft -= this.input.skip(this.skipLeft);
+      if (this.skipLeft > 0) return undefined;
+      const done = this.pending as RequestMessage;
+      this.pending = undefined;
+      return done;
+    }
+    if (this.pending !== undefined) {
+      if (this.input.length < this.pending.length) return undefined;
+      const done = this.pending;
+      done.data = this.input.take(done.length);
+      this.pending = undefined;
+      return done;
+    }
+    if (this.input.length < REQUEST_HEADER_SIZE) return undefined;
+    const h = this.input.take(REQUEST_HEADER_SIZE);
+    const magic = h.readUInt32BE(0);
+    if (magic !== NBD_REQUEST_MAGIC) {
+      const what = magic === NBD_EXTENDED_REQUEST_MAGIC ? 'an extended-header request' : 'a bad magic';
+      throw new NbdProtocolError('BAD_MAGIC', `request with ${what} (0x${magic.toString(16)})`);
+    }
+    const request: RequestMessage = {
+      kind: 'request',
+      flags: h.readUInt16BE(4),
+      type: h.readUInt16BE(6),
+      cookie: h.readBigUInt64BE(8),
+      offset: readU64(h, 16),
+      length: h.readUInt32BE(24),
+    };
+    if (request.type !== Command.WRITE || request.length === 0) {
+      if (request.type === Command.WRITE) request.data = Buffer.alloc(0);
+      return request;
+    }
+    if (request.length > this.maxPayload) {
+      request.discarded = true;
+      this.pending = request;
+      this.skipLeft = request.length;
+      return this.nextRequest();
+    }
+    this.pending = request;
+    return this.nextRequest();
+  }
+}
