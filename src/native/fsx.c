@@ -3,6 +3,7 @@
  *
  *   seekData(fd, offset)  -> next data offset at or after offset, or -1 at/after the last data (ENXIO)
  *   seekHole(fd, offset)  -> next hole offset at or after offset (end of file counts as a hole)
+ *   sizeOf(fd)            -> lseek(SEEK_END): the size of a regular file or a block device
  *   punchHole(fd, offset, length)  fallocate(PUNCH_HOLE | KEEP_SIZE): deallocate, reads give zeroes
  *   zeroRange(fd, offset, length)  fallocate(ZERO_RANGE | KEEP_SIZE): zeroes, allocated
  *
@@ -78,6 +79,16 @@ static napi_value seek_hole(napi_env env, napi_callback_info info) {
   return seek_common(env, info, SEEK_HOLE, "lseek(SEEK_HOLE)");
 }
 
+static napi_value size_of(napi_env env, napi_callback_info info) {
+  int64_t a[1];
+  if (get_args(env, info, 1, a) < 0) return NULL;
+  off_t r = lseek((int)a[0], 0, SEEK_END);
+  if (r < 0) return throw_errno(env, "lseek(SEEK_END)", errno);
+  napi_value v;
+  napi_create_int64(env, (int64_t)r, &v);
+  return v;
+}
+
 static napi_value falloc_common(napi_env env, napi_callback_info info, int mode, const char *what) {
   int64_t a[3];
   if (get_args(env, info, 3, a) < 0) return NULL;
@@ -95,10 +106,11 @@ static napi_value zero_range(napi_env env, napi_callback_info info) {
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-    {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default, NULL},
-    {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default, NULL},
-    {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default, NULL},
-    {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default, NULL},
+    {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default_method, NULL},
+    {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default_method, NULL},
+    {"sizeOf", NULL, size_of, NULL, NULL, NULL, napi_default_method, NULL},
+    {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default_method, NULL},
+    {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -56,23 +56,30 @@ export function decodeOption(option: number, data: Buffer): ParsedOption {
 /** Decode an option reply's data by its reply type. */
 export function decodeOptionReply(type: number, data: Buffer): ParsedOptionReply {
   const r = new Reader(data, `option reply ${type}`);
-  if (isErrorReply(type)) return { reply: 'ERROR', type, message: r.rest() };
-  switch (type) {
-    case Reply.ACK:
-      r.end();
-      return { reply: 'ACK' };
-    case Reply.SERVER: {
-      const name = r.string(r.u32());
-      return { reply: 'SERVER', name, description: r.rest() };
+  try {
+    if (isErrorReply(type)) return { reply: 'ERROR', type, message: r.rest() };
+    switch (type) {
+      case Reply.ACK:
+        r.end();
+        return { reply: 'ACK' };
+      case Reply.SERVER: {
+        const name = r.string(r.u32());
+        return { reply: 'SERVER', name, description: r.rest() };
+      }
+      case Reply.META_CONTEXT: {
+        const id = r.u32();
+        return { reply: 'META_CONTEXT', id, name: r.rest() };
+      }
+      case Reply.INFO:
+        return decodeInfo(r);
+      default:
+        return { reply: 'UNKNOWN', type, data };
     }
-    case Reply.META_CONTEXT: {
-      const id = r.u32();
-      return { reply: 'META_CONTEXT', id, name: r.rest() };
+  } catch (err) {
+    if (err instanceof NbdProtocolError && err.code === 'BAD_OPTION_DATA') {
+      throw badReply(err.message);
     }
-    case Reply.INFO:
-      return decodeInfo(r);
-    default:
-      return { reply: 'UNKNOWN', type, data };
+    throw err;
   }
 }
 
@@ -111,20 +118,20 @@ export function decodeChunk(type: number, data: Buffer): ParsedChunk {
         return { chunk: 'NONE' };
       case ChunkType.OFFSET_DATA: {
         const offset = r.u64();
-        if (r.remaining === 0) throw badChunk('OFFSET_DATA chunk without data');
+        if (r.remaining === 0) throw badReply('OFFSET_DATA chunk without data');
         return { chunk: 'OFFSET_DATA', offset, data: r.bytes(r.remaining) };
       }
       case ChunkType.OFFSET_HOLE: {
         const offset = r.u64();
         const length = r.u32();
         r.end();
-        if (length === 0) throw badChunk('OFFSET_HOLE chunk of length 0');
+        if (length === 0) throw badReply('OFFSET_HOLE chunk of length 0');
         return { chunk: 'OFFSET_HOLE', offset, length };
       }
       case ChunkType.BLOCK_STATUS: {
         const contextId = r.u32();
         if (r.remaining === 0 || r.remaining % 8 !== 0) {
-          throw badChunk(`BLOCK_STATUS chunk with ${r.remaining} descriptor bytes`);
+          throw badReply(`BLOCK_STATUS chunk with ${r.remaining} descriptor bytes`);
         }
         const extents: Extent[] = [];
         while (r.remaining > 0) extents.push({ length: r.u32(), flags: r.u32() });
@@ -147,13 +154,13 @@ export function decodeChunk(type: number, data: Buffer): ParsedChunk {
     }
   } catch (err) {
     if (err instanceof NbdProtocolError && err.code === 'BAD_OPTION_DATA') {
-      throw badChunk(err.message);
+      throw badReply(err.message);
     }
     throw err;
   }
 }
 
-function badChunk(message: string): NbdProtocolError {
+function badReply(message: string): NbdProtocolError {
   return new NbdProtocolError('BAD_REPLY', message, false);
 }
 

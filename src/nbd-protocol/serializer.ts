@@ -80,8 +80,7 @@ function infoString(option: number, info: number, text: string): Buffer {
 }
 
 export const infoName = (option: number, name: string): Buffer => infoString(option, Info.NAME, name);
-export const infoDescription = (option: number, text: string): Buffer =>
-  infoString(option, Info.DESCRIPTION, text);
+export const infoDescription = (option: number, text: string): Buffer => infoString(option, Info.DESCRIPTION, text);
 
 export function infoBlockSize(option: number, sizes: BlockSizes): Buffer {
   const data = Buffer.allocUnsafe(14);
@@ -136,8 +135,7 @@ function writeChunkHeader(b: Buffer, flags: number, type: number, cookie: bigint
 
 const doneFlag = (done: boolean): number => (done ? ReplyFlag.DONE : 0);
 
-export const noneChunk = (cookie: bigint): Buffer =>
-  chunkHeader(ReplyFlag.DONE, ChunkType.NONE, cookie, 0);
+export const noneChunk = (cookie: bigint): Buffer => chunkHeader(ReplyFlag.DONE, ChunkType.NONE, cookie, 0);
 
 /** Header and offset of an OFFSET_DATA chunk; `dataLength` bytes of data follow it. */
 export function offsetDataHeader(cookie: bigint, done: boolean, offset: number, dataLength: number) {
@@ -155,12 +153,7 @@ export function offsetHoleChunk(cookie: bigint, done: boolean, offset: number, l
   return b;
 }
 
-export function blockStatusChunk(
-  cookie: bigint,
-  done: boolean,
-  contextId: number,
-  extents: readonly Extent[],
-): Buffer {
+export function blockStatusChunk(cookie: bigint, done: boolean, contextId: number, extents: readonly Extent[]): Buffer {
   const length = 4 + 8 * extents.length;
   const b = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + length);
   writeChunkHeader(b, doneFlag(done), ChunkType.BLOCK_STATUS, cookie, length);
@@ -175,13 +168,7 @@ export function blockStatusChunk(
 }
 
 /** An ERROR chunk, or ERROR_OFFSET when `offset` is given. Messages are cut to 512 bytes. */
-export function errorChunk(
-  cookie: bigint,
-  done: boolean,
-  error: number,
-  message: string,
-  offset?: number,
-): Buffer {
+export function errorChunk(cookie: bigint, done: boolean, error: number, message: string, offset?: number): Buffer {
   // qemu drops the connection on a non-data chunk over 1000 bytes: keep messages short.
   const m = Buffer.from(message, 'utf8').subarray(0, 512);
   const withOffset = offset !== undefined;
@@ -214,8 +201,7 @@ export function option(code: number, data: Buffer = Buffer.alloc(0)): Buffer {
   return b;
 }
 
-export const optExportName = (name: string): Buffer =>
-  option(Option.EXPORT_NAME, stringBytes(name, 'export name'));
+export const optExportName = (name: string): Buffer => option(Option.EXPORT_NAME, stringBytes(name, 'export name'));
 
 /** NBD_OPT_INFO or NBD_OPT_GO for `name`, requesting `infos`. */
 export function optInfoGo(code: number, name: string, infos: readonly number[] = []): Buffer {
@@ -224,7 +210,7 @@ export function optInfoGo(code: number, name: string, infos: readonly number[] =
   data.writeUInt32BE(n.length, 0);
   n.copy(data, 4);
   data.writeUInt16BE(infos.length, 4 + n.length);
-  infos.forEach((info, i) => data.writeUInt16BE(info, 6 + n.length + 2 * i));
+  for (const [i, info] of infos.entries()) data.writeUInt16BE(info, 6 + n.length + 2 * i);
   return option(code, data);
 }
 
@@ -251,13 +237,7 @@ function u32(v: number): Buffer {
 // ============================================================= client -> server: transmission
 
 /** A request header; a WRITE's `length` bytes of data follow it on the wire. */
-export function request(
-  flags: number,
-  type: number,
-  cookie: bigint,
-  offset: number,
-  length: number,
-): Buffer {
+export function request(flags: number, type: number, cookie: bigint, offset: number, length: number): Buffer {
   const b = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
   b.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
   b.writeUInt16BE(flags, 4);

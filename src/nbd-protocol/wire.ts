@@ -15,7 +15,7 @@ export function readU64(buf: Buffer, offset: number): number {
 /** Write a non-negative integer (< 2^64) as a u64. */
 export function writeU64(buf: Buffer, value: number, offset: number): void {
   buf.writeUInt32BE(Math.floor(value / TWO_32) >>> 0, offset);
-  buf.writeUInt32BE(value % TWO_32 >>> 0, offset + 4);
+  buf.writeUInt32BE((value % TWO_32) >>> 0, offset + 4);
 }
 
 /** A cursor over one message payload; every read is bounds-checked against the payload. */
@@ -72,6 +72,9 @@ export class Reader {
   }
 
   string(n: number): string {
+    // A length past the end of the payload is malformed data, whatever its size; only a string
+    // that is really there can be "too long".
+    this.need(n);
     if (n > MAX_STRING_LENGTH) {
       throw new NbdProtocolError('TOO_LARGE', `${this.what}: string of ${n} bytes`, false);
     }
@@ -85,11 +88,7 @@ export class Reader {
 
   end(): void {
     if (this.remaining !== 0) {
-      throw new NbdProtocolError(
-        'BAD_OPTION_DATA',
-        `${this.what}: ${this.remaining} unexpected trailing bytes`,
-        false,
-      );
+      throw new NbdProtocolError('BAD_OPTION_DATA', `${this.what}: ${this.remaining} unexpected trailing bytes`, false);
     }
   }
 }

@@ -1,0 +1,49 @@
+/**
+ * Parsing of command-line values that yargs leaves as strings: sizes ("64M"), image specs
+ * ("NAME=PATH", "memory:64M"), ports. Each failure is an NbdsnapError('BAD_ARGUMENT') whose
+ * message is the one line the user sees.
+ */
+import { basename, extname } from 'node:path';
+import { NbdsnapError } from '../errors.ts';
+
+const UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
+
+/** "4096", "64K", "64M", "1G", "1GiB" -> bytes. */
+export function parseSize(text: string, what = 'size'): number {
+  const m = /^(\d+)\s*([KMGT]?)(i?B)?$/i.exec(text.trim());
+  const unit = UNITS[(m?.[2] ?? '').toUpperCase()];
+  if (m === null || unit === undefined) {
+    throw new NbdsnapError('BAD_ARGUMENT', `${what} "${text}" is not a size (e.g. 4096, 64K, 64M, 1G)`);
+  }
+  const n = Number(m[1]) * unit;
+  if (!Number.isSafeInteger(n)) throw new NbdsnapError('BAD_ARGUMENT', `${what} "${text}" is too large`);
+  return n;
+}
+
+export interface ImageSpec {
+  name: string;
+  /** A file or block device path, or undefined for an in-memory device. */
+  path?: string;
+  memorySize?: number;
+}
+
+/** "PATH", "NAME=PATH" or "NAME=memory:SIZE". A bare PATH is named after its file name. */
+export function parseImage(spec: string, defaultName?: string): ImageSpec {
+  const eq = spec.indexOf('=');
+  const name = eq > 0 ? spec.slice(0, eq) : (defaultName ?? basename(spec, extname(spec)));
+  const target = eq > 0 ? spec.slice(eq + 1) : spec;
+  if (target === '') throw new NbdsnapError('BAD_ARGUMENT', `image "${spec}" has no path`);
+  if (Buffer.byteLength(name) > 4096) throw new NbdsnapError('BAD_ARGUMENT', `export name "${name}" is too long`);
+  if (target.startsWith('memory:')) {
+    return { name, memorySize: parseSize(target.slice('memory:'.length), 'memory size') };
+  }
+  return { name, path: target };
+}
+
+export function parsePort(value: unknown): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) {
+    throw new NbdsnapError('BAD_ARGUMENT', `port "${String(value)}" is not a TCP port (0-65535)`);
+  }
+  return n;
+}

@@ -1,0 +1,77 @@
+/**
+ * The `nbdsnap` command line. Each command lives in its own file; this one wires them to yargs
+ * and turns any NbdsnapError into one clear line on stderr and a non-zero exit (2 for usage
+ * errors), never a stack trace.
+ */
+import yargs from 'yargs';
+import { NbdsnapError } from '../errors.ts';
+import { LOG_LEVELS, type LogLevel } from '../log.ts';
+import { demo } from './demo.ts';
+import { serve } from './serve.ts';
+
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await yargs(argv)
+      .scriptName('nbdsnap')
+      .usage('$0 <command> [options]')
+      .command(
+        'serve [images..]',
+        'serve images (files or block devices) over NBD',
+        (y) =>
+          y
+            .positional('images', {
+              describe: 'PATH, NAME=PATH, or NAME=memory:SIZE; several may be given',
+              type: 'string',
+              array: true,
+              default: [],
+            })
+            .option('export-name', { alias: 'x', type: 'string', describe: 'export name (one image only)' })
+            .option('description', { alias: 'D', type: 'string', describe: 'export description' })
+            .option('port', { alias: 'p', type: 'string', describe: 'TCP port [default: 10809]' })
+            .option('bind', { alias: 'b', type: 'string', default: '127.0.0.1', describe: 'TCP address' })
+            .option('socket', { alias: ['k', 'U'], type: 'string', describe: 'Unix socket path' })
+            .option('read-only', { alias: 'r', type: 'boolean', default: false, describe: 'refuse writes' })
+            .option('pid-file', { alias: 'P', type: 'string', describe: 'write the PID once serving' })
+            .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'info' }),
+        async (a) => {
+          await serve({
+            images: (a.images ?? []).map(String),
+            exportName: a['export-name'],
+            description: a.description,
+            port: a.port === undefined ? undefined : Number.isNaN(Number(a.port)) ? -1 : Number(a.port),
+            bind: a.bind,
+            socket: a.socket,
+            readOnly: a['read-only'],
+            pidFile: a['pid-file'],
+            logLevel: a['log-level'] as LogLevel,
+          });
+        },
+      )
+      .command(
+        'demo',
+        'create a small demo image (if there is none) and serve it',
+        (y) =>
+          y
+            .option('dir', { type: 'string', describe: 'where the demo image lives [default: $TMPDIR/nbdsnap-demo]' })
+            .option('port', { alias: 'p', type: 'string', default: '10809' })
+            .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'warn' }),
+        async (a) => {
+          await demo({ dir: a.dir, port: Number(a.port), logLevel: a['log-level'] as LogLevel });
+        },
+      )
+      .demandCommand(1, 'name a command (try --help)')
+      .strict()
+      .fail((msg, err) => {
+        throw err ?? new NbdsnapError('BAD_ARGUMENT', msg);
+      })
+      .help()
+      .version(false)
+      .parseAsync();
+  } catch (err) {
+    if (err instanceof NbdsnapError) {
+      process.stderr.write(`nbdsnap: error: ${err.message}\n`);
+      process.exit(err.code === 'BAD_ARGUMENT' || err.code === 'BAD_CONFIG' ? 2 : 1);
+    }
+    throw err;
+  }
+}

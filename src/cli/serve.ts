@@ -1,0 +1,118 @@
+/**
+ * `nbdsnap serve`: open the images, register their exports, listen, print how to connect,
+ * write the pid file once connections are accepted, and stop gracefully on SIGTERM / SIGINT
+ * (a second signal exits at once).
+ */
+import { writeFileSync } from 'node:fs';
+import type { BlockDevice } from '../block/device.ts';
+import { FileDevice } from '../block/file-device.ts';
+import { MemoryDevice } from '../block/memory-device.ts';
+import { native } from '../block/native.ts';
+import { NbdsnapError } from '../errors.ts';
+import { Logger, type LogLevel } from '../log.ts';
+import { ExportRegistry } from '../server/exports.ts';
+import { type ListenSpec, NbdServer, socketActivationFds } from '../server/server.ts';
+import { type ImageSpec, parseImage, parsePort } from './args.ts';
+
+export interface ServeOptions {
+  images: string[];
+  exportName?: string | undefined;
+  description?: string | undefined;
+  port?: number | undefined;
+  bind: string;
+  socket?: string | undefined;
+  readOnly: boolean;
+  pidFile?: string | undefined;
+  logLevel: LogLevel;
+}
+
+export async function serve(opts: ServeOptions): Promise<void> {
+  const log = new Logger(opts.logLevel);
+  const specs = imageSpecs(opts);
+  const registry = new ExportRegistry();
+  const devices: BlockDevice[] = [];
+  for (const spec of specs) {
+    const device = await openImage(spec, opts.readOnly);
+    devices.push(device);
+    registry.add({ name: spec.name, description: opts.description ?? describe(spec), device, readOnly: opts.readOnly });
+  }
+  if (native === undefined) log.warn('native helper not built: TRIM is ignored and block status reports all data');
+
+  const server = new NbdServer(registry, log);
+  const where = await server.listen(listenSpecs(opts));
+  for (const line of connectHelp(where, registry)) process.stdout.write(`${line}\n`);
+  log.info('listening', { on: where, exports: registry.list().map((e) => e.name) });
+  if (opts.pidFile !== undefined) writeFileSync(opts.pidFile, `${process.pid}\n`);
+
+  await new Promise<void>((resolve) => {
+    let signals = 0;
+    const onSignal = (sig: NodeJS.Signals) => {
+      signals += 1;
+      if (signals > 1) process.exit(130);
+      log.info('shutting down', { signal: sig });
+      void server.close().then(resolve);
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+  await Promise.all(devices.map((d) => d.close()));
+  log.info('stopped');
+}
+
+function imageSpecs(opts: ServeOptions): ImageSpec[] {
+  if (opts.images.length === 0) throw new NbdsnapError('BAD_ARGUMENT', 'serve needs at least one IMAGE');
+  if (opts.exportName !== undefined && opts.images.length > 1) {
+    throw new NbdsnapError('BAD_ARGUMENT', '-x names one export; with several images use NAME=PATH');
+  }
+  const specs = opts.images.map((s) => parseImage(s, opts.exportName));
+  const seen = new Set<string>();
+  for (const s of specs) {
+    if (seen.has(s.name)) throw new NbdsnapError('BAD_ARGUMENT', `export name "${s.name}" is given twice`);
+    seen.add(s.name);
+  }
+  return specs;
+}
+
+async function openImage(spec: ImageSpec, readOnly: boolean): Promise<BlockDevice> {
+  if (spec.memorySize !== undefined) return new MemoryDevice(spec.memorySize);
+  return FileDevice.open(spec.path as string, { readOnly });
+}
+
+function describe(spec: ImageSpec): string {
+  return spec.path !== undefined ? `file ${spec.path}` : `memory (${spec.memorySize} bytes)`;
+}
+
+function listenSpecs(opts: ServeOptions): ListenSpec[] {
+  const fds = socketActivationFds();
+  if (fds.length > 0) return fds.map((fd) => ({ fd }));
+  const specs: ListenSpec[] = [];
+  if (opts.socket !== undefined) specs.push({ unix: opts.socket });
+  if (opts.socket === undefined || opts.port !== undefined) {
+    specs.push({ tcp: { host: opts.bind, port: parsePort(opts.port ?? 10809) } });
+  }
+  return specs;
+}
+
+/** The lines printed on start: one URI per export, and the client commands to try. */
+export function connectHelp(where: string[], registry: ExportRegistry): string[] {
+  const lines: string[] = [];
+  const tcp = where.find((w) => w.startsWith('nbd://'));
+  for (const entry of registry.list()) {
+    for (const w of where) {
+      if (w.startsWith('nbd://'))
+        lines.push(`nbdsnap: export "${entry.name}" at ${w}${encodeURIComponent(entry.name)}`);
+      else if (w.startsWith('nbd+unix'))
+        lines.push(`nbdsnap: export "${entry.name}" at ${w.replace('/?', `/${encodeURIComponent(entry.name)}?`)}`);
+    }
+  }
+  const first = registry.list()[0];
+  if (tcp !== undefined && first !== undefined) {
+    const uri = `${tcp}${encodeURIComponent(first.name)}`;
+    const m = /^nbd:\/\/(.*):(\d+)\/$/.exec(tcp);
+    lines.push(`nbdsnap: try: nbdinfo ${uri}`);
+    lines.push(`nbdsnap: try: qemu-img info -f raw ${uri}`);
+    if (m !== null)
+      lines.push(`nbdsnap: try: nbd-client ${m[1]} ${m[2]} /dev/nbd0 -N ${first.name}   (after modprobe nbd)`);
+  }
+  return lines;
+}

@@ -1,0 +1,212 @@
+/**
+ * One client connection, from greeting to close. Bytes from the socket go into the protocol
+ * parser; options go to the Negotiator, requests to Transmission. This file owns the socket:
+ * writing replies, back-pressure, disconnects and graceful shutdown.
+ *
+ * - Requests are started as soon as they are parsed (pipelined) and may finish in any order.
+ * - Back-pressure: reading pauses while too many requests or bytes are in flight, or while the
+ *   socket's send buffer is full, so a fast client cannot make the server buffer without bound.
+ * - A fatal protocol fault (bad magic, unknown client flags) closes this connection only.
+ * - shutdown(): new requests get ESHUTDOWN, in-flight ones finish, the device is flushed, close.
+ */
+import type { Socket } from 'node:net';
+import { errorMessage } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import {
+  Command,
+  HandshakeFlag,
+  NbdError,
+  NbdProtocolError,
+  type RequestMessage,
+  ServerParser,
+  serialize,
+} from '../nbd-protocol/index.ts';
+import type { ExportRegistry } from './exports.ts';
+import { Negotiator, type Session } from './handshake.ts';
+import { Transmission } from './transmission.ts';
+import { MAX_IO } from './validate.ts';
+
+const MAX_INFLIGHT_REQUESTS = 256;
+const MAX_INFLIGHT_BYTES = 256 * 1024 * 1024;
+
+export class Connection {
+  readonly id: number;
+  private readonly socket: Socket;
+  private readonly log: Logger;
+  private readonly parser = new ServerParser({ maxPayload: MAX_IO });
+  private readonly negotiator: Negotiator;
+  private transmission: Transmission | undefined;
+  private session: Session | undefined;
+  private inflight = 0;
+  private inflightBytes = 0;
+  private readPaused = false;
+  private closing = false;
+  private shuttingDown = false;
+  private idle: (() => void) | undefined;
+  readonly closed: Promise<void>;
+
+  constructor(id: number, socket: Socket, registry: ExportRegistry, log: Logger) {
+    this.id = id;
+    this.socket = socket;
+    this.log = log;
+    this.negotiator = new Negotiator(registry, () => this.shuttingDown);
+    this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => this.updateFlow());
+    socket.on('error', (err) => this.log.debug('socket error', { err: err.message }));
+    socket.once('close', () => {
+      this.closing = true;
+      this.log.info('disconnected', { export: this.session?.entry.name });
+    });
+    socket.write(serialize.greeting(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES));
+  }
+
+  /** The export this connection is attached to, once transmission started. */
+  get exportName(): string | undefined {
+    return this.session?.entry.name;
+  }
+
+  /** Graceful stop: refuse new work, finish what is in flight, flush, close. */
+  async shutdown(): Promise<void> {
+    this.shuttingDown = true;
+    if (this.session === undefined) {
+      this.socket.end();
+      return this.closed;
+    }
+    await this.drain();
+    try {
+      await this.session.entry.device.flush();
+    } catch (err) {
+      this.log.error('flush at shutdown failed', { err: errorMessage(err) });
+    }
+    this.socket.end();
+    return this.closed;
+  }
+
+  destroy(): void {
+    this.closing = true;
+    this.socket.destroy();
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closing) return;
+    this.parser.push(chunk);
+    this.pump();
+  }
+
+  /** Handle every complete message buffered, unless paused for back-pressure. */
+  private pump(): void {
+    try {
+      while (!this.closing && !this.readPaused) {
+        const msg = this.parser.next();
+        if (msg === undefined) return;
+        if (msg.kind === 'clientFlags') {
+          const problem = this.negotiator.clientFlags(msg.flags);
+          if (problem !== undefined) {
+            this.abandon(problem);
+            return;
+          }
+        } else if (msg.kind === 'option') {
+          const step = this.negotiator.handle(msg);
+          this.writeReply(step.replies);
+          const out = step.outcome;
+          if (out.next === 'close') {
+            this.finish(out.reason);
+            return;
+          }
+          if (out.next === 'transmission') this.begin(out.session);
+        } else {
+          this.dispatch(msg);
+        }
+      }
+    } catch (err) {
+      if (!(err instanceof NbdProtocolError)) throw err;
+      this.abandon(err.message);
+    }
+  }
+
+  private begin(session: Session): void {
+    this.session = session;
+    this.transmission = new Transmission(session, (bufs) => this.writeReply(bufs), this.log);
+    this.parser.startTransmission();
+    this.log.info('transmission', {
+      export: session.entry.name,
+      structured: session.structured,
+      contexts: [...session.contexts.values()].map((c) => c.name),
+    });
+  }
+
+  private dispatch(req: RequestMessage): void {
+    const tx = this.transmission as Transmission;
+    if (req.type === Command.DISC) {
+      this.closing = true; // nothing after DISC is read
+      void this.drain().then(() => this.socket.end());
+      return;
+    }
+    if (this.shuttingDown) {
+      tx.refuse(req, NbdError.ESHUTDOWN, 'server is shutting down');
+      return;
+    }
+    const bytes = req.data?.length ?? (req.type === Command.READ ? req.length : 0);
+    this.inflight += 1;
+    this.inflightBytes += bytes;
+    this.updateFlow();
+    void tx.serve(req).finally(() => {
+      this.inflight -= 1;
+      this.inflightBytes -= bytes;
+      if (this.inflight === 0) this.idle?.();
+      this.updateFlow();
+    });
+  }
+
+  /** Pause reading while too much is in flight or queued for sending; resume when it clears. */
+  private updateFlow(): void {
+    const busy =
+      this.inflight >= MAX_INFLIGHT_REQUESTS ||
+      this.inflightBytes >= MAX_INFLIGHT_BYTES ||
+      this.socket.writableNeedDrain;
+    if (busy && !this.readPaused) {
+      this.readPaused = true;
+      this.socket.pause();
+    } else if (!busy && this.readPaused) {
+      this.readPaused = false;
+      this.socket.resume();
+      this.pump();
+    }
+  }
+
+  private drain(): Promise<void> {
+    if (this.inflight === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.idle = () => {
+        this.idle = undefined;
+        resolve();
+      };
+    });
+  }
+
+  private writeReply(buffers: Buffer[]): void {
+    if (this.socket.destroyed || buffers.length === 0) return;
+    if (buffers.length === 1) {
+      this.socket.write(buffers[0] as Buffer);
+      return;
+    }
+    this.socket.cork();
+    for (const b of buffers) this.socket.write(b);
+    this.socket.uncork();
+  }
+
+  /** Orderly close after ABORT or a refused EXPORT_NAME. */
+  private finish(reason: string): void {
+    this.closing = true;
+    this.log.debug('closing', { reason });
+    this.socket.end();
+  }
+
+  /** The peer broke the protocol: drop this connection, and only this one. */
+  private abandon(reason: string): void {
+    this.log.warn('protocol violation, dropping connection', { reason });
+    this.closing = true;
+    this.socket.destroy();
+  }
+}

@@ -1,0 +1,110 @@
+/**
+ * The NBD server: listening sockets (TCP, a Unix socket, or descriptors passed by systemd
+ * socket activation) feeding Connections that serve the exports of one ExportRegistry.
+ * `close()` is the graceful stop: no new connections, every connection drained and flushed.
+ */
+import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { NbdsnapError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { Connection } from './connection.ts';
+import type { ExportRegistry } from './exports.ts';
+
+export type ListenSpec = { tcp: { host: string; port: number } } | { unix: string } | { fd: number };
+
+/** Descriptors handed over by systemd (LISTEN_PID / LISTEN_FDS), or none. */
+export function socketActivationFds(env: NodeJS.ProcessEnv = process.env): number[] {
+  if (env.LISTEN_PID === undefined || Number(env.LISTEN_PID) !== process.pid) return [];
+  const n = Number(env.LISTEN_FDS ?? '0');
+  if (!Number.isInteger(n) || n < 1 || n > 16) return [];
+  delete env.LISTEN_PID;
+  delete env.LISTEN_FDS;
+  delete env.LISTEN_FDNAMES;
+  return Array.from({ length: n }, (_, i) => 3 + i);
+}
+
+export class NbdServer {
+  readonly registry: ExportRegistry;
+  private readonly log: Logger;
+  private readonly listeners: Server[] = [];
+  private readonly connections = new Set<Connection>();
+  private nextId = 1;
+  private stopping: Promise<void> | undefined;
+
+  constructor(registry: ExportRegistry, log: Logger) {
+    this.registry = registry;
+    this.log = log;
+  }
+
+  /** Start listening; resolves with a URI-ish description of each listener once all accept. */
+  async listen(specs: ListenSpec[]): Promise<string[]> {
+    const where: string[] = [];
+    for (const spec of specs) {
+      const server = createServer((socket) => this.accept(socket));
+      server.on('error', (err) => this.log.error('listener error', { err: err.message }));
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', (err: NodeJS.ErrnoException) => reject(listenError(spec, err)));
+        if ('tcp' in spec) server.listen({ host: spec.tcp.host, port: spec.tcp.port }, resolve);
+        else if ('unix' in spec) {
+          removeStaleSocket(spec.unix);
+          server.listen({ path: spec.unix }, resolve);
+        } else server.listen({ fd: spec.fd }, resolve);
+      });
+      this.listeners.push(server);
+      const addr = server.address();
+      if ('tcp' in spec && addr !== null && typeof addr === 'object') {
+        const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+        where.push(`nbd://${host}:${addr.port}/`);
+      } else if ('unix' in spec) {
+        where.push(`nbd+unix:///?socket=${spec.unix}`);
+      } else {
+        where.push(`fd ${'fd' in spec ? spec.fd : '?'}`);
+      }
+    }
+    return where;
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  private accept(socket: Socket): void {
+    if (this.stopping !== undefined) {
+      socket.destroy();
+      return;
+    }
+    if (socket.remoteFamily !== undefined) socket.setNoDelay(true);
+    const id = this.nextId++;
+    const peer = socket.remoteAddress === undefined ? 'unix' : `${socket.remoteAddress}:${socket.remotePort}`;
+    const log = this.log.child({ conn: id, peer });
+    log.info('connected');
+    const conn = new Connection(id, socket, this.registry, log);
+    this.connections.add(conn);
+    void conn.closed.then(() => this.connections.delete(conn));
+  }
+
+  /** Graceful stop; after `timeoutMs` stragglers are cut off. */
+  close(timeoutMs = 10_000): Promise<void> {
+    this.stopping ??= (async () => {
+      await Promise.all(this.listeners.map((l) => new Promise<void>((r) => l.close(() => r()))));
+      const all = Promise.all([...this.connections].map((c) => c.shutdown()));
+      const timer = setTimeout(() => {
+        for (const c of this.connections) c.destroy();
+      }, timeoutMs);
+      await all;
+      clearTimeout(timer);
+    })();
+    return this.stopping;
+  }
+}
+
+function removeStaleSocket(path: string): void {
+  if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
+}
+
+function listenError(spec: ListenSpec, err: NodeJS.ErrnoException): NbdsnapError {
+  const where = 'tcp' in spec ? `${spec.tcp.host}:${spec.tcp.port}` : 'unix' in spec ? spec.unix : `fd ${spec.fd}`;
+  const why =
+    err.code === 'EADDRINUSE' ? 'address already in use' : err.code === 'EACCES' ? 'permission denied' : err.message;
+  return new NbdsnapError('BAD_ARGUMENT', `cannot listen on ${where}: ${why}`, { cause: err });
+}
