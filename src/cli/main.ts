@@ -6,6 +6,8 @@
 import yargs from 'yargs';
 import { NbdsnapError } from '../errors.ts';
 import { LOG_LEVELS, type LogLevel } from '../log.ts';
+import { parseSize } from './args.ts';
+import { eventsCommand, snapshotCommand, statusCommand, storeCommand, withControl } from './control-commands.ts';
 import { demo } from './demo.ts';
 import { serve } from './serve.ts';
 
@@ -32,9 +34,31 @@ export async function main(argv: string[]): Promise<void> {
             .option('socket', { alias: ['k', 'U'], type: 'string', describe: 'Unix socket path' })
             .option('read-only', { alias: 'r', type: 'boolean', default: false, describe: 'refuse writes' })
             .option('pid-file', { alias: 'P', type: 'string', describe: 'write the PID once serving' })
-            .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'info' }),
+            .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'info' })
+            .option('store', {
+              type: 'string',
+              array: true,
+              describe: 'difference store range PATH[:START+COUNT] (sectors); repeatable',
+            })
+            .option('chunk-size', {
+              type: 'string',
+              describe: "copy-on-write chunk, 4K..1M [default: 64K, or the store's]",
+            })
+            .option('transient', {
+              type: 'boolean',
+              default: false,
+              describe: 'keep snapshot maps in memory only (gone at exit)',
+            })
+            .option('control', { type: 'string', describe: 'control socket path (created mode 0600)' })
+            .option('low-space', { type: 'number', default: 10, describe: 'low-space event below this % free' })
+            .config('config', 'JSON file with any of these options (images, store, ...)'),
         async (a) => {
           await serve({
+            store: a.store?.map(String),
+            chunkSize: a['chunk-size'] === undefined ? undefined : parseSize(String(a['chunk-size']), 'chunk size'),
+            transient: a.transient,
+            control: a.control,
+            lowSpacePercent: a['low-space'],
             images: (a.images ?? []).map(String),
             exportName: a['export-name'],
             description: a.description,
@@ -58,6 +82,20 @@ export async function main(argv: string[]): Promise<void> {
         async (a) => {
           await demo({ dir: a.dir, port: Number(a.port), logLevel: a['log-level'] as LogLevel });
         },
+      )
+      .command('snapshot', 'create, list or delete snapshots of a running server', snapshotCommand)
+      .command('store', 'append to or show the difference store of a running server', storeCommand)
+      .command(
+        'status',
+        'show devices, snapshots and the store',
+        (y) => withControl(y),
+        (a) => statusCommand(a),
+      )
+      .command(
+        'events',
+        'stream events (one JSON object a line)',
+        (y) => withControl(y),
+        (a) => eventsCommand(a),
       )
       .demandCommand(1, 'name a command (try --help)')
       .strict()

@@ -1,17 +1,21 @@
 /**
- * `nbdsnap serve`: open the images, register their exports, listen, print how to connect,
- * write the pid file once connections are accepted, and stop gracefully on SIGTERM / SIGINT
- * (a second signal exits at once).
+ * `nbdsnap serve`: open the images, put each behind its copy-on-write origin layer, open the
+ * difference store and bring back every snapshot, register the exports, listen, print how to
+ * connect, write the pid file once connections are accepted, and stop gracefully on SIGTERM /
+ * SIGINT (a second signal exits at once).
  */
-import { writeFileSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
 import type { BlockDevice } from '../block/device.ts';
 import { FileDevice } from '../block/file-device.ts';
 import { MemoryDevice } from '../block/memory-device.ts';
 import { native } from '../block/native.ts';
+import { ControlServer } from '../control/server.ts';
 import { NbdsnapError } from '../errors.ts';
 import { Logger, type LogLevel } from '../log.ts';
 import { ExportRegistry } from '../server/exports.ts';
 import { type ListenSpec, NbdServer, socketActivationFds } from '../server/server.ts';
+import { SnapshotManager } from '../snapshot/manager.ts';
+import { type StoreRange, StoreSpace } from '../store/space.ts';
 import { type ImageSpec, parseImage, parsePort } from './args.ts';
 
 export interface ServeOptions {
@@ -24,24 +28,43 @@ export interface ServeOptions {
   readOnly: boolean;
   pidFile?: string | undefined;
   logLevel: LogLevel;
+  store?: string[] | undefined;
+  chunkSize?: number | undefined;
+  transient?: boolean | undefined;
+  control?: string | undefined;
+  lowSpacePercent?: number | undefined;
 }
 
 export async function serve(opts: ServeOptions): Promise<void> {
   const log = new Logger(opts.logLevel);
   const specs = imageSpecs(opts);
-  const registry = new ExportRegistry();
-  const devices: BlockDevice[] = [];
+  if (opts.chunkSize !== undefined) checkChunkSize(opts.chunkSize);
+  const storeRanges = (opts.store ?? []).map((s) => StoreSpace.resolve(s));
+  const devices: { name: string; device: BlockDevice; description: string }[] = [];
   for (const spec of specs) {
     const device = await openImage(spec, opts.readOnly);
-    devices.push(device);
-    registry.add({ name: spec.name, description: opts.description ?? describe(spec), device, readOnly: opts.readOnly });
+    devices.push({ name: spec.name, device, description: opts.description ?? describe(spec) });
+    if (spec.path !== undefined) refuseStoreOnOrigin(spec.path, storeRanges);
   }
   if (native === undefined) log.warn('native helper not built: TRIM is ignored and block status reports all data');
+
+  const registry = new ExportRegistry();
+  const manager = new SnapshotManager(registry, log, {
+    devices,
+    store: storeRanges,
+    chunkSize: opts.chunkSize,
+    transient: opts.transient ?? false,
+    lowSpacePercent: opts.lowSpacePercent ?? 10,
+    readOnlyOrigins: opts.readOnly,
+  });
+  await manager.start();
+  const control = opts.control === undefined ? undefined : new ControlServer(manager, log);
+  if (control !== undefined) await control.listen(opts.control as string);
 
   const server = new NbdServer(registry, log);
   const where = await server.listen(listenSpecs(opts));
   for (const line of connectHelp(where, registry)) process.stdout.write(`${line}\n`);
-  log.info('listening', { on: where, exports: registry.list().map((e) => e.name) });
+  log.info('listening', { on: where, exports: registry.list().map((e) => e.name), control: opts.control });
   if (opts.pidFile !== undefined) writeFileSync(opts.pidFile, `${process.pid}\n`);
 
   await new Promise<void>((resolve) => {
@@ -55,8 +78,27 @@ export async function serve(opts: ServeOptions): Promise<void> {
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
-  await Promise.all(devices.map((d) => d.close()));
+  await control?.close();
+  await Promise.all(devices.map((d) => d.device.flush().then(() => d.device.close())));
+  manager.close();
   log.info('stopped');
+}
+
+function checkChunkSize(n: number): void {
+  if (n < 4096 || n > 1024 * 1024 || (n & (n - 1)) !== 0) {
+    throw new NbdsnapError('BAD_ARGUMENT', `--chunk-size ${n} must be a power of two from 4K to 1M`);
+  }
+}
+
+/** A store range inside an origin image would be overwritten by the origin's own writes. */
+function refuseStoreOnOrigin(path: string, ranges: StoreRange[]): void {
+  const o = statSync(path);
+  for (const r of ranges) {
+    const s = statSync(r.path);
+    if (s.dev === o.dev && s.ino === o.ino) {
+      throw new NbdsnapError('BAD_ARGUMENT', `store range on ${r.path} overlaps the origin device ${path}`);
+    }
+  }
 }
 
 function imageSpecs(opts: ServeOptions): ImageSpec[] {
@@ -68,6 +110,7 @@ function imageSpecs(opts: ServeOptions): ImageSpec[] {
   const seen = new Set<string>();
   for (const s of specs) {
     if (seen.has(s.name)) throw new NbdsnapError('BAD_ARGUMENT', `export name "${s.name}" is given twice`);
+    if (s.name.includes('@')) throw new NbdsnapError('BAD_ARGUMENT', `device name "${s.name}" may not contain "@"`);
     seen.add(s.name);
   }
   return specs;
@@ -79,7 +122,7 @@ async function openImage(spec: ImageSpec, readOnly: boolean): Promise<BlockDevic
 }
 
 function describe(spec: ImageSpec): string {
-  return spec.path !== undefined ? `file ${spec.path}` : `memory (${spec.memorySize} bytes)`;
+  return spec.path !== undefined ? `origin ${spec.path}` : `memory (${spec.memorySize} bytes)`;
 }
 
 function listenSpecs(opts: ServeOptions): ListenSpec[] {

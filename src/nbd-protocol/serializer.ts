@@ -170,7 +170,11 @@ export function blockStatusChunk(cookie: bigint, done: boolean, contextId: numbe
 /** An ERROR chunk, or ERROR_OFFSET when `offset` is given. Messages are cut to 512 bytes. */
 export function errorChunk(cookie: bigint, done: boolean, error: number, message: string, offset?: number): Buffer {
   // qemu drops the connection on a non-data chunk over 1000 bytes: keep messages short.
-  const m = Buffer.from(message, 'utf8').subarray(0, 512);
+  const full = Buffer.from(message, 'utf8');
+  let cut = Math.min(full.length, 512);
+  // Never cut inside a UTF-8 character: back off over continuation bytes (10xxxxxx).
+  while (cut < full.length && cut > 0 && ((full[cut] as number) & 0xc0) === 0x80) cut--;
+  const m = full.subarray(0, cut);
   const withOffset = offset !== undefined;
   const length = 6 + m.length + (withOffset ? 8 : 0);
   const b = Buffer.allocUnsafe(CHUNK_HEADER_SIZE + length);

@@ -1,0 +1,152 @@
+/**
+ * The copy-on-write origin layer: THE write path of every served device.
+ *
+ *   NBD WRITE / TRIM / WRITE_ZEROES on the origin export
+ *     -> CowOrigin.write()            (this file)
+ *        1. wait while a snapshot is being taken (consistency-group hold)
+ *        2. for each chunk the request touches that a live snapshot still reads from the origin:
+ *           one copy per chunk (concurrent writers wait for it): read the old chunk, write it to
+ *           a store slot, commit the mapping durably (data first, then journal), wait for snapshot
+ *           reads still reading that chunk from the origin
+ *        3. only then: the origin write itself (next layer: the file)
+ *
+ * Reads pass straight through. If the store has no room, or the copy fails, the snapshots that
+ * needed the chunk are invalidated (durably) and the origin write still goes ahead: an origin
+ * write never fails because of a snapshot.
+ */
+import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
+import { errorMessage } from '../errors.ts';
+import type { DiffStore } from '../store/store.ts';
+import type { OriginState, Snapshot } from './model.ts';
+
+export interface CowHooks {
+  /** Durably mark snapshots invalid; resolves once recorded. */
+  invalidate(snapshots: Snapshot[], reason: string): Promise<void>;
+  /** Called after each copy (free-space accounting, events). */
+  afterCopy(): void;
+}
+
+/** Chunks copied concurrently for one large request. */
+const COPY_PARALLELISM = 32;
+
+export class CowOrigin extends Layer {
+  readonly state: OriginState;
+  private readonly store: () => DiffStore | undefined;
+  private readonly hooks: CowHooks;
+  private gate: Promise<void> | undefined;
+  private openGate: (() => void) | undefined;
+  private inflight = 0;
+  private drained: (() => void)[] = [];
+
+  constructor(next: BlockDevice, state: OriginState, store: () => DiffStore | undefined, hooks: CowHooks) {
+    super(next);
+    this.state = state;
+    this.store = store;
+    this.hooks = hooks;
+  }
+
+  /** The device below the COW layer (reads that must not be redirected). */
+  get base(): BlockDevice {
+    return this.next;
+  }
+
+  override write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    return this.guarded(offset, data.length, () => this.next.write(offset, data, fua));
+  }
+
+  override writeZeroes(offset: number, length: number, options: ZeroOptions): Promise<void> {
+    return this.guarded(offset, length, () => this.next.writeZeroes(offset, length, options));
+  }
+
+  override trim(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.guarded(offset, length, () => this.next.trim(offset, length, fua));
+  }
+
+  /** Hold new writes and wait for those in flight (taking a snapshot). Call `release()` after. */
+  async hold(): Promise<void> {
+    while (this.gate !== undefined) await this.gate;
+    this.gate = new Promise((resolve) => {
+      this.openGate = resolve;
+    });
+    if (this.inflight > 0) await new Promise<void>((resolve) => this.drained.push(resolve));
+  }
+
+  release(): void {
+    const open = this.openGate;
+    this.gate = undefined;
+    this.openGate = undefined;
+    open?.();
+  }
+
+  private async guarded(offset: number, length: number, op: () => Promise<void>): Promise<void> {
+    while (this.gate !== undefined) await this.gate;
+    this.inflight += 1;
+    try {
+      if (this.state.live.length > 0) await this.preserve(offset, length);
+      await op();
+    } finally {
+      this.inflight -= 1;
+      if (this.inflight === 0) {
+        const waiters = this.drained;
+        this.drained = [];
+        for (const w of waiters) w();
+      }
+    }
+  }
+
+  /** Make sure every chunk of the range that a live snapshot reads from the origin is copied. */
+  private async preserve(offset: number, length: number): Promise<void> {
+    const chunks = this.state.chunksOf(offset, length);
+    if (chunks.length === 1) return this.preserveChunk(chunks[0] as number);
+    for (let i = 0; i < chunks.length; i += COPY_PARALLELISM) {
+      await Promise.all(chunks.slice(i, i + COPY_PARALLELISM).map((c) => this.preserveChunk(c)));
+    }
+  }
+
+  private async preserveChunk(chunk: number): Promise<void> {
+    const { guard, table } = this.state;
+    for (;;) {
+      const copying = guard.inProgress(chunk);
+      if (copying !== undefined) {
+        await copying;
+        continue;
+      }
+      if (!table.needsCopy(chunk, this.state.live)) return;
+      const done = guard.claim(chunk);
+      try {
+        await this.copy(chunk);
+      } finally {
+        done();
+      }
+      return;
+    }
+  }
+
+  private async copy(chunk: number): Promise<void> {
+    const { table, guard } = this.state;
+    const live = this.state.live;
+    const latest = table.latest(chunk);
+    const needing = live.filter((s) => s.seq > latest && !s.privateChunks.has(chunk));
+    const seq = (live[live.length - 1] as Snapshot).seq;
+    const store = this.store();
+    const slot = store?.allocate();
+    if (store === undefined || slot === undefined) {
+      await this.hooks.invalidate(needing, 'difference store full');
+      await guard.readersDone(chunk);
+      return;
+    }
+    try {
+      const data = await this.next.read(chunk * this.state.chunkSize, this.state.chunkLength(chunk));
+      await store.writeSlot(slot, data);
+      await store.commit([{ type: 'EXCEPTION', device: this.state.id, seq, chunk, slot }]);
+    } catch (err) {
+      store.release(slot);
+      await this.hooks.invalidate(needing, `copy-before-write failed: ${errorMessage(err)}`);
+      await guard.readersDone(chunk);
+      return;
+    }
+    table.add(chunk, seq, slot);
+    this.hooks.afterCopy();
+    await guard.readersDone(chunk);
+  }
+}

@@ -1,0 +1,301 @@
+/**
+ * The snapshot manager: owns the devices, the difference store and every snapshot, and keeps
+ * the export registry in step (origin `DEVICE`, snapshots `DEVICE@SNAP`). Every control command
+ * about snapshots and the store lands here.
+ *
+ * Taking a snapshot (one device or a consistency group): hold new writes on every member,
+ * drain the writes in flight, flush the origins (so what the snapshot shows is on disk), record
+ * the snapshot durably, release. Constant time whatever the device size.
+ */
+import type { BlockDevice } from '../block/device.ts';
+import { NbdsnapError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import { QEMU_ALLOCATION_DEPTH } from '../nbd-protocol/index.ts';
+import type { ExportRegistry } from '../server/exports.ts';
+import type { StoreRange } from '../store/space.ts';
+import { DiffStore } from '../store/store.ts';
+import { CowOrigin } from './cow-origin.ts';
+import { EventBus } from './events.ts';
+import { OriginState, type Snapshot } from './model.ts';
+import { replay, usedSlots } from './replay.ts';
+import { SnapshotDevice } from './snapshot-device.ts';
+import { snapshotInfo, storeInfo } from './status.ts';
+
+export interface ManagerOptions {
+  devices: { name: string; device: BlockDevice; description: string }[];
+  store: StoreRange[];
+  chunkSize?: number | undefined;
+  transient: boolean;
+  lowSpacePercent: number;
+  readOnlyOrigins: boolean;
+}
+
+export const exportName = (s: Snapshot): string => `${s.origin.name}@${s.name}`;
+const SNAPSHOT_NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+
+export class SnapshotManager {
+  readonly events: EventBus;
+  readonly origins = new Map<string, { state: OriginState; cow: CowOrigin }>();
+  /** Devices the store knows but that are not served now: their snapshots keep their space. */
+  private readonly unserved: OriginState[] = [];
+  store: DiffStore | undefined;
+  private readonly registry: ExportRegistry;
+  private readonly log: Logger;
+  private readonly opts: ManagerOptions;
+  private readonly snapshots = new Map<number, Snapshot>();
+  private nextSnapshotId = 1;
+  private nextSeq = 1;
+  private lowSpaceRaised = false;
+  private busy: Promise<unknown> = Promise.resolve();
+
+  constructor(registry: ExportRegistry, log: Logger, opts: ManagerOptions) {
+    this.registry = registry;
+    this.log = log;
+    this.opts = opts;
+    this.events = new EventBus(log);
+  }
+
+  /** Open the store, replay it, and register every origin and snapshot export. */
+  async start(): Promise<void> {
+    const chunkSize = this.opts.chunkSize ?? 64 * 1024;
+    let replayed = replay([], chunkSize);
+    if (this.opts.store.length > 0) {
+      const { store, records } = await DiffStore.open(this.opts.store, {
+        chunkSize: this.opts.chunkSize,
+        transient: this.opts.transient,
+      });
+      this.store = store;
+      replayed = replay(records, store.chunkSize);
+      for (const slot of usedSlots(replayed)) store.claim(slot);
+    }
+    const cs = this.store?.chunkSize ?? chunkSize;
+    this.nextSnapshotId = replayed.nextSnapshotId;
+    this.nextSeq = replayed.nextSeq;
+    const known = [...replayed.origins.values()];
+    for (const d of this.opts.devices) {
+      let state = known.find((o) => o.name === d.name);
+      if (state !== undefined && state.size !== d.device.size) {
+        throw new NbdsnapError(
+          'BAD_CONFIG',
+          `device ${d.name} is ${d.device.size} bytes, but its snapshots were taken at ${state.size} bytes`,
+        );
+      }
+      if (state === undefined) {
+        const id = Math.max(0, ...known.map((o) => o.id), ...[...this.origins.values()].map((o) => o.state.id)) + 1;
+        state = new OriginState(id, d.name, d.device.size, cs);
+        await this.store?.commit([{ type: 'DEVICE', device: id, size: d.device.size, name: d.name }]);
+      }
+      const cow = new CowOrigin(d.device, state, () => this.store, {
+        invalidate: (snaps, reason) => this.invalidate(snaps, reason, true),
+        afterCopy: () => this.checkSpace(),
+      });
+      this.origins.set(d.name, { state, cow });
+      this.registry.add({ name: d.name, description: d.description, device: cow, readOnly: this.opts.readOnlyOrigins });
+    }
+    for (const snap of replayed.snapshots.values()) {
+      this.snapshots.set(snap.id, snap);
+      if (this.origins.get(snap.origin.name)?.state === snap.origin) this.expose(snap);
+      else this.log.warn('snapshot of a device not served now', { snapshot: exportName(snap) });
+    }
+    for (const o of replayed.origins.values()) if (!this.origins.has(o.name)) this.unserved.push(o);
+    this.checkSpace();
+  }
+
+  /** Serialise control operations that change snapshots (they hold writes and commit records). */
+  private exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.busy.then(work, work);
+    this.busy = run.catch(() => undefined);
+    return run;
+  }
+
+  origin(name: string): { state: OriginState; cow: CowOrigin } {
+    const o = this.origins.get(name);
+    if (o === undefined) throw new NbdsnapError('NOT_FOUND', `no device "${name}"`);
+    return o;
+  }
+
+  find(device: string, name: string): Snapshot {
+    const o = this.origin(device);
+    const snap = o.state.snapshots.find((s) => s.name === name);
+    if (snap === undefined) throw new NbdsnapError('NOT_FOUND', `no snapshot ${device}@${name}`);
+    return snap;
+  }
+
+  createSnapshot(devices: string[], name: string, writable: boolean): Promise<Snapshot[]> {
+    return this.exclusive(async () => {
+      if (!SNAPSHOT_NAME.test(name))
+        throw new NbdsnapError(
+          'BAD_ARGUMENT',
+          `snapshot name "${name}" must be 1-128 of A-Z a-z 0-9 . _ : - (not starting with a symbol)`,
+        );
+      const store = this.store;
+      if (store === undefined)
+        throw new NbdsnapError('BAD_CONFIG', 'no difference store: start serve with --store PATH');
+      if (new Set(devices).size !== devices.length) throw new NbdsnapError('BAD_ARGUMENT', 'a device is named twice');
+      const members = devices.map((d) => this.origin(d));
+      for (const m of members) {
+        if (m.state.snapshots.some((s) => s.name === name))
+          throw new NbdsnapError('EXISTS', `snapshot ${m.state.name}@${name} already exists`);
+        if (m.state.snapshots.some((s) => s.state === 'merging'))
+          throw new NbdsnapError('BUSY', `device ${m.state.name} is merging`);
+      }
+      const held: CowOrigin[] = [];
+      try {
+        for (const m of members) {
+          await m.cow.hold();
+          held.push(m.cow);
+        }
+        await Promise.all(members.map((m) => m.cow.base.flush()));
+        const created = Date.now();
+        const snaps: Snapshot[] = members.map((m) => ({
+          id: this.nextSnapshotId++,
+          name,
+          origin: m.state,
+          seq: this.nextSeq++,
+          writable,
+          created,
+          state: 'valid',
+          privateChunks: new Map(),
+        }));
+        await store.commit([
+          {
+            type: 'SNAPSHOT',
+            created,
+            name,
+            members: snaps.map((s) => ({ snapshot: s.id, device: s.origin.id, seq: s.seq, writable })),
+          },
+        ]);
+        for (const s of snaps) {
+          s.origin.snapshots.push(s);
+          s.origin.refresh();
+          this.snapshots.set(s.id, s);
+        }
+        for (const s of snaps) this.expose(s);
+        this.events.emit({ type: 'snapshot-created', snapshots: snaps.map(exportName) });
+        return snaps;
+      } finally {
+        for (const c of held) c.release();
+      }
+    });
+  }
+
+  deleteSnapshot(device: string, name: string): Promise<void> {
+    return this.exclusive(async () => {
+      const snap = this.find(device, name);
+      if (snap.state === 'merging') throw new NbdsnapError('BUSY', `snapshot ${device}@${name} is merging`);
+      await this.requireStore().commit([{ type: 'DELETE', snapshot: snap.id }]);
+      this.registry.remove(exportName(snap));
+      this.drop(snap, true);
+      this.events.emit({ type: 'snapshot-deleted', snapshot: exportName(snap) });
+    });
+  }
+
+  /** Free a snapshot's space; remove it entirely (delete) or keep it listed as invalid. */
+  private drop(snap: Snapshot, remove: boolean): void {
+    const store = this.requireStore();
+    for (const slot of snap.privateChunks.values()) store.release(slot);
+    snap.privateChunks.clear();
+    if (remove) {
+      snap.origin.snapshots.splice(snap.origin.snapshots.indexOf(snap), 1);
+      this.snapshots.delete(snap.id);
+    }
+    snap.origin.refresh();
+    snap.origin.table.prune(snap.origin.live, (slot) => store.release(slot));
+    this.checkSpace();
+  }
+
+  /** Overflow or copy failure: record the snapshots invalid, durably, then free their space. */
+  async invalidate(snaps: Snapshot[], reason: string, overflow: boolean): Promise<void> {
+    const valid = snaps.filter((s) => s.state === 'valid');
+    if (valid.length === 0) return;
+    for (const s of valid) {
+      s.state = 'invalid';
+      s.reason = reason;
+    }
+    valid[0]?.origin.refresh();
+    try {
+      await this.requireStore().commit(valid.map((s) => ({ type: 'INVALID' as const, snapshot: s.id, reason })));
+    } catch (err) {
+      this.log.error('could not record invalidation; the store is failing', { err: String(err) });
+    }
+    if (overflow)
+      this.events.emit({ type: 'overflow', device: valid[0]?.origin.name ?? '', snapshots: valid.map(exportName) });
+    for (const s of valid) {
+      this.events.emit({ type: 'invalidated', snapshot: exportName(s), reason });
+      this.drop(s, false);
+    }
+  }
+
+  appendStore(range: StoreRange): Promise<void> {
+    return this.exclusive(async () => {
+      const store = this.requireStore();
+      await store.append(range);
+      this.events.emit({
+        type: 'store-appended',
+        range: `${range.path}:${range.start / 512}+${range.length / 512}`,
+        totalBytes: store.totalSlots * store.chunkSize,
+      });
+      this.checkSpace();
+    });
+  }
+
+  requireStore(): DiffStore {
+    if (this.store === undefined)
+      throw new NbdsnapError('BAD_CONFIG', 'no difference store: start serve with --store PATH');
+    return this.store;
+  }
+
+  private expose(snap: Snapshot): void {
+    const base = this.origins.get(snap.origin.name)?.cow.base as BlockDevice;
+    const device = new SnapshotDevice(snap, base, this.requireStore());
+    this.registry.add({
+      name: exportName(snap),
+      description: `snapshot ${snap.name} of ${snap.origin.name}, taken ${new Date(snap.created).toISOString()}`,
+      device,
+      readOnly: !snap.writable,
+      extraContexts: [{ name: QEMU_ALLOCATION_DEPTH, extents: (o, l) => device.depthExtents(o, l) }],
+    });
+  }
+
+  private checkSpace(): void {
+    const store = this.store;
+    if (store === undefined || store.totalSlots === 0) return;
+    const freePercent = (100 * store.freeSlots) / store.totalSlots;
+    if (freePercent < this.opts.lowSpacePercent && !this.lowSpaceRaised) {
+      this.lowSpaceRaised = true;
+      this.events.emit({
+        type: 'low-space',
+        freeBytes: store.freeSlots * store.chunkSize,
+        totalBytes: store.totalSlots * store.chunkSize,
+        thresholdPercent: this.opts.lowSpacePercent,
+      });
+    } else if (freePercent >= this.opts.lowSpacePercent) {
+      this.lowSpaceRaised = false;
+    }
+  }
+
+  list() {
+    return [...this.snapshots.values()].sort((a, b) => a.seq - b.seq).map((s) => snapshotInfo(s, this.store));
+  }
+
+  storeStatus() {
+    return storeInfo(this.requireStore(), [...[...this.origins.values()].map((o) => o.state), ...this.unserved]);
+  }
+
+  status() {
+    return {
+      devices: [...this.origins.values()].map(({ state }) => ({
+        name: state.name,
+        size: state.size,
+        chunkSize: state.chunkSize,
+        snapshots: state.snapshots.length,
+      })),
+      snapshots: this.list(),
+      store: this.store === undefined ? null : this.storeStatus(),
+    };
+  }
+
+  close(): void {
+    this.store?.close();
+  }
+}

@@ -1,0 +1,69 @@
+/**
+ * The state the snapshot layers share: one `OriginState` per served device (its exception
+ * table, chunk guard and snapshots) and one `Snapshot` per point-in-time image. The manager
+ * changes it; the layers (cow-origin.ts, snapshot-device.ts) read it on every request.
+ */
+import { ChunkGuard } from './chunk-guard.ts';
+import { ExceptionTable, type SnapshotRef } from './exception-table.ts';
+
+export type SnapshotState = 'valid' | 'invalid' | 'merging';
+
+export interface Snapshot extends SnapshotRef {
+  readonly id: number;
+  readonly name: string;
+  readonly origin: OriginState;
+  readonly seq: number;
+  readonly writable: boolean;
+  readonly created: number;
+  state: SnapshotState;
+  /** Why it was invalidated (e.g. "difference store full"). */
+  reason?: string;
+  readonly privateChunks: Map<number, number>;
+}
+
+export class OriginState {
+  readonly id: number;
+  readonly name: string;
+  readonly size: number;
+  readonly chunkSize: number;
+  readonly table = new ExceptionTable();
+  readonly guard = new ChunkGuard();
+  /** Every snapshot of this device, valid or not, oldest first. */
+  readonly snapshots: Snapshot[] = [];
+  private liveCache: Snapshot[] = [];
+
+  constructor(id: number, name: string, size: number, chunkSize: number) {
+    this.id = id;
+    this.name = name;
+    this.size = size;
+    this.chunkSize = chunkSize;
+  }
+
+  /** Snapshots that still need copies of overwritten chunks, by ascending seq. */
+  get live(): readonly Snapshot[] {
+    return this.liveCache;
+  }
+
+  /** Call after any snapshot is added, removed or changes state. */
+  refresh(): void {
+    this.liveCache = this.snapshots.filter((s) => s.state === 'valid').sort((a, b) => a.seq - b.seq);
+  }
+
+  get chunkCount(): number {
+    return Math.ceil(this.size / this.chunkSize);
+  }
+
+  /** Bytes in `chunk` (the last chunk of a device may be short). */
+  chunkLength(chunk: number): number {
+    return Math.min(this.chunkSize, this.size - chunk * this.chunkSize);
+  }
+
+  /** Chunks touched by [offset, offset + length). */
+  chunksOf(offset: number, length: number): number[] {
+    const first = Math.floor(offset / this.chunkSize);
+    const last = Math.floor((offset + length - 1) / this.chunkSize);
+    const out: number[] = [];
+    for (let c = first; c <= last; c++) out.push(c);
+    return out;
+  }
+}

@@ -1,0 +1,98 @@
+/**
+ * Rebuilding snapshot state from the store's journal at start: each record is applied in order,
+ * exactly as the running server applied it, so the state after replay is the state that was
+ * committed before the stop or crash. Slots still referenced at the end are claimed in the store.
+ */
+import { NbdsnapError } from '../errors.ts';
+import type { JournalRecord } from '../store/records.ts';
+import { OriginState, type Snapshot } from './model.ts';
+
+export interface ReplayedState {
+  /** Devices known to the store, by id (including ones not configured now). */
+  origins: Map<number, OriginState>;
+  snapshots: Map<number, Snapshot>;
+  nextSnapshotId: number;
+  nextSeq: number;
+  /** Snapshots with a merge recorded and not finished: id -> deferred. */
+  merges: Map<number, { deferred: boolean; merged: Set<number> }>;
+}
+
+export function replay(records: JournalRecord[], chunkSize: number): ReplayedState {
+  const st: ReplayedState = {
+    origins: new Map(),
+    snapshots: new Map(),
+    nextSnapshotId: 1,
+    nextSeq: 1,
+    merges: new Map(),
+  };
+  const noFree = () => {};
+  for (const rec of records) {
+    switch (rec.type) {
+      case 'DEVICE':
+        st.origins.set(rec.device, new OriginState(rec.device, rec.name, rec.size, chunkSize));
+        break;
+      case 'SNAPSHOT':
+        for (const m of rec.members) {
+          const origin = st.origins.get(m.device);
+          if (origin === undefined)
+            throw new NbdsnapError('CORRUPT', `journal: snapshot ${m.snapshot} of unknown device ${m.device}`);
+          const snap: Snapshot = {
+            id: m.snapshot,
+            name: rec.name,
+            origin,
+            seq: m.seq,
+            writable: m.writable,
+            created: rec.created,
+            state: 'valid',
+            privateChunks: new Map(),
+          };
+          origin.snapshots.push(snap);
+          origin.refresh();
+          st.snapshots.set(m.snapshot, snap);
+          st.nextSnapshotId = Math.max(st.nextSnapshotId, m.snapshot + 1);
+          st.nextSeq = Math.max(st.nextSeq, m.seq + 1);
+        }
+        break;
+      case 'DELETE':
+      case 'INVALID': {
+        const snap = st.snapshots.get(rec.snapshot);
+        if (snap === undefined) break;
+        snap.privateChunks.clear();
+        if (rec.type === 'DELETE') {
+          snap.origin.snapshots.splice(snap.origin.snapshots.indexOf(snap), 1);
+          st.snapshots.delete(rec.snapshot);
+          st.merges.delete(rec.snapshot);
+        } else {
+          snap.state = 'invalid';
+          snap.reason = rec.reason;
+        }
+        snap.origin.refresh();
+        snap.origin.table.prune(snap.origin.live, noFree);
+        break;
+      }
+      case 'EXCEPTION':
+        st.origins.get(rec.device)?.table.add(rec.chunk, rec.seq, rec.slot);
+        break;
+      case 'PRIVATE':
+        st.snapshots.get(rec.snapshot)?.privateChunks.set(rec.chunk, rec.slot);
+        break;
+      case 'MERGE':
+        st.merges.set(rec.snapshot, { deferred: rec.deferred, merged: new Set() });
+        break;
+      case 'MERGED': {
+        const m = st.merges.get(rec.snapshot);
+        if (m !== undefined) for (let c = rec.chunk; c < rec.chunk + rec.count; c++) m.merged.add(c);
+        break;
+      }
+      case 'COMMIT':
+        break;
+    }
+  }
+  return st;
+}
+
+/** Every slot the replayed state still uses. */
+export function* usedSlots(st: ReplayedState): IterableIterator<number> {
+  for (const origin of st.origins.values()) for (const [, v] of origin.table.entries()) yield v.slot;
+  for (const snap of st.snapshots.values()) yield* snap.privateChunks.values();
+}

@@ -1,0 +1,224 @@
+/**
+ * The metadata journal's on-disk records, pure encode/decode (little-endian, dm-snap style).
+ *
+ * Record:  u32 magic "NSJR" | u16 type | u16 payload length | u64 seq | u32 crc32 | payload,
+ *          padded to a multiple of 8. The CRC covers the header (with the CRC field zeroed) and
+ *          the payload. `seq` rises by one per record. Records are written in batches, each
+ *          closed by a COMMIT record naming the batch's first seq and size: replay applies whole
+ *          batches only, so a batch torn by a crash is dropped as a whole.
+ * Block:   the journal lives in store slots chained together. Each block starts with
+ *          u32 magic "NSJB" | u32 index | u32 next slot | u32 0 | u64 first seq | u32 crc | pad,
+ *          32 bytes; records follow. The next block is allocated when a block is started, so the
+ *          chain is on disk before it is needed.
+ */
+import { crc32 } from 'node:zlib';
+
+export const RECORD_MAGIC = 0x524a534e; // "NSJR" little-endian
+export const BLOCK_MAGIC = 0x424a534e; // "NSJB"
+export const RECORD_HEADER = 20;
+export const BLOCK_HEADER = 32;
+
+export const RecordType = {
+  DEVICE: 1,
+  SNAPSHOT: 2,
+  DELETE: 3,
+  INVALID: 4,
+  EXCEPTION: 5,
+  PRIVATE: 6,
+  MERGE: 7,
+  MERGED: 8,
+  COMMIT: 9,
+} as const;
+
+export type JournalRecord =
+  | { type: 'DEVICE'; device: number; size: number; name: string }
+  | {
+      type: 'SNAPSHOT';
+      created: number;
+      name: string;
+      members: { snapshot: number; device: number; seq: number; writable: boolean }[];
+    }
+  | { type: 'DELETE'; snapshot: number }
+  | { type: 'INVALID'; snapshot: number; reason: string }
+  | { type: 'EXCEPTION'; device: number; seq: number; chunk: number; slot: number }
+  | { type: 'PRIVATE'; snapshot: number; chunk: number; slot: number }
+  | { type: 'MERGE'; snapshot: number; deferred: boolean }
+  | { type: 'MERGED'; snapshot: number; chunk: number; count: number }
+  /** Ends a batch (group commit): the batch's first sequence number and its record count. */
+  | { type: 'COMMIT'; firstSeq: number; count: number };
+
+const pad8 = (n: number): number => (n + 7) & ~7;
+
+/** Encode a record with its sequence number. */
+export function encodeRecord(rec: JournalRecord, seq: number): Buffer {
+  const payload = encodePayload(rec);
+  const total = pad8(RECORD_HEADER + payload.length);
+  const b = Buffer.alloc(total);
+  b.writeUInt32LE(RECORD_MAGIC, 0);
+  b.writeUInt16LE(RecordType[rec.type], 4);
+  b.writeUInt16LE(payload.length, 6);
+  b.writeBigUInt64LE(BigInt(seq), 8);
+  payload.copy(b, RECORD_HEADER);
+  b.writeUInt32LE(crc32(b.subarray(0, RECORD_HEADER + payload.length)), 16);
+  return b;
+}
+
+export type DecodeResult = { record: JournalRecord; seq: number; size: number } | { bad: string };
+
+/** Decode the record at `offset` of a journal block; `bad` says why it is not a valid record. */
+export function decodeRecord(buf: Buffer, offset: number): DecodeResult {
+  if (offset + RECORD_HEADER > buf.length) return { bad: 'end of block' };
+  if (buf.readUInt32LE(offset) !== RECORD_MAGIC) return { bad: 'no record magic' };
+  const typeCode = buf.readUInt16LE(offset + 4);
+  const len = buf.readUInt16LE(offset + 6);
+  if (offset + RECORD_HEADER + len > buf.length) return { bad: 'record runs past its block' };
+  const seq = Number(buf.readBigUInt64LE(offset + 8));
+  const stored = buf.readUInt32LE(offset + 16);
+  const copy = Buffer.from(buf.subarray(offset, offset + RECORD_HEADER + len));
+  copy.writeUInt32LE(0, 16);
+  if (crc32(copy) !== stored) return { bad: 'checksum mismatch' };
+  const type = (Object.keys(RecordType) as (keyof typeof RecordType)[]).find((k) => RecordType[k] === typeCode);
+  if (type === undefined) return { bad: `unknown record type ${typeCode}` };
+  const record = decodePayload(type, buf.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + len));
+  return { record, seq, size: pad8(RECORD_HEADER + len) };
+}
+
+function encodePayload(rec: JournalRecord): Buffer {
+  switch (rec.type) {
+    case 'DEVICE': {
+      const name = Buffer.from(rec.name, 'utf8');
+      const b = Buffer.alloc(12 + name.length);
+      b.writeUInt32LE(rec.device, 0);
+      b.writeBigUInt64LE(BigInt(rec.size), 4);
+      name.copy(b, 12);
+      return b;
+    }
+    case 'SNAPSHOT': {
+      const name = Buffer.from(rec.name, 'utf8');
+      const b = Buffer.alloc(12 + rec.members.length * 13 + name.length);
+      b.writeBigUInt64LE(BigInt(rec.created), 0);
+      b.writeUInt32LE(rec.members.length, 8);
+      rec.members.forEach((m, i) => {
+        const o = 12 + i * 13;
+        b.writeUInt32LE(m.snapshot, o);
+        b.writeUInt32LE(m.device, o + 4);
+        b.writeUInt32LE(m.seq, o + 8);
+        b.writeUInt8(m.writable ? 1 : 0, o + 12);
+      });
+      name.copy(b, 12 + rec.members.length * 13);
+      return b;
+    }
+    case 'DELETE':
+      return u32s(rec.snapshot);
+    case 'INVALID':
+      return Buffer.concat([u32s(rec.snapshot), Buffer.from(rec.reason, 'utf8')]);
+    case 'EXCEPTION': {
+      const b = Buffer.alloc(20);
+      b.writeUInt32LE(rec.device, 0);
+      b.writeUInt32LE(rec.seq, 4);
+      b.writeBigUInt64LE(BigInt(rec.chunk), 8);
+      b.writeUInt32LE(rec.slot, 16);
+      return b;
+    }
+    case 'PRIVATE': {
+      const b = Buffer.alloc(16);
+      b.writeUInt32LE(rec.snapshot, 0);
+      b.writeBigUInt64LE(BigInt(rec.chunk), 4);
+      b.writeUInt32LE(rec.slot, 12);
+      return b;
+    }
+    case 'MERGE':
+      return u32s(rec.snapshot, rec.deferred ? 1 : 0);
+    case 'COMMIT': {
+      const b = Buffer.alloc(12);
+      b.writeBigUInt64LE(BigInt(rec.firstSeq), 0);
+      b.writeUInt32LE(rec.count, 8);
+      return b;
+    }
+    case 'MERGED': {
+      const b = Buffer.alloc(16);
+      b.writeUInt32LE(rec.snapshot, 0);
+      b.writeUInt32LE(rec.count, 4);
+      b.writeBigUInt64LE(BigInt(rec.chunk), 8);
+      return b;
+    }
+  }
+}
+
+function decodePayload(type: keyof typeof RecordType, p: Buffer): JournalRecord {
+  switch (type) {
+    case 'DEVICE':
+      return {
+        type,
+        device: p.readUInt32LE(0),
+        size: Number(p.readBigUInt64LE(4)),
+        name: p.subarray(12).toString('utf8'),
+      };
+    case 'SNAPSHOT': {
+      const count = p.readUInt32LE(8);
+      const members = Array.from({ length: count }, (_, i) => {
+        const o = 12 + i * 13;
+        return {
+          snapshot: p.readUInt32LE(o),
+          device: p.readUInt32LE(o + 4),
+          seq: p.readUInt32LE(o + 8),
+          writable: p[o + 12] === 1,
+        };
+      });
+      return {
+        type,
+        created: Number(p.readBigUInt64LE(0)),
+        members,
+        name: p.subarray(12 + count * 13).toString('utf8'),
+      };
+    }
+    case 'DELETE':
+      return { type, snapshot: p.readUInt32LE(0) };
+    case 'INVALID':
+      return { type, snapshot: p.readUInt32LE(0), reason: p.subarray(4).toString('utf8') };
+    case 'EXCEPTION':
+      return {
+        type,
+        device: p.readUInt32LE(0),
+        seq: p.readUInt32LE(4),
+        chunk: Number(p.readBigUInt64LE(8)),
+        slot: p.readUInt32LE(16),
+      };
+    case 'PRIVATE':
+      return { type, snapshot: p.readUInt32LE(0), chunk: Number(p.readBigUInt64LE(4)), slot: p.readUInt32LE(12) };
+    case 'MERGE':
+      return { type, snapshot: p.readUInt32LE(0), deferred: p.readUInt32LE(4) === 1 };
+    case 'COMMIT':
+      return { type, firstSeq: Number(p.readBigUInt64LE(0)), count: p.readUInt32LE(8) };
+    case 'MERGED':
+      return { type, snapshot: p.readUInt32LE(0), count: p.readUInt32LE(4), chunk: Number(p.readBigUInt64LE(8)) };
+  }
+}
+
+function u32s(...values: number[]): Buffer {
+  const b = Buffer.alloc(4 * values.length);
+  for (const [i, v] of values.entries()) b.writeUInt32LE(v >>> 0, 4 * i);
+  return b;
+}
+
+export interface BlockHeader {
+  index: number;
+  next: number;
+  firstSeq: number;
+}
+
+export function encodeBlockHeader(h: BlockHeader): Buffer {
+  const b = Buffer.alloc(BLOCK_HEADER);
+  b.writeUInt32LE(BLOCK_MAGIC, 0);
+  b.writeUInt32LE(h.index, 4);
+  b.writeUInt32LE(h.next, 8);
+  b.writeBigUInt64LE(BigInt(h.firstSeq), 16);
+  b.writeUInt32LE(crc32(b.subarray(0, 24)), 24);
+  return b;
+}
+
+export function decodeBlockHeader(b: Buffer): BlockHeader | undefined {
+  if (b.length < BLOCK_HEADER || b.readUInt32LE(0) !== BLOCK_MAGIC) return undefined;
+  if (crc32(b.subarray(0, 24)) !== b.readUInt32LE(24)) return undefined;
+  return { index: b.readUInt32LE(4), next: b.readUInt32LE(8), firstSeq: Number(b.readBigUInt64LE(16)) };
+}

@@ -1,0 +1,246 @@
+/**
+ * The difference store's space: an ordered list of ranges (a file or block device, a start and a
+ * length in bytes), cut into chunk-sized slots. Slot numbers run across all ranges in order; a
+ * slot never crosses a range, and a range's tail shorter than a chunk is not used (blksnap does
+ * the same). The first `reserved` bytes of the first range hold the superblock.
+ *
+ * Allocation is next-fit over a byte-per-slot map; `free()` makes a slot reusable. I/O goes to
+ * one descriptor per distinct file, shared by all ranges on it; `sync()` fdatasyncs them all.
+ */
+import { closeSync, constants, fdatasync, fstatSync, openSync, read, realpathSync, write } from 'node:fs';
+import { promisify } from 'node:util';
+import { native } from '../block/native.ts';
+import { NbdsnapError } from '../errors.ts';
+
+const fdatasyncAsync = promisify(fdatasync);
+const readAsync = promisify(read);
+const writeAsync = promisify(write);
+
+export interface StoreRange {
+  path: string;
+  /** Byte offset of the range in its file. */
+  start: number;
+  /** Length in bytes. */
+  length: number;
+}
+
+interface OpenRange extends StoreRange {
+  fd: number;
+  firstSlot: number;
+  slots: number;
+  /** Byte offset of slot `firstSlot` in the file. */
+  slotBase: number;
+}
+
+interface OpenFile {
+  fd: number;
+  dev: number;
+  ino: number;
+  size: number;
+}
+
+/** "PATH" or "PATH:START+COUNT" in 512-byte sectors. COUNT may be omitted to mean "to the end". */
+export function parseRangeSpec(spec: string): { path: string; startSector?: number; sectors?: number } {
+  const m = /^(.*):(\d+)\+(\d*)$/.exec(spec);
+  if (m === null) return { path: spec };
+  const out: { path: string; startSector?: number; sectors?: number } = {
+    path: m[1] as string,
+    startSector: Number(m[2]),
+  };
+  if (m[3] !== '') out.sectors = Number(m[3]);
+  return out;
+}
+
+export class StoreSpace {
+  readonly chunkSize: number;
+  readonly reserved: number;
+  private readonly files = new Map<string, OpenFile>();
+  private readonly ranges: OpenRange[] = [];
+  private used = new Uint8Array(0);
+  private freeSlots = 0;
+  private cursor = 0;
+
+  constructor(chunkSize: number, reserved: number) {
+    this.chunkSize = chunkSize;
+    this.reserved = reserved;
+  }
+
+  get totalSlots(): number {
+    return this.used.length;
+  }
+  get free(): number {
+    return this.freeSlots;
+  }
+  get rangeList(): StoreRange[] {
+    return this.ranges.map(({ path, start, length }) => ({ path, start, length }));
+  }
+
+  /** Resolve a range spec against its file (COUNT defaults to the rest of the file). */
+  static resolve(spec: string): StoreRange {
+    const { path, startSector = 0, sectors } = parseRangeSpec(spec);
+    let fd: number;
+    try {
+      fd = openSync(path, constants.O_RDONLY);
+    } catch (err) {
+      throw new NbdsnapError('BAD_ARGUMENT', `store ${path}: ${(err as Error).message}`);
+    }
+    const st = fstatSync(fd);
+    const size = st.isBlockDevice() ? (native?.sizeOf(fd) ?? 0) : st.size;
+    closeSync(fd);
+    const start = startSector * 512;
+    const length = sectors === undefined ? size - start : sectors * 512;
+    if (length <= 0 || start + length > size) {
+      throw new NbdsnapError('BAD_ARGUMENT', `store range ${spec} does not fit in ${path} (${size} bytes)`);
+    }
+    return { path: realpathSync(path), start, length };
+  }
+
+  /** Open and add a range; refuses overlaps with ranges already added. Returns its slot count. */
+  add(range: StoreRange): number {
+    const file = this.openFile(range.path);
+    for (const r of this.ranges) {
+      const other = this.files.get(r.path) as OpenFile;
+      const sameFile = other.dev === file.dev && other.ino === file.ino;
+      if (sameFile && range.start < r.start + r.length && r.start < range.start + range.length) {
+        throw new NbdsnapError('BAD_ARGUMENT', `store range ${describe(range)} overlaps ${describe(r)}`);
+      }
+    }
+    if (range.start + range.length > file.size) {
+      throw new NbdsnapError('BAD_ARGUMENT', `store range ${describe(range)} is past the end of ${range.path}`);
+    }
+    const skip = this.ranges.length === 0 ? this.reserved : 0;
+    const usable = range.length - skip;
+    if (this.ranges.length === 0 && usable < this.chunkSize * 4) {
+      throw new NbdsnapError(
+        'BAD_ARGUMENT',
+        `the first store range must hold at least ${skip + this.chunkSize * 4} bytes`,
+      );
+    }
+    const slots = Math.max(0, Math.floor(usable / this.chunkSize));
+    const firstSlot = this.used.length;
+    this.ranges.push({ ...range, fd: file.fd, firstSlot, slots, slotBase: range.start + skip });
+    const grown = new Uint8Array(firstSlot + slots);
+    grown.set(this.used);
+    this.used = grown;
+    this.freeSlots += slots;
+    return slots;
+  }
+
+  /** Whether a byte range of a file lies in any store range (to refuse origins that overlap). */
+  overlaps(dev: number, ino: number, start: number, length: number): StoreRange | undefined {
+    return this.ranges.find((r) => {
+      const f = this.files.get(r.path) as OpenFile;
+      return f.dev === dev && f.ino === ino && start < r.start + r.length && r.start < start + length;
+    });
+  }
+
+  allocate(): number | undefined {
+    if (this.freeSlots === 0) return undefined;
+    const n = this.used.length;
+    for (let i = 0; i < n; i++) {
+      const slot = (this.cursor + i) % n;
+      if (this.used[slot] === 0) {
+        this.used[slot] = 1;
+        this.freeSlots -= 1;
+        this.cursor = (slot + 1) % n;
+        return slot;
+      }
+    }
+    return undefined;
+  }
+
+  /** Mark a slot used (replay). */
+  claim(slot: number): void {
+    if (slot >= this.used.length)
+      throw new NbdsnapError('CORRUPT', `store slot ${slot} is beyond the store (${this.used.length})`);
+    if (this.used[slot] === 0) {
+      this.used[slot] = 1;
+      this.freeSlots -= 1;
+    }
+  }
+
+  release(slot: number): void {
+    if (this.used[slot] === 1) {
+      this.used[slot] = 0;
+      this.freeSlots += 1;
+    }
+  }
+
+  /** Reset the allocation map (before a replay). */
+  clearAllocations(): void {
+    this.used.fill(0);
+    this.freeSlots = this.used.length;
+    this.cursor = 0;
+  }
+
+  private where(slot: number): { fd: number; offset: number } {
+    for (const r of this.ranges) {
+      if (slot >= r.firstSlot && slot < r.firstSlot + r.slots) {
+        return { fd: r.fd, offset: r.slotBase + (slot - r.firstSlot) * this.chunkSize };
+      }
+    }
+    throw new NbdsnapError('EIO', `store slot ${slot} does not exist`);
+  }
+
+  async writeSlot(slot: number, data: Buffer, offsetInSlot = 0): Promise<void> {
+    const { fd, offset } = this.where(slot);
+    await writeFully(fd, data, offset + offsetInSlot);
+  }
+
+  async readSlot(slot: number, length: number, offsetInSlot = 0): Promise<Buffer> {
+    const { fd, offset } = this.where(slot);
+    return readFully(fd, length, offset + offsetInSlot);
+  }
+
+  /** Raw I/O in the reserved superblock area of the first range. */
+  async writeReserved(data: Buffer, offset: number): Promise<void> {
+    const first = this.ranges[0] as OpenRange;
+    await writeFully(first.fd, data, first.start + offset);
+  }
+
+  async readReserved(length: number, offset: number): Promise<Buffer> {
+    const first = this.ranges[0] as OpenRange;
+    return readFully(first.fd, length, first.start + offset);
+  }
+
+  async sync(): Promise<void> {
+    await Promise.all([...this.files.values()].map((f) => fdatasyncAsync(f.fd)));
+  }
+
+  close(): void {
+    for (const f of this.files.values()) closeSync(f.fd);
+    this.files.clear();
+  }
+
+  private openFile(path: string): OpenFile {
+    const known = this.files.get(path);
+    if (known !== undefined) return known;
+    const fd = openSync(path, constants.O_RDWR);
+    const st = fstatSync(fd);
+    const size = st.isBlockDevice() ? (native?.sizeOf(fd) ?? 0) : st.size;
+    const file = { fd, dev: st.dev, ino: st.ino, size };
+    this.files.set(path, file);
+    return file;
+  }
+}
+
+const describe = (r: StoreRange): string => `${r.path}:${r.start / 512}+${r.length / 512}`;
+
+async function writeFully(fd: number, data: Buffer, position: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    const { bytesWritten } = await writeAsync(fd, data, done, data.length - done, position + done);
+    done += bytesWritten;
+  }
+}
+
+async function readFully(fd: number, length: number, position: number): Promise<Buffer> {
+  const buf = Buffer.alloc(length);
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await readAsync(fd, buf, done, length - done, position + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return buf;
+}
