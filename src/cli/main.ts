@@ -9,6 +9,7 @@ import { LOG_LEVELS, type LogLevel } from '../log.ts';
 import { parseSize } from './args.ts';
 import { eventsCommand, snapshotCommand, statusCommand, storeCommand, withControl } from './control-commands.ts';
 import { demo } from './demo.ts';
+import { mergeBuilder, mergeCommand } from './merge-command.ts';
 import { serve } from './serve.ts';
 
 export async function main(argv: string[]): Promise<void> {
@@ -85,6 +86,12 @@ export async function main(argv: string[]): Promise<void> {
       )
       .command('snapshot', 'create, list or delete snapshots of a running server', snapshotCommand)
       .command('store', 'append to or show the difference store of a running server', storeCommand)
+      .command(
+        'merge <snapshot>',
+        'roll DEVICE@SNAP back into its origin ("merge status" lists merges)',
+        mergeBuilder,
+        (a) => mergeCommand(a as never),
+      )
       .command(
         'status',
         'show devices, snapshots and the store',

@@ -34,6 +34,9 @@ export class ControlServer {
       'snapshot.delete': async (a) => manager.deleteSnapshot(str(a.device, 'device'), str(a.name, 'name')),
       'store.append': async (a) => manager.appendStore(StoreSpace.resolve(str(a.range, 'range'))),
       'store.status': async () => manager.storeStatus(),
+      'merge.start': async (a) =>
+        manager.startMerge(str(a.device, 'device'), str(a.name, 'name'), a.onNextStart === true),
+      'merge.status': async () => manager.mergeStatus(),
       events: (_a, socket, id) =>
         new Promise<never>(() => {
           const off = manager.events.subscribe((event) => send(socket, { id, event }));

@@ -16,6 +16,8 @@ import type { StoreRange } from '../store/space.ts';
 import { DiffStore } from '../store/store.ts';
 import { CowOrigin } from './cow-origin.ts';
 import { EventBus } from './events.ts';
+import { MergeLayer } from './merge.ts';
+import { MergeControl } from './merge-control.ts';
 import { OriginState, type Snapshot } from './model.ts';
 import { replay, usedSlots } from './replay.ts';
 import { SnapshotDevice } from './snapshot-device.ts';
@@ -35,7 +37,8 @@ const SNAPSHOT_NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
 export class SnapshotManager {
   readonly events: EventBus;
-  readonly origins = new Map<string, { state: OriginState; cow: CowOrigin }>();
+  readonly origins = new Map<string, { state: OriginState; cow: CowOrigin; merge: MergeLayer }>();
+  readonly merges: MergeControl;
   /** Devices the store knows but that are not served now: their snapshots keep their space. */
   private readonly unserved: OriginState[] = [];
   store: DiffStore | undefined;
@@ -53,6 +56,17 @@ export class SnapshotManager {
     this.log = log;
     this.opts = opts;
     this.events = new EventBus(log);
+    this.merges = new MergeControl({
+      store: () => this.requireStore(),
+      events: this.events,
+      layers: (device) => this.origin(device),
+      hide: (snap) => this.registry.remove(exportName(snap)),
+      release: (snap) =>
+        this.exclusive(async () => {
+          await this.requireStore().commit([{ type: 'DELETE', snapshot: snap.id }]);
+          this.drop(snap, true);
+        }),
+    });
   }
 
   /** Open the store, replay it, and register every origin and snapshot export. */
@@ -89,14 +103,23 @@ export class SnapshotManager {
         invalidate: (snaps, reason) => this.invalidate(snaps, reason, true),
         afterCopy: () => this.checkSpace(),
       });
-      this.origins.set(d.name, { state, cow });
-      this.registry.add({ name: d.name, description: d.description, device: cow, readOnly: this.opts.readOnlyOrigins });
+      const merge = new MergeLayer(cow);
+      this.origins.set(d.name, { state, cow, merge });
+      this.registry.add({
+        name: d.name,
+        description: d.description,
+        device: merge,
+        readOnly: this.opts.readOnlyOrigins,
+      });
     }
     for (const snap of replayed.snapshots.values()) {
       this.snapshots.set(snap.id, snap);
-      if (this.origins.get(snap.origin.name)?.state === snap.origin) this.expose(snap);
-      else this.log.warn('snapshot of a device not served now', { snapshot: exportName(snap) });
+      if (this.origins.get(snap.origin.name)?.state !== snap.origin) {
+        this.log.warn('snapshot of a device not served now', { snapshot: exportName(snap) });
+      } else if (snap.state !== 'merging') this.expose(snap);
     }
+    const served = [...this.snapshots.values()].filter((s) => this.origins.get(s.origin.name)?.state === s.origin);
+    await this.merges.resume(served, (s) => replayed.merges.get(s.id)?.merged ?? new Set());
     for (const o of replayed.origins.values()) if (!this.origins.has(o.name)) this.unserved.push(o);
     this.checkSpace();
   }
@@ -108,7 +131,7 @@ export class SnapshotManager {
     return run;
   }
 
-  origin(name: string): { state: OriginState; cow: CowOrigin } {
+  origin(name: string): { state: OriginState; cow: CowOrigin; merge: MergeLayer } {
     const o = this.origins.get(name);
     if (o === undefined) throw new NbdsnapError('NOT_FOUND', `no device "${name}"`);
     return o;
@@ -200,7 +223,7 @@ export class SnapshotManager {
       this.snapshots.delete(snap.id);
     }
     snap.origin.refresh();
-    snap.origin.table.prune(snap.origin.live, (slot) => store.release(slot));
+    snap.origin.table.prune(snap.origin.readers, (slot) => store.release(slot));
     this.checkSpace();
   }
 
@@ -224,6 +247,18 @@ export class SnapshotManager {
       this.events.emit({ type: 'invalidated', snapshot: exportName(s), reason });
       this.drop(s, false);
     }
+  }
+
+  /** `merge DEVICE@SNAP`: roll the origin back to the snapshot (now or at the next start). */
+  startMerge(device: string, name: string, onNextStart: boolean) {
+    return this.exclusive(async () => {
+      const job = await this.merges.start(this.find(device, name), onNextStart);
+      return job?.progress() ?? { snapshot: `${device}@${name}`, state: 'scheduled for next start' };
+    });
+  }
+
+  mergeStatus() {
+    return [...this.merges.status(), ...this.merges.scheduled(this.snapshots.values())];
   }
 
   appendStore(range: StoreRange): Promise<void> {
@@ -291,6 +326,7 @@ export class SnapshotManager {
         snapshots: state.snapshots.length,
       })),
       snapshots: this.list(),
+      merges: this.mergeStatus(),
       store: this.store === undefined ? null : this.storeStatus(),
     };
   }

@@ -18,6 +18,8 @@ export interface Snapshot extends SnapshotRef {
   state: SnapshotState;
   /** Why it was invalidated (e.g. "difference store full"). */
   reason?: string;
+  /** A merge is recorded to start at the next server start (`merge --on-next-start`). */
+  mergeScheduled?: boolean;
   readonly privateChunks: Map<number, number>;
 }
 
@@ -31,6 +33,7 @@ export class OriginState {
   /** Every snapshot of this device, valid or not, oldest first. */
   readonly snapshots: Snapshot[] = [];
   private liveCache: Snapshot[] = [];
+  private readersCache: Snapshot[] = [];
 
   constructor(id: number, name: string, size: number, chunkSize: number) {
     this.id = id;
@@ -44,9 +47,16 @@ export class OriginState {
     return this.liveCache;
   }
 
+  /** Snapshots whose store copies must be kept: the live ones and one being merged. */
+  get readers(): readonly Snapshot[] {
+    return this.readersCache;
+  }
+
   /** Call after any snapshot is added, removed or changes state. */
   refresh(): void {
-    this.liveCache = this.snapshots.filter((s) => s.state === 'valid').sort((a, b) => a.seq - b.seq);
+    const bySeq = [...this.snapshots].sort((a, b) => a.seq - b.seq);
+    this.liveCache = bySeq.filter((s) => s.state === 'valid');
+    this.readersCache = bySeq.filter((s) => s.state !== 'invalid');
   }
 
   get chunkCount(): number {

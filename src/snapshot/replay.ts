@@ -67,7 +67,7 @@ export function replay(records: JournalRecord[], chunkSize: number): ReplayedSta
           snap.reason = rec.reason;
         }
         snap.origin.refresh();
-        snap.origin.table.prune(snap.origin.live, noFree);
+        snap.origin.table.prune(snap.origin.readers, noFree);
         break;
       }
       case 'EXCEPTION':
@@ -76,9 +76,21 @@ export function replay(records: JournalRecord[], chunkSize: number): ReplayedSta
       case 'PRIVATE':
         st.snapshots.get(rec.snapshot)?.privateChunks.set(rec.chunk, rec.slot);
         break;
-      case 'MERGE':
-        st.merges.set(rec.snapshot, { deferred: rec.deferred, merged: new Set() });
+      case 'MERGE': {
+        const snap = st.snapshots.get(rec.snapshot);
+        if (snap === undefined) break;
+        st.merges.set(rec.snapshot, {
+          deferred: rec.deferred,
+          merged: st.merges.get(rec.snapshot)?.merged ?? new Set(),
+        });
+        if (rec.deferred) snap.mergeScheduled = true;
+        else {
+          snap.mergeScheduled = false;
+          snap.state = 'merging';
+          snap.origin.refresh();
+        }
         break;
+      }
       case 'MERGED': {
         const m = st.merges.get(rec.snapshot);
         if (m !== undefined) for (let c = rec.chunk; c < rec.chunk + rec.count; c++) m.merged.add(c);
