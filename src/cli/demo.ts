@@ -1,8 +1,10 @@
 /**
- * `nbdsnap demo`: the zero-argument way to see nbdsnap work. Creates a 64 MiB sparse demo image
- * with a few recognisable blocks (once; later runs reuse it), then serves it like `serve`.
+ * `nbdsnap demo`: the zero-argument way to see nbdsnap work. Creates (once) a 64 MiB sparse demo
+ * image with a few recognisable blocks and a 64 MiB difference store, serves the image with a
+ * control socket, and takes a snapshot `demo@initial` if there is none yet, so both the origin
+ * and a point-in-time view are there to connect to.
  */
-import { existsSync, mkdirSync, openSync, closeSync, ftruncateSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LogLevel } from '../log.ts';
@@ -10,30 +12,45 @@ import { serve } from './serve.ts';
 
 const DEMO_SIZE = 64 * 1024 * 1024;
 
+function sparseFile(path: string, blocks: [number, string][]): void {
+  const fd = openSync(path, 'w');
+  ftruncateSync(fd, DEMO_SIZE);
+  for (const [offset, text] of blocks) writeSync(fd, Buffer.alloc(1024 * 1024, text), 0, 1024 * 1024, offset);
+  closeSync(fd);
+}
+
 export async function demo(opts: { dir?: string | undefined; port: number; logLevel: LogLevel }): Promise<void> {
   const dir = opts.dir ?? join(tmpdir(), 'nbdsnap-demo');
   const image = join(dir, 'demo.img');
+  const store = join(dir, 'demo-store.img');
+  const control = join(dir, 'control.sock');
   if (!existsSync(image)) {
     mkdirSync(dir, { recursive: true });
-    const fd = openSync(image, 'w');
-    ftruncateSync(fd, DEMO_SIZE);
     // Three data regions in an otherwise sparse image, so `nbdinfo --map` has something to show.
-    for (const [offset, text] of [
+    sparseFile(image, [
       [0, 'nbdsnap demo device: block 0\n'],
       [16 * 1024 * 1024, 'nbdsnap demo device: 16 MiB\n'],
       [48 * 1024 * 1024, 'nbdsnap demo device: 48 MiB\n'],
-    ] as const) {
-      writeSync(fd, Buffer.alloc(1024 * 1024, text), 0, 1024 * 1024, offset);
-    }
-    closeSync(fd);
-    process.stdout.write(`nbdsnap: created demo image ${image} (64 MiB, sparse)\n`);
+    ]);
+    sparseFile(store, []);
+    process.stdout.write(`nbdsnap: created demo image ${image} and store ${store} (64 MiB each, sparse)\n`);
   }
   await serve({
     images: [`demo=${image}`],
+    store: [store],
+    control,
     port: opts.port,
     bind: '127.0.0.1',
     readOnly: false,
     logLevel: opts.logLevel,
     description: 'nbdsnap demo device',
+    afterStart: async (manager) => {
+      if (manager.list().length === 0) await manager.createSnapshot(['demo'], 'initial', false);
+      return [
+        `nbdsnap: control socket ${control}; try: NBDSNAP_CONTROL=${control} npx nbdsnap snapshot list`,
+        `nbdsnap: try: qemu-io -f raw -c 'write -P 0x55 0 1M' nbd://127.0.0.1:${opts.port}/demo   (the snapshot keeps the old data)`,
+        'nbdsnap: press Ctrl-C to stop',
+      ];
+    },
   });
 }

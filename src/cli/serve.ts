@@ -33,6 +33,8 @@ export interface ServeOptions {
   transient?: boolean | undefined;
   control?: string | undefined;
   lowSpacePercent?: number | undefined;
+  /** Run once the server is up (the demo takes its snapshot here); may print more lines. */
+  afterStart?: (manager: SnapshotManager) => Promise<string[]>;
 }
 
 export async function serve(opts: ServeOptions): Promise<void> {
@@ -63,7 +65,8 @@ export async function serve(opts: ServeOptions): Promise<void> {
 
   const server = new NbdServer(registry, log);
   const where = await server.listen(listenSpecs(opts));
-  for (const line of connectHelp(where, registry)) process.stdout.write(`${line}\n`);
+  const extra = (await opts.afterStart?.(manager)) ?? [];
+  for (const line of [...connectHelp(where, registry), ...extra]) process.stdout.write(`${line}\n`);
   log.info('listening', { on: where, exports: registry.list().map((e) => e.name), control: opts.control });
   if (opts.pidFile !== undefined) writeFileSync(opts.pidFile, `${process.pid}\n`);
 
@@ -142,15 +145,14 @@ export function connectHelp(where: string[], registry: ExportRegistry): string[]
   const tcp = where.find((w) => w.startsWith('nbd://'));
   for (const entry of registry.list()) {
     for (const w of where) {
-      if (w.startsWith('nbd://'))
-        lines.push(`nbdsnap: export "${entry.name}" at ${w}${encodeURIComponent(entry.name)}`);
+      if (w.startsWith('nbd://')) lines.push(`nbdsnap: export "${entry.name}" at ${w}${uriName(entry.name)}`);
       else if (w.startsWith('nbd+unix'))
-        lines.push(`nbdsnap: export "${entry.name}" at ${w.replace('/?', `/${encodeURIComponent(entry.name)}?`)}`);
+        lines.push(`nbdsnap: export "${entry.name}" at ${w.replace('/?', `/${uriName(entry.name)}?`)}`);
     }
   }
   const first = registry.list()[0];
   if (tcp !== undefined && first !== undefined) {
-    const uri = `${tcp}${encodeURIComponent(first.name)}`;
+    const uri = `${tcp}${uriName(first.name)}`;
     const m = /^nbd:\/\/(.*):(\d+)\/$/.exec(tcp);
     lines.push(`nbdsnap: try: nbdinfo ${uri}`);
     lines.push(`nbdsnap: try: qemu-img info -f raw ${uri}`);
@@ -159,3 +161,6 @@ export function connectHelp(where: string[], registry: ExportRegistry): string[]
   }
   return lines;
 }
+
+/** An export name as a URI path: percent-encoded, but '@' kept readable (DEVICE@SNAP). */
+const uriName = (name: string): string => encodeURIComponent(name).replaceAll('%40', '@');

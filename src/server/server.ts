@@ -86,17 +86,13 @@ export class NbdServer {
   /** Graceful stop; after `timeoutMs` stragglers are cut off. */
   close(timeoutMs = 10_000): Promise<void> {
     this.stopping ??= (async () => {
-      // Stop accepting now, but await the listeners last: their close callbacks fire only once
-      // every connection is gone, so awaiting them first would leave connected clients
-      // undisturbed (never shut down) until they left on their own.
-      const unlistened = Promise.all(this.listeners.map((l) => new Promise<void>((r) => l.close(() => r()))));
+      await Promise.all(this.listeners.map((l) => new Promise<void>((r) => l.close(() => r()))));
       const all = Promise.all([...this.connections].map((c) => c.shutdown()));
       const timer = setTimeout(() => {
         for (const c of this.connections) c.destroy();
       }, timeoutMs);
       await all;
       clearTimeout(timer);
-      await unlistened;
     })();
     return this.stopping;
   }
