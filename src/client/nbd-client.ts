@@ -114,7 +114,10 @@ export class NbdClient {
   }
 
   private dispatch(m: ServerMessage): void {
-    if (m.kind === 'simpleReply' || m.kind === 'chunk') return this.onReply(m);
+    if (m.kind === 'simpleReply' || m.kind === 'chunk') {
+      this.onReply(m);
+      return;
+    }
     if (this.handshakeWaiter !== undefined) {
       const w = this.handshakeWaiter;
       this.handshakeWaiter = undefined;
@@ -189,7 +192,10 @@ export class NbdClient {
 
   private onReply(m: ServerMessage & { kind: 'simpleReply' | 'chunk' }): void {
     const p = this.pending.get(m.cookie);
-    if (p === undefined) return this.fail(new NbdsnapError('EIO', `reply for unknown cookie ${m.cookie}`));
+    if (p === undefined) {
+      this.fail(new NbdsnapError('EIO', `reply for unknown cookie ${m.cookie}`));
+      return;
+    }
     if (m.kind === 'simpleReply') {
       this.pending.delete(m.cookie);
       if (m.error !== 0) p.reject(requestError(m.error, ''));
