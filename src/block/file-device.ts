@@ -64,7 +64,13 @@ export class FileDevice implements BlockDevice {
       fd = await openAsync(path, readOnly ? constants.O_RDONLY : constants.O_RDWR);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : String(err);
+      // EISDIR: a directory given as image (read-write open); one clear line, not Node's text.
+      const reasons: Record<string, string> = {
+        ENOENT: 'no such file',
+        EACCES: 'permission denied',
+        EISDIR: 'it is a directory',
+      };
+      const why = reasons[code ?? ''] ?? String(err);
       throw new NbdsnapError('BAD_ARGUMENT', `cannot open ${path}: ${why}`, { cause: err });
     }
     const st = await fstatAsync(fd);

@@ -8,6 +8,7 @@ import { NbdsnapError } from '../errors.ts';
 import { LOG_LEVELS, type LogLevel } from '../log.ts';
 import { parseSize } from './args.ts';
 import { eventsCommand, snapshotCommand, statusCommand, storeCommand, withControl } from './control-commands.ts';
+import { cbtBuilder, cbtCommand } from './cbt-command.ts';
 import { demo } from './demo.ts';
 import { mergeBuilder, mergeCommand } from './merge-command.ts';
 import { serve } from './serve.ts';
@@ -51,6 +52,11 @@ export async function main(argv: string[]): Promise<void> {
               describe: 'keep snapshot maps in memory only (gone at exit)',
             })
             .option('control', { type: 'string', describe: 'control socket path (created mode 0600)' })
+            .option('cbt-block-size', {
+              type: 'string',
+              default: '64K',
+              describe: 'change-tracking block; 0 turns tracking off',
+            })
             .option('low-space', { type: 'number', default: 10, describe: 'low-space event below this % free' })
             .config('config', 'JSON file with any of these options (images, store, ...)'),
         async (a) => {
@@ -60,6 +66,7 @@ export async function main(argv: string[]): Promise<void> {
             transient: a.transient,
             control: a.control,
             lowSpacePercent: a['low-space'],
+            cbtBlockSize: parseSize(String(a['cbt-block-size']), 'cbt block size'),
             images: (a.images ?? []).map(String),
             exportName: a['export-name'],
             description: a.description,
@@ -91,6 +98,12 @@ export async function main(argv: string[]): Promise<void> {
         'roll DEVICE@SNAP back into its origin ("merge status" lists merges)',
         mergeBuilder,
         (a) => mergeCommand(a as never),
+      )
+      .command(
+        'cbt <args..>',
+        'changed ranges: cbt DEV@FROM [DEV@TO]; or cbt mark-dirty DEV OFFSET LENGTH',
+        cbtBuilder,
+        (a) => cbtCommand(a as never),
       )
       .command(
         'status',

@@ -33,6 +33,8 @@ export interface ServeOptions {
   transient?: boolean | undefined;
   control?: string | undefined;
   lowSpacePercent?: number | undefined;
+  /** Change-tracking block size in bytes; 0 turns tracking off (default 64 KiB). */
+  cbtBlockSize?: number | undefined;
   /** Run once the server is up (the demo takes its snapshot here); may print more lines. */
   afterStart?: (manager: SnapshotManager) => Promise<string[]>;
 }
@@ -41,6 +43,10 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const log = new Logger(opts.logLevel);
   const specs = imageSpecs(opts);
   if (opts.chunkSize !== undefined) checkChunkSize(opts.chunkSize);
+  const cbt = opts.cbtBlockSize;
+  if (cbt !== undefined && cbt !== 0 && (cbt < 4096 || (cbt & (cbt - 1)) !== 0 || cbt > 64 * 1024 * 1024)) {
+    throw new NbdsnapError('BAD_ARGUMENT', `--cbt-block-size ${cbt} must be 0 (off) or a power of two from 4K to 64M`);
+  }
   const storeRanges = (opts.store ?? []).map((s) => StoreSpace.resolve(s));
   const devices: { name: string; device: BlockDevice; description: string }[] = [];
   for (const spec of specs) {
@@ -58,6 +64,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     transient: opts.transient ?? false,
     lowSpacePercent: opts.lowSpacePercent ?? 10,
     readOnlyOrigins: opts.readOnly,
+    cbtBlockSize: opts.cbtBlockSize ?? 64 * 1024,
   });
   await manager.start();
   const control = opts.control === undefined ? undefined : new ControlServer(manager, log);

@@ -37,6 +37,13 @@ export class ControlServer {
       'merge.start': async (a) =>
         manager.startMerge(str(a.device, 'device'), str(a.name, 'name'), a.onNextStart === true),
       'merge.status': async () => manager.mergeStatus(),
+      'cbt.changed': async (a) =>
+        manager.cbt.changed(
+          str(a.device, 'device'),
+          str(a.from, 'from'),
+          a.to === undefined ? undefined : str(a.to, 'to'),
+        ),
+      'cbt.markDirty': async (a) => manager.markDirty(str(a.device, 'device'), Number(a.offset), Number(a.length)),
       events: (_a, socket, id) =>
         new Promise<never>(() => {
           const off = manager.events.subscribe((event) => send(socket, { id, event }));

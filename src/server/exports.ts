@@ -20,8 +20,8 @@ export interface ExportEntry {
   readonly description: string;
   readonly device: BlockDevice;
   readonly readOnly: boolean;
-  /** Contexts offered besides `base:allocation` (which every export has). */
-  readonly extraContexts?: readonly MetaContextSource[];
+  /** Contexts offered besides `base:allocation` (which every export has); asked at each handshake. */
+  readonly extraContexts?: () => readonly MetaContextSource[];
 }
 
 export function contextsOf(entry: ExportEntry): MetaContextSource[] {
@@ -29,7 +29,7 @@ export function contextsOf(entry: ExportEntry): MetaContextSource[] {
     name: BASE_ALLOCATION,
     extents: (offset, length) => entry.device.extents(offset, length),
   };
-  return [base, ...(entry.extraContexts ?? [])];
+  return [base, ...(entry.extraContexts?.() ?? [])];
 }
 
 /** Transmission flags for an export, as seen by a connection with or without structured replies. */

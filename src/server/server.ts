@@ -41,7 +41,6 @@ export class NbdServer {
     const where: string[] = [];
     for (const spec of specs) {
       const server = createServer((socket) => this.accept(socket));
-      server.on('error', (err) => this.log.error('listener error', { err: err.message }));
       await new Promise<void>((resolve, reject) => {
         server.once('error', (err: NodeJS.ErrnoException) => reject(listenError(spec, err)));
         if ('tcp' in spec) server.listen({ host: spec.tcp.host, port: spec.tcp.port }, resolve);
@@ -50,6 +49,9 @@ export class NbdServer {
           server.listen({ path: spec.unix }, resolve);
         } else server.listen({ fd: spec.fd }, resolve);
       });
+      // Only once listening: a failure to listen is the caller's error (one line from the CLI),
+      // not also a log line.
+      server.on('error', (err) => this.log.error('listener error', { err: err.message }));
       this.listeners.push(server);
       const addr = server.address();
       if ('tcp' in spec && addr !== null && typeof addr === 'object') {
@@ -86,13 +88,17 @@ export class NbdServer {
   /** Graceful stop; after `timeoutMs` stragglers are cut off. */
   close(timeoutMs = 10_000): Promise<void> {
     this.stopping ??= (async () => {
-      await Promise.all(this.listeners.map((l) => new Promise<void>((r) => l.close(() => r()))));
+      // Stop accepting now, but await the listeners last: their close callbacks fire only once
+      // every connection is gone, so awaiting them first would leave connected clients
+      // undisturbed (never shut down) until they left on their own.
+      const unlistened = Promise.all(this.listeners.map((l) => new Promise<void>((r) => l.close(() => r()))));
       const all = Promise.all([...this.connections].map((c) => c.shutdown()));
       const timer = setTimeout(() => {
         for (const c of this.connections) c.destroy();
       }, timeoutMs);
       await all;
       clearTimeout(timer);
+      await unlistened;
     })();
     return this.stopping;
   }

@@ -3,7 +3,8 @@
  *
  *   NBD WRITE / TRIM / WRITE_ZEROES on the origin export
  *     -> CowOrigin.write()            (this file)
- *        1. wait while a snapshot is being taken (consistency-group hold)
+ *        1. wait while a snapshot is being taken (consistency-group hold); record the written
+ *           blocks for change tracking if this era has not seen them yet (cbt/)
  *        2. for each chunk the request touches that a live snapshot still reads from the origin:
  *           one copy per chunk (concurrent writers wait for it): read the old chunk, write it to
  *           a store slot, commit the mapping durably (data first, then journal), wait for snapshot
@@ -24,6 +25,8 @@ export interface CowHooks {
   invalidate(snapshots: Snapshot[], reason: string): Promise<void>;
   /** Called after each copy (free-space accounting, events). */
   afterCopy(): void;
+  /** Change tracking: resolves once the written blocks are recorded (inside the snapshot hold). */
+  track(offset: number, length: number): Promise<void>;
 }
 
 /** Chunks copied concurrently for one large request. */
@@ -82,6 +85,7 @@ export class CowOrigin extends Layer {
     while (this.gate !== undefined) await this.gate;
     this.inflight += 1;
     try {
+      await this.hooks.track(offset, length);
       if (this.state.live.length > 0) await this.preserve(offset, length);
       await op();
     } finally {

@@ -8,10 +8,11 @@
  * the snapshot durably, release. Constant time whatever the device size.
  */
 import type { BlockDevice } from '../block/device.ts';
+import { CbtControl } from '../cbt/cbt-control.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { QEMU_ALLOCATION_DEPTH } from '../nbd-protocol/index.ts';
-import type { ExportRegistry } from '../server/exports.ts';
+import type { ExportRegistry, MetaContextSource } from '../server/exports.ts';
 import type { StoreRange } from '../store/space.ts';
 import { DiffStore } from '../store/store.ts';
 import { CowOrigin } from './cow-origin.ts';
@@ -30,6 +31,8 @@ export interface ManagerOptions {
   transient: boolean;
   lowSpacePercent: number;
   readOnlyOrigins: boolean;
+  /** Change-tracking block size; 0 turns tracking off. */
+  cbtBlockSize: number;
 }
 
 export const exportName = (s: Snapshot): string => `${s.origin.name}@${s.name}`;
@@ -39,6 +42,7 @@ export class SnapshotManager {
   readonly events: EventBus;
   readonly origins = new Map<string, { state: OriginState; cow: CowOrigin; merge: MergeLayer }>();
   readonly merges: MergeControl;
+  readonly cbt: CbtControl;
   /** Devices the store knows but that are not served now: their snapshots keep their space. */
   private readonly unserved: OriginState[] = [];
   store: DiffStore | undefined;
@@ -56,6 +60,10 @@ export class SnapshotManager {
     this.log = log;
     this.opts = opts;
     this.events = new EventBus(log);
+    this.cbt = new CbtControl({
+      commit: opts.store.length > 0 && !opts.transient ? (records) => this.requireStore().commit(records) : undefined,
+      era: () => this.nextSeq,
+    });
     this.merges = new MergeControl({
       store: () => this.requireStore(),
       events: this.events,
@@ -99,10 +107,22 @@ export class SnapshotManager {
         state = new OriginState(id, d.name, d.device.size, cs);
         await this.store?.commit([{ type: 'DEVICE', device: id, size: d.device.size, name: d.name }]);
       }
+      const name = d.name;
       const cow = new CowOrigin(d.device, state, () => this.store, {
         invalidate: (snaps, reason) => this.invalidate(snaps, reason, true),
         afterCopy: () => this.checkSpace(),
+        track: (offset, length) => this.cbt.track(name, offset, length),
       });
+      if (this.opts.cbtBlockSize > 0) {
+        await this.cbt.add(
+          d.name,
+          state.id,
+          d.device.size,
+          this.opts.cbtBlockSize,
+          replayed.trackers.get(state.id),
+          replayed.bookmarks.get(state.id),
+        );
+      }
       const merge = new MergeLayer(cow);
       this.origins.set(d.name, { state, cow, merge });
       this.registry.add({
@@ -192,6 +212,7 @@ export class SnapshotManager {
           s.origin.snapshots.push(s);
           s.origin.refresh();
           this.snapshots.set(s.id, s);
+          this.cbt.bookmark(s.origin.name, s.name, s.seq);
         }
         for (const s of snaps) this.expose(s);
         this.events.emit({ type: 'snapshot-created', snapshots: snaps.map(exportName) });
@@ -257,6 +278,25 @@ export class SnapshotManager {
     });
   }
 
+  /** `cbt mark-dirty`: record a range as changed now, as a write would. */
+  async markDirty(device: string, offset: number, length: number): Promise<void> {
+    const o = this.origin(device);
+    if (
+      !Number.isSafeInteger(offset) ||
+      !Number.isSafeInteger(length) ||
+      offset < 0 ||
+      length <= 0 ||
+      offset + length > o.state.size
+    ) {
+      throw new NbdsnapError(
+        'BAD_ARGUMENT',
+        `range [${offset}, +${length}) is not inside ${device} (${o.state.size} bytes)`,
+      );
+    }
+    if (!this.cbt.has(device)) throw new NbdsnapError('BAD_CONFIG', 'change tracking is off (--cbt-block-size 0)');
+    await this.cbt.track(device, offset, length);
+  }
+
   mergeStatus() {
     return [...this.merges.status(), ...this.merges.scheduled(this.snapshots.values())];
   }
@@ -282,14 +322,32 @@ export class SnapshotManager {
 
   private expose(snap: Snapshot): void {
     const base = this.origins.get(snap.origin.name)?.cow.base as BlockDevice;
-    const device = new SnapshotDevice(snap, base, this.requireStore());
+    // A write to a snapshot changes it (era = its seq) and makes it differ from what the next
+    // snapshot will hold (era = seq + 1): both, as blksnap marks both of its maps.
+    const track = (offset: number, length: number) =>
+      this.cbt.track(snap.origin.name, offset, length, [snap.seq, snap.seq + 1]);
+    const device = new SnapshotDevice(snap, base, this.requireStore(), track);
+    const depth = { name: QEMU_ALLOCATION_DEPTH, extents: (o: number, l: number) => device.depthExtents(o, l) };
     this.registry.add({
       name: exportName(snap),
       description: `snapshot ${snap.name} of ${snap.origin.name}, taken ${new Date(snap.created).toISOString()}`,
       device,
       readOnly: !snap.writable,
-      extraContexts: [{ name: QEMU_ALLOCATION_DEPTH, extents: (o, l) => device.depthExtents(o, l) }],
+      extraContexts: () => [depth, ...this.cbt.dirtyContexts(snap.origin.name, snap.seq), ...this.facts(snap)],
     });
+  }
+
+  /**
+   * Facts a remote backup tool needs, as metadata contexts it can list over NBD alone
+   * (`nbdinfo --list`, LIST_META_CONTEXT "x-nbdsnap:"): the snapshot's change-tracking point,
+   * its creation time and the tracking generation and block size. Their block status is empty.
+   */
+  private facts(snap: Snapshot): MetaContextSource[] {
+    const gen = this.cbt.generation(snap.origin.name);
+    const names = [`x-nbdsnap:point=${snap.seq}`, `x-nbdsnap:created=${snap.created}`];
+    if (gen !== undefined)
+      names.push(`x-nbdsnap:generation=${gen.generation}`, `x-nbdsnap:block-size=${gen.blockSize}`);
+    return names.map((name) => ({ name, extents: async (_o: number, length: number) => [{ length, flags: 0 }] }));
   }
 
   private checkSpace(): void {

@@ -3,6 +3,7 @@
  * exactly as the running server applied it, so the state after replay is the state that was
  * committed before the stop or crash. Slots still referenced at the end are claimed in the store.
  */
+import { CbtTracker } from '../cbt/tracker.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { JournalRecord } from '../store/records.ts';
 import { OriginState, type Snapshot } from './model.ts';
@@ -15,10 +16,16 @@ export interface ReplayedState {
   nextSeq: number;
   /** Snapshots with a merge recorded and not finished: id -> deferred. */
   merges: Map<number, { deferred: boolean; merged: Set<number> }>;
+  /** Change tracking per device id. */
+  trackers: Map<number, CbtTracker>;
+  /** Every snapshot ever taken, deleted ones too, per device id: name -> seq (for `--since`). */
+  bookmarks: Map<number, Map<string, number>>;
 }
 
 export function replay(records: JournalRecord[], chunkSize: number): ReplayedState {
   const st: ReplayedState = {
+    trackers: new Map(),
+    bookmarks: new Map(),
     origins: new Map(),
     snapshots: new Map(),
     nextSnapshotId: 1,
@@ -49,6 +56,9 @@ export function replay(records: JournalRecord[], chunkSize: number): ReplayedSta
           origin.snapshots.push(snap);
           origin.refresh();
           st.snapshots.set(m.snapshot, snap);
+          const marks = st.bookmarks.get(m.device) ?? new Map<string, number>();
+          marks.set(rec.name, m.seq);
+          st.bookmarks.set(m.device, marks);
           st.nextSnapshotId = Math.max(st.nextSnapshotId, m.snapshot + 1);
           st.nextSeq = Math.max(st.nextSeq, m.seq + 1);
         }
@@ -96,6 +106,15 @@ export function replay(records: JournalRecord[], chunkSize: number): ReplayedSta
         if (m !== undefined) for (let c = rec.chunk; c < rec.chunk + rec.count; c++) m.merged.add(c);
         break;
       }
+      case 'CBT_GEN': {
+        const origin = st.origins.get(rec.device);
+        if (origin !== undefined)
+          st.trackers.set(rec.device, new CbtTracker(origin.size, rec.blockSize, rec.generation));
+        break;
+      }
+      case 'CBT':
+        st.trackers.get(rec.device)?.mark(rec.era, rec.block, rec.count);
+        break;
       case 'COMMIT':
         break;
     }

@@ -31,12 +31,22 @@ export class SnapshotDevice implements BlockDevice {
   private readonly origin: BlockDevice;
   private readonly store: DiffStore;
   private readonly privateGuard = new ChunkGuard();
+  private readonly track: (offset: number, length: number) => Promise<void>;
 
-  /** `origin` is the device below the COW layer; `store` the difference store. */
-  constructor(snapshot: Snapshot, origin: BlockDevice, store: DiffStore) {
+  /**
+   * `origin` is the device below the COW layer; `store` the difference store; `track` records a
+   * write to this snapshot for change tracking before it is made.
+   */
+  constructor(
+    snapshot: Snapshot,
+    origin: BlockDevice,
+    store: DiffStore,
+    track: (offset: number, length: number) => Promise<void>,
+  ) {
     this.snapshot = snapshot;
     this.origin = origin;
     this.store = store;
+    this.track = track;
   }
 
   get size(): number {
@@ -113,6 +123,7 @@ export class SnapshotDevice implements BlockDevice {
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.check();
+    await this.track(offset, data.length);
     await Promise.all(
       this.pieces(offset, data.length).map((p) => this.writePiece(p, data.subarray(p.at, p.at + p.length))),
     );

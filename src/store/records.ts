@@ -28,6 +28,8 @@ export const RecordType = {
   MERGE: 7,
   MERGED: 8,
   COMMIT: 9,
+  CBT: 10,
+  CBT_GEN: 11,
 } as const;
 
 export type JournalRecord =
@@ -44,6 +46,10 @@ export type JournalRecord =
   | { type: 'PRIVATE'; snapshot: number; chunk: number; slot: number }
   | { type: 'MERGE'; snapshot: number; deferred: boolean }
   | { type: 'MERGED'; snapshot: number; chunk: number; count: number }
+  /** Blocks [block, block+count) of a device were first written in `era`. */
+  | { type: 'CBT'; device: number; era: number; block: number; count: number }
+  /** Change tracking of a device (re)started: block size and a new generation id. */
+  | { type: 'CBT_GEN'; device: number; blockSize: number; generation: string }
   /** Ends a batch (group commit): the batch's first sequence number and its record count. */
   | { type: 'COMMIT'; firstSeq: number; count: number };
 
@@ -129,6 +135,16 @@ function encodePayload(rec: JournalRecord): Buffer {
     }
     case 'MERGE':
       return u32s(rec.snapshot, rec.deferred ? 1 : 0);
+    case 'CBT': {
+      const b = Buffer.alloc(20);
+      b.writeUInt32LE(rec.device, 0);
+      b.writeUInt32LE(rec.era, 4);
+      b.writeBigUInt64LE(BigInt(rec.block), 8);
+      b.writeUInt32LE(rec.count, 16);
+      return b;
+    }
+    case 'CBT_GEN':
+      return Buffer.concat([u32s(rec.device, rec.blockSize), Buffer.from(rec.generation, 'utf8')]);
     case 'COMMIT': {
       const b = Buffer.alloc(12);
       b.writeBigUInt64LE(BigInt(rec.firstSeq), 0);
@@ -188,6 +204,21 @@ function decodePayload(type: keyof typeof RecordType, p: Buffer): JournalRecord 
       return { type, snapshot: p.readUInt32LE(0), chunk: Number(p.readBigUInt64LE(4)), slot: p.readUInt32LE(12) };
     case 'MERGE':
       return { type, snapshot: p.readUInt32LE(0), deferred: p.readUInt32LE(4) === 1 };
+    case 'CBT':
+      return {
+        type,
+        device: p.readUInt32LE(0),
+        era: p.readUInt32LE(4),
+        block: Number(p.readBigUInt64LE(8)),
+        count: p.readUInt32LE(16),
+      };
+    case 'CBT_GEN':
+      return {
+        type,
+        device: p.readUInt32LE(0),
+        blockSize: p.readUInt32LE(4),
+        generation: p.subarray(8).toString('utf8'),
+      };
     case 'COMMIT':
       return { type, firstSeq: Number(p.readBigUInt64LE(0)), count: p.readUInt32LE(8) };
     case 'MERGED':
