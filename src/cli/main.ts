@@ -6,7 +6,7 @@
 import yargs from 'yargs';
 import { NbdsnapError } from '../errors.ts';
 import { LOG_LEVELS, type LogLevel } from '../log.ts';
-import { parseSize } from './args.ts';
+import { parsePort, parseSize } from './args.ts';
 import { eventsCommand, snapshotCommand, statusCommand, storeCommand, withControl } from './control-commands.ts';
 import { cbtBuilder, cbtCommand } from './cbt-command.ts';
 import { demo } from './demo.ts';
@@ -70,7 +70,7 @@ export async function main(argv: string[]): Promise<void> {
             images: (a.images ?? []).map(String),
             exportName: a['export-name'],
             description: a.description,
-            port: a.port === undefined ? undefined : Number.isNaN(Number(a.port)) ? -1 : Number(a.port),
+            port: a.port === undefined ? undefined : parsePort(a.port),
             bind: a.bind,
             socket: a.socket,
             readOnly: a['read-only'],
