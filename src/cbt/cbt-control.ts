@@ -54,11 +54,14 @@ export class CbtControl {
     marks?: Map<string, number>,
   ) {
     let tracker = replayed;
+    let points = marks ?? new Map<string, number>();
     if (tracker === undefined || tracker.blockSize !== blockSize || this.host.commit === undefined) {
+      // A new generation: no history, so no earlier snapshot can be a base any more.
       tracker = new CbtTracker(size, blockSize);
+      points = new Map();
       await this.host.commit?.([{ type: 'CBT_GEN', device: id, blockSize, generation: tracker.generation }]);
     }
-    this.devices.set(name, { id, tracker, marks: marks ?? new Map() });
+    this.devices.set(name, { id, tracker, marks: points });
     this.sizes.set(name, size);
   }
 
@@ -91,7 +94,10 @@ export class CbtControl {
   private point(d: Tracked, device: string, name: string): number {
     const seq = d.marks.get(name);
     if (seq === undefined)
-      throw new NbdsnapError('NOT_FOUND', `no snapshot ${device}@${name} known to change tracking`);
+      throw new NbdsnapError(
+        'NOT_FOUND',
+        `no snapshot ${device}@${name} in change-tracking generation ${d.tracker.generation} (unknown, or taken before tracking was reset): take a full backup`,
+      );
     return seq;
   }
 

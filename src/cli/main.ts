@@ -8,6 +8,14 @@ import { NbdsnapError } from '../errors.ts';
 import { LOG_LEVELS, type LogLevel } from '../log.ts';
 import { parsePort, parseSize } from './args.ts';
 import { eventsCommand, snapshotCommand, statusCommand, storeCommand, withControl } from './control-commands.ts';
+import {
+  backupBuilder,
+  backupCommand,
+  restoreBuilder,
+  restoreCommand,
+  verifyBuilder,
+  verifyCommand,
+} from './backup-command.ts';
 import { cbtBuilder, cbtCommand } from './cbt-command.ts';
 import { demo } from './demo.ts';
 import { mergeBuilder, mergeCommand } from './merge-command.ts';
@@ -104,6 +112,21 @@ export async function main(argv: string[]): Promise<void> {
         'changed ranges: cbt DEV@FROM [DEV@TO]; or cbt mark-dirty DEV OFFSET LENGTH',
         cbtBuilder,
         (a) => cbtCommand(a as never),
+      )
+      .command(
+        'backup <source> <file>',
+        'back up DEVICE@SNAP over NBD to FILE: full, or incremental with --since FROM',
+        backupBuilder,
+        (a) => backupCommand(a as never),
+      )
+      .command(
+        'restore <args..>',
+        'apply backups FILE... (full, then incrementals) to TARGET; or --undo JOURNAL TARGET',
+        restoreBuilder,
+        (a) => restoreCommand(a as never),
+      )
+      .command('verify <files..>', 'check backup files and their chain without restoring', verifyBuilder, (a) =>
+        verifyCommand(a as never),
       )
       .command(
         'status',

@@ -48,10 +48,10 @@ export async function serve(opts: ServeOptions): Promise<void> {
     throw new NbdsnapError('BAD_ARGUMENT', `--cbt-block-size ${cbt} must be 0 (off) or a power of two from 4K to 64M`);
   }
   const storeRanges = (opts.store ?? []).map((s) => StoreSpace.resolve(s));
-  const devices: { name: string; device: BlockDevice; description: string }[] = [];
+  const devices: { name: string; device: BlockDevice; description: string; path?: string | undefined }[] = [];
   for (const spec of specs) {
     const device = await openImage(spec, opts.readOnly);
-    devices.push({ name: spec.name, device, description: opts.description ?? describe(spec) });
+    devices.push({ name: spec.name, device, description: opts.description ?? describe(spec), path: spec.path });
     if (spec.path !== undefined) refuseStoreOnOrigin(spec.path, storeRanges);
   }
   if (native === undefined) log.warn('native helper not built: TRIM is ignored and block status reports all data');

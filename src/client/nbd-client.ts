@@ -30,6 +30,11 @@ export interface ConnectOptions {
   structured?: boolean;
   /** Metadata contexts to select, e.g. ['base:allocation']. */
   metaContexts?: string[];
+  /**
+   * Queries for NBD_OPT_LIST_META_CONTEXT, sent before any SET (e.g. ['x-nbdsnap:']); the names
+   * the server lists end up in `listedContexts`. An empty array lists every context.
+   */
+  listMetaContexts?: string[];
 }
 
 interface Pending {
@@ -65,6 +70,8 @@ export class NbdClient {
   structured = false;
   /** Selected contexts: id -> name. */
   readonly contexts = new Map<number, string>();
+  /** Context names the server listed for `listMetaContexts` (empty if not asked or refused). */
+  readonly listedContexts: string[] = [];
   private readonly socket: Socket;
   private readonly pending = new Map<bigint, Pending>();
   private readonly parser: ClientParser;
@@ -82,7 +89,9 @@ export class NbdClient {
       },
     });
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', (err) => this.fail(err));
+    socket.on('error', (err) =>
+      this.fail(new NbdsnapError('EIO', `connection to the server lost: ${err.message}`, { cause: err })),
+    );
     socket.on('close', () => this.fail(new NbdsnapError('EIO', 'connection closed by the server')));
   }
 
@@ -94,13 +103,28 @@ export class NbdClient {
       socket.once('error', (err) => reject(new NbdsnapError('NOT_FOUND', `cannot connect: ${err.message}`)));
     });
     const client = new NbdClient(socket);
-    await client.handshake(opts);
+    try {
+      await client.handshake(opts);
+    } catch (err) {
+      socket.destroy(); // a failed handshake must not leave the socket (and the process) alive
+      throw err;
+    }
     return client;
   }
 
   static async open(uri: string, opts: Omit<ConnectOptions, 'exportName'> = {}): Promise<NbdClient> {
     const { endpoint, exportName } = parseNbdUri(uri);
     return NbdClient.connect(endpoint, { ...opts, exportName });
+  }
+
+  /**
+   * The metadata contexts an export lists for `queries` (NBD_OPT_LIST_META_CONTEXT), e.g.
+   * nbdsnap's facts with ['x-nbdsnap:']. Connects, lists, and disconnects.
+   */
+  static async listMetaContexts(uri: string, queries: string[]): Promise<string[]> {
+    const c = await NbdClient.open(uri, { listMetaContexts: queries });
+    await c.close();
+    return [...c.listedContexts];
   }
 
   private onData(chunk: Buffer): void {
@@ -160,12 +184,23 @@ export class NbdClient {
       const r = await this.option(Option.STRUCTURED_REPLY, serialize.option(Option.STRUCTURED_REPLY));
       this.structured = r[r.length - 1]?.reply === 'ACK';
     }
+    if (this.structured && opts.listMetaContexts !== undefined) {
+      const rs = await this.option(
+        Option.LIST_META_CONTEXT,
+        serialize.optMetaContext(Option.LIST_META_CONTEXT, name, opts.listMetaContexts),
+      );
+      for (const r of rs) if (r.reply === 'META_CONTEXT') this.listedContexts.push(r.name);
+    }
     if (this.structured && (opts.metaContexts?.length ?? 0) > 0) {
       const rs = await this.option(
         Option.SET_META_CONTEXT,
         serialize.optMetaContext(Option.SET_META_CONTEXT, name, opts.metaContexts ?? []),
       );
-      for (const r of rs) if (r.reply === 'META_CONTEXT') this.contexts.set(r.id, r.name);
+      for (const r of rs) {
+        if (r.reply === 'META_CONTEXT') this.contexts.set(r.id, r.name);
+        else if (r.reply === 'ERROR' && r.message !== '')
+          throw new NbdsnapError('NOT_FOUND', `export "${name}": ${r.message}`);
+      }
       const missing = (opts.metaContexts ?? []).filter((c) => ![...this.contexts.values()].includes(c));
       if (missing.length > 0)
         throw new NbdsnapError('NOT_FOUND', `server does not offer metadata context ${missing.join(', ')}`);
@@ -183,8 +218,9 @@ export class NbdClient {
   }
 
   private fail(err: Error): void {
-    if (this.failure !== undefined) return;
-    this.failure = err;
+    // After close() the failure is already set, but requests still in flight must not hang
+    // when the connection then drops: they are rejected with the error that ended it.
+    this.failure ??= err;
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
     this.handshakeWaiter = undefined;

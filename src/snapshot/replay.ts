@@ -110,6 +110,7 @@ export function replay(records: JournalRecord[], chunkSize: number): ReplayedSta
         const origin = st.origins.get(rec.device);
         if (origin !== undefined)
           st.trackers.set(rec.device, new CbtTracker(origin.size, rec.blockSize, rec.generation));
+        st.bookmarks.delete(rec.device); // a new generation: earlier points have no history
         break;
       }
       case 'CBT':

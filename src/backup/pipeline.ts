@@ -1,0 +1,57 @@
+/**
+ * Bounded pipelining: `orderedMap` runs an async function over items with at most `depth` calls
+ * in flight and yields the results in item order (backup reads many pieces at once over one NBD
+ * connection, but writes records in device order). `Window` bounds writes that may complete in
+ * any order (restore).
+ */
+
+export async function* orderedMap<T, R>(
+  items: Iterable<T>,
+  depth: number,
+  fn: (item: T) => Promise<R>,
+): AsyncGenerator<R> {
+  const it = items[Symbol.iterator]();
+  const queue: Promise<R>[] = [];
+  const fill = () => {
+    while (queue.length < depth) {
+      const n = it.next();
+      if (n.done === true) return;
+      const p = fn(n.value);
+      p.catch(() => undefined); // awaited below in order; no unhandled rejection meanwhile
+      queue.push(p);
+    }
+  };
+  fill();
+  while (queue.length > 0) {
+    const r = await (queue.shift() as Promise<R>);
+    fill();
+    yield r;
+  }
+}
+
+/** At most `depth` operations in flight; the first failure is thrown by `add` or `drain`. */
+export class Window {
+  private readonly depth: number;
+  private readonly inflight = new Set<Promise<void>>();
+  private failure: unknown;
+
+  constructor(depth: number) {
+    this.depth = depth;
+  }
+
+  async add(op: () => Promise<void>): Promise<void> {
+    while (this.inflight.size >= this.depth) await Promise.race(this.inflight);
+    if (this.failure !== undefined) throw this.failure;
+    const p: Promise<void> = op()
+      .catch((err) => {
+        this.failure ??= err;
+      })
+      .finally(() => this.inflight.delete(p));
+    this.inflight.add(p);
+  }
+
+  async drain(): Promise<void> {
+    await Promise.all(this.inflight);
+    if (this.failure !== undefined) throw this.failure;
+  }
+}

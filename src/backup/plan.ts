@@ -1,0 +1,132 @@
+/**
+ * What a backup must hold, worked out from block status alone (pure, no I/O):
+ * - `planRanges`: the `base:allocation` extents, intersected with the `qemu:dirty-bitmap:FROM`
+ *   extents for an incremental, become items in device order: DATA pieces (at most PIECE bytes,
+ *   never crossing a multiple of PIECE), ZERO ranges (ZERO flag) and DISC ranges (HOLE|ZERO);
+ *   a HOLE without ZERO is read as data, since only ZERO promises zeroes. The clean (unchanged)
+ *   ranges are kept for sampling.
+ * - `chooseSamples`: a deterministic, evenly spread choice of whole unchanged tracking blocks.
+ * - `trimUnchanged`: sheepdog's compaction, the first and last 512-byte sectors that differ.
+ */
+import { PIECE, SECTOR } from './format.ts';
+
+/** A block status extent at an absolute offset. */
+export interface AbsExtent {
+  offset: number;
+  length: number;
+  flags: number;
+}
+
+export type ItemKind = 'data' | 'zero' | 'disc';
+export interface PlanItem {
+  kind: ItemKind;
+  offset: number;
+  length: number;
+}
+
+export interface Plan {
+  items: PlanItem[];
+  /** Unchanged ranges (incrementals only), ascending. */
+  clean: [number, number][];
+  /** Bytes the items cover. */
+  totalBytes: number;
+}
+
+const HOLE = 1;
+const ZERO = 2;
+
+function kindOf(flags: number): ItemKind {
+  if ((flags & (HOLE | ZERO)) === (HOLE | ZERO)) return 'disc';
+  if ((flags & ZERO) !== 0) return 'zero';
+  return 'data';
+}
+
+/** `dirty` undefined: a full backup, everything counts as changed. */
+export function planRanges(size: number, allocation: AbsExtent[], dirty?: AbsExtent[]): Plan {
+  const items: PlanItem[] = [];
+  const clean: [number, number][] = [];
+  let totalBytes = 0;
+  const push = (kind: ItemKind, offset: number, length: number) => {
+    totalBytes += length;
+    const last = items[items.length - 1];
+    if (kind !== 'data') {
+      if (last !== undefined && last.kind === kind && last.offset + last.length === offset) last.length += length;
+      else items.push({ kind, offset, length });
+      return;
+    }
+    for (let pos = offset; pos < offset + length; ) {
+      const end = Math.min(offset + length, (Math.floor(pos / PIECE) + 1) * PIECE);
+      items.push({ kind, offset: pos, length: end - pos });
+      pos = end;
+    }
+  };
+  const all = dirty ?? [{ offset: 0, length: size, flags: 1 }];
+  let a = 0;
+  let d = 0;
+  for (let pos = 0; pos < size; ) {
+    while (a < allocation.length && end(allocation[a] as AbsExtent) <= pos) a++;
+    while (d < all.length && end(all[d] as AbsExtent) <= pos) d++;
+    const ae = allocation[a];
+    const de = all[d];
+    if (ae === undefined || de === undefined || ae.offset > pos || de.offset > pos)
+      throw new Error(`block status does not cover byte ${pos}`);
+    const stop = Math.min(end(ae), end(de), size);
+    if ((de.flags & 1) !== 0) push(kindOf(ae.flags), pos, stop - pos);
+    else {
+      const last = clean[clean.length - 1];
+      if (last !== undefined && last[0] + last[1] === pos) last[1] += stop - pos;
+      else clean.push([pos, stop - pos]);
+    }
+    pos = stop;
+  }
+  return { items, clean, totalBytes };
+}
+
+const end = (e: AbsExtent): number => e.offset + e.length;
+
+/**
+ * Up to `count` whole tracking blocks from the clean ranges (the device's last, short block
+ * counts as whole), evenly spread over all of them: the same inputs give the same samples.
+ */
+export function chooseSamples(
+  clean: [number, number][],
+  blockSize: number,
+  size: number,
+  count: number,
+): { offset: number; length: number }[] {
+  const blocks: number[] = [];
+  for (const [offset, length] of clean) {
+    const first = Math.ceil(offset / blockSize);
+    for (let b = first; b * blockSize < offset + length; b++) {
+      const bEnd = Math.min(size, (b + 1) * blockSize);
+      if (bEnd <= offset + length) blocks.push(b);
+    }
+  }
+  const n = Math.min(count, blocks.length);
+  const out: { offset: number; length: number }[] = [];
+  for (let i = 0; i < n; i++) {
+    const b = blocks[Math.floor(((i + 0.5) * blocks.length) / n)] as number;
+    out.push({ offset: b * blockSize, length: Math.min(size, (b + 1) * blockSize) - b * blockSize });
+  }
+  return out;
+}
+
+/**
+ * The part of `now` (at device offset `offset`) that differs from `before`, trimmed to whole
+ * sectors (device-aligned) at both ends; undefined when nothing differs.
+ */
+export function trimUnchanged(offset: number, now: Buffer, before: Buffer): { start: number; end: number } | undefined {
+  if (now.equals(before)) return undefined;
+  const sectorEnd = (i: number) => Math.min(now.length, (Math.floor((offset + i) / SECTOR) + 1) * SECTOR - offset);
+  const same = (s: number, e: number) => now.subarray(s, e).equals(before.subarray(s, e));
+  let start = 0;
+  while (start < now.length && same(start, sectorEnd(start))) start = sectorEnd(start);
+  // the last differing sector: walk back from the end, sector by sector
+  let stop = now.length;
+  for (;;) {
+    const sStart = Math.max(start, Math.floor((offset + stop - 1) / SECTOR) * SECTOR - offset);
+    if (!same(sStart, stop)) break;
+    stop = sStart;
+  }
+  return { start, end: stop };
+}

@@ -1,0 +1,173 @@
+/**
+ * Writing record files (backups and undo journals): records are framed and CRC-chained by
+ * format.ts, buffered, hashed (SHA-256 of every byte before the end marker) and counted, and
+ * the end marker carries the totals and the hash.
+ *
+ * A backup is written under a temporary name beside the final one and appears under the final
+ * name only when complete: end marker written, file fsynced, then link(temp, final) — which
+ * fails rather than replace a file that appeared meanwhile — unlink(temp), fsync the directory.
+ * An interrupted backup leaves at most a `FILE.partial.XXXXXXXX` (removed on any error we live
+ * through), never a short FILE.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { constants, existsSync } from 'node:fs';
+import { type FileHandle, link, open, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import { NbdsnapError } from '../errors.ts';
+import {
+  encodeEnd,
+  encodeRecord,
+  type EndTotals,
+  initialCrc,
+  type RecordFrame,
+  RecordType,
+  SHA256_SIZE,
+} from './format.ts';
+
+const FLUSH_AT = 4 * 1024 * 1024;
+
+export class RecordWriter {
+  readonly path: string;
+  readonly totals: EndTotals = { records: 0, dataBytes: 0, zeroBytes: 0, discardBytes: 0, samples: 0 };
+  /** Bytes written so far (buffered included). */
+  position = 0;
+  private readonly fh: FileHandle;
+  private crc: number;
+  private readonly sha = createHash('sha256');
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private covered = 0;
+  private closed = false;
+
+  private constructor(path: string, fh: FileHandle, magic: Buffer) {
+    this.path = path;
+    this.fh = fh;
+    this.crc = initialCrc(magic);
+    this.append(magic);
+  }
+
+  /** Create `path` (it must not exist) and write the magic. */
+  static async create(path: string, magic: Buffer): Promise<RecordWriter> {
+    let fh: FileHandle;
+    try {
+      fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') throw new NbdsnapError('EXISTS', `${path} already exists`);
+      throw new NbdsnapError('BAD_ARGUMENT', `cannot create ${path}: ${(err as Error).message}`);
+    }
+    return new RecordWriter(path, fh, magic);
+  }
+
+  private append(bytes: Buffer): void {
+    this.sha.update(bytes);
+    this.pending.push(bytes);
+    this.pendingBytes += bytes.length;
+    this.position += bytes.length;
+  }
+
+  /** Add one record (buffered; written out in batches of a few MiB). */
+  async add(r: RecordFrame): Promise<void> {
+    const { bytes, crc } = encodeRecord(r, this.crc);
+    this.crc = crc;
+    this.append(bytes);
+    if (r.type !== RecordType.HEAD) this.totals.records += 1;
+    if (r.type === RecordType.DATA) this.totals.dataBytes += r.length;
+    else if (r.type === RecordType.ZERO) this.totals.zeroBytes += r.length;
+    else if (r.type === RecordType.DISC) this.totals.discardBytes += r.length;
+    else if (r.type === RecordType.SMPL || r.type === RecordType.HASH) this.totals.samples += 1;
+    if (r.type === RecordType.DATA || r.type === RecordType.ZERO || r.type === RecordType.DISC)
+      this.covered += r.length;
+    if (this.pendingBytes >= FLUSH_AT) await this.drain();
+  }
+
+  private async drain(): Promise<void> {
+    if (this.pendingBytes === 0) return;
+    const bufs = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    await this.fh.writev(bufs);
+  }
+
+  /** Write out what is buffered and make the file durable. */
+  async sync(): Promise<void> {
+    await this.drain();
+    await this.fh.sync();
+  }
+
+  /** The end marker (totals and SHA-256 of all bytes before it), fsync, close. Returns the hash. */
+  async end(): Promise<Buffer> {
+    const digest = this.sha.copy().digest();
+    if (digest.length !== SHA256_SIZE) throw new Error('sha256 size');
+    const { bytes, crc } = encodeRecord(
+      { type: RecordType.END, offset: 0, length: this.covered, payload: encodeEnd(this.totals, digest) },
+      this.crc,
+    );
+    this.crc = crc;
+    this.pending.push(bytes);
+    this.pendingBytes += bytes.length;
+    this.position += bytes.length;
+    await this.sync();
+    await this.close();
+    return digest;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.fh.close();
+  }
+}
+
+/** fsync a directory, so a name created or removed in it is durable. */
+export async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, constants.O_RDONLY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** A backup being written under a temporary name; `commit()` gives it its final name. */
+export class PendingFile {
+  readonly finalPath: string;
+  readonly writer: RecordWriter;
+
+  private constructor(finalPath: string, writer: RecordWriter) {
+    this.finalPath = finalPath;
+    this.writer = writer;
+  }
+
+  static async create(finalPath: string, magic: Buffer): Promise<PendingFile> {
+    if (existsSync(finalPath)) throw new NbdsnapError('EXISTS', `${finalPath} already exists (not overwritten)`);
+    const temp = join(dirname(finalPath), `${basename(finalPath)}.partial.${randomBytes(4).toString('hex')}`);
+    return new PendingFile(finalPath, await RecordWriter.create(temp, magic));
+  }
+
+  get tempPath(): string {
+    return this.writer.path;
+  }
+
+  /** End marker, fsync, then the final name (never replacing an existing file). */
+  async commit(): Promise<Buffer> {
+    const digest = await this.writer.end();
+    try {
+      await link(this.tempPath, this.finalPath);
+    } catch (err) {
+      await this.discard();
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST')
+        throw new NbdsnapError('EXISTS', `${this.finalPath} appeared while the backup ran (not overwritten)`);
+      throw err;
+    }
+    await unlink(this.tempPath);
+    await syncDir(dirname(this.finalPath));
+    return digest;
+  }
+
+  /** Give up: close and remove the temporary file. */
+  async discard(): Promise<void> {
+    await this.writer.close().catch(() => undefined);
+    await unlink(this.tempPath).catch(() => undefined);
+  }
+}
