@@ -7,6 +7,7 @@
  * drain the writes in flight, flush the origins (so what the snapshot shows is on disk), record
  * the snapshot durably, release. Constant time whatever the device size.
  */
+import { statSync } from 'node:fs';
 import type { BlockDevice } from '../block/device.ts';
 import { CbtControl } from '../cbt/cbt-control.ts';
 import { NbdsnapError } from '../errors.ts';
@@ -25,7 +26,8 @@ import { SnapshotDevice } from './snapshot-device.ts';
 import { snapshotInfo, storeInfo } from './status.ts';
 
 export interface ManagerOptions {
-  devices: { name: string; device: BlockDevice; description: string }[];
+  /** `path`: the image file, so a store range appended at run time can be refused on it. */
+  devices: { name: string; device: BlockDevice; description: string; path?: string | undefined }[];
   store: StoreRange[];
   chunkSize?: number | undefined;
   transient: boolean;
@@ -53,6 +55,8 @@ export class SnapshotManager {
   private nextSnapshotId = 1;
   private nextSeq = 1;
   private lowSpaceRaised = false;
+  /** Invalidations on their way to the journal: later writes needing the snapshot wait for them. */
+  private readonly invalidating = new Map<Snapshot, Promise<void>>();
   private busy: Promise<unknown> = Promise.resolve();
 
   constructor(registry: ExportRegistry, log: Logger, opts: ManagerOptions) {
@@ -229,6 +233,9 @@ export class SnapshotManager {
       if (snap.state === 'merging') throw new NbdsnapError('BUSY', `snapshot ${device}@${name} is merging`);
       await this.requireStore().commit([{ type: 'DELETE', snapshot: snap.id }]);
       this.registry.remove(exportName(snap));
+      // Connections still open to it answer EIO from now on: its slots are about to be reused.
+      snap.state = 'invalid';
+      snap.reason = 'deleted';
       this.drop(snap, true);
       this.events.emit({ type: 'snapshot-deleted', snapshot: exportName(snap) });
     });
@@ -248,20 +255,44 @@ export class SnapshotManager {
     this.checkSpace();
   }
 
-  /** Overflow or copy failure: record the snapshots invalid, durably, then free their space. */
+  /**
+   * Overflow or copy failure: record the snapshots invalid, durably, then free their space.
+   * Until the record is durable they stay valid and live, so every origin write that would need
+   * a copy for them comes here and waits for the same record: an uncopied write must not reach
+   * the origin before then (a crash would bring the snapshot back valid over overwritten data).
+   */
   async invalidate(snaps: Snapshot[], reason: string, overflow: boolean): Promise<void> {
-    const valid = snaps.filter((s) => s.state === 'valid');
-    if (valid.length === 0) return;
-    for (const s of valid) {
-      s.state = 'invalid';
-      s.reason = reason;
+    const waits: Promise<void>[] = [];
+    const fresh: Snapshot[] = [];
+    for (const s of snaps) {
+      if (s.state !== 'valid') continue;
+      const pending = this.invalidating.get(s);
+      if (pending !== undefined) waits.push(pending);
+      else fresh.push(s);
     }
-    valid[0]?.origin.refresh();
+    if (fresh.length > 0) {
+      const recorded = this.recordInvalid(fresh, reason, overflow);
+      for (const s of fresh) this.invalidating.set(s, recorded);
+      waits.push(recorded);
+    }
+    await Promise.all(waits);
+  }
+
+  private async recordInvalid(snaps: Snapshot[], reason: string, overflow: boolean): Promise<void> {
     try {
-      await this.requireStore().commit(valid.map((s) => ({ type: 'INVALID' as const, snapshot: s.id, reason })));
+      await this.requireStore().commit(snaps.map((s) => ({ type: 'INVALID' as const, snapshot: s.id, reason })));
     } catch (err) {
       this.log.error('could not record invalidation; the store is failing', { err: String(err) });
     }
+    for (const s of snaps) {
+      this.invalidating.delete(s);
+      s.state = 'invalid';
+      s.reason = reason;
+    }
+    for (const o of new Set(snaps.map((s) => s.origin))) o.refresh();
+    // One deleted meanwhile is gone already: nothing to report or free.
+    const valid = snaps.filter((s) => this.snapshots.get(s.id) === s);
+    if (valid.length === 0) return;
     if (overflow)
       this.events.emit({ type: 'overflow', device: valid[0]?.origin.name ?? '', snapshots: valid.map(exportName) });
     for (const s of valid) {
@@ -304,6 +335,13 @@ export class SnapshotManager {
   appendStore(range: StoreRange): Promise<void> {
     return this.exclusive(async () => {
       const store = this.requireStore();
+      // The origin's own writes would overwrite the copies (serve refuses this at start too).
+      const target = statSync(range.path);
+      for (const d of this.opts.devices) {
+        const o = d.path === undefined ? undefined : statSync(d.path);
+        if (o !== undefined && o.dev === target.dev && o.ino === target.ino)
+          throw new NbdsnapError('BAD_ARGUMENT', `store range on ${range.path} overlaps the origin device ${d.path}`);
+      }
       await store.append(range);
       this.events.emit({
         type: 'store-appended',

@@ -107,7 +107,7 @@ export class Journal {
       batch = [];
       end = { slot, index: header.index, next: header.next, pos, seq: expected, buf: block.buf, slots: slots.length };
     }
-    await assertTornTail(space, end.buf, end.pos, end.next, end.index, end.seq);
+    await assertTornTail(space, end.buf, end.pos, end.next, end.seq);
     const kept = slots.slice(0, end.slots);
     kept.push(end.next);
     // Forget whatever an unfinished batch left after the end, so it cannot be misread later.
@@ -200,14 +200,7 @@ async function readBlock(
  * Where replay stopped, only an unfinished batch may follow (a crash tore it). A COMMIT for a
  * *later* batch after that point means acknowledged metadata is unreadable: the store is damaged.
  */
-async function assertTornTail(
-  space: StoreSpace,
-  buf: Buffer,
-  from: number,
-  nextSlot: number,
-  index: number,
-  seq: number,
-) {
+async function assertTornTail(space: StoreSpace, buf: Buffer, from: number, nextSlot: number, seq: number) {
   const later = (b: Buffer, start: number): number | undefined => {
     for (let pos = start; pos + 20 <= b.length; pos += 8) {
       const r = decodeRecord(b, pos);
@@ -217,9 +210,10 @@ async function assertTornTail(
   };
   let found = later(buf, from);
   if (found === undefined) {
+    // The next block was zeroed before the chain pointed to it, so a committed record in it is
+    // this journal's, even when the block's header is damaged (replay could not follow it).
     const next = await space.readSlot(nextSlot, space.chunkSize);
-    const h = decodeBlockHeader(next);
-    if (h !== undefined && h.index === index + 1) found = later(next, BLOCK_HEADER);
+    found = later(next, BLOCK_HEADER);
   }
   if (found !== undefined) {
     throw new NbdsnapError(

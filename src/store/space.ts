@@ -95,8 +95,12 @@ export class StoreSpace {
     return { path: realpathSync(path), start, length };
   }
 
-  /** Open and add a range; refuses overlaps with ranges already added. Returns its slot count. */
-  add(range: StoreRange): number {
+  /**
+   * Open and add a range; refuses overlaps with ranges already added. Returns its slot count.
+   * With `available` false its slots stay in use until `makeAvailable()` (an append not yet
+   * recorded in the superblock).
+   */
+  add(range: StoreRange, available = true): number {
     const file = this.openFile(range.path);
     for (const r of this.ranges) {
       const other = this.files.get(r.path) as OpenFile;
@@ -121,9 +125,15 @@ export class StoreSpace {
     this.ranges.push({ ...range, fd: file.fd, firstSlot, slots, slotBase: range.start + skip });
     const grown = new Uint8Array(firstSlot + slots);
     grown.set(this.used);
+    if (available) this.freeSlots += slots;
+    else grown.fill(1, firstSlot);
     this.used = grown;
-    this.freeSlots += slots;
     return slots;
+  }
+
+  /** Let slots [first, first + count) be allocated (see `add`). */
+  makeAvailable(first: number, count: number): void {
+    for (let slot = first; slot < first + count; slot++) this.release(slot);
   }
 
   /** Whether a byte range of a file lies in any store range (to refuse origins that overlap). */

@@ -107,6 +107,8 @@ export class DiffStore {
     const sb = newSuperblock(chunkSize, ranges, journal.slots[0] as number);
     const store = new DiffStore(space, journal, sb);
     store.slotsPerRange.push(...counts);
+    // Both copies (generations 2 and 3): a store whose one written copy is damaged is lost whole.
+    await store.writeSuperblock();
     await store.writeSuperblock();
     return store;
   }
@@ -115,10 +117,16 @@ export class DiffStore {
     this.slotsPerRange.push(this.space.add(r));
   }
 
-  /** Add a range while snapshots are held; recorded in the superblock before it is used. */
+  /**
+   * Add a range while snapshots are held; recorded in the superblock before it is used: its slots
+   * are handed out only once the superblock is durable (a crash in between must not leave
+   * mappings to slots the recorded store does not have). If recording fails they stay unused.
+   */
   async append(range: StoreRange): Promise<void> {
-    const before = this.space.totalSlots;
-    this.addRange(range);
+    if (range.length < this.chunkSize) throw new NbdsnapError('BAD_ARGUMENT', 'the range is smaller than one chunk');
+    const first = this.space.totalSlots;
+    const slots = this.space.add(range, this.superblock === undefined);
+    this.slotsPerRange.push(slots);
     if (this.superblock !== undefined) {
       this.superblock = { ...this.superblock, ranges: [...this.superblock.ranges, range] };
       try {
@@ -126,8 +134,8 @@ export class DiffStore {
       } catch (err) {
         throw new NbdsnapError('EIO', `could not record the new range: ${(err as Error).message}`);
       }
+      this.space.makeAvailable(first, slots);
     }
-    if (this.space.totalSlots === before) throw new NbdsnapError('BAD_ARGUMENT', 'the range is smaller than one chunk');
   }
 
   private async writeSuperblock(): Promise<void> {
