@@ -70,15 +70,23 @@ export class DiffStore {
       for (const r of ranges) store.addRange(r);
       return { store, records: [] };
     }
-    const probe = new StoreSpace(4096, SUPERBLOCK_AREA);
-    probe.add(first);
-    const read = decodeSuperblocks(
-      await probe.readReserved(SUPERBLOCK_COPY, 0),
-      await probe.readReserved(SUPERBLOCK_COPY, SUPERBLOCK_COPY),
-    );
-    probe.close();
-    if (read.state === 'blank')
+    const read = await probeSuperblock(first);
+    if (read.state === 'blank') {
+      // Formatting is only for a new store: if another given range starts with a store's
+      // superblock, the ranges are in the wrong order, and formatting would destroy copies.
+      for (const other of ranges.slice(1)) {
+        if (
+          other.length >= SUPERBLOCK_AREA &&
+          (await probeSuperblock(other).catch(() => undefined))?.state === 'valid'
+        ) {
+          throw new NbdsnapError(
+            'BAD_ARGUMENT',
+            `the store's first range is ${other.path}:${other.start / 512}; give it as the first --store`,
+          );
+        }
+      }
       return { store: await DiffStore.format(ranges, opts.chunkSize ?? 64 * 1024), records: [] };
+    }
 
     const sb = read.sb;
     if (opts.chunkSize !== undefined && opts.chunkSize !== sb.chunkSize) {
@@ -203,5 +211,19 @@ export class DiffStore {
 
   close(): void {
     this.space.close();
+  }
+}
+
+/** Read the superblock copies at the start of a range (blank, valid, or a CORRUPT error). */
+async function probeSuperblock(range: StoreRange) {
+  const probe = new StoreSpace(4096, SUPERBLOCK_AREA);
+  try {
+    probe.add(range);
+    return decodeSuperblocks(
+      await probe.readReserved(SUPERBLOCK_COPY, 0),
+      await probe.readReserved(SUPERBLOCK_COPY, SUPERBLOCK_COPY),
+    );
+  } finally {
+    probe.close();
   }
 }
