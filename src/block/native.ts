@@ -12,16 +12,23 @@ export interface NativeFs {
   /** Next hole at or after `offset` (the end of file counts as a hole), or -1 past the end. */
   seekHole(fd: number, offset: number): number;
   sizeOf(fd: number): number;
+  /** preadv2(RWF_NOWAIT): bytes read from the page cache, or -1 if that would block. */
+  readNowait(fd: number, buffer: Buffer, offset: number): number;
   punchHole(fd: number, offset: number, length: number): void;
   zeroRange(fd: number, offset: number, length: number): void;
 }
 
 function load(): NativeFs | undefined {
-  try {
-    return createRequire(import.meta.url)('../../build/Release/fsx.node') as NativeFs;
-  } catch {
-    return undefined;
+  const require = createRequire(import.meta.url);
+  // From src/block/ (running the sources) or from dist/ (running the bundle).
+  for (const path of ['../../build/Release/fsx.node', '../build/Release/fsx.node']) {
+    try {
+      return require(path) as NativeFs;
+    } catch {
+      // try the next place
+    }
   }
+  return undefined;
 }
 
 export const native: NativeFs | undefined = load();

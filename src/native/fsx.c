@@ -4,6 +4,8 @@
  *   seekData(fd, offset)  -> next data offset at or after offset, or -1 at/after the last data (ENXIO)
  *   seekHole(fd, offset)  -> next hole offset at or after offset (end of file counts as a hole)
  *   sizeOf(fd)            -> lseek(SEEK_END): the size of a regular file or a block device
+ *   readNowait(fd, buffer, offset) -> bytes read by preadv2(RWF_NOWAIT), or -1 if the data is
+ *                            not in the page cache (the caller then reads on the thread pool)
  *   punchHole(fd, offset, length)  fallocate(PUNCH_HOLE | KEEP_SIZE): deallocate, reads give zeroes
  *   zeroRange(fd, offset, length)  fallocate(ZERO_RANGE | KEEP_SIZE): zeroes, allocated
  *
@@ -15,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <sys/uio.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -89,6 +92,30 @@ static napi_value size_of(napi_env env, napi_callback_info info) {
   return v;
 }
 
+static napi_value read_nowait(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int64_t fd, offset;
+  void *data;
+  size_t length;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_get_value_int64(env, argv[0], &fd) != napi_ok ||
+      napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &offset) != napi_ok) {
+    napi_throw_type_error(env, "EINVAL", "readNowait(fd, buffer, offset)");
+    return NULL;
+  }
+  struct iovec iov = {data, length};
+  ssize_t n = preadv2((int)fd, &iov, 1, (off_t)offset, RWF_NOWAIT);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EOPNOTSUPP || errno == EINVAL) n = -1;
+    else return throw_errno(env, "preadv2", errno);
+  }
+  napi_value v;
+  napi_create_int64(env, (int64_t)n, &v);
+  return v;
+}
+
 static napi_value falloc_common(napi_env env, napi_callback_info info, int mode, const char *what) {
   int64_t a[3];
   if (get_args(env, info, 3, a) < 0) return NULL;
@@ -109,6 +136,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default_method, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default_method, NULL},
     {"sizeOf", NULL, size_of, NULL, NULL, NULL, napi_default_method, NULL},
+    {"readNowait", NULL, read_nowait, NULL, NULL, NULL, napi_default_method, NULL},
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default_method, NULL},
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default_method, NULL},
   };

@@ -29,13 +29,16 @@ export class BufferList {
     throw new RangeError('BufferList.byteAt past end');
   }
 
-  /** Look at the next n bytes without consuming them (n <= length). */
-  peek(n: number): Buffer {
+  /**
+   * Look at the next n bytes without consuming them (n <= length). When they span pieces they
+   * are copied into `allocate(n)` (default: a new buffer).
+   */
+  peek(n: number, allocate: (n: number) => Buffer = Buffer.allocUnsafe): Buffer {
     const first = this.chunks[0];
     if (first !== undefined && first.length - this.head >= n) {
       return first.subarray(this.head, this.head + n);
     }
-    const out = Buffer.allocUnsafe(n);
+    const out = allocate(n);
     let copied = 0;
     let start = this.head;
     for (const c of this.chunks) {
@@ -48,9 +51,9 @@ export class BufferList {
     return out;
   }
 
-  /** Remove and return the next n bytes (n <= length). */
-  take(n: number): Buffer {
-    const out = this.peek(n);
+  /** Remove and return the next n bytes (n <= length); see `peek` for `allocate`. */
+  take(n: number, allocate?: (n: number) => Buffer): Buffer {
+    const out = this.peek(n, allocate);
     this.skip(n);
     return out;
   }

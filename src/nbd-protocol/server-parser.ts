@@ -33,6 +33,8 @@ export interface ServerParserOptions {
   maxPayload?: number;
   /** Largest option payload accepted before the client is treated as hostile. Default 64 KiB. */
   maxOptionLength?: number;
+  /** Where multi-piece WRITE payloads are copied to (e.g. a buffer pool). Default: new buffers. */
+  allocate?: (length: number) => Buffer;
   /** Start in a later phase (tests, and clients that skip the handshake). */
   phase?: ServerParserPhase;
 }
@@ -41,6 +43,7 @@ export class ServerParser {
   private readonly input = new BufferList();
   private phaseNow: ServerParserPhase;
   private readonly maxPayload: number;
+  private readonly allocate: ((length: number) => Buffer) | undefined;
   private readonly maxOptionLength: number;
   /** A request whose header has been read and whose WRITE payload is still arriving. */
   private pending: RequestMessage | undefined;
@@ -49,6 +52,7 @@ export class ServerParser {
   constructor(options: ServerParserOptions = {}) {
     this.phaseNow = options.phase ?? 'clientFlags';
     this.maxPayload = options.maxPayload ?? 64 * 1024 * 1024;
+    this.allocate = options.allocate;
     this.maxOptionLength = options.maxOptionLength ?? 64 * 1024;
   }
 
@@ -117,7 +121,7 @@ export class ServerParser {
     if (this.pending !== undefined) {
       if (this.input.length < this.pending.length) return undefined;
       const done = this.pending;
-      done.data = this.input.take(done.length);
+      done.data = this.input.take(done.length, this.allocate);
       this.pending = undefined;
       return done;
     }

@@ -10,6 +10,7 @@
  * - shutdown(): new requests get ESHUTDOWN, in-flight ones finish, the device is flushed, close.
  */
 import type { Socket } from 'node:net';
+import * as pool from '../block/buffer-pool.ts';
 import { errorMessage } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import {
@@ -27,19 +28,21 @@ import { Transmission } from './transmission.ts';
 import { MAX_IO } from './validate.ts';
 
 const MAX_INFLIGHT_REQUESTS = 256;
-const MAX_INFLIGHT_BYTES = 256 * 1024 * 1024;
+/** Bytes of requests in flight before reading pauses: bounds memory (nbdcopy keeps 64 MiB in flight). */
+const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 
 export class Connection {
   readonly id: number;
   private readonly socket: Socket;
   private readonly log: Logger;
-  private readonly parser = new ServerParser({ maxPayload: MAX_IO });
+  private readonly parser = new ServerParser({ maxPayload: MAX_IO, allocate: pool.take });
   private readonly negotiator: Negotiator;
   private transmission: Transmission | undefined;
   private session: Session | undefined;
   private inflight = 0;
   private inflightBytes = 0;
   private readPaused = false;
+  private corked = false;
   private closing = false;
   private shuttingDown = false;
   private idle: (() => void) | undefined;
@@ -153,6 +156,7 @@ export class Connection {
     this.inflightBytes += bytes;
     this.updateFlow();
     void tx.serve(req).finally(() => {
+      pool.give(req.data); // the payload is no longer referenced once the request is done
       this.inflight -= 1;
       this.inflightBytes -= bytes;
       if (this.inflight === 0) this.idle?.();
@@ -186,15 +190,27 @@ export class Connection {
     });
   }
 
+  /**
+   * Queue one whole reply. Replies finished in the same pass of the event loop go out together:
+   * the socket is corked on the first and uncorked once the pass is over, so many small replies
+   * share one writev instead of one system call each.
+   */
   private writeReply(buffers: Buffer[]): void {
     if (this.socket.destroyed || buffers.length === 0) return;
-    if (buffers.length === 1) {
-      this.socket.write(buffers[0] as Buffer);
-      return;
+    const last = buffers.length - 1;
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
     }
-    this.socket.cork();
-    for (const b of buffers) this.socket.write(b);
-    this.socket.uncork();
+    // Once a reply's data is handed to the kernel, a pooled read buffer can be reused.
+    for (const [i, b] of buffers.entries()) {
+      if (i === last && b.length >= 65536) this.socket.write(b, () => pool.give(b));
+      else this.socket.write(b);
+    }
   }
 
   /** Orderly close after ABORT or a refused EXPORT_NAME. */
