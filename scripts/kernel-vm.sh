@@ -3,7 +3,7 @@
 # guest shell script in it as root, and hand back what the script reported. nbdsnap's kernel-client
 # tests (test/kernel/) use it to attach `nbdsnap serve` exports as /dev/nbdX exactly as users do.
 #
-#   scripts/kernel-vm.sh [options] SCRIPT     boot, run SCRIPT (busybox sh) in the guest, power off
+#   scripts/kernel-vm.sh [options] SCRIPT     boot, run SCRIPT (busybox sh) in the guest, switch off
 #   scripts/kernel-vm.sh --prepare            only fetch the kernel and build the initramfs (cached)
 #
 # Options:
