@@ -11,19 +11,14 @@ import {
   type ClientParserOptions,
   Info,
   NbdError,
-  NbdProtocolError,
   Option,
   Reply,
   ReplyFlag,
 } from '../../src/nbd-protocol/index.ts';
+import * as H from './harness.ts';
 
 // ------------------------------------------------------------------------- wire builders
-const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
-const u16 = (v: number): Buffer => hex(v.toString(16).padStart(4, '0'));
-const u32 = (v: number): Buffer => hex(v.toString(16).padStart(8, '0'));
-const u64 = (v: bigint): Buffer => hex(v.toString(16).padStart(16, '0'));
-const str = (s: string): Buffer => Buffer.from(s, 'utf8');
-
+const { catchError, hex, u16, u32, u64, str } = H;
 const GREETING = hex('4e42444d41474943 49484156454f5054 0003');
 const REP_MAGIC = hex('0003e889045565a9');
 
@@ -39,69 +34,20 @@ const simple = (error: number, cookie: bigint, data: Buffer = Buffer.alloc(0)): 
 const chunk = (flags: number, type: number, cookie: bigint, payload: Buffer): Buffer =>
   Buffer.concat([hex('668e33ef'), u16(flags), u16(type), u64(cookie), u32(payload.length), payload]);
 
-const pattern = (n: number, seed = 1): Buffer => {
-  const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 13 + seed) & 0xff;
-  return b;
-};
-
 // ------------------------------------------------------------------------- split harness
-interface Frame {
-  bytes: Buffer;
-  expected: ServerMessage;
-}
+type Frame = H.Frame<ServerMessage>;
 interface Session {
   options?: ClientParserOptions;
   frames: Frame[];
-  /** What the owner does between two messages (phase switches). */
   after?: (m: ServerMessage, p: ClientParser) => void;
 }
-
-function parseChunks(s: Session, chunks: Buffer[]): ServerMessage[] {
-  const p = new ClientParser(s.options);
-  const out: ServerMessage[] = [];
-  for (const c of chunks) {
-    p.push(c);
-    for (let m = p.next(); m !== undefined; m = p.next()) {
-      out.push(m);
-      s.after?.(m, p);
-    }
-  }
-  return out;
-}
-
-function expectEverySplit(s: Session): void {
-  const whole = Buffer.concat(s.frames.map((f) => f.bytes));
-  const expected = s.frames.map((f) => f.expected);
-  expect(parseChunks(s, [whole])).toStrictEqual(expected);
-  for (let i = 0; i <= whole.length; i++) {
-    const got = parseChunks(s, [whole.subarray(0, i), whole.subarray(i)]);
-    expect(got, `split at ${i}`).toStrictEqual(expected);
-  }
-  let end = 0;
-  const ends = s.frames.map((f) => (end += f.bytes.length));
-  const p = new ClientParser(s.options);
-  const out: ServerMessage[] = [];
-  for (let i = 0; i < whole.length; i++) {
-    p.push(whole.subarray(i, i + 1));
-    for (let m = p.next(); m !== undefined; m = p.next()) {
-      out.push(m);
-      s.after?.(m, p);
-    }
-    expect(out.length, `messages after byte ${i + 1}`).toBe(ends.filter((e) => e <= i + 1).length);
-  }
-  expect(out).toStrictEqual(expected);
-}
-
-function catchError(fn: () => unknown): NbdProtocolError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(NbdProtocolError);
-    return err as NbdProtocolError;
-  }
-  throw new Error('expected an NbdProtocolError, nothing was thrown');
-}
+const toHarness = (s: Session): H.Session<ServerMessage, ClientParser> => ({
+  ...s,
+  make: () => new ClientParser(s.options),
+});
+const _parseChunks = (s: Session, chunks: Buffer[]): ServerMessage[] => H.parseChunks(toHarness(s), chunks);
+const expectEverySplit = (s: Session): void => H.expectEverySplit(toHarness(s));
+const pattern = (n: number, seed = 1): Buffer => H.pattern(n, seed, 13);
 
 // ------------------------------------------------------------------------- fixtures
 const greeting: Frame = { bytes: GREETING, expected: { kind: 'greeting', handshakeFlags: 3 } };

@@ -17,11 +17,8 @@ import {
   Reply,
 } from '../../src/nbd-protocol/index.ts';
 
-const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
-const u16 = (v: number): Buffer => hex(v.toString(16).padStart(4, '0'));
-const u32 = (v: number): Buffer => hex(v.toString(16).padStart(8, '0'));
-const u64 = (v: bigint): Buffer => hex(v.toString(16).padStart(16, '0'));
-const str = (s: string): Buffer => Buffer.from(s, 'utf8');
+import { hex, str, u16, u32, u64 } from './harness.ts';
+
 const cat = (...parts: Buffer[]): Buffer => Buffer.concat(parts);
 const EMPTY = Buffer.alloc(0);
 

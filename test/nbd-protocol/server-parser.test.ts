@@ -10,19 +10,14 @@ import {
   ClientFlag,
   Command,
   CommandFlag,
-  NbdProtocolError,
   Option,
   ServerParser,
   type ServerParserOptions,
 } from '../../src/nbd-protocol/index.ts';
+import * as H from './harness.ts';
 
 // ------------------------------------------------------------------------- wire builders
-const hex = (s: string): Buffer => Buffer.from(s.replace(/\s+/g, ''), 'hex');
-const u32 = (v: number): Buffer => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(v, 0);
-  return b;
-};
+const { hex, u32, catchError } = H;
 const IHAVEOPT = hex('49484156454f5054');
 
 /** u64 IHAVEOPT | u32 option | u32 length | data */
@@ -41,69 +36,21 @@ function req(flags: number, type: number, cookie: bigint, offset: bigint, length
   return b;
 }
 
-const pattern = (n: number, seed = 1): Buffer => {
-  const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
-  return b;
-};
+const pattern = (n: number, seed = 1): Buffer => H.pattern(n, seed, 31);
 
 // ------------------------------------------------------------------------- split harness
-interface Frame {
-  bytes: Buffer;
-  expected: ClientMessage;
-}
+type Frame = H.Frame<ClientMessage>;
 interface Session {
   options?: ServerParserOptions;
   frames: Frame[];
-  /** What the owner does between two messages (phase switches). */
   after?: (m: ClientMessage, p: ServerParser) => void;
 }
-
-function parseChunks(s: Session, chunks: Buffer[]): ClientMessage[] {
-  const p = new ServerParser(s.options);
-  const out: ClientMessage[] = [];
-  for (const c of chunks) {
-    p.push(c);
-    for (let m = p.next(); m !== undefined; m = p.next()) {
-      out.push(m);
-      s.after?.(m, p);
-    }
-  }
-  return out;
-}
-
-function expectEverySplit(s: Session): void {
-  const whole = Buffer.concat(s.frames.map((f) => f.bytes));
-  const expected = s.frames.map((f) => f.expected);
-  expect(parseChunks(s, [whole])).toStrictEqual(expected);
-  for (let i = 0; i <= whole.length; i++) {
-    const got = parseChunks(s, [whole.subarray(0, i), whole.subarray(i)]);
-    expect(got, `split at ${i}`).toStrictEqual(expected);
-  }
-  let end = 0;
-  const ends = s.frames.map((f) => (end += f.bytes.length));
-  const p = new ServerParser(s.options);
-  const out: ClientMessage[] = [];
-  for (let i = 0; i < whole.length; i++) {
-    p.push(whole.subarray(i, i + 1));
-    for (let m = p.next(); m !== undefined; m = p.next()) {
-      out.push(m);
-      s.after?.(m, p);
-    }
-    expect(out.length, `messages after byte ${i + 1}`).toBe(ends.filter((e) => e <= i + 1).length);
-  }
-  expect(out).toStrictEqual(expected);
-}
-
-function catchError(fn: () => unknown): NbdProtocolError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(NbdProtocolError);
-    return err as NbdProtocolError;
-  }
-  throw new Error('expected an NbdProtocolError, nothing was thrown');
-}
+const toHarness = (s: Session): H.Session<ClientMessage, ServerParser> => ({
+  ...s,
+  make: () => new ServerParser(s.options),
+});
+const _parseChunks = (s: Session, chunks: Buffer[]): ClientMessage[] => H.parseChunks(toHarness(s), chunks);
+const expectEverySplit = (s: Session): void => H.expectEverySplit(toHarness(s));
 
 // ------------------------------------------------------------------------- fixtures
 const option = (code: number, data: Buffer = Buffer.alloc(0)): Frame => ({
