@@ -12,8 +12,7 @@ import type { BlockDevice } from '../block/device.ts';
 import { CbtControl } from '../cbt/cbt-control.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { QEMU_ALLOCATION_DEPTH } from '../nbd-protocol/index.ts';
-import type { ExportRegistry, MetaContextSource } from '../server/exports.ts';
+import type { ExportRegistry } from '../server/exports.ts';
 import type { StoreRange } from '../store/space.ts';
 import { DiffStore } from '../store/store.ts';
 import { CowOrigin } from './cow-origin.ts';
@@ -22,7 +21,7 @@ import { MergeLayer } from './merge.ts';
 import { MergeControl } from './merge-control.ts';
 import { OriginState, type Snapshot } from './model.ts';
 import { replay, usedSlots } from './replay.ts';
-import { SnapshotDevice } from './snapshot-device.ts';
+import { exportName, snapshotExport } from './snapshot-export.ts';
 import { snapshotInfo, storeInfo } from './status.ts';
 
 export interface ManagerOptions {
@@ -37,7 +36,6 @@ export interface ManagerOptions {
   cbtBlockSize: number;
 }
 
-export const exportName = (s: Snapshot): string => `${s.origin.name}@${s.name}`;
 const SNAPSHOT_NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
 export class SnapshotManager {
@@ -360,32 +358,7 @@ export class SnapshotManager {
 
   private expose(snap: Snapshot): void {
     const base = this.origins.get(snap.origin.name)?.cow.base as BlockDevice;
-    // A write to a snapshot changes it (era = its seq) and makes it differ from what the next
-    // snapshot will hold (era = seq + 1): both, as blksnap marks both of its maps.
-    const track = (offset: number, length: number) =>
-      this.cbt.track(snap.origin.name, offset, length, [snap.seq, snap.seq + 1]);
-    const device = new SnapshotDevice(snap, base, this.requireStore(), track);
-    const depth = { name: QEMU_ALLOCATION_DEPTH, extents: (o: number, l: number) => device.depthExtents(o, l) };
-    this.registry.add({
-      name: exportName(snap),
-      description: `snapshot ${snap.name} of ${snap.origin.name}, taken ${new Date(snap.created).toISOString()}`,
-      device,
-      readOnly: !snap.writable,
-      extraContexts: () => [depth, ...this.cbt.dirtyContexts(snap.origin.name, snap.seq), ...this.facts(snap)],
-    });
-  }
-
-  /**
-   * Facts a remote backup tool needs, as metadata contexts it can list over NBD alone
-   * (`nbdinfo --list`, LIST_META_CONTEXT "x-nbdsnap:"): the snapshot's change-tracking point,
-   * its creation time and the tracking generation and block size. Their block status is empty.
-   */
-  private facts(snap: Snapshot): MetaContextSource[] {
-    const gen = this.cbt.generation(snap.origin.name);
-    const names = [`x-nbdsnap:point=${snap.seq}`, `x-nbdsnap:created=${snap.created}`];
-    if (gen !== undefined)
-      names.push(`x-nbdsnap:generation=${gen.generation}`, `x-nbdsnap:block-size=${gen.blockSize}`);
-    return names.map((name) => ({ name, extents: async (_o: number, length: number) => [{ length, flags: 0 }] }));
+    this.registry.add(snapshotExport(snap, base, this.requireStore(), this.cbt));
   }
 
   private checkSpace(): void {
