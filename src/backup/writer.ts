@@ -15,9 +15,9 @@ import { type FileHandle, link, open, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { NbdsnapError } from '../errors.ts';
 import {
+  type EndTotals,
   encodeEnd,
   encodeRecord,
-  type EndTotals,
   initialCrc,
   type RecordFrame,
   RecordType,

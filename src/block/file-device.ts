@@ -10,13 +10,12 @@
  * The fallocate/lseek calls need the native helper (native.ts); without it the device still
  * works, with the fallbacks named there.
  */
-import { constants, fstat, open } from 'node:fs';
-import { close as closeCb, fdatasync, read as readCb, write as writeCb } from 'node:fs';
+import { close as closeCb, constants, fdatasync, fstat, open, read as readCb, write as writeCb } from 'node:fs';
 import { promisify } from 'node:util';
 import { NbdsnapError } from '../errors.ts';
 import type { Extent } from '../nbd-protocol/index.ts';
-import { type BlockDevice, DATA, type DeviceCapabilities, HOLE_ZERO, pushExtent, type ZeroOptions } from './device.ts';
 import * as pool from './buffer-pool.ts';
+import { type BlockDevice, DATA, type DeviceCapabilities, HOLE_ZERO, pushExtent, type ZeroOptions } from './device.ts';
 import { native } from './native.ts';
 import { SyncBatcher } from './sync-batcher.ts';
 

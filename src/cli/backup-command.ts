@@ -8,7 +8,7 @@
  */
 import type { Argv } from 'yargs';
 import { backup } from '../backup/backup.ts';
-import { type ProgressMode, Progress, PROGRESS_MODES } from '../backup/progress.ts';
+import { PROGRESS_MODES, Progress, type ProgressMode } from '../backup/progress.ts';
 import { restore } from '../backup/restore.ts';
 import { undo } from '../backup/undo.ts';
 import { describeFile, verify } from '../backup/verify.ts';

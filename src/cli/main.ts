@@ -7,7 +7,6 @@ import yargs from 'yargs';
 import { NbdsnapError } from '../errors.ts';
 import { LOG_LEVELS, type LogLevel } from '../log.ts';
 import { parsePort, parseSize } from './args.ts';
-import { eventsCommand, snapshotCommand, statusCommand, storeCommand, withControl } from './control-commands.ts';
 import {
   backupBuilder,
   backupCommand,
@@ -17,6 +16,7 @@ import {
   verifyCommand,
 } from './backup-command.ts';
 import { cbtBuilder, cbtCommand } from './cbt-command.ts';
+import { eventsCommand, snapshotCommand, statusCommand, storeCommand, withControl } from './control-commands.ts';
 import { demo } from './demo.ts';
 import { mergeBuilder, mergeCommand } from './merge-command.ts';
 import { serve } from './serve.ts';

@@ -8,6 +8,8 @@
  * no error, which the framing cannot tell: the owner supplies `readLength(cookie)`, the length
  * of the READ it sent with that cookie (undefined for other commands).
  */
+
+import { BufferList } from './buffer-list.ts';
 import {
   CHUNK_HEADER_SIZE,
   EXPORT_NAME_REPLY_PADDING,
@@ -21,7 +23,6 @@ import {
   OPTION_REPLY_HEADER_SIZE,
   SIMPLE_REPLY_SIZE,
 } from './constants.ts';
-import { BufferList } from './buffer-list.ts';
 import { NbdProtocolError } from './errors.ts';
 import type { ServerMessage } from './messages.ts';
 import { readU64 } from './wire.ts';

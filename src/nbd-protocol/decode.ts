@@ -4,7 +4,7 @@
  * a non-fatal NbdProtocolError: the message was framed correctly, so the stream is in sync and
  * the receiver can answer it (a server with NBD_REP_ERR_INVALID).
  */
-import { ChunkType, Info, Option, Reply, isErrorReply } from './constants.ts';
+import { ChunkType, Info, isErrorReply, Option, Reply } from './constants.ts';
 import { NbdProtocolError } from './errors.ts';
 import type { Extent, ParsedChunk, ParsedOption, ParsedOptionReply } from './messages.ts';
 import { Reader } from './wire.ts';

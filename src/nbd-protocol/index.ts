@@ -3,9 +3,10 @@
  * directions, decoders for message payloads, pure serializers, and the wire constants.
  * Nothing here opens a socket or imports from the rest of nbdsnap. See README.md.
  */
-export * from './constants.ts';
+
 export { BufferList } from './buffer-list.ts';
 export { ClientParser, type ClientParserOptions, type ClientParserPhase } from './client-parser.ts';
+export * from './constants.ts';
 export { decodeChunk, decodeOption, decodeOptionReply } from './decode.ts';
 export { NbdProtocolError, type ProtocolErrorCode } from './errors.ts';
 export type * from './messages.ts';

@@ -12,6 +12,8 @@
  * arrives and the request is yielded with `discarded: true`, so the server can answer it with an
  * error and the stream stays in sync.
  */
+
+import { BufferList } from './buffer-list.ts';
 import {
   CLIENT_FLAGS_SIZE,
   Command,
@@ -21,7 +23,6 @@ import {
   OPTION_HEADER_SIZE,
   REQUEST_HEADER_SIZE,
 } from './constants.ts';
-import { BufferList } from './buffer-list.ts';
 import { NbdProtocolError } from './errors.ts';
 import type { ClientMessage, RequestMessage } from './messages.ts';
 import { readU64 } from './wire.ts';

@@ -12,14 +12,14 @@ import {
   decodeOption,
   Info,
   NbdProtocolError,
-  type OptionMessage,
   Option,
+  type OptionMessage,
   type ParsedOption,
   Reply,
   serialize,
 } from '../nbd-protocol/index.ts';
-import { contextsOf, type ExportEntry, type MetaContextSource, transmissionFlags } from './exports.ts';
 import type { ExportRegistry } from './exports.ts';
+import { contextsOf, type ExportEntry, type MetaContextSource, transmissionFlags } from './exports.ts';
 import { listContexts, selectContexts, wellFormedQuery } from './meta-contexts.ts';
 
 /** Advertised in NBD_INFO_BLOCK_SIZE: any alignment, 4 KiB preferred, 32 MiB payloads. */

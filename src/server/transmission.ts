@@ -12,8 +12,8 @@ import type { BlockDevice } from '../block/device.ts';
 import { errorMessage, toNbdError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import {
-  Command,
   CommandFlag as CF,
+  Command,
   commandName,
   type Extent,
   NbdError,

@@ -5,7 +5,7 @@
  * Order: unknown command, flags not valid for the command, read-only, zero length, range.
  * Out of range is ENOSPC for WRITE and WRITE_ZEROES and EINVAL otherwise, as the spec asks.
  */
-import { Command, CommandFlag as CF, NbdError, type RequestMessage } from '../nbd-protocol/index.ts';
+import { CommandFlag as CF, Command, NbdError, type RequestMessage } from '../nbd-protocol/index.ts';
 import { isReadOnly } from './exports.ts';
 import type { Session } from './handshake.ts';
 
