@@ -21,6 +21,7 @@ import { MergeLayer } from './merge.ts';
 import { MergeControl } from './merge-control.ts';
 import { OriginState, type Snapshot } from './model.ts';
 import { replay, usedSlots } from './replay.ts';
+import { SnapshotDevice } from './snapshot-device.ts';
 import { exportName, snapshotExport } from './snapshot-export.ts';
 import { snapshotInfo, storeInfo } from './status.ts';
 
@@ -71,6 +72,10 @@ export class SnapshotManager {
       events: this.events,
       layers: (device) => this.origin(device),
       hide: (snap) => this.registry.remove(exportName(snap)),
+      quiesce: async (snap) => {
+        const device = this.registry.get(exportName(snap))?.device;
+        if (device instanceof SnapshotDevice) await device.quiesce();
+      },
       release: (snap) =>
         this.exclusive(async () => {
           await this.requireStore().commit([{ type: 'DELETE', snapshot: snap.id }]);
@@ -90,6 +95,7 @@ export class SnapshotManager {
       });
       this.store = store;
       replayed = replay(records, store.chunkSize);
+      if (store.failedBefore !== undefined) await this.invalidateAfterFailure(store, replayed.snapshots.values());
       for (const slot of usedSlots(replayed)) store.claim(slot);
     }
     const cs = this.store?.chunkSize ?? chunkSize;
@@ -141,9 +147,33 @@ export class SnapshotManager {
       } else if (snap.state !== 'merging') this.expose(snap);
     }
     const served = [...this.snapshots.values()].filter((s) => this.origins.get(s.origin.name)?.state === s.origin);
-    await this.merges.resume(served, (s) => replayed.merges.get(s.id)?.merged ?? new Set());
+    await this.merges.resume(served, (s) => {
+      const m = replayed.merges.get(s.id);
+      return m?.chunks === undefined ? undefined : { merged: m.merged, chunks: m.chunks };
+    });
     for (const o of replayed.origins.values()) if (!this.origins.has(o.name)) this.unserved.push(o);
     this.checkSpace();
+  }
+
+  /**
+   * A commit failed before this start: the journal ends at its last whole batch, so copies made
+   * after it may be missing and no snapshot of that time can be proven exact. Record them all
+   * invalid, then clear the failure flag: the store itself is consistent again.
+   */
+  private async invalidateAfterFailure(store: DiffStore, snaps: Iterable<Snapshot>): Promise<void> {
+    const reason = `difference store failed: ${store.failedBefore}`;
+    this.log.error('the difference store failed earlier; its snapshots are invalid', { reason });
+    const all = [...snaps].filter((s) => s.state !== 'invalid');
+    await store.commit(all.map((s) => ({ type: 'INVALID' as const, snapshot: s.id, reason })));
+    for (const s of all) {
+      s.state = 'invalid';
+      s.reason = reason;
+      for (const slot of s.privateChunks.values()) store.release(slot);
+      s.privateChunks.clear();
+      s.origin.refresh();
+      s.origin.table.prune(s.origin.readers, (slot) => store.release(slot));
+    }
+    await store.clearFailedBefore();
   }
 
   /** Serialise control operations that change snapshots (they hold writes and commit records). */
@@ -286,6 +316,7 @@ export class SnapshotManager {
       this.invalidating.delete(s);
       s.state = 'invalid';
       s.reason = reason;
+      s.mergeScheduled = false; // an invalid snapshot is never merged (replay does the same)
     }
     for (const o of new Set(snaps.map((s) => s.origin))) o.refresh();
     // One deleted meanwhile is gone already: nothing to report or free.

@@ -3,11 +3,11 @@
  * `--on-next-start`), resume after a restart, retry after a failure, and release of the
  * snapshot and its store space when the merge is done.
  */
-import { NbdsnapError } from '../errors.ts';
+import { errorMessage, NbdsnapError } from '../errors.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { CowOrigin } from './cow-origin.ts';
 import type { EventBus } from './events.ts';
-import { MergeJob, type MergeLayer } from './merge.ts';
+import { MergeJob, type MergeLayer, mergeChunks } from './merge.ts';
 import type { Snapshot } from './model.ts';
 
 export interface MergeHost {
@@ -16,11 +16,21 @@ export interface MergeHost {
   layers(device: string): { cow: CowOrigin; merge: MergeLayer };
   /** Stop serving the snapshot's own export. */
   hide(snap: Snapshot): void;
+  /** Resolves once no write to the snapshot's own export is in flight (it refuses new ones now). */
+  quiesce(snap: Snapshot): Promise<void>;
   /** Record the snapshot deleted and free its space. */
   release(snap: Snapshot): Promise<void>;
 }
 
 const label = (s: Snapshot): string => `${s.origin.name}@${s.name}`;
+
+function refuseInvalid(snap: Snapshot): void {
+  if (snap.state === 'invalid')
+    throw new NbdsnapError(
+      'BAD_ARGUMENT',
+      `snapshot ${label(snap)} is invalid (${snap.reason ?? ''}); it cannot be merged`,
+    );
+}
 
 export class MergeControl {
   private readonly host: MergeHost;
@@ -37,54 +47,85 @@ export class MergeControl {
       if (existing.state === 'failed') void existing.run();
       return existing;
     }
-    if (snap.state === 'invalid')
-      throw new NbdsnapError(
-        'BAD_ARGUMENT',
-        `snapshot ${label(snap)} is invalid (${snap.reason ?? ''}); it cannot be merged`,
-      );
-    const other = snap.origin.snapshots.find((s) => s !== snap && (s.state === 'merging' || s.mergeScheduled === true));
+    const other = snap.origin.snapshots.find(
+      (s) => s !== snap && (s.state === 'merging' || (s.mergeScheduled === true && s.state === 'valid')),
+    );
     if (other !== undefined)
       throw new NbdsnapError('BUSY', `device ${snap.origin.name} already has a merge of ${label(other)}`);
     if (onNextStart) {
+      refuseInvalid(snap);
       await this.host.store().commit([{ type: 'MERGE', snapshot: snap.id, deferred: true }]);
       snap.mergeScheduled = true;
       return undefined;
     }
-    await this.host.store().commit([{ type: 'MERGE', snapshot: snap.id, deferred: false }]);
-    return this.begin(snap, new Set());
+    // Hold the origin's writes: none is half done (a copy made but not in the table yet) while
+    // the chunks to merge are chosen, so replay finds the same chunks at the MERGE record.
+    const { cow } = this.host.layers(snap.origin.name);
+    await cow.hold();
+    try {
+      refuseInvalid(snap); // a write just drained may have invalidated it (store full)
+      // From here its own export refuses requests; wait for its writes in flight to end.
+      snap.state = 'merging';
+      snap.origin.refresh();
+      try {
+        await this.host.quiesce(snap);
+        await this.host.store().commit([{ type: 'MERGE', snapshot: snap.id, deferred: false }]);
+      } catch (err) {
+        snap.state = 'valid';
+        snap.origin.refresh();
+        throw err;
+      }
+      return this.begin(snap, new Set(), mergeChunks(snap));
+    } finally {
+      cow.release();
+    }
   }
 
   /** After replay: continue recorded merges, and start the ones scheduled for this start. */
-  async resume(snaps: Iterable<Snapshot>, merged: (s: Snapshot) => Set<number>): Promise<void> {
+  async resume(
+    snaps: Iterable<Snapshot>,
+    recorded: (s: Snapshot) => { merged: Set<number>; chunks: number[] } | undefined,
+  ): Promise<void> {
     for (const snap of snaps) {
-      if (snap.state === 'merging') this.begin(snap, merged(snap));
-      else if (snap.mergeScheduled === true && snap.state === 'valid') {
+      if (snap.state === 'merging') {
+        const r = recorded(snap);
+        // The chunks replay found at the MERGE record: the ones chosen when the merge started.
+        this.begin(snap, r?.merged ?? new Set(), r?.chunks ?? mergeChunks(snap));
+      } else if (snap.mergeScheduled === true && snap.state === 'valid') {
+        // Nothing is served yet: the table is the one the MERGE record will be replayed against.
         await this.host.store().commit([{ type: 'MERGE', snapshot: snap.id, deferred: false }]);
-        this.begin(snap, new Set());
+        this.begin(snap, new Set(), mergeChunks(snap));
       }
     }
   }
 
-  private begin(snap: Snapshot, merged: Set<number>): MergeJob {
+  private begin(snap: Snapshot, merged: Set<number>, chunks: number[]): MergeJob {
     snap.state = 'merging';
     snap.mergeScheduled = false;
     snap.origin.refresh();
     this.host.hide(snap);
     const { cow, merge } = this.host.layers(snap.origin.name);
-    const job = new MergeJob(snap, cow, this.host.store(), merged, {
-      done: async (j) => {
-        merge.job = undefined;
-        await merge.idle();
-        this.jobs.delete(snap);
+    const failed = (j: MergeJob) => {
+      const f = j.failure ?? { chunk: -1, error: 'unknown' };
+      this.host.events.emit({ type: 'merge-failed', snapshot: label(snap), chunk: f.chunk, error: f.error });
+    };
+    const done = async (j: MergeJob) => {
+      merge.job = undefined;
+      await merge.idle();
+      try {
         await this.host.release(snap);
-        this.host.events.emit({ type: 'merge-finished', snapshot: label(snap) });
-        void j;
-      },
-      failed: (j) => {
-        const f = j.failure ?? { chunk: -1, error: 'unknown' };
-        this.host.events.emit({ type: 'merge-failed', snapshot: label(snap), chunk: f.chunk, error: f.error });
-      },
-    });
+      } catch (err) {
+        // Every chunk is merged, the origin is right: only the release is left, tried again
+        // by a retry (`merge` again) or at the next start.
+        j.state = 'failed';
+        j.failure = { chunk: -1, error: `releasing the merged snapshot: ${errorMessage(err)}` };
+        failed(j);
+        return;
+      }
+      this.jobs.delete(snap);
+      this.host.events.emit({ type: 'merge-finished', snapshot: label(snap) });
+    };
+    const job = new MergeJob(snap, cow, this.host.store(), merged, { done, failed }, chunks);
     this.jobs.set(snap, job);
     merge.job = job;
     this.host.events.emit({ type: 'merge-started', snapshot: label(snap) });
@@ -98,7 +139,7 @@ export class MergeControl {
 
   scheduled(all: Iterable<Snapshot>) {
     return [...all]
-      .filter((s) => s.mergeScheduled === true)
+      .filter((s) => s.mergeScheduled === true && s.state === 'valid')
       .map((s) => ({ snapshot: label(s), state: 'scheduled for next start' }));
   }
 }

@@ -11,6 +11,13 @@
  *
  * A client write to a chunk not yet merged first merges that chunk (waiting for the run in
  * progress if it is one), so the write lands on merged data and the merge never overwrites it.
+ *
+ * The chunks to merge are fixed when the merge starts (`mergeChunks`, called with the origin's
+ * writes held) and, after a restart, recomputed by replay at the MERGE record: the same set.
+ * They must not be recomputed from the exception table as it is later, because a client write
+ * during the merge to a chunk the snapshot still shared with the origin copies it for a newer
+ * snapshot, and that copy (the snapshot's old data) resolves for the merged snapshot too:
+ * merging it would roll back the client's write.
  */
 import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
@@ -24,12 +31,38 @@ const RUN_CHUNKS = 16;
 
 export type MergeState = 'merging' | 'failed' | 'done';
 
+/** The chunks a merge of `snapshot` has to copy back now: those it reads from the store. */
+export function mergeChunks(snapshot: Snapshot): number[] {
+  const { table } = snapshot.origin;
+  const candidates = new Set([...table.chunks(), ...snapshot.privateChunks.keys()]);
+  return [...candidates].filter((c) => table.resolve(c, snapshot).from === 'store').sort((a, b) => a - b);
+}
+
+/** An error of one chunk's merge, naming the chunk. */
+class ChunkError extends Error {
+  readonly chunk: number;
+  constructor(chunk: number, cause: unknown) {
+    super(errorMessage(cause), { cause });
+    this.chunk = chunk;
+  }
+}
+
+/** Runs `work` for `chunk`, naming the chunk in what it throws. */
+async function forChunk<T>(chunk: number, work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (err) {
+    throw err instanceof ChunkError ? err : new ChunkError(chunk, err);
+  }
+}
+
 export class MergeJob {
   readonly snapshot: Snapshot;
   state: MergeState = 'merging';
   failure: { chunk: number; error: string } | undefined;
-  /** Chunks the snapshot holds in the store, ascending: what has to be copied back. */
+  /** Chunks the snapshot held in the store when the merge started, ascending: what is copied back. */
   readonly chunks: number[];
+  private readonly chunkSet: Set<number>;
   readonly merged: Set<number>;
   private readonly guard = new ChunkGuard();
   private readonly cow: CowOrigin;
@@ -46,21 +79,22 @@ export class MergeJob {
     store: DiffStore,
     merged: Set<number>,
     hooks: { done: (job: MergeJob) => Promise<void>; failed: (job: MergeJob) => void },
+    /** The chunks to merge, fixed at the start of the merge (see `mergeChunks`). */
+    chunks: readonly number[],
   ) {
     this.snapshot = snapshot;
     this.cow = cow;
     this.store = store;
-    const { table } = snapshot.origin;
-    const candidates = new Set([...table.chunks(), ...snapshot.privateChunks.keys()]);
-    this.chunks = [...candidates].filter((c) => table.resolve(c, snapshot).from === 'store').sort((a, b) => a - b);
-    this.merged = new Set([...merged].filter((c) => this.chunks.includes(c)));
+    this.chunks = [...chunks].sort((a, b) => a - b);
+    this.chunkSet = new Set(this.chunks);
+    this.merged = new Set([...merged].filter((c) => this.chunkSet.has(c)));
     this.onDone = hooks.done;
     this.onFail = hooks.failed;
   }
 
   /** Whether reads of `chunk` must come from the snapshot's copy (not merged yet). */
   pending(chunk: number): boolean {
-    return !this.merged.has(chunk) && this.snapshot.origin.table.resolve(chunk, this.snapshot).from === 'store';
+    return this.chunkSet.has(chunk) && !this.merged.has(chunk);
   }
 
   progress() {
@@ -89,25 +123,37 @@ export class MergeJob {
   }
 
   private async loop(): Promise<void> {
-    let i = 0;
-    while (i < this.chunks.length) {
-      const run: number[] = [];
-      for (; i < this.chunks.length && run.length < RUN_CHUNKS; i++) {
-        const c = this.chunks[i] as number;
-        const prev = run[run.length - 1];
-        if (this.merged.has(c)) continue;
-        if (prev !== undefined && c !== prev + 1) break;
-        run.push(c);
+    // Passes until nothing is pending: a chunk a client write was merging when a pass reached
+    // it is skipped by that pass, and if that merge failed the next pass does it (or fails).
+    for (;;) {
+      const todo = this.chunks.filter((c) => this.pending(c));
+      if (todo.length === 0) break;
+      const busy: Promise<void>[] = [];
+      for (let i = 0; i < todo.length; ) {
+        const run: number[] = [];
+        for (; i < todo.length && run.length < RUN_CHUNKS; i++) {
+          const c = todo[i] as number;
+          const prev = run[run.length - 1];
+          if (prev !== undefined && c !== prev + 1) break;
+          run.push(c);
+        }
+        try {
+          await this.mergeRun(run);
+        } catch (err) {
+          this.state = 'failed';
+          this.failure = {
+            chunk: err instanceof ChunkError ? err.chunk : (run[0] as number),
+            error: errorMessage(err),
+          };
+          this.onFail(this);
+          return;
+        }
+        for (const c of run) {
+          const p = this.guard.inProgress(c);
+          if (p !== undefined) busy.push(p);
+        }
       }
-      if (run.length === 0) continue;
-      try {
-        await this.mergeRun(run);
-      } catch (err) {
-        this.state = 'failed';
-        this.failure = { chunk: run[0] as number, error: errorMessage(err) };
-        this.onFail(this);
-        return;
-      }
+      await Promise.all(busy);
     }
     this.state = 'done';
     await this.onDone(this);
@@ -131,20 +177,32 @@ export class MergeJob {
       // Consecutive chunks: one read per chunk from the store, one write to the origin.
       const first = todo[0] as number;
       const parts = await Promise.all(
-        todo.map((c) => {
-          const src = origin.table.resolve(c, this.snapshot);
-          if (src.from !== 'store') throw new NbdsnapError('EIO', `chunk ${c} lost its store copy during the merge`);
-          return this.store.readSlot(src.slot, origin.chunkLength(c));
-        }),
+        todo.map((c) =>
+          forChunk(c, async () => {
+            const src = origin.table.resolve(c, this.snapshot);
+            if (src.from !== 'store') throw new NbdsnapError('EIO', `chunk ${c} lost its store copy during the merge`);
+            return this.store.readSlot(src.slot, origin.chunkLength(c));
+          }),
+        ),
       );
       const contiguous = todo.every((c, k) => c === first + k);
-      if (contiguous) await this.cow.write(first * origin.chunkSize, Buffer.concat(parts), false);
-      else await Promise.all(todo.map((c, k) => this.cow.write(c * origin.chunkSize, parts[k] as Buffer, false)));
-      await this.cow.base.flush();
+      const one = (k: number) =>
+        forChunk(todo[k] as number, () =>
+          this.cow.write((todo[k] as number) * origin.chunkSize, parts[k] as Buffer, false),
+        );
+      try {
+        if (contiguous) await this.cow.write(first * origin.chunkSize, Buffer.concat(parts), false);
+        else await Promise.all(todo.map((_, k) => one(k)));
+      } catch {
+        // Again chunk by chunk, in order: the error then names the chunk that fails (writing
+        // the others again is harmless: no client write reaches a chunk being merged).
+        for (let k = 0; k < todo.length; k++) await one(k);
+      }
+      await forChunk(first, () => this.cow.base.flush());
       const records = contiguous
         ? [{ type: 'MERGED' as const, snapshot: this.snapshot.id, chunk: first, count: todo.length }]
         : todo.map((c) => ({ type: 'MERGED' as const, snapshot: this.snapshot.id, chunk: c, count: 1 }));
-      await this.store.commit(records);
+      await forChunk(first, () => this.store.commit(records));
       for (const c of todo) this.merged.add(c);
       this.bytesSinceStart += parts.reduce((n, p) => n + p.length, 0);
     } finally {

@@ -6,6 +6,7 @@
 import { CbtTracker } from '../cbt/tracker.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { JournalRecord } from '../store/records.ts';
+import { mergeChunks } from './merge.ts';
 import { OriginState, type Snapshot } from './model.ts';
 
 export interface ReplayedState {
@@ -14,8 +15,11 @@ export interface ReplayedState {
   snapshots: Map<number, Snapshot>;
   nextSnapshotId: number;
   nextSeq: number;
-  /** Snapshots with a merge recorded and not finished: id -> deferred. */
-  merges: Map<number, { deferred: boolean; merged: Set<number> }>;
+  /**
+   * Snapshots with a merge recorded and not finished: id -> deferred, the chunks merged, and
+   * the chunks to merge (found at the MERGE record that began it, as when it began).
+   */
+  merges: Map<number, { deferred: boolean; merged: Set<number>; chunks: number[] | undefined }>;
   /** Change tracking per device id. */
   trackers: Map<number, CbtTracker>;
   /** Every snapshot ever taken, deleted ones too, per device id: name -> seq (for `--since`). */
@@ -75,6 +79,7 @@ export function replay(records: JournalRecord[], chunkSize: number): ReplayedSta
         } else {
           snap.state = 'invalid';
           snap.reason = rec.reason;
+          snap.mergeScheduled = false; // an invalid snapshot is never merged
         }
         snap.origin.refresh();
         snap.origin.table.prune(snap.origin.readers, noFree);
@@ -89,9 +94,11 @@ export function replay(records: JournalRecord[], chunkSize: number): ReplayedSta
       case 'MERGE': {
         const snap = st.snapshots.get(rec.snapshot);
         if (snap === undefined) break;
+        const before = st.merges.get(rec.snapshot);
         st.merges.set(rec.snapshot, {
           deferred: rec.deferred,
-          merged: st.merges.get(rec.snapshot)?.merged ?? new Set(),
+          merged: before?.merged ?? new Set(),
+          chunks: before?.chunks ?? (rec.deferred ? undefined : mergeChunks(snap)),
         });
         if (rec.deferred) snap.mergeScheduled = true;
         else {

@@ -32,6 +32,9 @@ export class SnapshotDevice implements BlockDevice {
   private readonly store: DiffStore;
   private readonly privateGuard = new ChunkGuard();
   private readonly track: (offset: number, length: number) => Promise<void>;
+  /** Writes in flight, and who waits for there to be none (`quiesce`). */
+  private writes = 0;
+  private readonly quiesced: (() => void)[] = [];
 
   /**
    * `origin` is the device below the COW layer; `store` the difference store; `track` records a
@@ -70,6 +73,20 @@ export class SnapshotDevice implements BlockDevice {
         `snapshot ${this.snapshot.origin.name}@${this.snapshot.name} is invalid: ${this.snapshot.reason ?? ''}`,
       );
     }
+    if (this.snapshot.state === 'merging') {
+      // A connection opened before the merge began: the snapshot is the origin's content now
+      // (and what it would read here changes under the merge), then it is released.
+      throw new NbdsnapError(
+        'EIO',
+        `snapshot ${this.snapshot.origin.name}@${this.snapshot.name} is being merged into its origin`,
+      );
+    }
+  }
+
+  /** Resolves once no write to this snapshot is in flight (a merge is about to start). */
+  quiesce(): Promise<void> {
+    if (this.writes === 0) return Promise.resolve();
+    return new Promise((resolve) => this.quiesced.push(resolve));
   }
 
   private pieces(offset: number, length: number): Piece[] {
@@ -123,11 +140,17 @@ export class SnapshotDevice implements BlockDevice {
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.check();
-    await this.track(offset, data.length);
-    await Promise.all(
-      this.pieces(offset, data.length).map((p) => this.writePiece(p, data.subarray(p.at, p.at + p.length))),
-    );
-    if (fua) await this.store.sync();
+    this.writes += 1;
+    try {
+      await this.track(offset, data.length);
+      await Promise.all(
+        this.pieces(offset, data.length).map((p) => this.writePiece(p, data.subarray(p.at, p.at + p.length))),
+      );
+      if (fua) await this.store.sync();
+    } finally {
+      this.writes -= 1;
+      if (this.writes === 0) for (const w of this.quiesced.splice(0)) w();
+    }
   }
 
   async writeZeroes(offset: number, length: number, options: { fua: boolean; fast: boolean }): Promise<void> {

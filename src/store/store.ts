@@ -48,6 +48,7 @@ export class DiffStore {
   private readonly journal: Journal | undefined;
   private superblock: Superblock | undefined;
   private readonly slotsPerRange: number[] = [];
+  private failedReason: string | undefined;
 
   private constructor(space: StoreSpace, journal: Journal | undefined, sb: Superblock | undefined) {
     this.space = space;
@@ -176,9 +177,47 @@ export class DiffStore {
     return this.space.readSlot(slot, length, offsetInSlot);
   }
 
-  /** Make records (and all data written before) durable. Transient: nothing to do. */
-  commit(records: JournalRecord[]): Promise<void> {
-    return this.journal === undefined ? Promise.resolve() : this.journal.append(records);
+  /**
+   * Make records (and all data written before) durable. Transient: nothing to do.
+   * A failed commit leaves the journal's end unknown: the store is marked failed (in memory, and
+   * in the superblock if that can still be written) and refuses every later commit, so nothing
+   * is ever recorded after a gap, and at the next start no snapshot is served as valid.
+   */
+  async commit(records: JournalRecord[]): Promise<void> {
+    if (this.journal === undefined) return;
+    if (this.failure !== undefined) throw new NbdsnapError('EIO', `difference store failed earlier: ${this.failure}`);
+    try {
+      await this.journal.append(records);
+    } catch (err) {
+      await this.markFailed((err as Error).message);
+      throw err;
+    }
+  }
+
+  /** Why the store failed (a commit could not be made durable), if it did since this start. */
+  get failure(): string | undefined {
+    return this.failedReason;
+  }
+
+  /** A failure recorded before this start (the superblock's flag), if any. */
+  get failedBefore(): string | undefined {
+    return this.superblock?.failed;
+  }
+
+  /** After the snapshots of a failed store were recorded invalid: clear the superblock's flag. */
+  async clearFailedBefore(): Promise<void> {
+    if (this.superblock?.failed === undefined) return;
+    const { failed: _, ...rest } = this.superblock;
+    this.superblock = rest;
+    await this.writeSuperblock();
+  }
+
+  private async markFailed(reason: string): Promise<void> {
+    if (this.failedReason !== undefined) return;
+    this.failedReason = reason;
+    if (this.superblock === undefined) return;
+    this.superblock = { ...this.superblock, failed: `${new Date().toISOString()}: ${reason}` };
+    await this.writeSuperblock().catch(() => undefined);
   }
 
   /** Make data written into slots durable (FLUSH on a writable snapshot). */

@@ -25,6 +25,8 @@ export interface Superblock {
   uuid: string;
   firstJournalSlot: number;
   ranges: StoreRange[];
+  /** Set when a metadata commit failed: what the journal holds may be incomplete. */
+  failed?: string;
 }
 
 export function newSuperblock(chunkSize: number, ranges: StoreRange[], firstJournalSlot: number): Superblock {
@@ -38,6 +40,7 @@ export function encodeSuperblock(sb: Superblock): Buffer {
       uuid: sb.uuid,
       firstJournalSlot: sb.firstJournalSlot,
       ranges: sb.ranges,
+      ...(sb.failed === undefined ? {} : { failed: sb.failed }),
     }),
   );
   if (32 + json.length > SUPERBLOCK_COPY) {
