@@ -41,3 +41,32 @@ export class EventBus {
     return () => this.emitter.off('event', fn);
   }
 }
+
+/** Raises `low-space` once when free space drops below the threshold, again after it recovered. */
+export class LowSpaceWatch {
+  private raised = false;
+  private readonly events: EventBus;
+  private readonly percent: number;
+
+  constructor(events: EventBus, percent: number) {
+    this.events = events;
+    this.percent = percent;
+  }
+
+  check(store: { freeSlots: number; totalSlots: number; chunkSize: number }): void {
+    if (store.totalSlots === 0) return;
+    const freePercent = (100 * store.freeSlots) / store.totalSlots;
+    if (freePercent >= this.percent) {
+      this.raised = false;
+      return;
+    }
+    if (this.raised) return;
+    this.raised = true;
+    this.events.emit({
+      type: 'low-space',
+      freeBytes: store.freeSlots * store.chunkSize,
+      totalBytes: store.totalSlots * store.chunkSize,
+      thresholdPercent: this.percent,
+    });
+  }
+}

@@ -16,14 +16,14 @@ import type { ExportRegistry } from '../server/exports.ts';
 import type { StoreRange } from '../store/space.ts';
 import { DiffStore } from '../store/store.ts';
 import { CowOrigin } from './cow-origin.ts';
-import { EventBus } from './events.ts';
+import { EventBus, LowSpaceWatch } from './events.ts';
 import { MergeLayer } from './merge.ts';
 import { MergeControl } from './merge-control.ts';
 import { OriginState, type Snapshot } from './model.ts';
 import { replay, usedSlots } from './replay.ts';
 import { SnapshotDevice } from './snapshot-device.ts';
 import { exportName, snapshotExport } from './snapshot-export.ts';
-import { snapshotInfo, storeInfo } from './status.ts';
+import { deviceInfo, snapshotInfo, storeInfo } from './status.ts';
 
 export interface ManagerOptions {
   /** `path`: the image file, so a store range appended at run time can be refused on it. */
@@ -53,7 +53,7 @@ export class SnapshotManager {
   private readonly snapshots = new Map<number, Snapshot>();
   private nextSnapshotId = 1;
   private nextSeq = 1;
-  private lowSpaceRaised = false;
+  private readonly lowSpace: LowSpaceWatch;
   /** Invalidations on their way to the journal: later writes needing the snapshot wait for them. */
   private readonly invalidating = new Map<Snapshot, Promise<void>>();
   private busy: Promise<unknown> = Promise.resolve();
@@ -63,6 +63,7 @@ export class SnapshotManager {
     this.log = log;
     this.opts = opts;
     this.events = new EventBus(log);
+    this.lowSpace = new LowSpaceWatch(this.events, opts.lowSpacePercent);
     this.cbt = new CbtControl({
       commit: opts.store.length > 0 && !opts.transient ? (records) => this.requireStore().commit(records) : undefined,
       era: () => this.nextSeq,
@@ -393,20 +394,7 @@ export class SnapshotManager {
   }
 
   private checkSpace(): void {
-    const store = this.store;
-    if (store === undefined || store.totalSlots === 0) return;
-    const freePercent = (100 * store.freeSlots) / store.totalSlots;
-    if (freePercent < this.opts.lowSpacePercent && !this.lowSpaceRaised) {
-      this.lowSpaceRaised = true;
-      this.events.emit({
-        type: 'low-space',
-        freeBytes: store.freeSlots * store.chunkSize,
-        totalBytes: store.totalSlots * store.chunkSize,
-        thresholdPercent: this.opts.lowSpacePercent,
-      });
-    } else if (freePercent >= this.opts.lowSpacePercent) {
-      this.lowSpaceRaised = false;
-    }
+    if (this.store !== undefined) this.lowSpace.check(this.store);
   }
 
   list() {
@@ -419,12 +407,7 @@ export class SnapshotManager {
 
   status() {
     return {
-      devices: [...this.origins.values()].map(({ state }) => ({
-        name: state.name,
-        size: state.size,
-        chunkSize: state.chunkSize,
-        snapshots: state.snapshots.length,
-      })),
+      devices: [...this.origins.values()].map(({ state }) => deviceInfo(state)),
       snapshots: this.list(),
       merges: this.mergeStatus(),
       store: this.store === undefined ? null : this.storeStatus(),

@@ -7,6 +7,10 @@
 import type { DiffStore } from '../store/store.ts';
 import type { OriginState, Snapshot } from './model.ts';
 
+export function deviceInfo(o: OriginState) {
+  return { name: o.name, size: o.size, chunkSize: o.chunkSize, snapshots: o.snapshots.length };
+}
+
 export function snapshotInfo(s: Snapshot, store: DiffStore | undefined) {
   const copies = [...s.origin.table.entries()].filter(([chunk, v]) => s.origin.table.find(chunk, s.seq) === v).length;
   return {
