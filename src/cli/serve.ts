@@ -89,6 +89,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     process.on('SIGINT', onSignal);
   });
   await control?.close();
+  await manager.beforeStop();
   await Promise.all(devices.map((d) => d.device.flush().then(() => d.device.close())));
   manager.close();
   log.info('stopped');

@@ -158,17 +158,20 @@ export class SnapshotManager {
 
   /**
    * A commit failed before this start: the journal ends at its last whole batch, so copies made
-   * after it may be missing and no snapshot of that time can be proven exact. Record them all
-   * invalid, then clear the failure flag: the store itself is consistent again.
+   * after it may be missing and no snapshot of that time can be proven exact. Record every valid
+   * one invalid, then clear the failure flag: the store itself is consistent again.
    */
   private async invalidateAfterFailure(store: DiffStore, snaps: Iterable<Snapshot>): Promise<void> {
     const reason = `difference store failed: ${store.failedBefore}`;
     this.log.error('the difference store failed earlier; its snapshots are invalid', { reason });
-    const all = [...snaps].filter((s) => s.state !== 'invalid');
+    // Not a snapshot being merged: it takes no copies since its MERGE record (which is durable),
+    // so it is exact, and the half-merged origin can only be made whole by finishing its merge.
+    const all = [...snaps].filter((s) => s.state === 'valid');
     await store.commit(all.map((s) => ({ type: 'INVALID' as const, snapshot: s.id, reason })));
     for (const s of all) {
       s.state = 'invalid';
       s.reason = reason;
+      s.mergeScheduled = false;
       for (const slot of s.privateChunks.values()) store.release(slot);
       s.privateChunks.clear();
       s.origin.refresh();
@@ -412,6 +415,15 @@ export class SnapshotManager {
       merges: this.mergeStatus(),
       store: this.store === undefined ? null : this.storeStatus(),
     };
+  }
+
+  /**
+   * Before a graceful stop: a transient store forgets every snapshot at exit, so a merge still
+   * running would leave the origin half rolled back for good; let it finish (a durable store
+   * resumes it at the next start instead).
+   */
+  async beforeStop(): Promise<void> {
+    if (this.store?.transient === true) await this.merges.settle();
   }
 
   close(): void {

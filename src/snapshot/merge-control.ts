@@ -54,6 +54,8 @@ export class MergeControl {
       throw new NbdsnapError('BUSY', `device ${snap.origin.name} already has a merge of ${label(other)}`);
     if (onNextStart) {
       refuseInvalid(snap);
+      if (this.host.store().transient)
+        throw new NbdsnapError('BAD_ARGUMENT', 'a transient store keeps no snapshot until the next start');
       await this.host.store().commit([{ type: 'MERGE', snapshot: snap.id, deferred: true }]);
       snap.mergeScheduled = true;
       return undefined;
@@ -135,6 +137,11 @@ export class MergeControl {
 
   status() {
     return [...this.jobs.values()].map((j) => j.progress());
+  }
+
+  /** Resolves once no merge is running (a failed one is left as it is). */
+  async settle(): Promise<void> {
+    await Promise.all([...this.jobs.values()].map((j) => j.settled()));
   }
 
   scheduled(all: Iterable<Snapshot>) {

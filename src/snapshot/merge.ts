@@ -21,6 +21,7 @@
  */
 import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
+import type { Extent } from '../nbd-protocol/index.ts';
 import type { DiffStore } from '../store/store.ts';
 import { ChunkGuard } from './chunk-guard.ts';
 import type { CowOrigin } from './cow-origin.ts';
@@ -38,21 +39,16 @@ export function mergeChunks(snapshot: Snapshot): number[] {
   return [...candidates].filter((c) => table.resolve(c, snapshot).from === 'store').sort((a, b) => a - b);
 }
 
-/** An error of one chunk's merge, naming the chunk. */
-class ChunkError extends Error {
-  readonly chunk: number;
-  constructor(chunk: number, cause: unknown) {
-    super(errorMessage(cause), { cause });
-    this.chunk = chunk;
-  }
-}
+/** The chunk whose merge threw each error (the error itself is passed on unchanged). */
+const failedChunk = new WeakMap<object, number>();
 
-/** Runs `work` for `chunk`, naming the chunk in what it throws. */
+/** Runs `work` for `chunk`, noting the chunk against what it throws. */
 async function forChunk<T>(chunk: number, work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (err) {
-    throw err instanceof ChunkError ? err : new ChunkError(chunk, err);
+    if (typeof err === 'object' && err !== null && !failedChunk.has(err)) failedChunk.set(err, chunk);
+    throw err;
   }
 }
 
@@ -97,6 +93,22 @@ export class MergeJob {
     return this.chunkSet.has(chunk) && !this.merged.has(chunk);
   }
 
+  /** The first chunk from `chunk` on that is still to merge, if any. */
+  nextPending(chunk: number): number | undefined {
+    let lo = 0;
+    let hi = this.chunks.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if ((this.chunks[mid] as number) < chunk) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = lo; i < this.chunks.length; i++) {
+      const c = this.chunks[i] as number;
+      if (!this.merged.has(c)) return c;
+    }
+    return undefined;
+  }
+
   progress() {
     const seconds = (Date.now() - this.started) / 1000;
     return {
@@ -107,6 +119,11 @@ export class MergeJob {
       bytesPerSecond: seconds > 0 ? Math.round(this.bytesSinceStart / seconds) : 0,
       ...(this.failure === undefined ? {} : { failedChunk: this.failure.chunk, error: this.failure.error }),
     };
+  }
+
+  /** Resolves once the background loop is not running (done, failed, or never started). */
+  settled(): Promise<void> {
+    return this.running ?? Promise.resolve();
   }
 
   /** Start (or retry) the background loop. */
@@ -142,7 +159,7 @@ export class MergeJob {
         } catch (err) {
           this.state = 'failed';
           this.failure = {
-            chunk: err instanceof ChunkError ? err.chunk : (run[0] as number),
+            chunk: (typeof err === 'object' && err !== null ? failedChunk.get(err) : undefined) ?? (run[0] as number),
             error: errorMessage(err),
           };
           this.onFail(this);
@@ -280,14 +297,25 @@ export class MergeLayer extends Layer {
   override async extents(offset: number, length: number) {
     const job = this.job;
     if (job === undefined) return this.next.extents(offset, length);
-    // While merging, chunks still in the store are data; report the origin's view past them.
+    // While merging, chunks still in the store are data; elsewhere the origin's own view, but
+    // only up to the next chunk still to merge (the origin may have a hole where the snapshot
+    // has data: reporting it would let a client skip that data as zeroes).
     const origin = job.snapshot.origin;
-    const first = Math.floor(offset / origin.chunkSize);
-    if (job.pending(first)) {
-      const end = Math.min(origin.size, (first + 1) * origin.chunkSize, offset + length);
-      return [{ length: end - offset, flags: 0 }];
+    const cs = origin.chunkSize;
+    const first = Math.floor(offset / cs);
+    const end = Math.min(origin.size, offset + length);
+    if (job.pending(first)) return [{ length: Math.min(end, (first + 1) * cs) - offset, flags: 0 }];
+    const next = job.nextPending(first + 1);
+    const stop = next === undefined ? end : Math.min(end, next * cs);
+    const out: Extent[] = [];
+    let covered = 0;
+    for (const e of await this.next.extents(offset, stop - offset)) {
+      const take = Math.min(e.length, stop - offset - covered);
+      if (take <= 0) break;
+      out.push({ length: take, flags: e.flags });
+      covered += take;
     }
-    return this.next.extents(offset, length);
+    return out;
   }
 
   private async mergeFirst(offset: number, length: number): Promise<void> {
