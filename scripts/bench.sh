@@ -1,45 +1,67 @@
 #!/usr/bin/env bash
-# bench.sh: side-by-side benchmark of nbdsnap and `nbdkit file` serving the same image, driven by
-# real NBD clients (nbdcopy, fio's nbd engine) over loopback. Run by `npm run bench`.
+# bench.sh: benchmark of nbdsnap against other NBD servers on the same image, driven by real NBD
+# clients (nbdcopy, fio's nbd engine) over loopback. Run by `npm run bench`. One run, in sections
+# (BENCH_SECTIONS), each printed as a table; then the ratios the issues ask for, with targets.
 #
-# One run: create a sparse image in a temp dir and fill it with random data, start both servers on
-# free 127.0.0.1 ports (they stay up for the whole run, so VmHWM at the end is the peak RSS of the
-# run), then for each repetition and each workload run the workload against both servers back to
-# back (the order flips every repetition), and finally print the median of every figure and the
-# ratio nbdsnap/nbdkit as a table (and as JSON when BENCH_JSON is set).
+#   io        nbdsnap vs `nbdkit file` serving the same image: plain reads and writes. Both servers
+#             stay up for the whole section (VmHWM at the end is its peak RSS); for each repetition
+#             and workload, both servers back to back (the order flips every repetition).
+#   snapshot  (scripts/bench-snapshot.sh) origin writes while one snapshot is held (first write,
+#             overwrite) and snapshot reads, vs nbdsnap's plain writes / origin reads, and the same
+#             against qemu-nbd serving a qcow2 overlay and `nbdkit --filter=cow file`; peak RSS and
+#             heap per copied chunk with a store full of copies.
+#   merge     (scripts/bench-merge.sh) merging N MiB back vs nbdcopy of N MiB between two exports;
+#             origin random reads during a merge vs idle.
+#   backup    (scripts/bench-backup.sh) incremental backup of ~5% scattered changes vs a full
+#             nbdcopy of the snapshot: time and bytes; change-tracking cost on 4 KiB writes.
+#
+# Medians of the repetitions are reported (and as JSON when BENCH_JSON is set).
 #
 # Environment (defaults):
 #   BENCH_SIZE=1G          image size (anything truncate(1) takes; fio uses the whole export)
-#   BENCH_RUNTIME=5        seconds per fio run (time based), after BENCH_RAMP=1 s of ramp
-#   BENCH_REPEAT=2         repetitions of every workload per server (median reported)
+#   BENCH_RUNTIME=3        seconds per time-based fio run, after BENCH_RAMP=1 s of ramp
+#   BENCH_REPEAT=2         repetitions of every io workload per server (median reported)
+#   BENCH_SECTION_REPEAT=1 repetitions of the snapshot, merge and backup sections
+#   BENCH_SECTIONS="io snapshot merge backup"   sections to run, in this order
 #   BENCH_JOBS=4           connections of the multi-connection fio workloads (numjobs)
-#   BENCH_WORKLOADS="..."  subset / order of workloads (default: all, see WORKLOADS below)
-#   BENCH_SERVERS="nbdsnap nbdkit"   servers to run (one alone is fine: ratios show "-")
-#   BENCH_JSON=FILE        also write the results table as JSON to FILE
+#   BENCH_WORKLOADS="..."  subset / order of io workloads (default: all, see WORKLOADS below)
+#   BENCH_SERVERS="nbdsnap nbdkit"   io servers to run (one alone is fine: ratios show "-")
+#   BENCH_SNAP_SERVERS="nbdsnap qcow2 nbdkit-cow"   servers of the snapshot section
+#   BENCH_FW_CAP=60        time cap (s) of the size-based first-write runs (one pass over the chunks)
+#   BENCH_FW_ROUNDS=2      4 KiB first-write passes per server, each on a fresh snapshot / overlay
+#   BENCH_MERGE_SIZE=256M  changed data merged back (merge section)
+#   BENCH_BACKUP_PCT=5     percentage of 64 KiB blocks changed before the incremental backup
+#   BENCH_BACKUP_FULL=1    0: do not also time a full `nbdsnap backup` of the snapshot
+#   BENCH_CBT_ROUNDS=3     fresh-era 4 KiB write passes per change-tracking setting
+#   BENCH_JSON=FILE        also write the results as JSON to FILE
 #   BENCH_KEEP=1           keep the temp dir (raw fio JSON, server logs) and print its path
 #   BENCH_DIR=DIR          parent of the temp dir (default ${TMPDIR:-/tmp})
 #   BENCH_NODE_FLAGS=...   extra node flags for nbdsnap, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
 #                          (nbdsnap is stopped with SIGTERM, so it exits gracefully and writes it)
-#   BENCH_NBDSNAP_ARGS=... extra `nbdsnap serve` options (e.g. "--store FILE --control SOCK")
+#   BENCH_NBDSNAP_ARGS=... extra `nbdsnap serve` options of the io section's nbdsnap
 #   BENCH_NBDKIT_ARGS=...  extra nbdkit options (e.g. "-t 32"), placed before the plugin name
 #   UV_THREADPOOL_SIZE     passed through to nbdsnap (bin/nbdsnap.cjs defaults it to 16)
 #
-# Adding a workload: write `wl_NAME URI SERVER` that runs one client job and calls
+# Adding an io workload: write `wl_NAME URI SERVER` that runs one client job and calls
 #   record METRIC VALUE UNIT BETTER TARGET
 # (BETTER: hi|lo; TARGET: "ratio>=X", "ratio<=X", "snap<X", "snap>X" or "-"), add NAME to
-# WORKLOADS. Optional hooks `prep_NAME URI SERVER` / `post_NAME URI SERVER` run untimed around it
-# (e.g. take a snapshot before "origin writes while a snapshot is held" and drop it afterwards).
+# WORKLOADS. Optional hooks `prep_NAME URI SERVER` / `post_NAME URI SERVER` run untimed around it.
 # Workloads whose name contains "write" or "cow" are followed by a sync of the image (untimed), so
-# dirty pages of one run are not written back during the next one.
+# dirty pages of one run are not written back during the next one. A section is a function
+# `section_NAME` that starts its own servers (start_nbdsnap_as, start_qcow2, start_nbdkit_cow),
+# records with CUR_TABLE=NAME and CUR_SERVER set, and stops them; `ratio` (below) declares a
+# ratio of two medians for the final table.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SIZE=${BENCH_SIZE:-1G}
-RUNTIME=${BENCH_RUNTIME:-5}
+RUNTIME=${BENCH_RUNTIME:-3}
 RAMP=${BENCH_RAMP:-1}
 REPEAT=${BENCH_REPEAT:-2}
 JOBS=${BENCH_JOBS:-4}
 SERVERS=${BENCH_SERVERS:-nbdsnap nbdkit}
+SECTIONS=${BENCH_SECTIONS:-io snapshot merge backup}
+SECTION_REPEAT=${BENCH_SECTION_REPEAT:-1}
 WORKLOADS=${BENCH_WORKLOADS:-nbdcopy_read nbdcopy_write seqread seqwrite randread randwrite randread_mc randwrite_mc lat_randread}
 NODE_FLAGS=${BENCH_NODE_FLAGS:-}
 NBDSNAP_ARGS=${BENCH_NBDSNAP_ARGS:-}
@@ -52,6 +74,9 @@ log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 for t in node fio nbdcopy nbdinfo nbdkit truncate; do
   command -v "$t" >/dev/null || die "$t not found"
 done
+case " $SECTIONS " in *" snapshot "*)
+  for t in qemu-img qemu-nbd; do command -v "$t" >/dev/null || die "$t not found (snapshot section)"; done ;;
+esac
 fio --enghelp=nbd >/dev/null 2>&1 || die "fio has no nbd engine"
 
 # ------------------------------------------------------------------ temp dir, servers, cleanup
@@ -59,8 +84,10 @@ WORK=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/nbdsnap-bench.XXXXXX") || die "c
 IMG=$WORK/image.raw
 SRC=$WORK/source.raw
 RAW=$WORK/results.tsv
+RATIOS=$WORK/ratios.tsv
 : >"$RAW"
-declare -A PID URI CPU0
+: >"$RATIOS"
+declare -A PID URI CPU0 CTL
 
 stop_server() {  # name: SIGTERM by PID, wait (a profile may be being written), then SIGKILL
   local name=$1 pid=${PID[$1]:-} i
@@ -75,10 +102,10 @@ stop_server() {  # name: SIGTERM by PID, wait (a profile may be being written), 
   PID[$name]=
 }
 
-cleanup() {
+cleanup() {  # every server this script started (by its PID), then the temp dir
   local s
   trap - EXIT INT TERM
-  for s in $SERVERS; do stop_server "$s"; done
+  for s in "${!PID[@]}"; do stop_server "$s"; done
   if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -114,6 +141,19 @@ start_nbdsnap() {  # port
   URI[nbdsnap]=nbd://127.0.0.1:$1/$EXPORT
 }
 
+start_nbdsnap_as() {  # name port serve-args... (a section's own nbdsnap; URI[name] is nbd://HOST:PORT)
+  local name=$1 port=$2
+  shift 2
+  rm -f "$WORK/$name.pid"
+  # shellcheck disable=SC2086
+  BENCH_HEAP_OUT="$WORK/$name.heap" node $NODE_FLAGS --expose-gc --require "$ROOT/scripts/bench-heap.cjs" "$ROOT/bin/nbdsnap.cjs" serve "$@" \
+    -p "$port" -b 127.0.0.1 --pid-file "$WORK/$name.pid" --log-level warn >"$WORK/$name.log" 2>&1 &
+  PID[$name]=$!
+  wait_pidfile "$name" "$WORK/$name.pid" "${PID[$name]}"
+  PID[$name]=$(cat "$WORK/$name.pid")
+  URI[$name]=nbd://127.0.0.1:$port
+}
+
 start_nbdkit() {  # port
   # shellcheck disable=SC2086
   nbdkit -f --exit-with-parent -P "$WORK/nbdkit.pid" -i 127.0.0.1 -p "$1" $NBDKIT_ARGS \
@@ -133,20 +173,31 @@ hwm_mib() {  # pid -> VmHWM in MiB
 }
 
 # ------------------------------------------------------------------ recording
-CUR_REP=0 CUR_SERVER='' CUR_WL=''
+CUR_REP=0 CUR_SERVER='' CUR_WL='' CUR_TABLE=io
 record() {  # metric value unit better target
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$CUR_REP" "$CUR_SERVER" "$CUR_WL" "$1" "$2" "$3" "$4" "$5" >>"$RAW"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$CUR_REP" "$CUR_SERVER" "$CUR_WL" "$1" "$2" "$3" "$4" "$5" \
+    "$CUR_TABLE" >>"$RAW"
+}
+
+ratio() {  # label numerator denominator target [note]: NUM and DEN are TABLE/SERVER/METRIC (medians)
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5:-}" >>"$RATIOS"
 }
 
 # ------------------------------------------------------------------ client helpers
 FIO_N=0
-run_fio() {  # uri name fio-args... -> prints the path of the JSON result
+run_fio() {  # uri name fio-args... -> prints the path of the JSON result (time based)
+  local uri=$1 name=$2
+  shift 2
+  run_fio_once "$uri" "$name" --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" "$@"
+}
+
+run_fio_once() {  # uri name fio-args... -> path of the JSON result (the args say when to stop)
   local uri=$1 name=$2 out
   shift 2
   FIO_N=$((FIO_N + 1))
   out=$WORK/fio.$FIO_N.$CUR_SERVER.$name.json
   fio --name="$name" --ioengine=nbd --uri="$uri" --group_reporting --output-format=json \
-    --time_based --runtime="$RUNTIME" --ramp_time="$RAMP" "$@" >"$out.raw" 2>"$out.err"
+    "$@" >"$out.raw" 2>"$out.err"
   # the nbd engine prints "fio: connected to NBD server" on stdout before the JSON
   sed -n '/^{/,$p' "$out.raw" >"$out"
   rm -f "$out.raw"
@@ -250,9 +301,50 @@ run_workload() {  # workload server
   case $wl in *write* | *cow*) sync -f "$IMG" 2>/dev/null || sync ;; esac
 }
 
+# ------------------------------------------------------------------ the io section
+section_io() {
+  local s i rep wl order ports
+  CUR_TABLE=io
+  read -r -a ports <<<"$(free_ports 2)"
+  i=0
+  for s in $SERVERS; do
+    "start_$s" "${ports[$i]}"
+    i=$((i + 1))
+    CPU0[$s]=$(cpu_seconds "${PID[$s]}")
+    log "$s: pid ${PID[$s]}, ${URI[$s]}, size $(nbdinfo --size "${URI[$s]}"), multi-conn $(nbdinfo --can multi-conn "${URI[$s]}" && echo yes || echo no)"
+  done
+  order=($SERVERS)
+  for rep in $(seq 1 "$REPEAT"); do
+    CUR_REP=$rep
+    for wl in $WORKLOADS; do
+      for s in "${order[@]}"; do
+        log "io: rep $rep/$REPEAT  $wl  $s"
+        run_workload "$wl" "$s"
+      done
+    done
+    # flip the order every repetition, so neither server always runs first on a fresh page cache
+    order=($(printf '%s\n' "${order[@]}" | tac))
+  done
+  CUR_REP=0 CUR_WL=server
+  for s in $SERVERS; do
+    CUR_SERVER=$s
+    record peak_rss_VmHWM "$(hwm_mib "${PID[$s]}")" MiB lo 'snap<150'
+    record server_cpu_total "$(awk -v a="${CPU0[$s]}" -v b="$(cpu_seconds "${PID[$s]}")" 'BEGIN { printf "%.1f\n", b - a }')" s lo -
+    stop_server "$s"
+  done
+}
+
+# shellcheck source=scripts/bench-snapshot.sh
+. "$ROOT/scripts/bench-snapshot.sh"
+# shellcheck source=scripts/bench-merge.sh
+. "$ROOT/scripts/bench-merge.sh"
+# shellcheck source=scripts/bench-backup.sh
+. "$ROOT/scripts/bench-backup.sh"
+
 # ------------------------------------------------------------------ main
 for wl in $WORKLOADS; do declare -F "wl_$wl" >/dev/null || die "unknown workload $wl"; done
 for s in $SERVERS; do case $s in nbdsnap | nbdkit) ;; *) die "unknown server $s" ;; esac; done
+for sec in $SECTIONS; do declare -F "section_$sec" >/dev/null || die "unknown section $sec"; done
 
 log "creating a $SIZE image in $WORK (sparse, then filled with random data)"
 truncate -s "$SIZE" "$IMG" || die "truncate -s $SIZE failed"
@@ -262,101 +354,46 @@ head -c "$BYTES" /dev/urandom | dd of="$IMG" bs=1M conv=notrunc iflag=fullblock 
 cp --sparse=never "$IMG" "$SRC"   # nbdcopy write source (random, fully allocated, in page cache)
 sync -f "$IMG" 2>/dev/null || sync
 
-read -r -a PORTS <<<"$(free_ports 2)"
-i=0
-for s in $SERVERS; do
-  "start_$s" "${PORTS[$i]}"
-  i=$((i + 1))
-  CPU0[$s]=$(cpu_seconds "${PID[$s]}")
-  log "$s: pid ${PID[$s]}, ${URI[$s]}, size $(nbdinfo --size "${URI[$s]}"), multi-conn $(nbdinfo --can multi-conn "${URI[$s]}" && echo yes || echo no)"
-done
-
+# what is benchmarked: the commit, whether src/ has uncommitted changes, and whether nbdsnap runs
+# from the bundle (dist/, as bin/nbdsnap.cjs chooses) or from the sources through tsx
+TREE="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" status --porcelain -- src 2>/dev/null | grep -q . && echo '+uncommitted-src')"
+CLI=$(node -e '
+  const fs = require("fs"), path = require("path");
+  const newest = (d) => Math.max(0, ...fs.readdirSync(d, { withFileTypes: true }).map((e) =>
+    e.isDirectory() ? newest(path.join(d, e.name)) : e.name.endsWith(".ts") ? fs.statSync(path.join(d, e.name)).mtimeMs : 0));
+  try { console.log(fs.statSync(process.argv[1] + "/dist/nbdsnap.mjs").mtimeMs >= newest(process.argv[1] + "/src") ? "dist" : "tsx") }
+  catch { console.log("tsx") }' "$ROOT")
 LOAD0=$(cut -d' ' -f1 /proc/loadavg)
 awk -v l="$LOAD0" -v n="$(nproc)" 'BEGIN { exit !(l > n) }' &&
   log "warning: load average is $LOAD0 on $(nproc) CPUs before the run: other work will skew the figures"
 T_START=$(date +%s)
-order=($SERVERS)
-for rep in $(seq 1 "$REPEAT"); do
-  CUR_REP=$rep
-  for wl in $WORKLOADS; do
-    for s in "${order[@]}"; do
-      log "rep $rep/$REPEAT  $wl  $s"
-      run_workload "$wl" "$s"
-    done
-  done
-  # flip the order every repetition, so neither server always runs first on a fresh page cache
-  order=($(printf '%s\n' "${order[@]}" | tac))
-done
+run_section() {  # name rep: in a subshell, so that a failing section stops its own servers and the
+  # run goes on with the next one (results are appended to files, so they survive the subshell)
+  (
+    trap 'for s in "${!PID[@]}"; do stop_server "$s"; done' EXIT
+    trap 'exit 130' INT TERM
+    CUR_REP=$2 CUR_TABLE=$1 CUR_WL=$1
+    "section_$1"
+  ) || log "section $1 failed (exit $?); going on with the next"
+}
 
-CUR_REP=0 CUR_WL=server
-for s in $SERVERS; do
-  CUR_SERVER=$s
-  record peak_rss_VmHWM "$(hwm_mib "${PID[$s]}")" MiB lo 'snap<150'
-  record server_cpu_total "$(awk -v a="${CPU0[$s]}" -v b="$(cpu_seconds "${PID[$s]}")" 'BEGIN { printf "%.1f\n", b - a }')" s lo -
+for sec in $SECTIONS; do
+  t0=$(date +%s)
+  if [ "$sec" = io ]; then
+    run_section io 0
+  else
+    for rep in $(seq 1 "$SECTION_REPEAT"); do
+      log "$sec: rep $rep/$SECTION_REPEAT"
+      run_section "$sec" "$rep"
+    done
+  fi
+  log "section $sec took $(($(date +%s) - t0)) s"
 done
 log "workloads took $(($(date +%s) - T_START)) s"
 
 # ------------------------------------------------------------------ report
-CONFIG="size=$SIZE ($BYTES bytes) runtime=${RUNTIME}s ramp=${RAMP}s repeat=$REPEAT jobs=$JOBS uv_threadpool=${UV_THREADPOOL_SIZE:-16(default)} node=$(node --version) nbdkit=$(nbdkit --version | awk '{print $2}') fio=$(fio --version) cpus=$(nproc) loadavg(start,end)=$LOAD0,$(cut -d' ' -f1 /proc/loadavg)"
-node - "$RAW" "${BENCH_JSON:-}" "$CONFIG" <<'EOF'
-const fs = require('fs');
-const [raw, jsonOut, config] = process.argv.slice(2);
-const rows = fs.readFileSync(raw, 'utf8').trim().split('\n').filter(Boolean).map((l) => {
-  const [rep, server, workload, metric, value, unit, better, target] = l.split('\t');
-  return { rep: Number(rep), server, workload, metric, value: Number(value), unit, better, target };
-});
-const median = (xs) => {
-  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (v.length === 0) return null;
-  const m = v.length >> 1;
-  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
-};
-const metrics = new Map(); // metric -> { workload, unit, better, target, values: { server: [] } }
-for (const r of rows) {
-  if (!metrics.has(r.metric)) metrics.set(r.metric, { ...r, values: {} });
-  (metrics.get(r.metric).values[r.server] ??= []).push(r.value);
-}
-const table = [];
-for (const [metric, m] of metrics) {
-  if (metric.startsWith('cpu:')) continue;
-  const snap = median(m.values.nbdsnap ?? []);
-  const kit = median(m.values.nbdkit ?? []);
-  const ratio = snap !== null && kit !== null && kit !== 0 ? snap / kit : null;
-  const cpu = metrics.get(`cpu:${m.workload}`);
-  let pass = null;
-  const t = /^(ratio|snap)([<>]=?)([\d.]+)$/.exec(m.target);
-  if (t) {
-    const x = t[1] === 'ratio' ? ratio : snap;
-    const y = Number(t[3]);
-    if (x !== null) pass = { '<': x < y, '<=': x <= y, '>': x > y, '>=': x >= y }[t[2]];
-  }
-  table.push({
-    workload: m.workload, metric, unit: m.unit, better: m.better === 'hi' ? 'higher' : 'lower',
-    nbdsnap: snap, nbdkit: kit, ratio, target: m.target === '-' ? null : m.target, pass,
-    nbdsnap_runs: m.values.nbdsnap ?? [], nbdkit_runs: m.values.nbdkit ?? [],
-    nbdsnap_cpu_pct: cpu ? median(cpu.values.nbdsnap ?? []) : null,
-    nbdkit_cpu_pct: cpu ? median(cpu.values.nbdkit ?? []) : null,
-  });
-}
-const f = (v, d) => (v === null || v === undefined ? '-' : v.toFixed(d));
-const digits = (v) => (v === null ? 0 : Math.abs(v) >= 100 ? 0 : 1);
-const head = ['metric', 'unit', 'nbdsnap', 'nbdkit', 'ratio', 'target', 'ok', 'cpu% snap/kit', 'runs nbdsnap | nbdkit'];
-const lines = table.map((r) => [
-  r.metric, r.unit, f(r.nbdsnap, digits(r.nbdsnap)), f(r.nbdkit, digits(r.nbdkit)), f(r.ratio, 2),
-  r.target ?? '', r.pass === null ? '' : r.pass ? 'yes' : 'NO',
-  r.nbdsnap_cpu_pct === null && r.nbdkit_cpu_pct === null ? '' : `${f(r.nbdsnap_cpu_pct, 0)}/${f(r.nbdkit_cpu_pct, 0)}`,
-  `${r.nbdsnap_runs.map((v) => f(v, digits(v))).join(' ')} | ${r.nbdkit_runs.map((v) => f(v, digits(v))).join(' ')}`,
-]);
-const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
-const out = (cells) => cells.map((c, i) => (i < 2 || i > 6 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' | ').trimEnd();
-console.log(`\nnbdsnap vs nbdkit file: ${config}`);
-console.log('ratio = nbdsnap / nbdkit (medians); MiB/s and IOPS: higher is better; us, MiB, s: lower is better');
-console.log('cpu% = server CPU time / wall time of the workload (100 = one core)\n');
-console.log(out(head));
-console.log(widths.map((w) => '-'.repeat(w)).join('-|-'));
-for (const l of lines) console.log(out(l));
-if (jsonOut) {
-  fs.writeFileSync(jsonOut, `${JSON.stringify({ config, date: new Date().toISOString(), results: table }, null, 2)}\n`);
-  console.log(`\nJSON written to ${jsonOut}`);
-}
-EOF
+for sec in $SECTIONS; do
+  if declare -F "ratios_$sec" >/dev/null; then "ratios_$sec"; fi
+done
+CONFIG="tree=$TREE nbdsnap-code=$CLI size=$SIZE ($BYTES bytes) runtime=${RUNTIME}s ramp=${RAMP}s repeat=$REPEAT section_repeat=$SECTION_REPEAT jobs=$JOBS uv_threadpool=${UV_THREADPOOL_SIZE:-16(default)} node=$(node --version) nbdkit=$(nbdkit --version | awk '{print $2}') qemu-nbd=$(qemu-nbd --version 2>/dev/null | awk 'NR==1 {print $2}') fio=$(fio --version) cpus=$(nproc) loadavg(start,end)=$LOAD0,$(cut -d' ' -f1 /proc/loadavg) took=$(($(date +%s) - T_START))s"
+node "$ROOT/scripts/bench-report.mjs" "$RAW" "$RATIOS" "${BENCH_JSON:-}" "$CONFIG"
