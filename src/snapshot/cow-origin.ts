@@ -85,8 +85,10 @@ export class CowOrigin extends Layer {
     while (this.gate !== undefined) await this.gate;
     this.inflight += 1;
     try {
-      await this.hooks.track(offset, length);
-      if (this.state.live.length > 0) await this.preserve(offset, length);
+      // Tracking and copying are independent: both must be durable before the write, not in order.
+      const tracked = this.hooks.track(offset, length);
+      if (this.state.live.length > 0) await Promise.all([tracked, this.preserve(offset, length)]);
+      else await tracked;
       await op();
     } finally {
       this.inflight -= 1;

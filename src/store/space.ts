@@ -246,6 +246,10 @@ async function writeFully(fd: number, data: Buffer, position: number): Promise<v
 
 async function readFully(fd: number, length: number, position: number): Promise<Buffer> {
   const buf = Buffer.alloc(length);
+  // Cached data without the thread-pool round trip (as FileDevice.read does).
+  if (length <= 128 * 1024 && native?.readNowait !== undefined && native.readNowait(fd, buf, position) === length) {
+    return buf;
+  }
   let done = 0;
   while (done < length) {
     const { bytesRead } = await readAsync(fd, buf, done, length - done, position + done);
