@@ -91,6 +91,16 @@ export class CbtControl {
     for (const [era, block, count] of todo) d.tracker.mark(era, block, count);
   }
 
+  /** `cbt mark-dirty`: record [offset, offset+length) of a device as changed now. */
+  async markDirty(device: string, size: number, offset: number, length: number): Promise<void> {
+    const inside = Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length > 0;
+    if (!inside || offset + length > size) {
+      throw new NbdsnapError('BAD_ARGUMENT', `range [${offset}, +${length}) is not inside ${device} (${size} bytes)`);
+    }
+    if (!this.devices.has(device)) throw new NbdsnapError('BAD_CONFIG', 'change tracking is off (--cbt-block-size 0)');
+    await this.track(device, offset, length);
+  }
+
   private point(d: Tracked, device: string, name: string): number {
     const seq = d.marks.get(name);
     if (seq === undefined)

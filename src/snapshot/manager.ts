@@ -172,10 +172,7 @@ export class SnapshotManager {
       s.state = 'invalid';
       s.reason = reason;
       s.mergeScheduled = false;
-      for (const slot of s.privateChunks.values()) store.release(slot);
-      s.privateChunks.clear();
-      s.origin.refresh();
-      s.origin.table.prune(s.origin.readers, (slot) => store.release(slot));
+      this.drop(s, false);
     }
     await store.clearFailedBefore();
   }
@@ -343,22 +340,8 @@ export class SnapshotManager {
   }
 
   /** `cbt mark-dirty`: record a range as changed now, as a write would. */
-  async markDirty(device: string, offset: number, length: number): Promise<void> {
-    const o = this.origin(device);
-    if (
-      !Number.isSafeInteger(offset) ||
-      !Number.isSafeInteger(length) ||
-      offset < 0 ||
-      length <= 0 ||
-      offset + length > o.state.size
-    ) {
-      throw new NbdsnapError(
-        'BAD_ARGUMENT',
-        `range [${offset}, +${length}) is not inside ${device} (${o.state.size} bytes)`,
-      );
-    }
-    if (!this.cbt.has(device)) throw new NbdsnapError('BAD_CONFIG', 'change tracking is off (--cbt-block-size 0)');
-    await this.cbt.track(device, offset, length);
+  markDirty(device: string, offset: number, length: number): Promise<void> {
+    return this.cbt.markDirty(device, this.origin(device).state.size, offset, length);
   }
 
   mergeStatus() {
