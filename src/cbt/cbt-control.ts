@@ -1,28 +1,43 @@
 /**
- * Change-block tracking for every served device: the trackers, the snapshot points they are
- * queried by (kept after a snapshot is deleted, like ZFS bookmarks, so `--since` still works),
- * the write hook that makes each (block, era) durable before the write goes on, and the
- * answers: changed ranges between two points, and the `qemu:dirty-bitmap:FROM` contexts that a
- * snapshot export offers.
+ * Change-block tracking for every served device: the write hook that makes each (block, era)
+ * durable before the write goes on, and the answers: changed ranges between two snapshot points,
+ * and the `qemu:dirty-bitmap:FROM` contexts that a snapshot export offers. The trackers and the
+ * snapshot points (kept after a snapshot is deleted, like ZFS bookmarks, so `--since` still
+ * works) are part of the snapshot catalog, changed only by the records this module hands to its
+ * `RecordSink` (the snapshot code's commit-then-apply path), so a restart finds what ran.
  */
+import { randomUUID } from 'node:crypto';
 import { NbdsnapError } from '../errors.ts';
 import { type Extent, QEMU_DIRTY_BITMAP_PREFIX } from '../nbd-protocol/index.ts';
 import type { MetaContextSource } from '../server/exports.ts';
 import type { JournalRecord } from '../store/records.ts';
-import { CbtTracker } from './tracker.ts';
+import type { CbtTracker } from './tracker.ts';
 
-export interface CbtHost {
-  /** Commit records durably (undefined: no persistent store, tracking is in memory only). */
-  commit: ((records: JournalRecord[]) => Promise<void>) | undefined;
+/**
+ * The tracking state, part of the snapshot catalog: only the records given to `RecordSink`
+ * change it (CBT_GEN starts a tracker, CBT marks blocks, SNAPSHOT adds a point).
+ */
+export interface CbtState {
+  /** Trackers by device id. */
+  readonly trackers: Map<number, CbtTracker>;
+  /** Snapshot points of the current generation by device id: name -> seq. */
+  readonly bookmarks: Map<number, Map<string, number>>;
   /** The era of a write made now: the sequence number the next snapshot will get. */
-  era(): number;
+  readonly nextSeq: number;
 }
 
+/** Records change-tracking records: durably (if the store keeps them), then into `CbtState`. */
+export interface RecordSink {
+  record(records: JournalRecord[]): Promise<unknown>;
+}
+
+/** A tracked device. */
 interface Tracked {
   id: number;
-  tracker: CbtTracker;
-  marks: Map<string, number>;
+  size: number;
 }
+
+const NO_MARKS: ReadonlyMap<string, number> = new Map();
 
 export interface ChangedRanges {
   device: string;
@@ -36,59 +51,54 @@ export interface ChangedRanges {
 }
 
 export class CbtControl {
-  private readonly host: CbtHost;
+  private readonly state: CbtState;
+  private readonly sink: RecordSink;
+  /** Whether tracking survives a restart (a persistent store); if not, each start is a new generation. */
+  private readonly persistent: boolean;
   private readonly devices = new Map<string, Tracked>();
-  private readonly sizes = new Map<string, number>();
 
-  constructor(host: CbtHost) {
-    this.host = host;
+  constructor(state: CbtState, sink: RecordSink, persistent: boolean) {
+    this.state = state;
+    this.sink = sink;
+    this.persistent = persistent;
   }
 
-  /** Start tracking a device, continuing `replayed` history when it has the same block size. */
-  async add(
-    name: string,
-    id: number,
-    size: number,
-    blockSize: number,
-    replayed?: CbtTracker,
-    marks?: Map<string, number>,
-  ) {
-    let tracker = replayed;
-    let points = marks ?? new Map<string, number>();
-    if (tracker === undefined || tracker.blockSize !== blockSize || this.host.commit === undefined) {
+  /** Start tracking a device, continuing its recorded history when it has the same block size. */
+  async add(name: string, id: number, size: number, blockSize: number): Promise<void> {
+    const kept = this.state.trackers.get(id);
+    if (kept === undefined || kept.blockSize !== blockSize || !this.persistent) {
       // A new generation: no history, so no earlier snapshot can be a base any more.
-      tracker = new CbtTracker(size, blockSize);
-      points = new Map();
-      await this.host.commit?.([{ type: 'CBT_GEN', device: id, blockSize, generation: tracker.generation }]);
+      await this.sink.record([{ type: 'CBT_GEN', device: id, blockSize, generation: randomUUID() }]);
     }
-    this.devices.set(name, { id, tracker, marks: points });
-    this.sizes.set(name, size);
+    this.devices.set(name, { id, size });
   }
 
   has(device: string): boolean {
     return this.devices.has(device);
   }
 
-  /** Record a snapshot point under its name. */
-  bookmark(device: string, name: string, seq: number): void {
-    this.devices.get(device)?.marks.set(name, seq);
+  private tracker(d: Tracked): CbtTracker {
+    const t = this.state.trackers.get(d.id);
+    if (t === undefined) throw new NbdsnapError('NOT_FOUND', `device ${d.id} has no change tracker`);
+    return t;
+  }
+
+  private marks(d: Tracked): ReadonlyMap<string, number> {
+    return this.state.bookmarks.get(d.id) ?? NO_MARKS;
   }
 
   /** Before a write to [offset, offset+length) proceeds: record its blocks in `eras` (default: now). */
-  async track(device: string, offset: number, length: number, eras: number[] = [this.host.era()]): Promise<void> {
+  async track(device: string, offset: number, length: number, eras: number[] = [this.state.nextSeq]): Promise<void> {
     const d = this.devices.get(device);
     if (d === undefined) return;
+    const tracker = this.tracker(d);
     const records: JournalRecord[] = [];
-    const todo: [number, number, number][] = [];
     for (const era of eras) {
-      for (const [block, count] of d.tracker.needs(offset, length, era)) {
+      for (const [block, count] of tracker.needs(offset, length, era)) {
         records.push({ type: 'CBT', device: d.id, era, block, count });
-        todo.push([era, block, count]);
       }
     }
-    if (todo.length === 0) return;
-    if (this.host.commit !== undefined) await this.host.commit(records);
-    for (const [era, block, count] of todo) d.tracker.mark(era, block, count);
+    if (records.length > 0) await this.sink.record(records);
   }
 
   /** `cbt mark-dirty`: record [offset, offset+length) of a device as changed now. */
@@ -102,11 +112,11 @@ export class CbtControl {
   }
 
   private point(d: Tracked, device: string, name: string): number {
-    const seq = d.marks.get(name);
+    const seq = this.marks(d).get(name);
     if (seq === undefined)
       throw new NbdsnapError(
         'NOT_FOUND',
-        `no snapshot ${device}@${name} in change-tracking generation ${d.tracker.generation} (unknown, or taken before tracking was reset): take a full backup`,
+        `no snapshot ${device}@${name} in change-tracking generation ${this.tracker(d).generation} (unknown, or taken before tracking was reset): take a full backup`,
       );
     return seq;
   }
@@ -118,9 +128,10 @@ export class CbtControl {
     const a = this.point(d, device, from);
     const b = to === undefined ? Number.POSITIVE_INFINITY : this.point(d, device, to);
     if (b <= a) throw new NbdsnapError('BAD_ARGUMENT', `${device}@${to} is not later than ${device}@${from}`);
-    const size = this.sizes.get(device) as number;
-    const bs = d.tracker.blockSize;
-    const ranges = [...d.tracker.changed(a, b).runs()].map(([first, count]) => {
+    const { size } = d;
+    const tracker = this.tracker(d);
+    const bs = tracker.blockSize;
+    const ranges = [...tracker.changed(a, b).runs()].map(([first, count]) => {
       const offset = first * bs;
       return { offset, length: Math.min(count * bs, size - offset) };
     });
@@ -128,7 +139,7 @@ export class CbtControl {
       device,
       from,
       to: to ?? '(origin now)',
-      generation: d.tracker.generation,
+      generation: tracker.generation,
       blockSize: bs,
       ranges,
       changedBytes: ranges.reduce((n, r) => n + r.length, 0),
@@ -138,19 +149,21 @@ export class CbtControl {
 
   generation(device: string): { generation: string; blockSize: number } | undefined {
     const d = this.devices.get(device);
-    return d === undefined ? undefined : { generation: d.tracker.generation, blockSize: d.tracker.blockSize };
+    if (d === undefined) return undefined;
+    const tracker = this.tracker(d);
+    return { generation: tracker.generation, blockSize: tracker.blockSize };
   }
 
   /** `qemu:dirty-bitmap:FROM` for every earlier snapshot point FROM of the device, on export TO. */
   dirtyContexts(device: string, toSeq: number): MetaContextSource[] {
     const d = this.devices.get(device);
     if (d === undefined) return [];
-    const size = this.sizes.get(device) as number;
-    return [...d.marks]
+    return [...this.marks(d)]
       .filter(([, seq]) => seq < toSeq)
       .map(([name, seq]) => ({
         name: `${QEMU_DIRTY_BITMAP_PREFIX}${name}`,
-        extents: async (offset: number, length: number) => dirtyExtents(d.tracker, seq, toSeq, size, offset, length),
+        extents: async (offset: number, length: number) =>
+          dirtyExtents(this.tracker(d), seq, toSeq, d.size, offset, length),
       }));
   }
 }

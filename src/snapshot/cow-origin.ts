@@ -11,20 +11,27 @@
  *           reads still reading that chunk from the origin
  *        3. only then: the origin write itself (next layer: the file)
  *
- * Reads pass straight through. If the store has no room, or the copy fails, the snapshots that
- * needed the chunk are invalidated (durably) and the origin write still goes ahead: an origin
- * write never fails because of a snapshot.
+ * Reads pass straight through. If the store has no room, or reading the old chunk or writing
+ * its copy fails, the snapshots that needed the chunk are invalidated (durably) and the origin
+ * write still goes ahead: an origin write never fails because a snapshot cannot keep up.
+ *
+ * Fail-stop: the record that guards the origin write (the copy's EXCEPTION, or the INVALID of
+ * the snapshots that needed it) must be durable first. If it cannot be (the journal fails; the
+ * store then refuses every later commit), the origin write fails with EIO and the origin keeps
+ * what the snapshots still read from it. The copy's slot is then kept (never reused: its record
+ * may have reached the disk).
  */
 import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
-import { errorMessage } from '../errors.ts';
+import { errorMessage, NbdsnapError } from '../errors.ts';
+import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { OriginState, Snapshot } from './model.ts';
 
 export interface CowHooks {
-  /** Durably mark snapshots invalid; resolves once recorded. */
+  /** Durably mark snapshots invalid; resolves once recorded, rejects (EIO) if it cannot be. */
   invalidate(snapshots: Snapshot[], reason: string): Promise<void>;
-  /** Called after each copy (free-space accounting, events). */
-  afterCopy(): void;
+  /** Commit records durably, then apply them to the catalog; rejects (EIO) if they cannot be made durable. */
+  record(records: JournalRecord[]): Promise<unknown>;
   /** Change tracking: resolves once the written blocks are recorded (inside the snapshot hold). */
   track(offset: number, length: number): Promise<void>;
 }
@@ -34,14 +41,14 @@ const COPY_PARALLELISM = 32;
 
 export class CowOrigin extends Layer {
   readonly state: OriginState;
-  private readonly store: () => DiffStore | undefined;
+  private readonly store: DiffStore | undefined;
   private readonly hooks: CowHooks;
   private gate: Promise<void> | undefined;
   private openGate: (() => void) | undefined;
   private inflight = 0;
   private drained: (() => void)[] = [];
 
-  constructor(next: BlockDevice, state: OriginState, store: () => DiffStore | undefined, hooks: CowHooks) {
+  constructor(next: BlockDevice, state: OriginState, store: DiffStore | undefined, hooks: CowHooks) {
     super(next);
     this.state = state;
     this.store = store;
@@ -86,8 +93,9 @@ export class CowOrigin extends Layer {
     this.inflight += 1;
     try {
       // Tracking and copying are independent: both must be durable before the write, not in order.
+      // If one fails the write fails, but only once the other is over too (nothing in flight).
       const tracked = this.hooks.track(offset, length);
-      if (this.state.live.length > 0) await Promise.all([tracked, this.preserve(offset, length)]);
+      if (this.state.live.length > 0) await allSettled([tracked, this.preserve(offset, length)]);
       else await tracked;
       await op();
     } finally {
@@ -105,7 +113,7 @@ export class CowOrigin extends Layer {
     const chunks = this.state.chunksOf(offset, length);
     if (chunks.length === 1) return this.preserveChunk(chunks[0] as number);
     for (let i = 0; i < chunks.length; i += COPY_PARALLELISM) {
-      await Promise.all(chunks.slice(i, i + COPY_PARALLELISM).map((c) => this.preserveChunk(c)));
+      await allSettled(chunks.slice(i, i + COPY_PARALLELISM).map((c) => this.preserveChunk(c)));
     }
   }
 
@@ -134,7 +142,9 @@ export class CowOrigin extends Layer {
     const latest = table.latest(chunk);
     const needing = live.filter((s) => s.seq > latest && !s.privateChunks.has(chunk));
     const seq = (live[live.length - 1] as Snapshot).seq;
-    const store = this.store();
+    const store = this.store;
+    if (store?.failure !== undefined)
+      throw new NbdsnapError('EIO', `difference store failed: ${store.failure}; the chunk cannot be preserved`);
     const slot = store?.allocate();
     if (store === undefined || slot === undefined) {
       await this.hooks.invalidate(needing, 'difference store full');
@@ -144,15 +154,19 @@ export class CowOrigin extends Layer {
     try {
       const data = await this.next.read(chunk * this.state.chunkSize, this.state.chunkLength(chunk));
       await store.writeSlot(slot, data);
-      await store.commit([{ type: 'EXCEPTION', device: this.state.id, seq, chunk, slot }]);
     } catch (err) {
       store.release(slot);
       await this.hooks.invalidate(needing, `copy-before-write failed: ${errorMessage(err)}`);
       await guard.readersDone(chunk);
       return;
     }
-    table.add(chunk, seq, slot);
-    this.hooks.afterCopy();
+    await this.hooks.record([{ type: 'EXCEPTION', device: this.state.id, seq, chunk, slot }]);
     await guard.readersDone(chunk);
   }
+}
+
+/** Like Promise.all, but settles only once every promise has: then rejects with the first error. */
+async function allSettled(promises: Promise<unknown>[]): Promise<void> {
+  const results = await Promise.allSettled(promises);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
 }

@@ -1,25 +1,31 @@
 /**
- * Starting, resuming and finishing merges, for the manager: `merge DEVICE@SNAP` (now, or
- * `--on-next-start`), resume after a restart, retry after a failure, and release of the
- * snapshot and its store space when the merge is done.
+ * Starting, resuming and finishing merges: `merge DEVICE@SNAP` (now, or `--on-next-start`),
+ * resume after a restart, retry after a failure, and release of the snapshot and its store space
+ * when the merge is done. The merge's state (scheduled, begun, chunks to merge, chunks merged)
+ * is the catalog's, changed only by the MERGE, MERGED and DELETE records (transition.ts); the
+ * jobs here are the work in progress.
  */
 import { errorMessage, NbdsnapError } from '../errors.ts';
+import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
-import type { CowOrigin } from './cow-origin.ts';
+import type { Catalog } from './catalog.ts';
+import type { DeviceStack } from './device-stack.ts';
 import type { EventBus } from './events.ts';
-import { MergeJob, type MergeLayer, mergeChunks } from './merge.ts';
+import { type MergeHooks, MergeJob, mergeChunks } from './merge.ts';
 import type { Snapshot } from './model.ts';
+import type { ExportPublisher } from './publisher.ts';
+import type { Recorder } from './recorder.ts';
+import type { Serial } from './serial.ts';
 
-export interface MergeHost {
-  store(): DiffStore;
+export interface MergeParts {
+  catalog: Catalog;
+  recorder: Recorder;
+  store: DiffStore | undefined;
   events: EventBus;
-  layers(device: string): { cow: CowOrigin; merge: MergeLayer };
-  /** Stop serving the snapshot's own export. */
-  hide(snap: Snapshot): void;
-  /** Resolves once no write to the snapshot's own export is in flight (it refuses new ones now). */
-  quiesce(snap: Snapshot): Promise<void>;
-  /** Record the snapshot deleted and free its space. */
-  release(snap: Snapshot): Promise<void>;
+  stacks: ReadonlyMap<string, DeviceStack>;
+  publisher: ExportPublisher;
+  /** The control commands' queue: releasing a merged snapshot is one of them. */
+  serial: Serial;
 }
 
 const label = (s: Snapshot): string => `${s.origin.name}@${s.name}`;
@@ -32,12 +38,24 @@ function refuseInvalid(snap: Snapshot): void {
     );
 }
 
-export class MergeControl {
-  private readonly host: MergeHost;
+export class MergeControl implements MergeHooks {
+  private readonly parts: MergeParts;
   private readonly jobs = new Map<Snapshot, MergeJob>();
 
-  constructor(host: MergeHost) {
-    this.host = host;
+  constructor(parts: MergeParts) {
+    this.parts = parts;
+  }
+
+  private store(): DiffStore {
+    const store = this.parts.store;
+    if (store === undefined) throw new NbdsnapError('BAD_CONFIG', 'no difference store: start serve with --store PATH');
+    return store;
+  }
+
+  private stack(snap: Snapshot): DeviceStack {
+    const stack = this.parts.stacks.get(snap.origin.name);
+    if (stack === undefined) throw new NbdsnapError('NOT_FOUND', `device ${snap.origin.name} is not served`);
+    return stack;
   }
 
   /** `merge DEVICE@SNAP`: start now, schedule for the next start, or retry a failed merge. */
@@ -54,85 +72,83 @@ export class MergeControl {
       throw new NbdsnapError('BUSY', `device ${snap.origin.name} already has a merge of ${label(other)}`);
     if (onNextStart) {
       refuseInvalid(snap);
-      if (this.host.store().transient)
+      if (this.store().transient)
         throw new NbdsnapError('BAD_ARGUMENT', 'a transient store keeps no snapshot until the next start');
-      await this.host.store().commit([{ type: 'MERGE', snapshot: snap.id, deferred: true }]);
-      snap.mergeScheduled = true;
+      await this.parts.recorder.record([{ type: 'MERGE', snapshot: snap.id, deferred: true }]);
       return undefined;
     }
-    // Hold the origin's writes: none is half done (a copy made but not in the table yet) while
-    // the chunks to merge are chosen, so replay finds the same chunks at the MERGE record.
-    const { cow } = this.host.layers(snap.origin.name);
+    // Hold the origin's writes: none is half done (a copy made but not in the catalog yet) when
+    // the MERGE record fixes the chunks to merge.
+    const { cow } = this.stack(snap);
     await cow.hold();
     try {
       refuseInvalid(snap); // a write just drained may have invalidated it (store full)
-      // From here its own export refuses requests; wait for its writes in flight to end.
-      snap.state = 'merging';
-      snap.origin.refresh();
+      // From here its own export refuses requests; wait for its writes in flight to end (their
+      // private chunks are then in the catalog, so in the merge).
+      await this.parts.publisher.fence(snap);
       try {
-        await this.host.quiesce(snap);
-        await this.host.store().commit([{ type: 'MERGE', snapshot: snap.id, deferred: false }]);
+        await this.parts.recorder.record([{ type: 'MERGE', snapshot: snap.id, deferred: false }]);
       } catch (err) {
-        snap.state = 'valid';
-        snap.origin.refresh();
+        this.parts.publisher.unfence(snap);
         throw err;
       }
-      return this.begin(snap, new Set(), mergeChunks(snap));
+      return this.begin(snap);
     } finally {
       cow.release();
     }
   }
 
   /** After replay: continue recorded merges, and start the ones scheduled for this start. */
-  async resume(
-    snaps: Iterable<Snapshot>,
-    recorded: (s: Snapshot) => { merged: Set<number>; chunks: number[] } | undefined,
-  ): Promise<void> {
+  async resume(snaps: Iterable<Snapshot>): Promise<void> {
     for (const snap of snaps) {
-      if (snap.state === 'merging') {
-        const r = recorded(snap);
-        // The chunks replay found at the MERGE record: the ones chosen when the merge started.
-        this.begin(snap, r?.merged ?? new Set(), r?.chunks ?? mergeChunks(snap));
-      } else if (snap.mergeScheduled === true && snap.state === 'valid') {
-        // Nothing is served yet: the table is the one the MERGE record will be replayed against.
-        await this.host.store().commit([{ type: 'MERGE', snapshot: snap.id, deferred: false }]);
-        this.begin(snap, new Set(), mergeChunks(snap));
+      if (snap.state === 'merging') this.begin(snap);
+      else if (snap.mergeScheduled === true && snap.state === 'valid') {
+        await this.parts.recorder.record([{ type: 'MERGE', snapshot: snap.id, deferred: false }]);
+        this.begin(snap);
       }
     }
   }
 
-  private begin(snap: Snapshot, merged: Set<number>, chunks: number[]): MergeJob {
-    snap.state = 'merging';
-    snap.mergeScheduled = false;
-    snap.origin.refresh();
-    this.host.hide(snap);
-    const { cow, merge } = this.host.layers(snap.origin.name);
-    const failed = (j: MergeJob) => {
-      const f = j.failure ?? { chunk: -1, error: 'unknown' };
-      this.host.events.emit({ type: 'merge-failed', snapshot: label(snap), chunk: f.chunk, error: f.error });
-    };
-    const done = async (j: MergeJob) => {
-      merge.job = undefined;
-      await merge.idle();
-      try {
-        await this.host.release(snap);
-      } catch (err) {
-        // Every chunk is merged, the origin is right: only the release is left, tried again
-        // by a retry (`merge` again) or at the next start.
-        j.state = 'failed';
-        j.failure = { chunk: -1, error: `releasing the merged snapshot: ${errorMessage(err)}` };
-        failed(j);
-        return;
-      }
-      this.jobs.delete(snap);
-      this.host.events.emit({ type: 'merge-finished', snapshot: label(snap) });
-    };
-    const job = new MergeJob(snap, cow, this.host.store(), merged, { done, failed }, chunks);
+  /** A job for a snapshot whose MERGE record is applied (the catalog holds its chunks). */
+  private begin(snap: Snapshot): MergeJob {
+    const entry = this.parts.catalog.merges.get(snap.id);
+    const progress = { merged: entry?.merged ?? new Set<number>(), chunks: entry?.chunks ?? mergeChunks(snap) };
+    const { cow, merge } = this.stack(snap);
+    const job = new MergeJob(snap, cow, this.store(), progress, this);
     this.jobs.set(snap, job);
     merge.job = job;
-    this.host.events.emit({ type: 'merge-started', snapshot: label(snap) });
+    this.parts.events.emit({ type: 'merge-started', snapshot: label(snap) });
     void job.run();
     return job;
+  }
+
+  record(records: JournalRecord[]): Promise<unknown> {
+    return this.parts.recorder.record(records);
+  }
+
+  failed(job: MergeJob): void {
+    const f = job.failure ?? { chunk: -1, error: 'unknown' };
+    this.parts.events.emit({ type: 'merge-failed', snapshot: label(job.snapshot), chunk: f.chunk, error: f.error });
+  }
+
+  async done(job: MergeJob): Promise<void> {
+    const snap = job.snapshot;
+    const { merge } = this.stack(snap);
+    merge.job = undefined;
+    await merge.idle();
+    try {
+      const id = snap.id;
+      await this.parts.serial.run(() => this.parts.recorder.record([{ type: 'DELETE', snapshot: id }]));
+    } catch (err) {
+      // Every chunk is merged, the origin is right: only the release is left, tried again by a
+      // retry (`merge` again) or at the next start.
+      job.state = 'failed';
+      job.failure = { chunk: -1, error: `releasing the merged snapshot: ${errorMessage(err)}` };
+      this.failed(job);
+      return;
+    }
+    this.jobs.delete(snap);
+    this.parts.events.emit({ type: 'merge-finished', snapshot: label(snap) });
   }
 
   status() {
@@ -144,8 +160,9 @@ export class MergeControl {
     await Promise.all([...this.jobs.values()].map((j) => j.settled()));
   }
 
-  scheduled(all: Iterable<Snapshot>) {
-    return [...all]
+  scheduled() {
+    return this.parts.catalog
+      .bySeq()
       .filter((s) => s.mergeScheduled === true && s.state === 'valid')
       .map((s) => ({ snapshot: label(s), state: 'scheduled for next start' }));
   }

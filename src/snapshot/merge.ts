@@ -12,8 +12,9 @@
  * A client write to a chunk not yet merged first merges that chunk (waiting for the run in
  * progress if it is one), so the write lands on merged data and the merge never overwrites it.
  *
- * The chunks to merge are fixed when the merge starts (`mergeChunks`, called with the origin's
- * writes held) and, after a restart, recomputed by replay at the MERGE record: the same set.
+ * The chunks to merge are fixed at the MERGE record (`mergeChunks`, called by the catalog's
+ * transition when it applies that record: at run time with the origin's writes held, and at
+ * replay after a restart, so the same set).
  * They must not be recomputed from the exception table as it is later, because a client write
  * during the merge to a chunk the snapshot still shared with the origin copies it for a newer
  * snapshot, and that copy (the snapshot's old data) resolves for the merged snapshot too:
@@ -22,6 +23,7 @@
 import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import type { Extent } from '../nbd-protocol/index.ts';
+import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
 import { ChunkGuard } from './chunk-guard.ts';
 import type { CowOrigin } from './cow-origin.ts';
@@ -31,6 +33,23 @@ import type { Snapshot } from './model.ts';
 const RUN_CHUNKS = 16;
 
 export type MergeState = 'merging' | 'failed' | 'done';
+
+/** What a merge job needs from the server. */
+export interface MergeHooks {
+  /** Every chunk is merged: release the snapshot. */
+  done(job: MergeJob): Promise<void>;
+  /** The job stopped at `job.failure`. */
+  failed(job: MergeJob): void;
+  /** Commit records (MERGED) durably, then apply them to the catalog (which adds to `merged`). */
+  record(records: JournalRecord[]): Promise<unknown>;
+}
+
+/** A merge as the catalog holds it: the chunks to merge and those recorded merged. */
+export interface MergeProgress {
+  chunks: readonly number[];
+  /** The catalog's own set: it grows as MERGED records are applied. */
+  merged: Set<number>;
+}
 
 /** The chunks a merge of `snapshot` has to copy back now: those it reads from the store. */
 export function mergeChunks(snapshot: Snapshot): number[] {
@@ -66,26 +85,17 @@ export class MergeJob {
   private started = Date.now();
   private bytesSinceStart = 0;
   private running: Promise<void> | undefined;
-  private readonly onDone: (job: MergeJob) => Promise<void>;
-  private readonly onFail: (job: MergeJob) => void;
+  private readonly hooks: MergeHooks;
 
-  constructor(
-    snapshot: Snapshot,
-    cow: CowOrigin,
-    store: DiffStore,
-    merged: Set<number>,
-    hooks: { done: (job: MergeJob) => Promise<void>; failed: (job: MergeJob) => void },
-    /** The chunks to merge, fixed at the start of the merge (see `mergeChunks`). */
-    chunks: readonly number[],
-  ) {
+  /** `progress`: the chunks to merge, fixed at the MERGE record (see `mergeChunks`), and those merged. */
+  constructor(snapshot: Snapshot, cow: CowOrigin, store: DiffStore, progress: MergeProgress, hooks: MergeHooks) {
     this.snapshot = snapshot;
     this.cow = cow;
     this.store = store;
-    this.chunks = [...chunks].sort((a, b) => a - b);
+    this.chunks = [...progress.chunks].sort((a, b) => a - b);
     this.chunkSet = new Set(this.chunks);
-    this.merged = new Set([...merged].filter((c) => this.chunkSet.has(c)));
-    this.onDone = hooks.done;
-    this.onFail = hooks.failed;
+    this.merged = progress.merged;
+    this.hooks = hooks;
   }
 
   /** Whether reads of `chunk` must come from the snapshot's copy (not merged yet). */
@@ -162,7 +172,7 @@ export class MergeJob {
             chunk: (typeof err === 'object' && err !== null ? failedChunk.get(err) : undefined) ?? (run[0] as number),
             error: errorMessage(err),
           };
-          this.onFail(this);
+          this.hooks.failed(this);
           return;
         }
         for (const c of run) {
@@ -173,7 +183,7 @@ export class MergeJob {
       await Promise.all(busy);
     }
     this.state = 'done';
-    await this.onDone(this);
+    await this.hooks.done(this);
   }
 
   /** Merge one chunk now, for a client write (waits for a run in progress that holds it). */
@@ -219,8 +229,7 @@ export class MergeJob {
       const records = contiguous
         ? [{ type: 'MERGED' as const, snapshot: this.snapshot.id, chunk: first, count: todo.length }]
         : todo.map((c) => ({ type: 'MERGED' as const, snapshot: this.snapshot.id, chunk: c, count: 1 }));
-      await forChunk(first, () => this.store.commit(records));
-      for (const c of todo) this.merged.add(c);
+      await forChunk(first, () => this.hooks.record(records));
       this.bytesSinceStart += parts.reduce((n, p) => n + p.length, 0);
     } finally {
       for (const r of releases) r();

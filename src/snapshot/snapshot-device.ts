@@ -14,6 +14,7 @@ import { type BlockDevice, DATA, type DeviceCapabilities, pushExtent } from '../
 import { NbdsnapError } from '../errors.ts';
 import type { Extent } from '../nbd-protocol/index.ts';
 import type { DiffStore } from '../store/store.ts';
+import type { RecordSink } from './recorder.ts';
 import { ChunkGuard } from './chunk-guard.ts';
 import type { Snapshot } from './model.ts';
 
@@ -32,24 +33,30 @@ export class SnapshotDevice implements BlockDevice {
   private readonly store: DiffStore;
   private readonly privateGuard = new ChunkGuard();
   private readonly track: (offset: number, length: number) => Promise<void>;
+  private readonly sink: RecordSink;
   /** Writes in flight, and who waits for there to be none (`quiesce`). */
   private writes = 0;
   private readonly quiesced: (() => void)[] = [];
+  /** A merge of the snapshot is starting: requests are refused (see `fence`). */
+  private fenced = false;
 
   /**
    * `origin` is the device below the COW layer; `store` the difference store; `track` records a
-   * write to this snapshot for change tracking before it is made.
+   * write to this snapshot for change tracking before it is made; `sink` commits a record and
+   * applies it to the catalog (a private chunk).
    */
   constructor(
     snapshot: Snapshot,
     origin: BlockDevice,
     store: DiffStore,
     track: (offset: number, length: number) => Promise<void>,
+    sink: RecordSink,
   ) {
     this.snapshot = snapshot;
     this.origin = origin;
     this.store = store;
     this.track = track;
+    this.sink = sink;
   }
 
   get size(): number {
@@ -73,7 +80,7 @@ export class SnapshotDevice implements BlockDevice {
         `snapshot ${this.snapshot.origin.name}@${this.snapshot.name} is invalid: ${this.snapshot.reason ?? ''}`,
       );
     }
-    if (this.snapshot.state === 'merging') {
+    if (this.snapshot.state === 'merging' || this.fenced) {
       // A connection opened before the merge began: the snapshot is the origin's content now
       // (and what it would read here changes under the merge), then it is released.
       throw new NbdsnapError(
@@ -83,7 +90,21 @@ export class SnapshotDevice implements BlockDevice {
     }
   }
 
-  /** Resolves once no write to this snapshot is in flight (a merge is about to start). */
+  /**
+   * A merge is about to start: refuse requests from now on, and resolve once no write is in
+   * flight (its private chunk is then in the catalog, so the merge takes it). `unfence` if the
+   * merge could not be recorded.
+   */
+  fence(): Promise<void> {
+    this.fenced = true;
+    return this.quiesce();
+  }
+
+  unfence(): void {
+    this.fenced = false;
+  }
+
+  /** Resolves once no write to this snapshot is in flight. */
   quiesce(): Promise<void> {
     if (this.writes === 0) return Promise.resolve();
     return new Promise((resolve) => this.quiesced.push(resolve));
@@ -184,12 +205,13 @@ export class SnapshotDevice implements BlockDevice {
         throw new NbdsnapError('ENOSPC', 'difference store full: the snapshot cannot take more writes');
       try {
         await this.store.writeSlot(slot, base);
-        await this.store.commit([{ type: 'PRIVATE', snapshot: snap.id, chunk: p.chunk, slot }]);
       } catch (err) {
         this.store.release(slot);
         throw err;
       }
-      snap.privateChunks.set(p.chunk, slot);
+      // Into the catalog once durable. If it cannot be made durable the write fails, and the slot
+      // stays allocated (the record may have reached the disk).
+      await this.sink.record([{ type: 'PRIVATE', snapshot: snap.id, chunk: p.chunk, slot }]);
     } finally {
       done();
     }
