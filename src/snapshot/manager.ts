@@ -76,6 +76,11 @@ export class SnapshotManager {
     return this.opened;
   }
 
+  /** The catalog (read only: it changes through the recorder alone). */
+  get catalog(): Catalog {
+    return this.parts.catalog;
+  }
+
   get cbt(): CbtControl {
     return this.parts.cbt;
   }
