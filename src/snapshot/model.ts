@@ -1,7 +1,9 @@
 /**
- * The state the snapshot layers share: one `OriginState` per served device (its exception
- * table, chunk guard and snapshots) and one `Snapshot` per point-in-time image. The manager
- * changes it; the layers (cow-origin.ts, snapshot-device.ts) read it on every request.
+ * The state the snapshot layers share: one `OriginState` per device (its exception table,
+ * chunk guard and snapshots) and one `Snapshot` per point-in-time image. They are part of the
+ * catalog (catalog.ts): only the catalog's transition (transition.ts) changes them; the layers
+ * (cow-origin.ts, snapshot-device.ts, merge.ts) read them on every request. The chunk guard is
+ * the exception: run-time coordination of copies and reads, never recorded.
  */
 import { ChunkGuard } from './chunk-guard.ts';
 import { ExceptionTable, type SnapshotRef } from './exception-table.ts';
