@@ -84,7 +84,7 @@ export class Harness {
     return store;
   }
 
-  /** Resolves once no merge is running or scheduled-and-running. */
+  /** Resolves once no merge is running (scheduled ones are not). */
   async mergesDone(): Promise<void> {
     for (let i = 0; this.manager.mergeStatus().some((m) => m.state === 'merging'); i++) {
       if (i > 10_000) throw new Error(`merges never finished: ${JSON.stringify(this.manager.mergeStatus())}`);
