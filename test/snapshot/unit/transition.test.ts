@@ -200,43 +200,46 @@ describe('records that race at run time', () => {
 });
 
 describe('replay of a recorded run', () => {
+  let h: Harness | undefined;
   afterEach(() => {
     vi.restoreAllMocks();
+    h?.close();
   });
 
   it('equals the state the run had in memory', async () => {
-    const h = await new Harness({ devices: { a: 64 * CHUNK, b: 32 * CHUNK }, slots: 120, cbtBlockSize: CHUNK }).start();
-    const m = h.manager;
+    const run = new Harness({ devices: { a: 64 * CHUNK, b: 32 * CHUNK }, slots: 120, cbtBlockSize: CHUNK });
+    h = run;
+    await run.start();
+    const m = run.manager;
     const write = (dev: string, chunk: number, n: number, seed: number) =>
-      h.device(dev).write(chunk * CHUNK + 100, stampedData(seed, chunk * CHUNK + 100, n * CHUNK - 200), false);
+      run.device(dev).write(chunk * CHUNK + 100, stampedData(seed, chunk * CHUNK + 100, n * CHUNK - 200), false);
 
     await m.createSnapshot(['a', 'b'], 'g1', false);
     await Promise.all([write('a', 0, 10, 1), write('b', 5, 3, 2)]);
     await m.createSnapshot(['a'], 'w', true);
-    await h.device('a@w').write(20 * CHUNK + 5, stampedData(3, 20 * CHUNK + 5, CHUNK + 10), false);
+    await run.device('a@w').write(20 * CHUNK + 5, stampedData(3, 20 * CHUNK + 5, CHUNK + 10), false);
     await write('a', 19, 4, 4); // chunk 20: g1 needs a copy, w has its own
     await m.createSnapshot(['a'], 's3', false);
     await Promise.all([write('a', 0, 4, 5), write('a', 30, 2, 6)]);
     await m.deleteSnapshot('a', 'g1');
     await m.startMerge('a', 's3', false);
     await write('a', 2, 1, 7); // a client write during the merge
-    await h.mergesDone();
+    await run.mergesDone();
     await m.startMerge('b', 'g1', true); // scheduled for the next start
     await m.createSnapshot(['b'], 'full', false);
-    while (h.store.allocate() !== undefined) {
+    while (run.store.allocate() !== undefined) {
       // fill the store: the next copy has no room
     }
     await write('b', 0, 2, 8); // overflow: g1 and full are invalidated
     expect(m.list().map((s) => `${s.export}:${s.state}`)).toEqual(['b@g1:invalid', 'a@w:valid', 'b@full:invalid']);
-    const types = new Set(h.committed.map((r) => r.type));
+    const types = new Set(run.committed.map((r) => r.type));
     for (const t of ['DEVICE', 'SNAPSHOT', 'EXCEPTION', 'PRIVATE', 'DELETE', 'INVALID', 'MERGE', 'MERGED'])
       expect(types).toContain(t);
     expect(types).toContain('CBT_GEN');
     expect(types).toContain('CBT');
 
-    const replayed = replay(h.committed, CHUNK);
+    const replayed = replay(run.committed, CHUNK);
     expect(replayed).toEqual(m.catalog);
     expect(new Set(replayed.usedSlots())).toEqual(new Set(m.catalog.usedSlots()));
-    h.close();
   });
 });
