@@ -30,6 +30,12 @@ import { newSuperblock, rangeLabel, type Superblock } from './superblock.ts';
 const JOURNAL_RESERVE = 2;
 export const DEFAULT_CHUNK_SIZE = 64 * 1024;
 
+export function checkChunkSize(n: number): void {
+  if (n < 4096 || n > 1024 * 1024 || (n & (n - 1)) !== 0) {
+    throw new NbdsnapError('BAD_ARGUMENT', `--chunk-size ${n} must be a power of two from 4K to 1M`);
+  }
+}
+
 export interface StoreOptions {
   chunkSize?: number | undefined;
   transient: boolean;
