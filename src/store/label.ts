@@ -59,8 +59,9 @@ export interface Label {
 
 /** One copy: LABEL_COPY bytes. */
 export function encodeLabel(label: Label): Buffer {
-  const { generation, ...fields } = label;
-  const json = Buffer.from(JSON.stringify(fields));
+  const { generation, kind, ...fields } = label;
+  // `kind` first: a label whose headers are damaged is still recognised by its JSON (signatures.ts).
+  const json = Buffer.from(JSON.stringify({ kind, ...fields }));
   if (HEADER + json.length > LABEL_COPY) {
     throw new NbdsnapError('BAD_ARGUMENT', 'too many store ranges to record in the store label');
   }

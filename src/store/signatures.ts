@@ -3,7 +3,7 @@
  * range must not be formatted over without `--force` (mkfs and pvcreate refuse the same way).
  * Pure: give it the first SIGNATURE_BYTES of the range (fewer if the range is shorter).
  */
-import { decodeLabelArea, LABEL_AREA } from './label.ts';
+import { decodeLabelArea, LABEL_AREA, LABEL_COPY } from './label.ts';
 import { BLOCK_MAGIC } from './records.ts';
 
 /** How much of the start of a range `findSignature` looks at. */
@@ -35,6 +35,9 @@ export function findSignature(head: Buffer): Signature | undefined {
   if (label.state === 'version')
     return { type: 'nbdsnap', what: `an nbdsnap store of format version ${label.version}` };
   if (label.state === 'unreadable') return { type: 'nbdsnap', what: 'an nbdsnap store whose label is unreadable' };
+  // A label whose headers were damaged in both copies: its JSON is still there.
+  if (at(head, 32, '{"kind":"') || at(head, LABEL_COPY + 32, '{"kind":"'))
+    return { type: 'nbdsnap', what: 'an nbdsnap store whose label is unreadable (both copies damaged)' };
   // Range 0 of a store whose label area was wiped: its journal's first block follows it.
   if (
     head.length >= LABEL_AREA + 8 &&

@@ -86,7 +86,7 @@ describe('a store of two ranges', () => {
   it('restarted with only its second range: refused, naming the first; neither range written', async () => {
     const line = await refused([`disk=${disk}`, '--store', r1]);
     expect(line).toMatch(
-      new RegExp(`r1\\.img:0\\+8192 is range 1 of store [0-9a-f-]{36}; give its first range .*r0\\.img:0\\+512 first`),
+      /r1\.img:0\+8192 is range 1 of store [0-9a-f-]{36}; give its first range .*r0\.img:0\+512 first/,
     );
     expect(hashes([r0, r1, disk])).toEqual(before);
   });

@@ -60,6 +60,9 @@ describe('findSignature', () => {
     expect(got?.what).toContain(sb.uuid);
     // Copy B only (copy A damaged): still the store.
     expect(findSignature(head([LABEL_COPY, encodeLabel(sb)]))?.uuid).toBe(sb.uuid);
+    // Both magics damaged: the label's JSON still names it.
+    const damaged = head([0, encodeLabel(sb)], [LABEL_COPY, encodeLabel(sb)], [0, 'X'], [LABEL_COPY, 'X']);
+    expect(findSignature(damaged)).toMatchObject({ type: 'nbdsnap', what: expect.stringMatching(/unreadable/) });
     const wiped = head([LABEL_AREA, encodeBlockHeader({ index: 0, next: 1, firstSeq: 1 })]);
     expect(findSignature(wiped)).toMatchObject({ type: 'nbdsnap', what: expect.stringMatching(/unreadable/) });
   });
