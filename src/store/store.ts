@@ -109,8 +109,13 @@ export class DiffStore {
       space.close();
       throw err;
     }
-    if (plan.moved) await store.recordPaths(plan.ranges);
-    for (const r of plan.appends) await store.append(r);
+    try {
+      if (plan.moved) await store.recordPaths(plan.ranges);
+      for (const r of plan.appends) await store.append(r);
+    } catch (err) {
+      store.close();
+      throw err;
+    }
     return { store, records };
   }
 
