@@ -126,7 +126,7 @@ function matchGiven(range: StoreRange, l: Label, record: Superblock): number {
   }
   if (l.kind !== record.kind || l.index === 0) {
     throw refuse(
-      `store range ${spec} carries a second label of range ${l.index} of store ${l.uuid} (a copy?); refusing to use it`,
+      `store range ${spec} is range ${l.index} of store ${l.uuid} again: given twice, or a copy of it; refusing to use it`,
     );
   }
   checkExtent(range, l);
