@@ -4,7 +4,8 @@
  * range that reads as all zeros.
  * - a two-range store restarted with only its second range, with its ranges in the wrong order,
  *   or with a range of another store is refused with one line, and neither range is written;
- *   restarted with only its first range, its snapshot reads exactly;
+ *   restarted with only its first range, its snapshot reads exactly; a range moved to a new path
+ *   is found there by its label once given, and then recorded there;
  * - an ext4 image (real mkfs.ext4) and a file of random data given as --store, or appended at
  *   run time, are refused and unchanged; `nbdsnap store format` makes them usable (the ext4
  *   image only with --force);
@@ -14,7 +15,7 @@
  *   snapshot still reads exactly at the next normal start.
  */
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { NbdClient } from '../../src/client/nbd-client.ts';
@@ -130,6 +131,30 @@ describe('a store of two ranges', () => {
     const line = await refused([`disk=${disk}`, '--store', r0]);
     expect(line).toMatch(/range 1 of store .* is missing/);
     copyFileSync(saved, r1);
+  });
+
+  it('given at a new path: matched by its label, and the record follows it', async () => {
+    const moved = join(sub, 'r1-moved.img');
+    renameSync(r1, moved);
+    try {
+      expect(await refused([`disk=${disk}`, '--store', r0])).toMatch(/range 1 of store .* is missing/);
+      for (const [name, stores] of [
+        ['moved-both', [r0, moved]],
+        ['moved-first', [r0]],
+      ] as const) {
+        const m = new Rig(subdir(name), { devices: { disk }, stores: [...stores] });
+        await m.start();
+        try {
+          const status = await m.ctl<{ ranges: { path: string }[] }>('store.status');
+          expect(status.ranges.map((x) => x.path)).toEqual([r0, moved]);
+          assertSame(await m.readAll('disk@s1'), model, `disk@s1 with the range moved (${name})`);
+        } finally {
+          await m.stop();
+        }
+      }
+    } finally {
+      renameSync(moved, r1);
+    }
   });
 
   it('--transient on it: refused, the store unchanged; the snapshot reads exactly at the next normal start', async () => {
