@@ -73,7 +73,7 @@ export async function planOpen(given: StoreRange[], probe: Probe): Promise<OpenP
       appends.push(range);
       return;
     }
-    if (c.kind !== 'label') throw refuseContent(range, c) as NbdsnapError;
+    if (c.kind !== 'label') throw refuseContent(range, c, true) as NbdsnapError;
     const j = matchGiven(range, c.label, record);
     if (j === record.ranges.length) {
       if (appends.length > 0) {
@@ -217,7 +217,7 @@ export async function planTransient(given: StoreRange[], probe: Probe): Promise<
  */
 export function checkAppend(range: StoreRange, c: RangeContent, record: Superblock): string | undefined {
   if (c.kind === 'blank') return undefined;
-  if (c.kind !== 'label') throw refuseContent(range, c) as NbdsnapError;
+  if (c.kind !== 'label') throw refuseContent(range, c, true) as NbdsnapError;
   const l = c.label;
   const spec = rangeSpec(range);
   if (l.uuid !== record.uuid) {

@@ -119,11 +119,13 @@ export function describeContent(c: RangeContent): string {
 /**
  * The one-line refusal for a range that is neither blank nor a usable label here: unreadable
  * labels, other format versions, signatures, data. `undefined` for blank and labelled ranges (the
- * open rules decide about those).
+ * open rules decide about those). `adding`: the range was to join an existing store, which only a
+ * blank range may do (`store format` makes a new store, so it is not the way out there).
  */
-export function refuseContent(range: StoreRange, c: RangeContent): NbdsnapError | undefined {
+export function refuseContent(range: StoreRange, c: RangeContent, adding = false): NbdsnapError | undefined {
   const spec = rangeSpec(range);
   const format = `to make it a new store (destroying what it holds): nbdsnap store format ${spec}`;
+  const blankOnly = 'only a blank range (all zeros) can be added to a store';
   switch (c.kind) {
     case 'blank':
     case 'label':
@@ -138,17 +140,17 @@ export function refuseContent(range: StoreRange, c: RangeContent): NbdsnapError 
     case 'signature':
       return new NbdsnapError(
         'EXISTS',
-        `store range ${spec} holds ${c.signature.what}; refusing to use it (${format} --force)`,
+        `store range ${spec} holds ${c.signature.what}; refusing to use it (${adding ? blankOnly : `${format} --force`})`,
       );
     case 'data':
       return new NbdsnapError(
         'EXISTS',
-        `store range ${spec} is not blank: it holds data but no store label; refusing to use it (${format})`,
+        `store range ${spec} is not blank: it holds data but no store label; refusing to use it (${adding ? blankOnly : format})`,
       );
     case 'unchecked':
       return new NbdsnapError(
         'EXISTS',
-        `store range ${spec} carries no store label and, as a block device range over 4 GiB, is not read whole to prove it blank; ${format}`,
+        `store range ${spec} carries no store label and, as a block device range over 4 GiB, is not read whole to prove it blank; ${adding ? 'it cannot be added to a store' : format}`,
       );
   }
 }
