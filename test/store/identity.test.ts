@@ -12,7 +12,9 @@
  * - both label copies of range 0 damaged, or its first 128 KiB zeroed: refused, nothing
  *   rewritten;
  * - `--transient` on a persistent store is refused and the store is unchanged: the persistent
- *   snapshot still reads exactly at the next normal start.
+ *   snapshot still reads exactly at the next normal start;
+ * - a loop device is read whole to prove it blank (skipped without root and losetup, except
+ *   under CI=true, where it must run).
  */
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
@@ -312,5 +314,49 @@ describe('damaged labels of range 0', () => {
     copyFileSync(saved, store);
     await rig.start();
     assertSame(await rig.readAll('disk@d1'), model, 'disk@d1');
+  });
+});
+
+/** A loop device over `file` (detached by the caller), or undefined where there is none. */
+function attachLoop(file: string): string | undefined {
+  try {
+    return execFileSync('losetup', ['-f', '--show', file], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+const canLoop = hasTool('losetup') && process.getuid?.() === 0;
+describe.skipIf(!canLoop && process.env.CI !== 'true')('a block device range (loop device)', () => {
+  const sub = subdir('loop');
+  const disk = makeImage(join(sub, 'disk.img'), stampedImage(MiB, 0));
+  const loops: string[] = [];
+  afterAll(() => {
+    for (const l of loops) execFileSync('losetup', ['-d', l]);
+  });
+
+  it('read whole: blank is formatted, one non-zero byte is refused and left unchanged', async () => {
+    const blankFile = makeSparse(join(sub, 'blank.img'), 64 * MiB);
+    const dataFile = makeSparse(join(sub, 'data.img'), 64 * MiB);
+    writeAt(dataFile, 40 * MiB + 5, Buffer.from([9]));
+    const blank = attachLoop(blankFile);
+    const data = attachLoop(dataFile);
+    if (blank === undefined || data === undefined) throw new Error('no loop device (needed under CI=true)');
+    loops.push(blank, data);
+    const h = sha256(dataFile);
+    expect(await refused([`disk=${disk}`, '--store', data])).toMatch(/\/dev\/loop\d+:0\+131072 is not blank/);
+    expect(sha256(dataFile)).toBe(h);
+    const rig = new Rig(subdir('loop-rig'), { devices: { disk }, stores: [blank], chunkSize: '4K' });
+    await rig.start();
+    try {
+      expect((await rig.ctl<{ ranges: { path: string }[] }>('store.status')).ranges.map((r) => r.path)).toEqual([
+        blank,
+      ]);
+    } finally {
+      await rig.stop();
+    }
   });
 });
