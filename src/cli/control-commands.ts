@@ -5,6 +5,7 @@
 import type { Argv } from 'yargs';
 import { call, controlPath } from '../control/client.ts';
 import { NbdsnapError } from '../errors.ts';
+import { storeFormatBuilder, storeFormatCommand } from './store-format.ts';
 
 const withControl = <T>(y: Argv<T>) =>
   y
@@ -146,7 +147,13 @@ export function storeCommand(y: Argv) {
       (c: Argv) => withControl(c),
       async (a) => print(await call(controlPath(a.control), 'store.status'), a.json, storeHuman),
     )
-    .demandCommand(1, 'store: append or status');
+    .command(
+      'format <ranges..>',
+      'make a new, empty store on PATH[:START+COUNT]... (range 0 first), offline',
+      storeFormatBuilder,
+      (a) => storeFormatCommand(a as never),
+    )
+    .demandCommand(1, 'store: append, status or format');
 }
 
 export async function statusCommand(a: Common): Promise<void> {

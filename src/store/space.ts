@@ -2,7 +2,7 @@
  * The difference store's space: an ordered list of ranges (a file or block device, a start and a
  * length in bytes), cut into chunk-sized slots. Slot numbers run across all ranges in order; a
  * slot never crosses a range, and a range's tail shorter than a chunk is not used (blksnap does
- * the same). The first `reserved` bytes of the first range hold the superblock.
+ * the same). The first `reserved` bytes of every range hold its label (label.ts).
  *
  * Allocation is next-fit over a byte-per-slot map; `free()` makes a slot reusable. I/O goes to
  * one descriptor per distinct file, shared by all ranges on it; `sync()` fdatasyncs them all.
@@ -98,7 +98,7 @@ export class StoreSpace {
   /**
    * Open and add a range; refuses overlaps with ranges already added. Returns its slot count.
    * With `available` false its slots stay in use until `makeAvailable()` (an append not yet
-   * recorded in the superblock).
+   * recorded in range 0's label), or the range is taken back with `dropLast()`.
    */
   add(range: StoreRange, available = true): number {
     const file = this.openFile(range.path);
@@ -112,15 +112,18 @@ export class StoreSpace {
     if (range.start + range.length > file.size) {
       throw new NbdsnapError('BAD_ARGUMENT', `store range ${describe(range)} is past the end of ${range.path}`);
     }
-    const skip = this.ranges.length === 0 ? this.reserved : 0;
+    const skip = this.reserved;
     const usable = range.length - skip;
-    if (this.ranges.length === 0 && usable < this.chunkSize * 4) {
+    const least = this.ranges.length === 0 ? 4 : 1;
+    if (usable < this.chunkSize * least) {
       throw new NbdsnapError(
         'BAD_ARGUMENT',
-        `the first store range must hold at least ${skip + this.chunkSize * 4} bytes`,
+        this.ranges.length === 0
+          ? `the first store range must hold at least ${skip + this.chunkSize * least} bytes`
+          : `store range ${describe(range)} is smaller than one chunk after its ${skip / 1024} KiB label area`,
       );
     }
-    const slots = Math.max(0, Math.floor(usable / this.chunkSize));
+    const slots = Math.floor(usable / this.chunkSize);
     const firstSlot = this.used.length;
     this.ranges.push({ ...range, fd: file.fd, firstSlot, slots, slotBase: range.start + skip });
     const grown = new Uint8Array(firstSlot + slots);
@@ -129,6 +132,13 @@ export class StoreSpace {
     else grown.fill(1, firstSlot);
     this.used = grown;
     return slots;
+  }
+
+  /** Take back the range added last, whose slots were never made available (a failed append). */
+  dropLast(): void {
+    const r = this.ranges.pop();
+    if (r === undefined) return;
+    this.used = this.used.slice(0, r.firstSlot);
   }
 
   /** Let slots [first, first + count) be allocated (see `add`). */
@@ -202,15 +212,22 @@ export class StoreSpace {
     return readFully(fd, length, offset + offsetInSlot);
   }
 
-  /** Raw I/O in the reserved superblock area of the first range. */
-  async writeReserved(data: Buffer, offset: number): Promise<void> {
-    const first = this.ranges[0] as OpenRange;
-    await writeFully(first.fd, data, first.start + offset);
+  /** Raw I/O in the reserved label area of range `index`. */
+  async writeLabel(index: number, data: Buffer, offset: number): Promise<void> {
+    if (offset + data.length > this.reserved) throw new NbdsnapError('EINVAL', 'write past the label area');
+    const r = this.range(index);
+    await writeFully(r.fd, data, r.start + offset);
   }
 
-  async readReserved(length: number, offset: number): Promise<Buffer> {
-    const first = this.ranges[0] as OpenRange;
-    return readFully(first.fd, length, first.start + offset);
+  async readLabel(index: number, length: number, offset: number): Promise<Buffer> {
+    const r = this.range(index);
+    return readFully(r.fd, length, r.start + offset);
+  }
+
+  private range(index: number): OpenRange {
+    const r = this.ranges[index];
+    if (r === undefined) throw new NbdsnapError('EINVAL', `store range ${index} is not open`);
+    return r;
   }
 
   async sync(): Promise<void> {

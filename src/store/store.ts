@@ -1,31 +1,40 @@
 /**
  * The difference store: space (ranges cut into slots) plus its metadata journal, opened or
  * formatted from the `--store` ranges. Snapshot code sees slots and `commit(records)`; it does
- * not see superblocks or journal blocks.
+ * not see labels or journal blocks.
  *
- * - Persistent (default): a superblock at the start of the first range records the chunk size
- *   and every range, so ranges appended at run time come back on restart; the journal records
- *   snapshots and chunk mappings; `commit()` returns once data and records are durable.
- * - Transient (`--transient`): the mapping lives in memory only and is gone at exit (blksnap's
- *   model); `commit()` returns at once, since nothing needs to survive a crash.
+ * Every range carries a label (label.ts); range 0's label is the store's record (superblock.ts).
+ * Which store the given ranges are is decided by open.ts from their labels, before anything is
+ * written; only ranges that read as all zeros are formatted without `nbdsnap store format`.
+ *
+ * - Persistent (default): range 0's record lists the chunk size and every range, so ranges
+ *   appended at run time come back on restart; the journal records snapshots and chunk mappings;
+ *   `commit()` returns once data and records are durable.
+ * - Transient (`--transient`): the ranges are labelled (kind 'transient'), but the mapping lives
+ *   in memory only and is gone at exit (blksnap's model); `commit()` returns at once.
  *
  * Low free space (below `lowSpaceSlots`) and exhaustion are reported through `onSpace`.
  */
-import { NbdsnapError } from '../errors.ts';
+import { randomUUID } from 'node:crypto';
+import { statSync } from 'node:fs';
+import { errorMessage, NbdsnapError } from '../errors.ts';
 import { Journal } from './journal.ts';
+import { copyOffset, encodeLabel, encodeLabelPair, LABEL_AREA, rangeSpec, type StoreKind } from './label.ts';
+import { checkAppend, planOpen, planTransient } from './open.ts';
+import { probeRange } from './probe.ts';
 import type { JournalRecord } from './records.ts';
 import { type StoreRange, StoreSpace } from './space.ts';
-import {
-  decodeSuperblocks,
-  encodeSuperblock,
-  newSuperblock,
-  SUPERBLOCK_AREA,
-  SUPERBLOCK_COPY,
-  type Superblock,
-} from './superblock.ts';
+import { newSuperblock, rangeLabel, type Superblock } from './superblock.ts';
 
 /** Slots kept back from data so the journal can always record an invalidation. */
 const JOURNAL_RESERVE = 2;
+export const DEFAULT_CHUNK_SIZE = 64 * 1024;
+
+export function checkChunkSize(n: number): void {
+  if (n < 4096 || n > 1024 * 1024 || (n & (n - 1)) !== 0) {
+    throw new NbdsnapError('BAD_ARGUMENT', `--chunk-size ${n} must be a power of two from 4K to 1M`);
+  }
+}
 
 export interface StoreOptions {
   chunkSize?: number | undefined;
@@ -46,112 +55,146 @@ export class DiffStore {
   readonly space: StoreSpace;
   readonly transient: boolean;
   private readonly journal: Journal | undefined;
-  private superblock: Superblock | undefined;
+  /** Range 0's label: the store's record. */
+  private record: Superblock;
   private readonly slotsPerRange: number[] = [];
   private failedReason: string | undefined;
 
-  private constructor(space: StoreSpace, journal: Journal | undefined, sb: Superblock | undefined) {
+  private constructor(space: StoreSpace, journal: Journal | undefined, record: Superblock, slots: number[]) {
     this.space = space;
     this.journal = journal;
-    this.superblock = sb;
-    this.transient = journal === undefined;
+    this.record = record;
+    this.transient = record.kind === 'transient';
+    this.slotsPerRange.push(...slots);
   }
 
   get chunkSize(): number {
     return this.space.chunkSize;
   }
 
-  /** Open the store on `ranges` (first one first), formatting it if blank. Returns the replayed records. */
-  static async open(ranges: StoreRange[], opts: StoreOptions): Promise<{ store: DiffStore; records: JournalRecord[] }> {
-    const first = ranges[0];
-    if (first === undefined) throw new NbdsnapError('BAD_ARGUMENT', 'no store range given');
-    if (opts.transient) {
-      const space = new StoreSpace(opts.chunkSize ?? 64 * 1024, 0);
-      const store = new DiffStore(space, undefined, undefined);
-      for (const r of ranges) store.addRange(r);
-      return { store, records: [] };
-    }
-    const read = await probeSuperblock(first);
-    if (read.state === 'blank') {
-      // Formatting is only for a new store: if another given range starts with a store's
-      // superblock, the ranges are in the wrong order, and formatting would destroy copies.
-      for (const other of ranges.slice(1)) {
-        if (
-          other.length >= SUPERBLOCK_AREA &&
-          (await probeSuperblock(other).catch(() => undefined))?.state === 'valid'
-        ) {
-          throw new NbdsnapError(
-            'BAD_ARGUMENT',
-            `the store's first range is ${other.path}:${other.start / 512}; give it as the first --store`,
-          );
-        }
-      }
-      return { store: await DiffStore.format(ranges, opts.chunkSize ?? 64 * 1024), records: [] };
-    }
+  /** The store's identity (the uuid in every range's label). */
+  get uuid(): string {
+    return this.record.uuid;
+  }
 
-    const sb = read.sb;
-    if (opts.chunkSize !== undefined && opts.chunkSize !== sb.chunkSize) {
+  /**
+   * Open the store on `ranges` (range 0 first) by the open rules of open.ts, formatting it only
+   * if every range is blank. Returns the replayed records.
+   */
+  static async open(ranges: StoreRange[], opts: StoreOptions): Promise<{ store: DiffStore; records: JournalRecord[] }> {
+    if (ranges.length === 0) throw new NbdsnapError('BAD_ARGUMENT', 'no store range given');
+    const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    if (opts.transient) {
+      const given = await planTransient(ranges, probeRange);
+      return { store: await DiffStore.create(given, chunkSize, 'transient'), records: [] };
+    }
+    const plan = await planOpen(ranges, probeRange);
+    if (plan.kind === 'new')
+      return { store: await DiffStore.create(plan.ranges, chunkSize, 'persistent'), records: [] };
+    const record = plan.record;
+    if (opts.chunkSize !== undefined && opts.chunkSize !== record.chunkSize) {
       throw new NbdsnapError(
         'BAD_ARGUMENT',
-        `the store was formatted with chunk size ${sb.chunkSize}; --chunk-size ${opts.chunkSize} was given`,
+        `the store was formatted with chunk size ${record.chunkSize}; --chunk-size ${opts.chunkSize} was given`,
       );
     }
-    const space = new StoreSpace(sb.chunkSize, SUPERBLOCK_AREA);
-    const known = sb.ranges;
-    const counts = known.map((r) => space.add(r));
-    const { journal, records } = await Journal.open(space, sb.firstJournalSlot);
-    const store = new DiffStore(space, journal, sb);
-    store.slotsPerRange.push(...counts);
-    // Ranges given now but not yet recorded are appended (and recorded).
-    for (const r of ranges) {
-      if (!known.some((k) => k.path === r.path && k.start === r.start && k.length === r.length)) await store.append(r);
+    const { space, counts } = openSpace(record.chunkSize, plan.ranges);
+    let store: DiffStore;
+    let records: JournalRecord[];
+    try {
+      const opened = await Journal.open(space, record.firstJournalSlot ?? 0);
+      records = opened.records;
+      store = new DiffStore(space, opened.journal, record, counts);
+    } catch (err) {
+      space.close();
+      throw err;
+    }
+    try {
+      if (plan.moved) await store.recordPaths(plan.ranges);
+      for (const r of plan.appends) await store.append(r);
+    } catch (err) {
+      store.close();
+      throw err;
     }
     return { store, records };
   }
 
-  private static async format(ranges: StoreRange[], chunkSize: number): Promise<DiffStore> {
-    const space = new StoreSpace(chunkSize, SUPERBLOCK_AREA);
-    const counts = ranges.map((r) => space.add(r));
-    const journal = await Journal.create(space);
-    const sb = newSuperblock(chunkSize, ranges, journal.slots[0] as number);
-    const store = new DiffStore(space, journal, sb);
-    store.slotsPerRange.push(...counts);
-    // Both copies (generations 2 and 3): a store whose one written copy is damaged is lost whole.
-    await store.writeSuperblock();
-    await store.writeSuperblock();
-    return store;
-  }
-
-  private addRange(r: StoreRange): void {
-    this.slotsPerRange.push(this.space.add(r));
-  }
-
   /**
-   * Add a range while snapshots are held; recorded in the superblock before it is used: its slots
-   * are handed out only once the superblock is durable (a crash in between must not leave
-   * mappings to slots the recorded store does not have). If recording fails they stay unused.
+   * A new store on `ranges` (range 0 first), whatever they hold: the caller decided they may be
+   * formatted (blank, or `nbdsnap store format`). Labels ranges 1.. first, then range 0 with the
+   * record: range 0's label is what makes the store exist.
    */
-  async append(range: StoreRange): Promise<void> {
-    if (range.length < this.chunkSize) throw new NbdsnapError('BAD_ARGUMENT', 'the range is smaller than one chunk');
-    const first = this.space.totalSlots;
-    const slots = this.space.add(range, this.superblock === undefined);
-    this.slotsPerRange.push(slots);
-    if (this.superblock !== undefined) {
-      this.superblock = { ...this.superblock, ranges: [...this.superblock.ranges, range] };
-      try {
-        await this.writeSuperblock();
-      } catch (err) {
-        throw new NbdsnapError('EIO', `could not record the new range: ${(err as Error).message}`);
-      }
-      this.space.makeAvailable(first, slots);
+  static async create(ranges: StoreRange[], chunkSize: number, kind: StoreKind): Promise<DiffStore> {
+    const { space, counts } = openSpace(chunkSize, ranges);
+    try {
+      const journal = kind === 'persistent' ? await Journal.create(space) : undefined;
+      const record = newSuperblock(kind, chunkSize, ranges, journal?.slots[0]);
+      for (let i = 1; i < ranges.length; i++) await space.writeLabel(i, encodeLabelPair(rangeLabel(record, i)), 0);
+      await space.sync();
+      const store = new DiffStore(space, journal, record, counts);
+      // Both copies (generations 2 and 3): a store whose one written copy is damaged is lost whole.
+      await store.writeRecord();
+      await store.writeRecord();
+      return store;
+    } catch (err) {
+      space.close();
+      throw err;
     }
   }
 
-  private async writeSuperblock(): Promise<void> {
-    const sb = this.superblock as Superblock;
-    sb.generation += 1;
+  /** Record where the ranges are now (some path changed since the record was written). */
+  private async recordPaths(ranges: StoreRange[]): Promise<void> {
+    this.record = {
+      ...this.record,
+      ranges: this.record.ranges.map((r, i) => ({ ...r, path: (ranges[i] as StoreRange).path })),
+    };
+    await this.writeRecord();
+  }
+
+  /**
+   * Add a range while snapshots are held. Only a blank range is accepted (or one this store
+   * labelled as its next range before a crash); its label is made durable, then range 0 records
+   * it, and only then are its slots handed out (a crash in between must not leave mappings to
+   * slots the recorded store does not have). If either write fails the range is not added.
+   */
+  async append(range: StoreRange): Promise<void> {
+    if (range.length < LABEL_AREA + this.chunkSize) {
+      throw new NbdsnapError(
+        'BAD_ARGUMENT',
+        `the range is smaller than one chunk after its ${LABEL_AREA / 1024} KiB label area`,
+      );
+    }
+    const st = statSync(range.path);
+    const other = this.space.overlaps(st.dev, st.ino, range.start, range.length);
+    if (other !== undefined) {
+      throw new NbdsnapError('BAD_ARGUMENT', `store range ${rangeSpec(range)} overlaps ${rangeSpec(other)}`);
+    }
+    const id = checkAppend(range, await probeRange(range), this.record);
+    const index = this.record.ranges.length;
+    const first = this.space.totalSlots;
+    const slots = this.space.add(range, false);
+    const before = this.record;
+    const entry = { path: range.path, start: range.start, length: range.length, id: id ?? randomUUID() };
+    this.record = { ...before, ranges: [...before.ranges, entry] };
+    try {
+      await this.space.writeLabel(index, encodeLabelPair(rangeLabel(this.record, index)), 0);
+      await this.space.sync();
+      await this.writeRecord();
+    } catch (err) {
+      this.space.dropLast();
+      this.record = { ...before, generation: this.record.generation };
+      throw new NbdsnapError('EIO', `could not record the new range: ${errorMessage(err)}`);
+    }
+    this.slotsPerRange.push(slots);
+    this.space.makeAvailable(first, slots);
+  }
+
+  /** Write range 0's label (the record) to its other copy, with the next generation, durably. */
+  private async writeRecord(): Promise<void> {
+    const record = this.record;
+    record.generation += 1;
     // Alternate copies by generation: a torn write leaves the other, older copy valid.
-    await this.space.writeReserved(encodeSuperblock(sb), (sb.generation % 2) * SUPERBLOCK_COPY);
+    await this.space.writeLabel(0, encodeLabel(record), copyOffset(record.generation));
     await this.space.sync();
   }
 
@@ -180,7 +223,7 @@ export class DiffStore {
   /**
    * Make records (and all data written before) durable. Transient: nothing to do.
    * A failed commit leaves the journal's end unknown: the store is marked failed (in memory, and
-   * in the superblock if that can still be written) and refuses every later commit, so nothing
+   * in range 0's record if that can still be written) and refuses every later commit, so nothing
    * is ever recorded after a gap, and at the next start no snapshot is served as valid.
    */
   async commit(records: JournalRecord[]): Promise<void> {
@@ -199,25 +242,25 @@ export class DiffStore {
     return this.failedReason;
   }
 
-  /** A failure recorded before this start (the superblock's flag), if any. */
+  /** A failure recorded before this start (the record's flag), if any. */
   get failedBefore(): string | undefined {
-    return this.superblock?.failed;
+    return this.record.failed;
   }
 
-  /** After the snapshots of a failed store were recorded invalid: clear the superblock's flag. */
+  /** After the snapshots of a failed store were recorded invalid: clear the record's flag. */
   async clearFailedBefore(): Promise<void> {
-    if (this.superblock?.failed === undefined) return;
-    const { failed: _, ...rest } = this.superblock;
-    this.superblock = rest;
-    await this.writeSuperblock();
+    if (this.record.failed === undefined) return;
+    const { failed: _, ...rest } = this.record;
+    this.record = rest;
+    await this.writeRecord();
   }
 
   private async markFailed(reason: string): Promise<void> {
     if (this.failedReason !== undefined) return;
     this.failedReason = reason;
-    if (this.superblock === undefined) return;
-    this.superblock = { ...this.superblock, failed: `${new Date().toISOString()}: ${reason}` };
-    await this.writeSuperblock().catch(() => undefined);
+    if (this.transient) return;
+    this.record = { ...this.record, failed: `${new Date().toISOString()}: ${reason}` };
+    await this.writeRecord().catch(() => undefined);
   }
 
   /** Make data written into slots durable (FLUSH on a writable snapshot). */
@@ -253,16 +296,13 @@ export class DiffStore {
   }
 }
 
-/** Read the superblock copies at the start of a range (blank, valid, or a CORRUPT error). */
-async function probeSuperblock(range: StoreRange) {
-  const probe = new StoreSpace(4096, SUPERBLOCK_AREA);
+/** A space over `ranges` (opened read-write; overlaps and sizes checked), before anything is written. */
+function openSpace(chunkSize: number, ranges: StoreRange[]): { space: StoreSpace; counts: number[] } {
+  const space = new StoreSpace(chunkSize, LABEL_AREA);
   try {
-    probe.add(range);
-    return decodeSuperblocks(
-      await probe.readReserved(SUPERBLOCK_COPY, 0),
-      await probe.readReserved(SUPERBLOCK_COPY, SUPERBLOCK_COPY),
-    );
-  } finally {
-    probe.close();
+    return { space, counts: ranges.map((r) => space.add(r)) };
+  } catch (err) {
+    space.close();
+    throw err;
   }
 }

@@ -87,11 +87,11 @@ describe('store append', () => {
       // fill the store
     }
     const space = store.space;
-    const writeReserved = space.writeReserved.bind(space);
+    const writeLabel = space.writeLabel.bind(space);
     let recorded = false;
-    space.writeReserved = async (data: Buffer, offset: number) => {
+    space.writeLabel = async (index: number, data: Buffer, offset: number) => {
       await sleep(100);
-      await writeReserved(data, offset);
+      await writeLabel(index, data, offset);
       await space.sync();
       recorded = true;
     };
