@@ -7,8 +7,8 @@
  * drain the writes in flight, flush the origins (so what the snapshot shows is on disk), record
  * the snapshot durably, release. Constant time whatever the device size.
  */
-import { statSync } from 'node:fs';
 import type { BlockDevice } from '../block/device.ts';
+import { refuseAliases } from '../block/ownership.ts';
 import { CbtControl } from '../cbt/cbt-control.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -351,13 +351,13 @@ export class SnapshotManager {
   appendStore(range: StoreRange): Promise<void> {
     return this.exclusive(async () => {
       const store = this.requireStore();
-      // The origin's own writes would overwrite the copies (serve refuses this at start too).
-      const target = statSync(range.path);
-      for (const d of this.opts.devices) {
-        const o = d.path === undefined ? undefined : statSync(d.path);
-        if (o !== undefined && o.dev === target.dev && o.ino === target.ino)
-          throw new NbdsnapError('BAD_ARGUMENT', `store range on ${range.path} overlaps the origin device ${d.path}`);
-      }
+      // The same storage as an origin or a range in use, under any name (serve checks at start).
+      const origins = this.opts.devices.map((d) => ({
+        name: d.name,
+        path: d.path,
+        readOnly: this.opts.readOnlyOrigins,
+      }));
+      refuseAliases(origins, [...store.space.rangeList, range]);
       await store.append(range);
       this.events.emit({
         type: 'store-appended',
