@@ -45,7 +45,7 @@ function oneError(r: RunResult): string {
 const serveRefused = async (args: string[]): Promise<string> =>
   oneError(await nbdsnap(['serve', ...args, '-p', String(freshPort()), '-b', '127.0.0.1'], 20_000));
 
-const escape = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+const re = (s: string): string => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 describe('a second server on the same storage', () => {
   const sub = subdir('two');
@@ -78,13 +78,13 @@ describe('a second server on the same storage', () => {
       '--chunk-size',
       '4K',
     ]);
-    expect(line).toMatch(new RegExp(`${escape(disk)} is in use: held by pid ${pid} \\(`));
+    expect(line).toMatch(new RegExp(`${re(disk)} is in use: held by pid ${pid} \\(`));
   });
 
   it('refuses a second server on the same store with another origin', async () => {
     const other = makeImage(join(sub, 'other.img'), stampedImage(4 * MiB, 7));
     const line = await serveRefused([`other=${other}`, '--store', store, '--control', join(sub, 'other.sock')]);
-    expect(line).toMatch(new RegExp(`${escape(store)} is in use: held by pid ${rig.server?.pid} \\(`));
+    expect(line).toMatch(new RegExp(`${re(store)} is in use: held by pid ${rig.server?.pid} \\(`));
     // The refused server wrote nothing: its own origin is as it was.
     assertSame(readFileSync(other), stampedImage(4 * MiB, 7), 'the refused server origin');
   });
@@ -134,7 +134,7 @@ describe('readers share an origin, a writer does not', () => {
   it('a writer of that origin is refused while they read', async () => {
     const line = await serveRefused([`disk=${disk}`]);
     const pids = servers.map((s) => s.pid).join('|');
-    expect(line).toMatch(new RegExp(`${escape(disk)} is in use: held by pid (${pids}) \\(`));
+    expect(line).toMatch(new RegExp(`${re(disk)} is in use: held by pid (${pids}) \\(`));
   });
 
   it('a reader is refused while a writer serves it', async () => {
@@ -142,7 +142,7 @@ describe('readers share an origin, a writer does not', () => {
     const writer = await startServer([`disk=${disk}`]);
     servers.push(writer);
     const line = await serveRefused([`disk=${disk}`, '-r']);
-    expect(line).toMatch(new RegExp(`${escape(disk)} is in use: held by pid ${writer.pid} \\(`));
+    expect(line).toMatch(new RegExp(`${re(disk)} is in use: held by pid ${writer.pid} \\(`));
   });
 });
 
@@ -163,7 +163,7 @@ describe('store append of storage another server holds', () => {
     await rig.createSnapshot('disk', 's1');
     other = await startServer([`other=${otherImage}`]);
     const line = oneError(await rig.cli(['store', 'append', otherImage]));
-    expect(line).toMatch(new RegExp(`${escape(otherImage)} is in use: held by pid ${other.pid} \\(`));
+    expect(line).toMatch(new RegExp(`${re(otherImage)} is in use: held by pid ${other.pid} \\(`));
     const status = await rig.ctl<{ ranges: unknown[] }>('store.status');
     expect(status.ranges).toHaveLength(1);
     const c = await NbdClient.open(other.uri('other'));
@@ -191,7 +191,9 @@ describe('a loop device over a served origin', () => {
     try {
       if ('reason' in tail) return noLoop(tail.reason, ctx.skip);
       const pid = rig.server?.pid as number;
-      const over = new RegExp(`${escape(whole.device)} \\(a loop device over ${escape(disk)}\\) is in use: held by pid ${pid} `);
+      const over = new RegExp(
+        `${re(whole.device)} \\(a loop device over ${re(disk)}\\) is in use: held by pid ${pid} `,
+      );
       // Another server with the alias as its store (and an origin of its own).
       const mine = makeImage(join(sub, 'mine.img'), stampedImage(1 * MiB, 9));
       expect(await serveRefused([`mine=${mine}`, '--store', whole.device])).toMatch(over);
