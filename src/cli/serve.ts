@@ -79,7 +79,11 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (control !== undefined) await control.listen(opts.control as string);
 
   const server = new NbdServer(registry, log);
-  const where = await server.listen(listenSpecs(opts));
+  // A refused listener (a live server's -k socket, a port in use) leaves no control socket behind.
+  const where = await server.listen(listenSpecs(opts)).catch(async (err: unknown) => {
+    await control?.close();
+    throw err;
+  });
   const extra = (await opts.afterStart?.(manager)) ?? [];
   for (const line of [...connectHelp(where, registry), ...extra]) process.stdout.write(`${line}\n`);
   log.info('listening', { on: where, exports: registry.list().map((e) => e.name), control: opts.control });

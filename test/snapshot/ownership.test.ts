@@ -12,7 +12,7 @@
  *   server SIGKILLed) is replaced, and a regular file at the path is refused and left as it was;
  * - `--pid-file` through a symlink replaces the symlink, never the file it points to.
  */
-import { lstatSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../../src/client/nbd-client.ts';
@@ -251,6 +251,7 @@ describe('sockets of a live server are never taken over', () => {
   it('a second server on the -k socket is refused, the first still answers on both', async () => {
     const line = await serveRefused(['m=memory:1M', '-k', sock, '--control', join(sub, 'second.sock')]);
     expect(line).toBe(`nbdsnap: error: another server is listening on ${sock}`);
+    expect(existsSync(join(sub, 'second.sock')), 'the refused server closed its control socket').toBe(false);
     await answersOnBoth();
   });
 
