@@ -9,6 +9,8 @@
  * - base:allocation comes from the file's real allocation, by SEEK_DATA / SEEK_HOLE.
  * The fallocate/lseek calls need the native helper (native.ts); without it the device still
  * works, with the fallbacks named there.
+ * The image is claimed for as long as it is open (ownership.ts): exclusively when writable,
+ * shared when read-only, so a second server cannot write it under this one.
  */
 import { close as closeCb, constants, fdatasync, fstat, open, read as readCb, write as writeCb } from 'node:fs';
 import { promisify } from 'node:util';
@@ -17,6 +19,7 @@ import type { Extent } from '../nbd-protocol/index.ts';
 import * as pool from './buffer-pool.ts';
 import { type BlockDevice, DATA, type DeviceCapabilities, HOLE_ZERO, pushExtent, type ZeroOptions } from './device.ts';
 import { native } from './native.ts';
+import { type Claim, claimStorage } from './ownership.ts';
 import { SyncBatcher } from './sync-batcher.ts';
 
 const openAsync = promisify(open);
@@ -41,6 +44,7 @@ export class FileDevice implements BlockDevice {
   private readonly fd: number;
   private readonly syncer: SyncBatcher;
   private closed = false;
+  private claim: Claim | undefined;
   /** SEEK_DATA works on this file (not on every block device or file system). */
   private seekable: boolean;
 
@@ -81,7 +85,16 @@ export class FileDevice implements BlockDevice {
       throw new NbdsnapError('BAD_ARGUMENT', `${path} is neither a regular file nor a block device`);
     }
     const size = st.isFile() ? st.size : (native?.sizeOf(fd) ?? st.size);
-    return new FileDevice(path, fd, size, readOnly, st.isFile());
+    let claim: Claim;
+    try {
+      claim = claimStorage(path, { exclusive: !readOnly, role: 'image', expect: { dev: st.dev, ino: st.ino } });
+    } catch (err) {
+      await closeAsync(fd);
+      throw err;
+    }
+    const device = new FileDevice(path, fd, size, readOnly, st.isFile());
+    device.claim = claim;
+    return device;
   }
 
   read(offset: number, length: number): Promise<Buffer> {
@@ -213,5 +226,6 @@ export class FileDevice implements BlockDevice {
     if (this.closed) return;
     this.closed = true;
     await closeAsync(this.fd);
+    this.claim?.release();
   }
 }

@@ -1,8 +1,11 @@
 /**
  * Loads the optional native helper (src/native/fsx.c, built by `npm install`): lseek with
- * SEEK_DATA / SEEK_HOLE / SEEK_END and fallocate hole punching, which Node does not expose.
+ * SEEK_DATA / SEEK_HOLE / SEEK_END, fallocate hole punching, open file description locks and the
+ * loop-device status, which Node does not expose.
  * Without it, `native` is undefined and callers fall back: block status reports all data, TRIM
- * is skipped (it is a hint), WRITE_ZEROES writes zero buffers and FAST_ZERO answers ENOTSUP.
+ * is skipped (it is a hint), WRITE_ZEROES writes zero buffers and FAST_ZERO answers ENOTSUP;
+ * images and store ranges are not locked (ownership.ts says so in a warning) and loop devices are
+ * identified through sysfs.
  */
 import { createRequire } from 'node:module';
 
@@ -16,6 +19,26 @@ export interface NativeFs {
   readNowait(fd: number, buffer: Buffer, offset: number): number;
   punchHole(fd: number, offset: number, length: number): void;
   zeroRange(fd: number, offset: number, length: number): void;
+  /**
+   * fcntl(F_OFD_SETLK): a write lock (exclusive) or read lock (shared) on [start, start + length)
+   * of the open file description, length 0 meaning to the end and beyond. Returns 0 or the errno
+   * (EAGAIN or EACCES when another open file description holds a conflicting lock).
+   */
+  ofdLock(fd: number, exclusive: boolean, start?: number, length?: number): number;
+  /** LOOP_GET_STATUS64 of a loop device, or null when `fd` is not a bound loop device. */
+  loopInfo(fd: number): LoopInfo | null;
+}
+
+export interface LoopInfo {
+  /** The backing file's file system (major, minor) and inode. */
+  major: number;
+  minor: number;
+  inode: number;
+  offset: number;
+  /** 0: up to the end of the backing file. */
+  sizeLimit: number;
+  /** The backing file's name as given to the kernel (at most 63 bytes). */
+  fileName: string;
 }
 
 function load(): NativeFs | undefined {

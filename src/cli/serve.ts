@@ -4,19 +4,20 @@
  * connect, write the pid file once connections are accepted, and stop gracefully on SIGTERM /
  * SIGINT (a second signal exits at once).
  */
-import { statSync, writeFileSync } from 'node:fs';
 import type { BlockDevice } from '../block/device.ts';
 import { FileDevice } from '../block/file-device.ts';
 import { MemoryDevice } from '../block/memory-device.ts';
 import { native } from '../block/native.ts';
+import { lockingAvailable, refuseAliases } from '../block/ownership.ts';
 import { ControlServer } from '../control/server.ts';
 import { NbdsnapError } from '../errors.ts';
 import { Logger, type LogLevel } from '../log.ts';
 import { ExportRegistry } from '../server/exports.ts';
 import { type ListenSpec, NbdServer, socketActivationFds } from '../server/server.ts';
 import { SnapshotManager } from '../snapshot/manager.ts';
-import { type StoreRange, StoreSpace } from '../store/space.ts';
+import { StoreSpace } from '../store/space.ts';
 import { type ImageSpec, parseImage, parsePort } from './args.ts';
+import { checkPidFile, writePidFile } from './pid-file.ts';
 
 export interface ServeOptions {
   images: string[];
@@ -47,14 +48,21 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (cbt !== undefined && cbt !== 0 && (cbt < 4096 || (cbt & (cbt - 1)) !== 0 || cbt > 64 * 1024 * 1024)) {
     throw new NbdsnapError('BAD_ARGUMENT', `--cbt-block-size ${cbt} must be 0 (off) or a power of two from 4K to 64M`);
   }
+  if (opts.pidFile !== undefined) checkPidFile(opts.pidFile);
   const storeRanges = (opts.store ?? []).map((s) => StoreSpace.resolve(s));
+  // The same storage under two names (a loop device over the origin, a partition of a store
+  // disk) is refused before anything is opened; each open then claims what it uses.
+  refuseAliases(
+    specs.map((s) => ({ name: s.name, path: s.path, readOnly: opts.readOnly })),
+    storeRanges,
+  );
+  if (native === undefined) log.warn('native helper not built: TRIM is ignored and block status reports all data');
+  if (!lockingAvailable()) log.warn('native helper not built: images and store ranges are not locked');
   const devices: { name: string; device: BlockDevice; description: string; path?: string | undefined }[] = [];
   for (const spec of specs) {
     const device = await openImage(spec, opts.readOnly);
     devices.push({ name: spec.name, device, description: opts.description ?? describe(spec), path: spec.path });
-    if (spec.path !== undefined) refuseStoreOnOrigin(spec.path, storeRanges);
   }
-  if (native === undefined) log.warn('native helper not built: TRIM is ignored and block status reports all data');
 
   const registry = new ExportRegistry();
   const manager = new SnapshotManager(registry, log, {
@@ -71,11 +79,15 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (control !== undefined) await control.listen(opts.control as string);
 
   const server = new NbdServer(registry, log);
-  const where = await server.listen(listenSpecs(opts));
+  // A refused listener (a live server's -k socket, a port in use) leaves no control socket behind.
+  const where = await server.listen(listenSpecs(opts)).catch(async (err: unknown) => {
+    await control?.close();
+    throw err;
+  });
   const extra = (await opts.afterStart?.(manager)) ?? [];
   for (const line of [...connectHelp(where, registry), ...extra]) process.stdout.write(`${line}\n`);
   log.info('listening', { on: where, exports: registry.list().map((e) => e.name), control: opts.control });
-  if (opts.pidFile !== undefined) writeFileSync(opts.pidFile, `${process.pid}\n`);
+  if (opts.pidFile !== undefined) writePidFile(opts.pidFile, process.pid);
 
   await new Promise<void>((resolve) => {
     let signals = 0;
@@ -98,17 +110,6 @@ export async function serve(opts: ServeOptions): Promise<void> {
 function checkChunkSize(n: number): void {
   if (n < 4096 || n > 1024 * 1024 || (n & (n - 1)) !== 0) {
     throw new NbdsnapError('BAD_ARGUMENT', `--chunk-size ${n} must be a power of two from 4K to 1M`);
-  }
-}
-
-/** A store range inside an origin image would be overwritten by the origin's own writes. */
-function refuseStoreOnOrigin(path: string, ranges: StoreRange[]): void {
-  const o = statSync(path);
-  for (const r of ranges) {
-    const s = statSync(r.path);
-    if (s.dev === o.dev && s.ino === o.ino) {
-      throw new NbdsnapError('BAD_ARGUMENT', `store range on ${r.path} overlaps the origin device ${path}`);
-    }
   }
 }
 

@@ -3,10 +3,11 @@
  * per request; `events` streams events until the client disconnects. Commands map onto the
  * snapshot manager; every failure becomes an error response with the NbdsnapError code.
  */
-import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { takeSocketPath } from '../server/unix-socket.ts';
 import type { SnapshotManager } from '../snapshot/manager.ts';
 import { StoreSpace } from '../store/space.ts';
 import { type Request, type Response, splitLines } from './protocol.ts';
@@ -55,7 +56,7 @@ export class ControlServer {
   }
 
   async listen(path: string): Promise<void> {
-    if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
+    await takeSocketPath(path, 'the control socket');
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', (err: NodeJS.ErrnoException) =>
         reject(new NbdsnapError('BAD_ARGUMENT', `cannot create control socket ${path}: ${err.message}`)),

@@ -1,5 +1,5 @@
 /*
- * fsx: the three Linux file-system calls Node does not expose, as a tiny N-API addon.
+ * fsx: the Linux file-system calls Node does not expose, as a tiny N-API addon.
  *
  *   seekData(fd, offset)  -> next data offset at or after offset, or -1 at/after the last data (ENXIO)
  *   seekHole(fd, offset)  -> next hole offset at or after offset (end of file counts as a hole)
@@ -8,6 +8,13 @@
  *                            not in the page cache (the caller then reads on the thread pool)
  *   punchHole(fd, offset, length)  fallocate(PUNCH_HOLE | KEEP_SIZE): deallocate, reads give zeroes
  *   zeroRange(fd, offset, length)  fallocate(ZERO_RANGE | KEEP_SIZE): zeroes, allocated
+ *   ofdLock(fd, exclusive, start, length) -> 0, or the errno (EAGAIN when another open file
+ *                            description holds a conflicting lock): an open file description lock
+ *                            (fcntl F_OFD_SETLK, as qemu locks its images), F_WRLCK or F_RDLCK on
+ *                            [start, start + length), length 0 meaning to the end and beyond
+ *   loopInfo(fd)           -> LOOP_GET_STATUS64 of a loop device: { major, minor, inode (of the
+ *                            backing file), offset, sizeLimit, fileName }, or null when fd is not
+ *                            a bound loop device
  *
  * All are metadata operations that return in microseconds, so they run synchronously on the
  * calling thread. Errors throw a JS Error whose `code` is the errno name (e.g. "EOPNOTSUPP"), so
@@ -17,6 +24,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <linux/loop.h>
+#include <sys/ioctl.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <stdio.h>
 #include <string.h>
@@ -34,6 +44,8 @@ static const char *errno_name(int e) {
     case EPERM: return "EPERM";
     case ENODEV: return "ENODEV";
     case ESPIPE: return "ESPIPE";
+    case ENOTTY: return "ENOTTY";
+    case EACCES: return "EACCES";
     default: return "EUNKNOWN";
   }
 }
@@ -131,6 +143,63 @@ static napi_value zero_range(napi_env env, napi_callback_info info) {
   return falloc_common(env, info, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, "fallocate(ZERO_RANGE)");
 }
 
+static napi_value ofd_lock(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  int64_t fd, start = 0, length = 0;
+  bool exclusive;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 ||
+      napi_get_value_int64(env, argv[0], &fd) != napi_ok ||
+      napi_get_value_bool(env, argv[1], &exclusive) != napi_ok ||
+      (argc > 2 && napi_get_value_int64(env, argv[2], &start) != napi_ok) ||
+      (argc > 3 && napi_get_value_int64(env, argv[3], &length) != napi_ok)) {
+    napi_throw_type_error(env, "EINVAL", "ofdLock(fd, exclusive, start?, length?)");
+    return NULL;
+  }
+  struct flock fl;
+  memset(&fl, 0, sizeof fl); /* l_pid must be 0 for OFD locks */
+  fl.l_type = exclusive ? F_WRLCK : F_RDLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = (off_t)start;
+  fl.l_len = (off_t)length;
+  int r = fcntl((int)fd, F_OFD_SETLK, &fl) < 0 ? errno : 0;
+  napi_value v;
+  napi_create_int32(env, r, &v);
+  return v;
+}
+
+static napi_value loop_info(napi_env env, napi_callback_info info) {
+  int64_t a[1];
+  if (get_args(env, info, 1, a) < 0) return NULL;
+  struct loop_info64 li;
+  memset(&li, 0, sizeof li);
+  napi_value v;
+  if (ioctl((int)a[0], LOOP_GET_STATUS64, &li) < 0) {
+    /* ENXIO: a loop device with nothing bound; ENOTTY / EINVAL: not a loop device */
+    if (errno == ENXIO || errno == ENOTTY || errno == EINVAL) {
+      napi_get_null(env, &v);
+      return v;
+    }
+    return throw_errno(env, "ioctl(LOOP_GET_STATUS64)", errno);
+  }
+  li.lo_file_name[LO_NAME_SIZE - 1] = 0;
+  napi_value n;
+  napi_create_object(env, &v);
+  napi_create_int64(env, (int64_t)major((dev_t)li.lo_device), &n);
+  napi_set_named_property(env, v, "major", n);
+  napi_create_int64(env, (int64_t)minor((dev_t)li.lo_device), &n);
+  napi_set_named_property(env, v, "minor", n);
+  napi_create_int64(env, (int64_t)li.lo_inode, &n);
+  napi_set_named_property(env, v, "inode", n);
+  napi_create_int64(env, (int64_t)li.lo_offset, &n);
+  napi_set_named_property(env, v, "offset", n);
+  napi_create_int64(env, (int64_t)li.lo_sizelimit, &n);
+  napi_set_named_property(env, v, "sizeLimit", n);
+  napi_create_string_utf8(env, (const char *)li.lo_file_name, NAPI_AUTO_LENGTH, &n);
+  napi_set_named_property(env, v, "fileName", n);
+  return v;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default_method, NULL},
@@ -139,6 +208,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"readNowait", NULL, read_nowait, NULL, NULL, NULL, napi_default_method, NULL},
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default_method, NULL},
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default_method, NULL},
+    {"ofdLock", NULL, ofd_lock, NULL, NULL, NULL, napi_default_method, NULL},
+    {"loopInfo", NULL, loop_info, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -3,12 +3,12 @@
  * socket activation) feeding Connections that serve the exports of one ExportRegistry.
  * `close()` is the graceful stop: no new connections, every connection drained and flushed.
  */
-import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { NbdsnapError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { Connection } from './connection.ts';
 import type { ExportRegistry } from './exports.ts';
+import { takeSocketPath } from './unix-socket.ts';
 
 export type ListenSpec = { tcp: { host: string; port: number } } | { unix: string } | { fd: number };
 
@@ -41,13 +41,12 @@ export class NbdServer {
     const where: string[] = [];
     for (const spec of specs) {
       const server = createServer((socket) => this.accept(socket));
+      if ('unix' in spec) await takeSocketPath(spec.unix, 'the NBD socket');
       await new Promise<void>((resolve, reject) => {
         server.once('error', (err: NodeJS.ErrnoException) => reject(listenError(spec, err)));
         if ('tcp' in spec) server.listen({ host: spec.tcp.host, port: spec.tcp.port }, resolve);
-        else if ('unix' in spec) {
-          removeStaleSocket(spec.unix);
-          server.listen({ path: spec.unix }, resolve);
-        } else server.listen({ fd: spec.fd }, resolve);
+        else if ('unix' in spec) server.listen({ path: spec.unix }, resolve);
+        else server.listen({ fd: spec.fd }, resolve);
       });
       // Only once listening: a failure to listen is the caller's error (one line from the CLI),
       // not also a log line.
@@ -102,10 +101,6 @@ export class NbdServer {
     })();
     return this.stopping;
   }
-}
-
-function removeStaleSocket(path: string): void {
-  if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
 }
 
 function listenError(spec: ListenSpec, err: NodeJS.ErrnoException): NbdsnapError {

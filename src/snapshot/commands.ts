@@ -8,7 +8,7 @@
  * origins (so what the snapshot shows is on disk), record the snapshot durably, release.
  * Constant time whatever the device size.
  */
-import { statSync } from 'node:fs';
+import { type OriginUse, refuseAliases } from '../block/ownership.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { StoreRange } from '../store/space.ts';
 import type { DiffStore } from '../store/store.ts';
@@ -31,8 +31,8 @@ export interface CommandParts {
   events: EventBus;
   lowSpace: LowSpaceWatch;
   serial: Serial;
-  /** The served devices' image files: a store range appended on one is refused. */
-  devicePaths: readonly (string | undefined)[];
+  /** The served devices' images: a store range appended on the same storage is refused. */
+  origins: OriginUse[];
 }
 
 const SNAPSHOT_NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -125,13 +125,8 @@ export class Commands {
   appendStore(range: StoreRange): Promise<void> {
     return this.parts.serial.run(async () => {
       const store = requireStore(this.parts.store);
-      // The origin's own writes would overwrite the copies (serve refuses this at start too).
-      const target = statSync(range.path);
-      for (const path of this.parts.devicePaths) {
-        const o = path === undefined ? undefined : statSync(path);
-        if (o !== undefined && o.dev === target.dev && o.ino === target.ino)
-          throw new NbdsnapError('BAD_ARGUMENT', `store range on ${range.path} overlaps the origin device ${path}`);
-      }
+      // The same storage as an origin or a range in use, under any name (serve checks at start).
+      refuseAliases(this.parts.origins, [...store.space.rangeList, range]);
       await store.append(range);
       this.parts.events.emit({
         type: 'store-appended',

@@ -133,7 +133,7 @@ export class SnapshotManager {
     }
     const serial = new Serial();
     const merges = new MergeControl({ catalog, recorder, store, events: this.events, stacks, publisher, serial });
-    const devicePaths = opts.devices.map((d) => d.path);
+    const origins = opts.devices.map((d) => ({ name: d.name, path: d.path, readOnly: opts.readOnlyOrigins }));
     const commands = new Commands({
       catalog,
       recorder,
@@ -143,7 +143,7 @@ export class SnapshotManager {
       events: this.events,
       lowSpace,
       serial,
-      devicePaths,
+      origins,
     });
     this.running = { store, catalog, stacks, cbt, merges, commands };
     await merges.resume(served);

@@ -10,6 +10,7 @@
 import { closeSync, constants, fdatasync, fstatSync, openSync, read, realpathSync, write } from 'node:fs';
 import { promisify } from 'node:util';
 import { native } from '../block/native.ts';
+import { type Claim, claimStorage } from '../block/ownership.ts';
 import { NbdsnapError } from '../errors.ts';
 
 const fdatasyncAsync = promisify(fdatasync);
@@ -55,6 +56,8 @@ export class StoreSpace {
   readonly chunkSize: number;
   readonly reserved: number;
   private readonly files = new Map<string, OpenFile>();
+  /** The claims on every range opened (ownership.ts), released on close. */
+  private readonly claims: Claim[] = [];
   private readonly ranges: OpenRange[] = [];
   private used = new Uint8Array(0);
   private freeSlots = 0;
@@ -101,7 +104,7 @@ export class StoreSpace {
    * recorded in range 0's label), or the range is taken back with `dropLast()`.
    */
   add(range: StoreRange, available = true): number {
-    const file = this.openFile(range.path);
+    const file = this.openFile(range);
     for (const r of this.ranges) {
       const other = this.files.get(r.path) as OpenFile;
       const sameFile = other.dev === file.dev && other.ino === file.ino;
@@ -237,17 +240,28 @@ export class StoreSpace {
   close(): void {
     for (const f of this.files.values()) closeSync(f.fd);
     this.files.clear();
+    for (const c of this.claims.splice(0)) c.release();
   }
 
-  private openFile(path: string): OpenFile {
+  /** The range's file, opened once; each range is claimed exclusively for the store's lifetime. */
+  private openFile(range: StoreRange): OpenFile {
+    const { path } = range;
     const known = this.files.get(path);
-    if (known !== undefined) return known;
-    const fd = openSync(path, constants.O_RDWR);
-    const st = fstatSync(fd);
-    const size = st.isBlockDevice() ? (native?.sizeOf(fd) ?? 0) : st.size;
-    const file = { fd, dev: st.dev, ino: st.ino, size };
-    this.files.set(path, file);
-    return file;
+    const opened = known === undefined;
+    const fd = known?.fd ?? openSync(path, constants.O_RDWR);
+    try {
+      const st = fstatSync(fd);
+      const claim = { exclusive: true, role: 'store', start: range.start, length: range.length };
+      this.claims.push(claimStorage(path, { ...claim, expect: { dev: st.dev, ino: st.ino } }));
+      if (known !== undefined) return known;
+      const size = st.isBlockDevice() ? (native?.sizeOf(fd) ?? 0) : st.size;
+      const file = { fd, dev: st.dev, ino: st.ino, size };
+      this.files.set(path, file);
+      return file;
+    } catch (err) {
+      if (opened) closeSync(fd);
+      throw err;
+    }
   }
 }
 

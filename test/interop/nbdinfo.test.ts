@@ -3,6 +3,7 @@
  * several exports, --map of a sparse file (holes come from SEEK_DATA/SEEK_HOLE), and --can / --is
  * for every flag, on a read-write server and on a `-r` one.
  */
+import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hasTool, MiB, ok, pattern, run, sparseImage, writeAt, stopQuietly } from '../helpers/clients.ts';
@@ -19,9 +20,12 @@ describe.skipIf(!hasTool('nbdinfo'))('nbdinfo', () => {
     // Data at [1 MiB, 2 MiB) and [8 MiB, 10 MiB); the rest is holes.
     writeAt(image, 1 * MiB, pattern(1 * MiB, 1));
     writeAt(image, 8 * MiB, pattern(2 * MiB, 2));
+    // The read-only server serves a copy: a writer and a reader may not share one image (locks).
+    const copy = join(dir.path, 'copy.img');
+    copyFileSync(image, copy);
     [rw, ro] = await Promise.all([
       startServer([`disk=${image}`, 'mem=memory:32M', '-D', 'interop disk']),
-      startServer([`disk=${image}`, '-r']),
+      startServer([`disk=${copy}`, '-r']),
     ]);
   });
 
