@@ -8,6 +8,7 @@
  * - `store append` of a file another server holds as its origin is refused;
  * - a loop device over a served origin file, given as `--store` or to `store append`, is refused
  *   (skipped with the reason where no loop device can be set up, failed under CI=true);
+ * - a block device another server holds, or a mounted one, is refused (O_EXCL, as mkfs does);
  * - the control socket and `-k` socket of a live server are never taken over, a stale one (its
  *   server SIGKILLed) is replaced, and a regular file at the path is refused and left as it was;
  * - `--pid-file` through a symlink replaces the symlink, never the file it points to.
@@ -16,7 +17,7 @@ import { existsSync, lstatSync, mkdirSync, readFileSync, symlinkSync, writeFileS
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../../src/client/nbd-client.ts';
-import { background, type RunResult, stopQuietly, waitForFile } from '../helpers/clients.ts';
+import { background, type RunResult, run, stopQuietly, waitForFile } from '../helpers/clients.ts';
 import { attachLoop, detachLoop, noLoop } from '../helpers/loop.ts';
 import { CLI, freshPort, type RunningServer, startServer } from '../helpers/server.ts';
 import { assertSame, KiB, MiB, makeImage, makeSparse, nbdsnap, Rig, tempDir } from '../helpers/snapshots.ts';
@@ -216,6 +217,48 @@ describe('a loop device over a served origin', () => {
     } finally {
       if ('device' in tail) detachLoop(tail.device);
       detachLoop(whole.device);
+    }
+  });
+});
+
+describe('a block device in use', () => {
+  const sub = subdir('blockdev');
+
+  it('a loop device another server holds as its store is refused, naming that server', async (ctx) => {
+    const loop = attachLoop(makeSparse(join(sub, 'store.img'), 16 * MiB));
+    if ('reason' in loop) return noLoop(loop.reason, ctx.skip);
+    let first: RunningServer | undefined;
+    try {
+      first = await startServer([
+        `a=${makeImage(join(sub, 'a.img'), stampedImage(1 * MiB, 1))}`,
+        '--store',
+        loop.device,
+      ]);
+      const b = makeImage(join(sub, 'b.img'), stampedImage(1 * MiB, 2));
+      const line = await serveRefused([`b=${b}`, '--store', loop.device]);
+      expect(line).toMatch(new RegExp(`${re(loop.device)} .*is in use: held by pid ${first.pid} \\(`));
+    } finally {
+      await stopQuietly(first);
+      detachLoop(loop.device);
+    }
+  });
+
+  it('a mounted block device is refused as a writable origin, as mkfs refuses it', async (ctx) => {
+    const image = makeSparse(join(sub, 'fs.img'), 16 * MiB);
+    const mkfs = await run('mkfs.ext4', ['-q', '-F', image]);
+    if (mkfs.code !== 0) return ctx.skip(`mkfs.ext4 failed: ${mkfs.stderr}`);
+    const loop = attachLoop(image);
+    if ('reason' in loop) return noLoop(loop.reason, ctx.skip);
+    const mnt = join(sub, 'mnt');
+    mkdirSync(mnt);
+    try {
+      const mount = await run('mount', [loop.device, mnt]);
+      if (mount.code !== 0) return noLoop(`cannot mount ${loop.device}: ${mount.stderr.trim()}`, ctx.skip);
+      const line = await serveRefused([`fs=${loop.device}`]);
+      expect(line).toMatch(new RegExp(`${re(loop.device)} .*is in use: mounted at ${re(mnt)}`));
+    } finally {
+      await run('umount', [mnt]);
+      detachLoop(loop.device);
     }
   });
 });
