@@ -12,7 +12,7 @@
  * `layers` keeps every step, for messages and for locking each file on the way.
  */
 import { closeSync, constants, existsSync, openSync, readFileSync, realpathSync, type Stats, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { NbdsnapError } from '../errors.ts';
 import { native } from './native.ts';
 
@@ -95,13 +95,8 @@ function blockLayers(path: string, rdev: number, start: number, end: number, dep
   const id = devName(rdev);
   if (depth > MAX_DEPTH) throw new NbdsnapError('BAD_ARGUMENT', `${path}: block devices nested too deep`);
   const sys = join(SYS_BLOCK, id);
-  const loop = loopBacking(path, sys);
-  if (loop !== undefined) {
-    const lo = clip(start + loop.offset, end + loop.offset, loop.offset, loop.sizeLimit);
-    const self: StorageLayer = { kind: 'loop', path, id, start, end };
-    if (loop.rdev !== undefined) return [self, ...blockLayers(loop.name, loop.rdev, lo.start, lo.end, depth + 1)];
-    return [self, { kind: 'file', path: loop.name, id: loop.fileId, start: lo.start, end: lo.end }];
-  }
+  // A partition first: the loop driver answers LOOP_GET_STATUS64 on a partition of a loop device
+  // too, with the whole device's status.
   const part = partitionOf(sys);
   if (part !== undefined) {
     const p = clip(start + part.start, end + part.start, part.start, part.size);
@@ -109,6 +104,13 @@ function blockLayers(path: string, rdev: number, start: number, end: number, dep
     const parentPath = devNode(part.parent) ?? '';
     const parentRdev = makeDev(part.parent);
     return [self, ...blockLayers(parentPath, parentRdev, p.start, p.end, depth + 1)];
+  }
+  const loop = loopBacking(path, sys);
+  if (loop !== undefined) {
+    const lo = clip(start + loop.offset, end + loop.offset, loop.offset, loop.sizeLimit);
+    const self: StorageLayer = { kind: 'loop', path, id, start, end };
+    if (loop.rdev !== undefined) return [self, ...blockLayers(loop.name, loop.rdev, lo.start, lo.end, depth + 1)];
+    return [self, { kind: 'file', path: loop.name, id: loop.fileId, start: lo.start, end: lo.end }];
   }
   return [{ kind: 'disk', path, id, start, end }];
 }
@@ -132,6 +134,8 @@ interface LoopBacking {
 
 /** The loop device's backing: LOOP_GET_STATUS64 when the native helper is there, else sysfs. */
 function loopBacking(path: string, sys: string): LoopBacking | undefined {
+  // sysfs has loop/ for a bound loop device only; without sysfs, ask the device itself.
+  if (existsSync(sys) && !existsSync(join(sys, 'loop'))) return undefined;
   const fromSys = readSys(join(sys, 'loop', 'backing_file'));
   if (native?.loopInfo !== undefined && path !== '') {
     let fd: number | undefined;
@@ -173,7 +177,8 @@ function loopBacking(path: string, sys: string): LoopBacking | undefined {
 /** A partition's extent in its whole disk, from sysfs (start and size are in 512-byte sectors). */
 function partitionOf(sys: string): { parent: string; start: number; size: number } | undefined {
   if (!existsSync(join(sys, 'partition'))) return undefined;
-  const parent = readSys(join(sys, '..', 'dev'));
+  // sys is a symlink into /sys/devices/.../DISK/PART: the disk is the real parent directory.
+  const parent = readSys(join(dirname(realpathSync(sys)), 'dev'));
   if (parent === undefined) return undefined;
   return {
     parent,

@@ -89,7 +89,6 @@ export function claimStorage(path: string, opts: ClaimOptions): Claim {
   const id = identify(real, start, length);
   const undo: (() => void)[] = [];
   try {
-    if (st.isBlockDevice() && opts.exclusive) undo.push(openExclusive(real, st.rdev, id));
     if (lockingAvailable()) {
       // The path itself (a file, or a block device node as qemu locks it), then every backing
       // file below it. Disks below a partition are covered by O_EXCL on the partition.
@@ -103,6 +102,8 @@ export function claimStorage(path: string, opts: ClaimOptions): Claim {
         undo.push(lockRange(layer.id, layer.path, layer.start, layer.end, opts.exclusive, owner, id));
       }
     }
+    // After the locks, which name a user of this process; O_EXCL cannot tell who holds it.
+    if (st.isBlockDevice() && opts.exclusive) undo.push(openExclusive(real, st.rdev, id));
   } catch (err) {
     for (const u of undo.reverse()) u();
     throw err;

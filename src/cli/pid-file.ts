@@ -38,11 +38,24 @@ export function checkPidFile(path: string): void {
   if (isDir) throw new NbdsnapError('BAD_ARGUMENT', `cannot write the pid file ${path}: it is a directory`);
 }
 
+const NEW_FILE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+
+/** A new file; a temporary file left by a crashed process of the same pid is removed first. */
+function createNew(path: string): number {
+  try {
+    return openSync(path, NEW_FILE, 0o644);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    unlinkSync(path); // removes a symlink itself, never its target
+    return openSync(path, NEW_FILE, 0o644);
+  }
+}
+
 export function writePidFile(path: string, pid: number): void {
   const temp = join(dirname(path), `.${basename(path)}.${pid}.tmp`);
   let fd: number | undefined;
   try {
-    fd = openSync(temp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o644);
+    fd = createNew(temp);
     writeSync(fd, `${pid}\n`);
     fsyncSync(fd);
     closeSync(fd);

@@ -14,7 +14,7 @@ import { devName, splitDev } from '../../src/block/identity.ts';
 import { native } from '../../src/block/native.ts';
 import { claimStorage, identify, overlaps, refuseAliases } from '../../src/block/ownership.ts';
 import { ROOT, tempDir } from '../helpers/server.ts';
-import { attachLoop, detachLoop, noLoop } from '../helpers/loop.ts';
+import { addPartitions, attachLoop, detachLoop, mbrImage, noLoop, removePartitions } from '../helpers/loop.ts';
 
 const dir = tempDir('nbdsnap-identity-');
 afterAll(() => dir.cleanup());
@@ -112,6 +112,50 @@ describe('identity', () => {
       expect(id.layers.map((l) => l.kind)).toEqual(['loop', 'file']);
       expect(overlaps(id, identify(backing, MiB + 8000, 10))).toBe(true);
       expect(overlaps(id, identify(backing, 0, MiB))).toBe(false);
+    } finally {
+      detachLoop(loop.device);
+    }
+  });
+});
+
+describe('a partition', () => {
+  it('is its disk over the partition extent, down to the backing file of a loop device', (ctx) => {
+    const image = mbrImage(join(dir.path, 'mbr.img'), 8 * MiB, 2048, 4096);
+    const loop = attachLoop(image);
+    if ('reason' in loop) return noLoop(loop.reason, ctx.skip);
+    try {
+      const part = addPartitions(loop.device);
+      if ('reason' in part) return noLoop(part.reason, ctx.skip);
+      try {
+        const id = identify(part.partition, 512, 4096);
+        expect(id.layers.map((l) => l.kind)).toEqual(['partition', 'loop', 'file']);
+        expect(id.key).toBe(identify(image).key);
+        expect([id.start, id.end]).toEqual([MiB + 512, MiB + 4608]);
+        // Cut at the partition's end.
+        expect(identify(part.partition).end).toBe(MiB + 2 * MiB);
+        expect(() =>
+          refuseAliases(
+            [{ name: 'disk', path: image, readOnly: true }],
+            [{ path: part.partition, start: 0, length: 4096 }],
+          ),
+        ).toThrow(/overlaps the origin device disk .*a partition over .*over .*mbr\.img/);
+        const other = identify(image, 4 * MiB, MiB);
+        expect(overlaps(id, other)).toBe(false);
+        if (native !== undefined) {
+          // One process using the disk and its partition as two things is refused.
+          const whole = claimStorage(loop.device, { exclusive: true, role: 'store' });
+          try {
+            expect(() => claimStorage(part.partition, { exclusive: true, role: 'image' })).toThrow(
+              /loop0?\d*p1 \(a partition over .*\) overlaps the store .* of this server/,
+            );
+          } finally {
+            whole.release();
+          }
+          claimStorage(part.partition, { exclusive: true, role: 'image' }).release();
+        }
+      } finally {
+        removePartitions(loop.device);
+      }
     } finally {
       detachLoop(loop.device);
     }
