@@ -103,7 +103,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   await control?.close();
   await manager.beforeStop();
   await Promise.all(devices.map((d) => d.device.flush().then(() => d.device.close())));
-  manager.close();
+  await manager.close();
   log.info('stopped');
 }
 

@@ -224,7 +224,7 @@ export class SnapshotManager {
     if (this.store?.transient === true) await this.running?.merges.settle();
   }
 
-  close(): void {
-    this.store?.close();
+  async close(): Promise<void> {
+    await this.store?.close();
   }
 }

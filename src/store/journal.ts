@@ -1,26 +1,66 @@
 /**
  * The metadata journal: an append-only chain of blocks in store slots, holding the records of
- * records.ts. `append()` is a group commit: records queued while a commit runs go together in
- * the next one. Each commit first makes the store's *data* durable (the chunk copies the new
- * records point to), then writes the records and makes them durable, so a mapping is never on
- * disk before its data (dm-snap's "data first, then metadata"). Callers wait for the commit.
+ * records.ts. `append()` is a group commit: records queued while a batch is being committed go
+ * together in the next batch. Callers wait until their batch is durable.
  *
- * Replay (`Journal.open`) walks the chain and yields every record up to the end. A record that is
- * not the expected next one ends the journal (a torn tail after a crash); but if a valid record
- * with a later sequence number follows it, the journal was damaged in the middle, and opening
- * fails with a CORRUPT error rather than silently dropping acknowledged metadata.
+ * Writing a batch: its records, then a COMMIT (first seq, count, and a chain value:
+ * checksum(previous batch's chain || this batch's records as encoded)), then ONE `space.sync()`,
+ * which fdatasyncs every store file: the chunk data the records point to and the records
+ * together. Only then are the waiting writes let through. Batches are strictly serialised: batch
+ * N+1 is written only after batch N's sync returned. So after a crash at most the last batch can
+ * be unacknowledged, and only its data needs verifying at replay (`verifyLastBatch`, given by the
+ * store: a data checksum that fails means its sync never completed, so nothing waited on it was
+ * acknowledged, and the batch is dropped as torn). A graceful stop (`close()`) writes a batch
+ * holding one CLEAN record; after it the journal takes no more records.
+ *
+ * Blocks: each is one slot, header first (records.ts). The block after the current one is
+ * allocated and zeroed when the current one is started; when a batch starts a new block, that
+ * zeroing is made durable (a sync) before the new block's header, which points to it, is
+ * written: the one exception to one sync per batch (once per block: ~1,300 copied chunks with
+ * 64 KiB chunks). So every block a header points to holds zeros or this journal's records. The
+ * unused end of a block the writer leaves for the next one is filled with 0xFF, so a completed
+ * batch has no 512-byte sector that reads as zeros.
+ *
+ * Crash model: a sector (512 bytes) is written whole or not at all; the sectors written since the
+ * last sync reach the disk in any subset. A batch torn by a crash therefore consists of sectors
+ * written and sectors still zero, and nothing follows it. Replay (journal-scan.ts, whose header
+ * comment states the exact rule) tells such a torn tail from damage: damage in a completed batch,
+ * including the last one and its COMMIT, is a CORRUPT error and the server refuses to start; a
+ * torn tail is dropped and zeroed. A read error (EIO, short read) is an error naming the block,
+ * never the end of the journal: the end is recognised only from the content.
  */
-import { NbdsnapError } from '../errors.ts';
-import {
-  BLOCK_HEADER,
-  type BlockHeader,
-  decodeBlockHeader,
-  decodeRecord,
-  encodeBlockHeader,
-  encodeRecord,
-  type JournalRecord,
-} from './records.ts';
+import { errorMessage, NbdsnapError } from '../errors.ts';
+import { chainValue, FILL, type ReadBlock, type ScanPoint, scanJournal } from './journal-scan.ts';
+import { BLOCK_HEADER, encodeBlockHeader, encodeRecord, type JournalRecord } from './records.ts';
 import type { StoreSpace } from './space.ts';
+
+export interface JournalOpenOptions {
+  /**
+   * Checks the chunk data of the last batch (after a crash only): false means that data is not
+   * what the records say, so the batch's sync never completed and it is dropped as torn.
+   */
+  verifyLastBatch?: (records: JournalRecord[]) => Promise<boolean>;
+  /** Write nothing (no zeroing of a torn tail): for an offline check. The journal takes no records. */
+  readOnly?: boolean;
+}
+
+/** What replay found (for `store check`); damage is never reported here: it is a CORRUPT error. */
+export interface JournalReport {
+  /** Journal blocks kept: the chain up to the end, and the zeroed block it continues in. */
+  blocks: number;
+  slots: number[];
+  /** Whole batches replayed (a CLEAN batch included) and the state records they hold. */
+  batches: number;
+  records: number;
+  /** The last whole batch is a CLEAN one and nothing follows it. */
+  cleanStop: boolean;
+  /** clean: after a graceful stop; torn: a torn batch was dropped; end: a crash between batches. */
+  reason: 'clean' | 'torn' | 'end';
+  /** Where the journal ends: the next batch goes there. */
+  stop: { block: number; slot: number; offset: number; seq: number };
+  /** Why the dropped tail was judged torn (reason 'torn'). */
+  torn?: string;
+}
 
 interface Pending {
   records: JournalRecord[];
@@ -36,129 +76,167 @@ export class Journal {
   private nextSlot: number;
   private tail: number;
   private seq: number;
+  private chain: number;
   private queue: Pending[] = [];
-  private committing = false;
+  private committing: Promise<void> | undefined;
+  /** Why the journal takes no more records: closed, read-only, or a batch that failed. */
+  private refusal: NbdsnapError | undefined;
   /** Slots holding journal blocks (never reused). */
   readonly slots: number[];
 
-  private constructor(
-    space: StoreSpace,
-    state: { block: Buffer; slot: number; index: number; next: number; tail: number; seq: number; slots: number[] },
-  ) {
+  private constructor(space: StoreSpace, at: ScanPoint, slots: number[]) {
     this.space = space;
-    this.block = state.block;
-    this.blockSlot = state.slot;
-    this.blockIndex = state.index;
-    this.nextSlot = state.next;
-    this.tail = state.tail;
-    this.seq = state.seq;
-    this.slots = state.slots;
+    this.block = at.block.buf;
+    this.blockSlot = at.block.slot;
+    this.blockIndex = at.block.index;
+    this.nextSlot = at.block.next;
+    this.tail = at.offset;
+    this.seq = at.seq;
+    this.chain = at.chain;
+    this.slots = slots;
   }
 
-  /** Start a journal in a blank store; returns it and the slot of its first block. */
+  /** Start a journal in a blank store (durably); its first block is `journal.slots[0]`. */
   static async create(space: StoreSpace): Promise<Journal> {
     const first = space.allocate();
     const next = space.allocate();
     if (first === undefined || next === undefined)
       throw new NbdsnapError('BAD_ARGUMENT', 'store too small for its journal');
-    const block = Buffer.alloc(space.chunkSize);
-    encodeBlockHeader({ index: 0, next, firstSeq: 1 }).copy(block, 0);
-    await space.writeSlot(first, block);
+    const buf = Buffer.alloc(space.chunkSize);
+    encodeBlockHeader({ index: 0, next, firstSeq: 1 }).copy(buf, 0);
+    await space.writeSlot(first, buf);
     await space.writeSlot(next, Buffer.alloc(space.chunkSize)); // nothing stale where the chain goes next
-    return new Journal(space, { block, slot: first, index: 0, next, tail: BLOCK_HEADER, seq: 1, slots: [first, next] });
+    await space.sync();
+    const at = { block: { index: 0, slot: first, buf, next }, offset: BLOCK_HEADER, seq: 1, chain: 0 };
+    return new Journal(space, at, [first, next]);
   }
 
-  /** Replay the journal starting at `firstSlot`, claiming its slots in `space`. */
-  static async open(space: StoreSpace, firstSlot: number): Promise<{ journal: Journal; records: JournalRecord[] }> {
-    const records: JournalRecord[] = [];
-    const slots = [firstSlot];
-    let block = await readBlock(space, firstSlot, 0);
-    let header = block.header;
-    let slot = firstSlot;
-    let pos = BLOCK_HEADER;
-    let expected = 1;
-    // The last point where a whole batch ended: the journal resumes there.
-    let end = { slot, index: 0, next: header.next, pos, seq: 1, buf: block.buf, slots: 1 };
-    let batch: JournalRecord[] = [];
-    space.claim(slot);
-    space.claim(header.next);
-    for (;;) {
-      const r = decodeRecord(block.buf, pos);
-      if ('bad' in r || r.seq !== expected) {
-        // Not a record here: the chain goes on in the next block, or the journal ends.
-        const next = await readBlock(space, header.next, header.index + 1).catch(() => undefined);
-        if (next === undefined || next.header.firstSeq !== expected) break;
-        slot = header.next;
-        slots.push(slot);
-        block = next;
-        header = next.header;
-        space.claim(header.next);
-        pos = BLOCK_HEADER;
-        continue;
+  /**
+   * Replay the journal starting at `firstSlot`, claiming its slots in `space`. Returns the state
+   * records of every whole batch (no COMMIT or CLEAN records). Throws CORRUPT on damage, EIO
+   * when a block cannot be read.
+   */
+  static async open(
+    space: StoreSpace,
+    firstSlot: number,
+    opts: JournalOpenOptions = {},
+  ): Promise<{ journal: Journal; records: JournalRecord[]; report: JournalReport }> {
+    const read: ReadBlock = async (slot, index) => {
+      if (!Number.isInteger(slot) || slot < 0 || slot >= space.totalSlots) {
+        throw new NbdsnapError('CORRUPT', `journal block ${index} would be in store slot ${slot}, beyond the store`);
       }
-      pos += r.size;
-      expected += 1;
-      if (r.record.type !== 'COMMIT') {
-        batch.push(r.record);
-        continue;
+      try {
+        return await space.readSlot(slot, space.chunkSize);
+      } catch (err) {
+        throw new NbdsnapError('EIO', `cannot read journal block ${index} (store slot ${slot}): ${errorMessage(err)}`, {
+          cause: err,
+        });
       }
-      if (r.record.firstSeq + r.record.count !== r.seq || r.record.count !== batch.length) break;
-      records.push(...batch);
-      batch = [];
-      end = { slot, index: header.index, next: header.next, pos, seq: expected, buf: block.buf, slots: slots.length };
+    };
+    const scan = await scanJournal(read, firstSlot);
+    let { end, records, batches } = scan;
+    let torn = scan.tail.torn ? scan.tail.why : undefined;
+    const cleanStop = !scan.tail.torn && scan.last?.clean === true;
+    const last = scan.last;
+    // Only when nothing follows the last batch may its sync have been cut short (a later batch's
+    // bytes would mean it returned: batches are serialised).
+    if (torn === undefined && !cleanStop && last !== undefined && opts.verifyLastBatch !== undefined) {
+      if (!(await opts.verifyLastBatch(last.records))) {
+        torn = `the data of the last batch (records from ${last.start.seq}) is not what it records`;
+        end = last.start;
+        records = records.slice(0, records.length - last.records.length);
+        batches -= 1;
+      }
     }
-    await assertTornTail(space, end.buf, end.pos, end.next, end.seq);
-    const kept = slots.slice(0, end.slots);
-    kept.push(end.next);
-    // Forget whatever an unfinished batch left after the end, so it cannot be misread later.
-    end.buf.fill(0, end.pos);
-    await space.writeSlot(end.slot, end.buf.subarray(end.pos), end.pos);
-    await space.writeSlot(end.next, Buffer.alloc(space.chunkSize));
-    const journal = new Journal(space, {
-      block: end.buf,
-      slot: end.slot,
-      index: end.index,
-      next: end.next,
-      tail: end.pos,
-      seq: end.seq,
-      slots: kept,
-    });
-    return { journal, records };
+    const slots = [...scan.slots.slice(0, end.block.index + 1), end.block.next];
+    for (const slot of slots) space.claim(slot);
+    if (torn !== undefined && opts.readOnly !== true) {
+      // Forget whatever an unfinished batch left after the end, so it cannot be misread later.
+      const buf = end.block.buf;
+      buf.fill(0, end.offset);
+      await space.writeSlot(end.block.slot, buf.subarray(end.offset), end.offset);
+      await space.writeSlot(end.block.next, Buffer.alloc(space.chunkSize));
+      await space.sync();
+    }
+    const report: JournalReport = {
+      blocks: slots.length,
+      slots,
+      batches,
+      records: records.length,
+      cleanStop,
+      reason: cleanStop ? 'clean' : torn !== undefined ? 'torn' : 'end',
+      stop: { block: end.block.index, slot: end.block.slot, offset: end.offset, seq: end.seq },
+      ...(torn === undefined ? {} : { torn }),
+    };
+    const journal = new Journal(space, end, slots);
+    if (opts.readOnly === true) journal.refusal = new NbdsnapError('EPERM', 'the journal was opened read-only');
+    return { journal, records, report };
   }
 
   /** Append records durably (group commit). Resolves once they and the data before them are on disk. */
   append(records: JournalRecord[]): Promise<void> {
+    if (this.refusal !== undefined) return Promise.reject(this.refusal);
     return new Promise((resolve, reject) => {
       this.queue.push({ records, resolve, reject });
-      if (!this.committing) void this.commitLoop();
+      if (this.committing === undefined) this.committing = this.commitLoop();
     });
   }
 
+  /**
+   * A graceful stop: once the batches queued are durable, write a CLEAN batch. The journal takes
+   * no more records after. Writes nothing if a batch failed (what follows a failure is unknown).
+   */
+  async close(): Promise<void> {
+    if (this.refusal !== undefined) return;
+    this.refusal = new NbdsnapError('ESHUTDOWN', 'the difference store is closed');
+    await this.committing;
+    if (this.refusal.code !== 'ESHUTDOWN') return;
+    await this.commit([{ type: 'CLEAN', at: Date.now() }]);
+  }
+
   private async commitLoop(): Promise<void> {
-    this.committing = true;
     while (this.queue.length > 0) {
       const batch = this.queue;
       this.queue = [];
       try {
-        await this.space.sync(); // the data the records point to, first
-        const records = batch.flatMap((p) => p.records);
-        records.push({ type: 'COMMIT', firstSeq: this.seq, count: records.length });
-        await this.write(records);
-        await this.space.sync();
+        if (this.refusal !== undefined && this.refusal.code !== 'ESHUTDOWN') throw this.refusal;
+        // One batch at a time: the next is written only after this one's sync returned.
+        await this.commit(batch.flatMap((p) => p.records));
         for (const p of batch) p.resolve();
       } catch (err) {
         for (const p of batch) p.reject(err);
       }
     }
-    this.committing = false;
+    this.committing = undefined;
   }
 
-  private async write(records: JournalRecord[]): Promise<void> {
+  /** Write one batch and its COMMIT, then sync once. A failure stops the journal for good. */
+  private async commit(records: JournalRecord[]): Promise<void> {
+    try {
+      const encoded = records.map((r, i) => encodeRecord(r, this.seq + i));
+      const chain = chainValue(this.chain, encoded);
+      encoded.push(
+        encodeRecord({ type: 'COMMIT', firstSeq: this.seq, count: records.length, chain }, this.seq + records.length),
+      );
+      const room = this.block.length - BLOCK_HEADER;
+      const big = encoded.find((b) => b.length > room);
+      if (big !== undefined)
+        throw new NbdsnapError('EINVAL', `a journal record of ${big.length} bytes exceeds a block`);
+      await this.write(encoded);
+      await this.space.sync(); // the data written before and the records, together
+      this.chain = chain;
+    } catch (err) {
+      this.refusal = new NbdsnapError('EIO', `the journal failed earlier: ${errorMessage(err)}`);
+      throw err;
+    }
+  }
+
+  private async write(encoded: Buffer[]): Promise<void> {
     let start = this.tail;
-    for (const rec of records) {
-      const bytes = encodeRecord(rec, this.seq);
+    for (const bytes of encoded) {
       if (this.tail + bytes.length > this.block.length) {
-        await this.space.writeSlot(this.blockSlot, this.block.subarray(start, this.tail), start);
+        this.block.fill(FILL, this.tail); // the writer moved on from here
+        await this.space.writeSlot(this.blockSlot, this.block.subarray(start), start);
         await this.startNextBlock();
         start = 0;
       }
@@ -166,59 +244,21 @@ export class Journal {
       this.tail += bytes.length;
       this.seq += 1;
     }
-    await this.space.writeSlot(this.blockSlot, this.block.subarray(start, this.tail), start);
+    if (this.tail > start) await this.space.writeSlot(this.blockSlot, this.block.subarray(start, this.tail), start);
   }
 
+  /** Move to the (zeroed) next block; allocate and zero the one after it, durably, first. */
   private async startNextBlock(): Promise<void> {
     const next = this.space.allocate();
     if (next === undefined) throw new NbdsnapError('ENOSPC', 'difference store has no room left for its journal');
-    await this.space.writeSlot(next, Buffer.alloc(this.space.chunkSize));
     this.slots.push(next);
+    await this.space.writeSlot(next, Buffer.alloc(this.space.chunkSize));
+    await this.space.sync(); // zeros on disk before the header that points to them is written
     this.blockSlot = this.nextSlot;
     this.blockIndex += 1;
     this.nextSlot = next;
     this.block = Buffer.alloc(this.space.chunkSize);
     encodeBlockHeader({ index: this.blockIndex, next, firstSeq: this.seq }).copy(this.block, 0);
     this.tail = BLOCK_HEADER;
-  }
-}
-
-async function readBlock(
-  space: StoreSpace,
-  slot: number,
-  index: number,
-): Promise<{ buf: Buffer; header: BlockHeader }> {
-  const buf = await space.readSlot(slot, space.chunkSize);
-  const header = decodeBlockHeader(buf);
-  if (header === undefined || header.index !== index) {
-    throw new NbdsnapError('CORRUPT', `journal block ${index} (store slot ${slot}) has a bad header`);
-  }
-  return { buf, header };
-}
-
-/**
- * Where replay stopped, only an unfinished batch may follow (a crash tore it). A COMMIT for a
- * *later* batch after that point means acknowledged metadata is unreadable: the store is damaged.
- */
-async function assertTornTail(space: StoreSpace, buf: Buffer, from: number, nextSlot: number, seq: number) {
-  const later = (b: Buffer, start: number): number | undefined => {
-    for (let pos = start; pos + 20 <= b.length; pos += 8) {
-      const r = decodeRecord(b, pos);
-      if (!('bad' in r) && r.record.type === 'COMMIT' && r.record.firstSeq > seq) return r.seq;
-    }
-    return undefined;
-  };
-  let found = later(buf, from);
-  if (found === undefined) {
-    // The next block was zeroed before the chain pointed to it, so a committed record in it is
-    // this journal's, even when the block's header is damaged (replay could not follow it).
-    const next = await space.readSlot(nextSlot, space.chunkSize);
-    found = later(next, BLOCK_HEADER);
-  }
-  if (found !== undefined) {
-    throw new NbdsnapError(
-      'CORRUPT',
-      `difference store journal is damaged: record ${seq} is unreadable but record ${found} was committed after it`,
-    );
   }
 }

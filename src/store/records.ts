@@ -4,8 +4,8 @@
  * Record:  u32 magic "NSJR" | u16 type | u16 payload length | u64 seq | u32 crc32 | payload,
  *          padded to a multiple of 8. The CRC covers the header (with the CRC field zeroed) and
  *          the payload. `seq` rises by one per record. Records are written in batches, each
- *          closed by a COMMIT record naming the batch's first seq and size: replay applies whole
- *          batches only, so a batch torn by a crash is dropped as a whole.
+ *          closed by a COMMIT record naming the batch's first seq and size and chaining a
+ *          checksum across batches: replay applies whole batches only (see journal.ts).
  * Block:   the journal lives in store slots chained together. Each block starts with
  *          u32 magic "NSJB" | u32 index | u32 next slot | u32 0 | u64 first seq | u32 crc | pad,
  *          32 bytes; records follow. The next block is allocated when a block is started, so the
@@ -30,6 +30,7 @@ export const RecordType = {
   COMMIT: 9,
   CBT: 10,
   CBT_GEN: 11,
+  CLEAN: 12,
 } as const;
 
 export type JournalRecord =
@@ -50,8 +51,13 @@ export type JournalRecord =
   | { type: 'CBT'; device: number; era: number; block: number; count: number }
   /** Change tracking of a device (re)started: block size and a new generation id. */
   | { type: 'CBT_GEN'; device: number; blockSize: number; generation: string }
-  /** Ends a batch (group commit): the batch's first sequence number and its record count. */
-  | { type: 'COMMIT'; firstSeq: number; count: number };
+  /**
+   * Ends a batch (group commit): the batch's first sequence number, its record count, and the
+   * chain value: checksum(previous batch's chain, u32 LE || the batch's records as encoded).
+   */
+  | { type: 'COMMIT'; firstSeq: number; count: number; chain: number }
+  /** A graceful stop (milliseconds since the epoch), written as a batch of its own. */
+  | { type: 'CLEAN'; at: number };
 
 const pad8 = (n: number): number => (n + 7) & ~7;
 
@@ -146,9 +152,15 @@ function encodePayload(rec: JournalRecord): Buffer {
     case 'CBT_GEN':
       return Buffer.concat([u32s(rec.device, rec.blockSize), Buffer.from(rec.generation, 'utf8')]);
     case 'COMMIT': {
-      const b = Buffer.alloc(12);
+      const b = Buffer.alloc(16);
       b.writeBigUInt64LE(BigInt(rec.firstSeq), 0);
       b.writeUInt32LE(rec.count, 8);
+      b.writeUInt32LE(rec.chain >>> 0, 12);
+      return b;
+    }
+    case 'CLEAN': {
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64LE(BigInt(rec.at), 0);
       return b;
     }
     case 'MERGED': {
@@ -220,7 +232,9 @@ function decodePayload(type: keyof typeof RecordType, p: Buffer): JournalRecord 
         generation: p.subarray(8).toString('utf8'),
       };
     case 'COMMIT':
-      return { type, firstSeq: Number(p.readBigUInt64LE(0)), count: p.readUInt32LE(8) };
+      return { type, firstSeq: Number(p.readBigUInt64LE(0)), count: p.readUInt32LE(8), chain: p.readUInt32LE(12) };
+    case 'CLEAN':
+      return { type, at: Number(p.readBigUInt64LE(0)) };
     case 'MERGED':
       return { type, snapshot: p.readUInt32LE(0), count: p.readUInt32LE(4), chunk: Number(p.readBigUInt64LE(8)) };
   }

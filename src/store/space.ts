@@ -284,7 +284,7 @@ async function readFully(fd: number, length: number, position: number): Promise<
   let done = 0;
   while (done < length) {
     const { bytesRead } = await readAsync(fd, buf, done, length - done, position + done);
-    if (bytesRead === 0) break;
+    if (bytesRead === 0) throw new NbdsnapError('EIO', `short read: ${done} of ${length} bytes at ${position}`);
     done += bytesRead;
   }
   return buf;

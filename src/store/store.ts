@@ -59,6 +59,7 @@ export class DiffStore {
   private record: Superblock;
   private readonly slotsPerRange: number[] = [];
   private failedReason: string | undefined;
+  private closing = false;
 
   private constructor(space: StoreSpace, journal: Journal | undefined, record: Superblock, slots: number[]) {
     this.space = space;
@@ -228,6 +229,7 @@ export class DiffStore {
    */
   async commit(records: JournalRecord[]): Promise<void> {
     if (this.journal === undefined) return;
+    if (this.closing) throw new NbdsnapError('ESHUTDOWN', 'the difference store is closed');
     if (this.failure !== undefined) throw new NbdsnapError('EIO', `difference store failed earlier: ${this.failure}`);
     try {
       await this.journal.append(records);
@@ -291,8 +293,14 @@ export class DiffStore {
     };
   }
 
-  close(): void {
-    this.space.close();
+  /** A graceful stop: the journal's CLEAN batch (unless the store failed), then the files closed. */
+  async close(): Promise<void> {
+    this.closing = true;
+    try {
+      if (this.failure === undefined) await this.journal?.close();
+    } finally {
+      this.space.close();
+    }
   }
 }
 

@@ -101,7 +101,7 @@ async function open(name: string): Promise<Setup> {
     store: manager.store as DiffStore,
     events,
     close: async () => {
-      manager.close();
+      await manager.close();
       await file.close();
     },
   };

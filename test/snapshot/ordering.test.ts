@@ -73,7 +73,7 @@ describe('overflow', () => {
     const now = await device.read(0, 12288);
     expect(now.subarray(0, 4096).equals(stampedData(1, 0, 4096))).toBe(true);
     expect(now.subarray(8192).equals(stampedData(2, 8192, 4096))).toBe(true);
-    manager.close();
+    await manager.close();
     await device.close();
   });
 });
@@ -102,11 +102,11 @@ describe('store append', () => {
     expect(store.allocate()).toBeUndefined();
     await appending;
     expect(store.allocate()).toBeDefined();
-    store.close();
+    await store.close();
     // And the range is part of the store on the next open.
     const reopened = await DiffStore.open([first], { transient: false });
     expect(reopened.store.status().ranges.map((r) => r.path)).toEqual([first.path, second.path]);
-    reopened.store.close();
+    await reopened.store.close();
   });
 
   it('refuses a range smaller than a chunk without recording it', async () => {
@@ -115,9 +115,9 @@ describe('store append', () => {
     const { store } = await DiffStore.open([first], { chunkSize: 64 * KiB, transient: false });
     expect(await outcome(store.append(tiny))).toBe('BAD_ARGUMENT');
     expect(store.status().ranges).toHaveLength(1);
-    store.close();
+    await store.close();
     const reopened = await DiffStore.open([first], { transient: false });
     expect(reopened.store.status().ranges).toHaveLength(1);
-    reopened.store.close();
+    await reopened.store.close();
   });
 });

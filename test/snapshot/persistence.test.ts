@@ -264,6 +264,25 @@ describe('damaged metadata', () => {
     expect(await refused()).toMatch(/journal/);
   });
 
+  it('refuses one byte changed in the last batch before a clean stop', async () => {
+    copyFileSync(backup, store);
+    const image = readFileSync(store);
+    const records: { at: number; type: string }[] = [];
+    for (const block of journal()) {
+      for (let pos = BLOCK_HEADER; ; ) {
+        const r = decodeRecord(image.subarray(block, block + CHUNK), pos);
+        if ('bad' in r) break;
+        records.push({ at: block + pos, type: r.record.type });
+        pos += r.size;
+      }
+    }
+    // ..., the last state record, its batch's COMMIT, then the CLEAN batch: CLEAN, COMMIT.
+    expect(records.slice(-3).map((r) => r.type)).toEqual(['COMMIT', 'CLEAN', 'COMMIT']);
+    const victim = (records.at(-4) as { at: number }).at + 16;
+    writeAt(store, victim, Buffer.from([(image[victim] as number) ^ 0xff]));
+    expect(await refused()).toMatch(/journal is damaged/);
+  });
+
   it('serves again once the store is whole', async () => {
     copyFileSync(backup, store);
     await rig.start();

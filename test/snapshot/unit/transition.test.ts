@@ -157,7 +157,8 @@ describe('each record type', () => {
   it('COMMIT and record types it does not know change nothing', () => {
     const cat = catalog(snapshotRecord('s', [1, 1, 1]));
     const before = replay([DEVICE, snapshotRecord('s', [1, 1, 1])], CHUNK);
-    apply(cat, { type: 'COMMIT', firstSeq: 1, count: 1 });
+    apply(cat, { type: 'COMMIT', firstSeq: 1, count: 1, chain: 0 });
+    apply(cat, { type: 'CLEAN', at: 1 });
     apply(cat, { type: 'LOST', device: 1, chunk: 0, slot: 3 } as unknown as JournalRecord);
     expect(cat).toEqual(before);
   });
