@@ -195,10 +195,7 @@ export interface ExportReading {
  * Read every byte of each export (1 MiB reads; a read that fails or differs is redone chunk by
  * chunk) with nbdsh and compare with the file `expected`. One nbdsh process for all exports.
  */
-export async function readExports(
-  items: { uri: string; expected: string }[],
-  chunk: number,
-): Promise<ExportReading[]> {
+export async function readExports(items: { uri: string; expected: string }[], chunk: number): Promise<ExportReading[]> {
   const script = `
 def check(uri, path, chunk):
     r = {'okBytes': 0, 'errors': [], 'wrong': []}
@@ -253,7 +250,9 @@ export function describeReading(r: ExportReading): string {
   }
   if (r.wrong.length > 0) {
     const [c, at, got, want] = r.wrong[0] as [number, number, number, number];
-    parts.push(`${r.wrong.length} chunks WRONG (first chunk at ${c}: byte ${at} is 0x${got.toString(16)}, want 0x${want.toString(16)})`);
+    parts.push(
+      `${r.wrong.length} chunks WRONG (first chunk at ${c}: byte ${at} is 0x${got.toString(16)}, want 0x${want.toString(16)})`,
+    );
   }
   return parts.join('; ');
 }
