@@ -9,7 +9,19 @@
  * never race other test files for a TCP port.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync, readSync, rmSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { call } from '../../src/control/client.ts';
 import { nbdsh } from './clients.ts';
@@ -331,4 +343,34 @@ export async function judgeSnapshot(o: CheckOptions): Promise<Verdict> {
 export function countTable(title: string, counts: Map<string, number>): string {
   const rows = [...counts.entries()].map(([k, v]) => `  ${k.padEnd(12)} ${String(v).padStart(5)}`);
   return [title, ...rows].join('\n');
+}
+
+// ---------------------------------------------------------------------------------- writing
+
+/**
+ * One nbdsh session writing `writes` in turn to export `name`: each write's outcome ('ok', or
+ * the errno / message the client saw), in order. If nbdsh itself fails (the server went away),
+ * every write counts as failed.
+ */
+export async function writeExport(socket: string, name: string, writes: { offset: number; data: Buffer }[]) {
+  // The data goes through a file: a script holding it could exceed the argument size limit.
+  const tmp = mkdtempSync(join(tmpdir(), 'nbdsnap-writes-'));
+  const file = join(tmp, 'data');
+  writeFileSync(file, Buffer.concat(writes.map((w) => w.data)));
+  const plan = JSON.stringify(writes.map((w) => [w.offset, w.data.length]));
+  const script = `
+data = open(${JSON.stringify(file)}, 'rb').read()
+at = 0
+for i, (offset, length) in enumerate(${plan}):
+    out[str(i)] = attempt(h.pwrite, data[at:at + length], offset)
+    at += length
+`;
+  try {
+    const r = await nbdsh(script, unixUri(socket, name));
+    return writes.map((_, i) => String(r[String(i)]));
+  } catch (err) {
+    return writes.map(() => `nbdsh: ${(err as Error).message.split('\n')[0]}`);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
 }

@@ -18,7 +18,7 @@ import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { call } from '../../src/control/client.ts';
-import { type Background, background, hasTool, nbdsh, pattern, readAt, run, waitForFile } from '../helpers/clients.ts';
+import { type Background, background, hasTool, pattern, readAt, run, waitForFile } from '../helpers/clients.ts';
 import {
   describeReading,
   isExact,
@@ -27,6 +27,7 @@ import {
   type Served,
   tryServe,
   unixUri,
+  writeExport,
 } from '../helpers/damage.ts';
 import { type FuseDisk, nbdfuse } from '../helpers/mounts.ts';
 import { MiB, tempDir } from '../helpers/snapshots.ts';
@@ -111,17 +112,14 @@ function fuseMissing(): string | undefined {
   return undefined;
 }
 
-/** One nbdsh session writing each chunk's new content in turn: chunk -> 'ok' or the error. */
+/** Each chunk's new content written in turn: chunk -> 'ok' or the error the client saw. */
 async function writeChunks(socket: string, chunks: number[]): Promise<Record<string, string>> {
-  const lines = chunks.map(
-    (c) => `out['${c}'] = attempt(h.pwrite, bytes.fromhex('${newContent(c).toString('hex')}'), ${c * CHUNK})`,
+  const r = await writeExport(
+    socket,
+    'disk',
+    chunks.map((c) => ({ offset: c * CHUNK, data: newContent(c) })),
   );
-  try {
-    return (await nbdsh(lines.join('\n'), unixUri(socket, 'disk'))) as Record<string, string>;
-  } catch (err) {
-    // nbdsh itself failed (e.g. the server went away): every write failed as far as the client knows.
-    return Object.fromEntries(chunks.map((c) => [String(c), `nbdsh: ${(err as Error).message.split('\n')[0]}`]));
-  }
+  return Object.fromEntries(chunks.map((c, i) => [String(c), r[i] as string]));
 }
 
 const FAULTS = [
