@@ -16,7 +16,7 @@
  * a snapshot listed valid, a snapshot gone from the list, EIO not reported as damage, the server
  * dying or hanging) fails the test, with the byte offset and what was seen.
  *
- * Two lanes run cases side by side. The store's ranges are recorded by path, so each lane has a
+ * Two lanes (NBDSNAP_DAMAGE_LANES) run cases side by side. The store's ranges are recorded by path, so each lane has a
  * store file of its own at a fixed path, made by the same steps, and restores it before each
  * case; every offset changed in either lane's run is tried once, alternately in each lane.
  */
@@ -48,6 +48,8 @@ const WRITES = [
   { offset: 1500 * CHUNK + 1000, length: 700, seed: 8 },
 ];
 const DATA_SAMPLES = 32;
+/** Cases run side by side (NBDSNAP_DAMAGE_LANES overrides). */
+const LANES = Math.max(1, Number(process.env.NBDSNAP_DAMAGE_LANES ?? 2));
 /** For a quick look while debugging: try only the first N cases of each lane. */
 const VERBOSE = process.env.NBDSNAP_DAMAGE_VERBOSE === '1';
 const MAX_CASES = Number(process.env.NBDSNAP_DAMAGE_MAX ?? Number.POSITIVE_INFINITY);
@@ -89,6 +91,7 @@ const args = (l: Lane) => [
 /** Start a lane's server; any failure to start here is a broken test setup. */
 async function startLane(l: Lane, what: string) {
   rmSync(l.socket, { force: true });
+  rmSync(l.control, { force: true });
   const a = await tryServe(args(l), l.pidFile);
   if (a.kind !== 'ready') throw new Error(`${what}: the server did not start: ${JSON.stringify(a)}`);
   return a.server;
@@ -172,6 +175,7 @@ async function runCase(l: Lane, c: Case, lane: number): Promise<Result> {
   copyFileSync(l.storeB, l.store);
   copyFileSync(l.originAfter, l.origin);
   rmSync(l.socket, { force: true });
+  rmSync(l.control, { force: true });
   const flipped = c.kind === 'baseline' ? undefined : flipByte(l.store, c.offset);
   const base = { ...c, lane, ...(flipped ? { flipped } : {}) };
   const a = await tryServe(args(l), l.pidFile);
@@ -214,6 +218,17 @@ async function runCase(l: Lane, c: Case, lane: number): Promise<Result> {
   return { ...base, ...v };
 }
 
+/** `b`'s items spread evenly through `a`, so that a run cut short still tries some of each. */
+function interleave<T>(a: T[], b: T[]): T[] {
+  const out: T[] = [];
+  let j = 0;
+  a.forEach((x, i) => {
+    while (j < b.length && j * a.length <= i * b.length) out.push(b[j++] as T);
+    out.push(x);
+  });
+  return [...out, ...b.slice(j)];
+}
+
 const hex = (n: number) => `0x${n.toString(16)}`;
 
 /**
@@ -227,49 +242,47 @@ export function damageTest(variant: string, signal: NodeJS.Signals): void {
   it(`every damaged byte is refused, reported invalid or damaged, or read exactly (${variant})`, {
     timeout: 900_000,
   }, async () => {
+    const started = Date.now();
     const lanes = await Promise.all(
-      [0, 1].map(async (i) => {
+      Array.from({ length: LANES }, async (_, i) => {
         const d = join(dir.path, `lane${i}`);
         mkdirSync(d);
         return prepareLane(d, signal);
       }),
     );
     const isData = (l: Lane, off: number) => l.data.some(([s, e]) => off >= s && off < e);
-    // Metadata: every offset changed in either lane's run (the same steps give the same layout),
-    // tried alternately in each lane. Data: a sample of each lane's copied chunks.
+    // Metadata: every offset changed in any lane's run (the same steps give the same layout),
+    // each tried once, in turn in each lane. Data: a sample of each lane's copied chunks.
     const meta = [...new Set(lanes.flatMap((l) => l.changed.filter((o) => !isData(l, o))))].sort((x, y) => x - y);
-    const queues: Case[][] = lanes.map(() => [{ offset: -1, kind: 'baseline' }]);
-    meta.forEach((offset, i) => {
-      const lane = i % 2;
-      queues[lane]?.push({ offset, kind: isData(lanes[lane] as Lane, offset) ? 'data' : 'metadata' });
+    const queues: Case[][] = lanes.map((l, i) => {
+      const mine = meta
+        .filter((_, k) => k % LANES === i)
+        .map((offset): Case => ({ offset, kind: isData(l, offset) ? 'data' : 'metadata' }));
+      const per = Math.ceil(DATA_SAMPLES / LANES / l.data.length);
+      const samples = l.data
+        .flatMap(([s]) => spread(s + i, CHUNK - LANES, per))
+        .map((offset): Case => ({ offset, kind: 'data' }));
+      return [{ offset: -1, kind: 'baseline' }, ...interleave(mine, samples)];
     });
-    lanes.forEach((l, i) => {
-      const per = DATA_SAMPLES / lanes.length / l.data.length;
-      const samples = l.data.flatMap(([s]) => spread(s + i, CHUNK - lanes.length, per));
-      // Spread through the queue, so that a run cut short (NBDSNAP_DAMAGE_MAX) still tries some.
-      const q = queues[i] as Case[];
-      samples.forEach((offset, k) => {
-        q.splice(1 + Math.floor(((k + 1) * (q.length - 1)) / (samples.length + 1)) + k, 0, { offset, kind: 'data' });
-      });
-    });
-    const laneDiffer = (lanes[0] as Lane).changed.length !== (lanes[1] as Lane).changed.length;
+    const laneDiffer = lanes.some((l) => l.changed.join() !== lanes[0]?.changed.join());
 
     const results: Result[] = [];
+    let abort: string | undefined;
     await Promise.all(
       lanes.map(async (l, i) => {
         for (const c of (queues[i] as Case[]).slice(0, MAX_CASES)) {
+          if (abort !== undefined) return;
           const t0 = Date.now();
           const r = await runCase(l, c, i);
           results.push(r);
           if (VERBOSE) console.log(`lane ${i} ${c.kind} ${c.offset}: ${r.outcome} ${r.detail} (${Date.now() - t0} ms)`);
           if (c.kind === 'baseline' && r.outcome !== 'exact') {
-            throw new Error(
-              `the undamaged store (lane ${i}) does not serve the snapshot exactly: ${r.outcome} ${r.detail}`,
-            );
+            abort = `the undamaged store (lane ${i}) does not serve the snapshot exactly: ${r.outcome} ${r.detail}`;
           }
         }
       }),
     );
+    if (abort !== undefined) throw new Error(abort);
 
     // The summary the issue's closing note quotes.
     const counts = new Map<string, number>();
@@ -285,7 +298,9 @@ export function damageTest(variant: string, signal: NodeJS.Signals): void {
     const failures = results.filter((r) => r.outcome === 'FAIL').sort((a, b) => a.offset - b.offset);
     console.log(
       [
-        `damage test (${variant}): ${results.length} starts; ${meta.length} changed metadata bytes, ` +
+        `damage test (${variant}): ${results.length} starts in ${Math.round((Date.now() - started) / 1000)} s ` +
+          `(${LANES} at a time); ` +
+          `${meta.length} changed metadata bytes, ` +
           `${results.filter((r) => r.kind === 'data').length} data bytes sampled; ` +
           `changed bytes per lane ${lanes.map((l) => l.changed.length).join('/')}${laneDiffer ? ' (lanes differ)' : ''}; ` +
           `copied data at ${lanes[0]?.data.map(([s]) => s).join(', ')}`,

@@ -180,6 +180,7 @@ describe('a failing layer under the store (nbdkit error filter + nbdfuse)', () =
         ];
         const start = async (what: string) => {
           rmSync(socket, { force: true });
+          rmSync(ctl, { force: true });
           const a = await tryServe(args, join(d, 'pid'));
           if (a.kind === 'exited')
             throw new Error(`${what}: the server refused to start (exit ${a.exit}): ${a.firstLine}`);

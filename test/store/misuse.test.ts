@@ -75,6 +75,7 @@ class Setup {
   /** Start, or fail the test: this start must work. */
   async start(store: string[], what: string): Promise<Served> {
     rmSync(this.socket, { force: true });
+    rmSync(this.control, { force: true });
     const a = await tryServe(this.args(store), this.pidFile);
     if (a.kind !== 'ready') {
       throw new Error(
@@ -88,6 +89,7 @@ class Setup {
   /** A start: the refusal line (non-zero exit before ready), or the running server. */
   async attempt(store: string[], what: string): Promise<string | Served> {
     rmSync(this.socket, { force: true });
+    rmSync(this.control, { force: true });
     const a = await tryServe(this.args(store), this.pidFile);
     if (a.kind === 'ready') {
       this.server = a.server;
