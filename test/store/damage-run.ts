@@ -1,6 +1,6 @@
 /**
- * The damage test (run by damage.test.ts and damage-crash.test.ts), independent of the store's layout. A snapshot is taken and the server stopped;
- * the store is copied (A). The server is started again, two origin writes each copy a chunk, and
+ * The damage test (run by damage.test.ts and damage-crash.test.ts), independent of the store's
+ * layout. A snapshot is taken and the server stopped; the store is copied (A). The server is started again, two origin writes each copy a chunk, and
  * the server is stopped (gracefully, or SIGKILLed after the writes were acknowledged: the crash
  * variant); the store is copied again (B). Every byte B differs from A in is where this one
  * copy-on-write put something: the copied chunks' data (found by searching B for the chunks'
@@ -16,9 +16,13 @@
  * a snapshot listed valid, a snapshot gone from the list, EIO not reported as damage, the server
  * dying or hanging) fails the test, with the byte offset and what was seen.
  *
- * Two lanes (NBDSNAP_DAMAGE_LANES) run cases side by side. The store's ranges are recorded by path, so each lane has a
+ * Two lanes run cases side by side. A store may record its ranges by path, so each lane has a
  * store file of its own at a fixed path, made by the same steps, and restores it before each
- * case; every offset changed in either lane's run is tried once, alternately in each lane.
+ * case (a copy started from another path could be taken for another store); every offset
+ * changed in any lane's run is tried once, in turn in each lane.
+ *
+ * Knobs: NBDSNAP_DAMAGE_LANES (cases at a time, 2), NBDSNAP_DAMAGE_MAX (only the first N cases
+ * of each lane, for a quick look), NBDSNAP_DAMAGE_VERBOSE=1 (one line per case as it ends).
  */
 import { copyFileSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -48,9 +52,7 @@ const WRITES = [
   { offset: 1500 * CHUNK + 1000, length: 700, seed: 8 },
 ];
 const DATA_SAMPLES = 32;
-/** Cases run side by side (NBDSNAP_DAMAGE_LANES overrides). */
 const LANES = Math.max(1, Number(process.env.NBDSNAP_DAMAGE_LANES ?? 2));
-/** For a quick look while debugging: try only the first N cases of each lane. */
 const VERBOSE = process.env.NBDSNAP_DAMAGE_VERBOSE === '1';
 const MAX_CASES = Number(process.env.NBDSNAP_DAMAGE_MAX ?? Number.POSITIVE_INFINITY);
 
