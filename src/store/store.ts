@@ -17,11 +17,12 @@
  */
 import { randomUUID } from 'node:crypto';
 import { statSync } from 'node:fs';
+import { claimStorage } from '../block/ownership.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import { Journal } from './journal.ts';
 import { copyOffset, encodeLabel, encodeLabelPair, LABEL_AREA, rangeSpec, type StoreKind } from './label.ts';
 import { checkAppend, planOpen, planTransient } from './open.ts';
-import { probeRange } from './probe.ts';
+import { probeRange, type RangeContent } from './probe.ts';
 import type { JournalRecord } from './records.ts';
 import { type StoreRange, StoreSpace } from './space.ts';
 import { newSuperblock, rangeLabel, type Superblock } from './superblock.ts';
@@ -86,10 +87,10 @@ export class DiffStore {
     if (ranges.length === 0) throw new NbdsnapError('BAD_ARGUMENT', 'no store range given');
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
     if (opts.transient) {
-      const given = await planTransient(ranges, probeRange);
+      const given = await planTransient(ranges, probeOwned);
       return { store: await DiffStore.create(given, chunkSize, 'transient'), records: [] };
     }
-    const plan = await planOpen(ranges, probeRange);
+    const plan = await planOpen(ranges, probeOwned);
     if (plan.kind === 'new')
       return { store: await DiffStore.create(plan.ranges, chunkSize, 'persistent'), records: [] };
     const record = plan.record;
@@ -170,7 +171,7 @@ export class DiffStore {
     if (other !== undefined) {
       throw new NbdsnapError('BAD_ARGUMENT', `store range ${rangeSpec(range)} overlaps ${rangeSpec(other)}`);
     }
-    const id = checkAppend(range, await probeRange(range), this.record);
+    const id = checkAppend(range, await probeOwned(range), this.record);
     const index = this.record.ranges.length;
     const first = this.space.totalSlots;
     const slots = this.space.add(range, false);
@@ -262,7 +263,13 @@ export class DiffStore {
     this.failedReason = reason;
     if (this.transient) return;
     this.record = { ...this.record, failed: `${new Date().toISOString()}: ${reason}` };
-    await this.writeRecord().catch(() => undefined);
+    // The flag is a second line of defence: the commit's own failure already fails every write
+    // that needed it, and every later commit. If the flag cannot be written either, say so.
+    try {
+      await this.writeRecord();
+    } catch (err) {
+      this.failedReason = `${reason}; recording the failure in the store's label failed too: ${errorMessage(err)}`;
+    }
   }
 
   /** Make data written into slots durable (FLUSH on a writable snapshot). */
@@ -312,5 +319,18 @@ function openSpace(chunkSize: number, ranges: StoreRange[]): { space: StoreSpace
   } catch (err) {
     space.close();
     throw err;
+  }
+}
+
+/**
+ * Read what a range holds only once this server may own it: a range another process holds is
+ * refused as in use (naming the holder), before its content is judged.
+ */
+async function probeOwned(range: StoreRange): Promise<RangeContent> {
+  const claim = claimStorage(range.path, { exclusive: true, role: 'store', start: range.start, length: range.length });
+  try {
+    return await probeRange(range);
+  } finally {
+    claim.release();
   }
 }
