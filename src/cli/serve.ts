@@ -16,7 +16,7 @@ import { ExportRegistry } from '../server/exports.ts';
 import { type ListenSpec, NbdServer, socketActivationFds } from '../server/server.ts';
 import { SnapshotManager } from '../snapshot/manager.ts';
 import { type StoreRange, StoreSpace } from '../store/space.ts';
-import { type ImageSpec, parseImage, parsePort } from './args.ts';
+import { checkServeOptions, type ImageSpec, parsePort } from './args.ts';
 
 export interface ServeOptions {
   images: string[];
@@ -41,12 +41,7 @@ export interface ServeOptions {
 
 export async function serve(opts: ServeOptions): Promise<void> {
   const log = new Logger(opts.logLevel);
-  const specs = imageSpecs(opts);
-  if (opts.chunkSize !== undefined) checkChunkSize(opts.chunkSize);
-  const cbt = opts.cbtBlockSize;
-  if (cbt !== undefined && cbt !== 0 && (cbt < 4096 || (cbt & (cbt - 1)) !== 0 || cbt > 64 * 1024 * 1024)) {
-    throw new NbdsnapError('BAD_ARGUMENT', `--cbt-block-size ${cbt} must be 0 (off) or a power of two from 4K to 64M`);
-  }
+  const specs = checkServeOptions(opts);
   const storeRanges = (opts.store ?? []).map((s) => StoreSpace.resolve(s));
   const devices: { name: string; device: BlockDevice; description: string; path?: string | undefined }[] = [];
   for (const spec of specs) {
@@ -95,12 +90,6 @@ export async function serve(opts: ServeOptions): Promise<void> {
   log.info('stopped');
 }
 
-function checkChunkSize(n: number): void {
-  if (n < 4096 || n > 1024 * 1024 || (n & (n - 1)) !== 0) {
-    throw new NbdsnapError('BAD_ARGUMENT', `--chunk-size ${n} must be a power of two from 4K to 1M`);
-  }
-}
-
 /** A store range inside an origin image would be overwritten by the origin's own writes. */
 function refuseStoreOnOrigin(path: string, ranges: StoreRange[]): void {
   const o = statSync(path);
@@ -110,21 +99,6 @@ function refuseStoreOnOrigin(path: string, ranges: StoreRange[]): void {
       throw new NbdsnapError('BAD_ARGUMENT', `store range on ${r.path} overlaps the origin device ${path}`);
     }
   }
-}
-
-function imageSpecs(opts: ServeOptions): ImageSpec[] {
-  if (opts.images.length === 0) throw new NbdsnapError('BAD_ARGUMENT', 'serve needs at least one IMAGE');
-  if (opts.exportName !== undefined && opts.images.length > 1) {
-    throw new NbdsnapError('BAD_ARGUMENT', '-x names one export; with several images use NAME=PATH');
-  }
-  const specs = opts.images.map((s) => parseImage(s, opts.exportName));
-  const seen = new Set<string>();
-  for (const s of specs) {
-    if (seen.has(s.name)) throw new NbdsnapError('BAD_ARGUMENT', `export name "${s.name}" is given twice`);
-    if (s.name.includes('@')) throw new NbdsnapError('BAD_ARGUMENT', `device name "${s.name}" may not contain "@"`);
-    seen.add(s.name);
-  }
-  return specs;
 }
 
 async function openImage(spec: ImageSpec, readOnly: boolean): Promise<BlockDevice> {
