@@ -79,6 +79,7 @@ export class LineReader {
   private tooLong(): NbdsnapError {
     this.tail = '';
     this.tailBytes = 0;
+    this.decoder.end();
     return new NbdsnapError('BAD_ARGUMENT', `request line longer than ${this.maxLine} bytes`);
   }
 }
