@@ -23,6 +23,8 @@ export class ControlConnection {
   private readonly log: Logger;
   private readonly reader = new LineReader(MAX_REQUEST_LINE);
   private inFlight = 0;
+  /** Request lines read but not started (at most one chunk's worth: reading pauses meanwhile). */
+  private readonly waiting: string[] = [];
   private stopping = false;
   private endStreams: () => void = () => undefined;
   private readonly ended: Promise<void>;
@@ -44,6 +46,10 @@ export class ControlConnection {
   /** Graceful end: streams finish, requests in flight are answered, then the socket closes. */
   stop(): void {
     this.stopping = true;
+    for (const line of this.waiting.splice(0)) {
+      const { id } = parseRequest(line);
+      this.send({ id, ok: false, error: { code: 'ESHUTDOWN', message: 'the server is stopping' } });
+    }
     this.endStreams();
     this.socket.pause();
     this.finishIfIdle();
@@ -66,14 +72,20 @@ export class ControlConnection {
       setImmediate(() => this.socket.destroy());
       return;
     }
-    for (const line of lines) void this.handle(line);
+    this.waiting.push(...lines);
     this.flow();
   }
 
-  /** Read only while few requests are in flight and the client reads its answers. */
+  /**
+   * Start waiting requests while fewer than MAX_IN_FLIGHT run; read more only once none wait and
+   * the client reads its answers.
+   */
   private flow(): void {
+    while (this.waiting.length > 0 && this.inFlight < MAX_IN_FLIGHT && !this.stopping) {
+      void this.handle(this.waiting.shift() as string);
+    }
     if (this.stopping || this.socket.destroyed) return;
-    if (this.inFlight >= MAX_IN_FLIGHT || this.socket.writableNeedDrain) this.socket.pause();
+    if (this.waiting.length > 0 || this.socket.writableNeedDrain) this.socket.pause();
     else this.socket.resume();
   }
 

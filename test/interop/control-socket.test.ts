@@ -196,6 +196,21 @@ describe('control requests', () => {
     raw.socket.destroy();
   });
 
+  it('answers every request of a pipelined burst, by id', async () => {
+    const raw = new RawControl(rig.control);
+    const n = 200;
+    const burst = Array.from({ length: n }, (_, i) => `{"id": ${i + 1}, "cmd": "snapshot.list"}\n`).join('');
+    raw.socket.write(burst);
+    const ids: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const r = await raw.next();
+      expect(r).toMatchObject({ ok: true });
+      ids.push(r?.id ?? -1);
+    }
+    expect(ids.sort((a, b) => a - b)).toEqual(Array.from({ length: n }, (_, i) => i + 1));
+    raw.socket.destroy();
+  });
+
   it('closes the connection of an over-long line, and only that one', async () => {
     const other = new RawControl(rig.control);
     expect(await other.ask('{"id": 1, "cmd": "status"}')).toMatchObject({ id: 1, ok: true });
