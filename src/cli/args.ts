@@ -42,7 +42,7 @@ export function parseImage(spec: string, defaultName?: string): ImageSpec {
 }
 
 export function parsePort(value: unknown): number {
-  const n = Number(value);
+  const n = typeof value === 'number' || (typeof value === 'string' && /^\s*\d+\s*$/.test(value)) ? Number(value) : NaN;
   if (!Number.isInteger(n) || n < 0 || n > 65535) {
     throw new NbdsnapError('BAD_ARGUMENT', `port "${String(value)}" is not a TCP port (0-65535)`);
   }

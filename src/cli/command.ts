@@ -58,12 +58,12 @@ export function defineCommand<A, O>(spec: {
 
 /** A command made of subcommands, e.g. `snapshot create|list|delete`. */
 export function defineGroup(spec: { name: string; describe: string; commands: Command[] }): Command {
-  const names = spec.commands.map((c) => c.command.split(' ')[0]).join(', ');
   return {
     command: spec.name,
     describe: spec.describe,
     register: (y, parents) =>
       y.command(spec.name, spec.describe, (sub: Argv) => {
+        const names = spec.commands.map((c) => c.command.split(' ')[0]).join(', ');
         for (const c of spec.commands) c.register(sub, [...parents, spec.name]);
         return sub.demandCommand(1, `${spec.name}: name one of ${names}`);
       }),

@@ -41,7 +41,7 @@ export async function main(argv: string[]): Promise<void> {
       .strict()
       .fail((msg, err, usage) => {
         const line = (usage as unknown as UsageInstance).getUsage()[0]?.[0] ?? '$0 <command> [options]';
-        throw new UsageFailure(msg ?? err?.message ?? 'bad command line', line.replace('$0', 'nbdsnap'));
+        throw new UsageFailure(yargsMessage(msg ?? err?.message ?? 'bad command line'), line.replace('$0', 'nbdsnap'));
       })
       .help()
       .version(false)
@@ -51,4 +51,16 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`${lines.join('\n')}\n`);
     process.exit(status);
   }
+}
+
+/** yargs' messages in one line: its "Invalid values:" text spans several. */
+export function yargsMessage(msg: string): string {
+  const choice = /^Invalid values:\s*Argument: ([^,]+), Given: (.*), Choices: (.*)$/s.exec(msg.trim());
+  if (choice !== null) {
+    const [, arg, given, choices] = choice as unknown as [string, string, string, string];
+    const flag = arg.length === 1 ? `-${arg}` : `--${arg}`;
+    return `${flag} ${given.trim()} is not one of ${choices.replaceAll('"', '').trim()}`;
+  }
+  if (/^Invalid JSON config file: true$/.test(msg)) return '--config needs a FILE';
+  return msg.replace(/\s*\n\s*/g, ' ').trim();
 }

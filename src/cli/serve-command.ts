@@ -158,6 +158,13 @@ export const serveCommand = defineCommand({
     ) as Argv<ServeArgs>;
   },
   parse: (a: ServeArgs): ServeOptions => {
+    for (const [name, spec] of Object.entries(SERVE_OPTIONS)) {
+      const value = a[name];
+      const empty = spec.kind === 'strings' ? Array.isArray(value) && value.length === 0 : false;
+      if (empty || (spec.kind !== 'boolean' && spec.kind !== 'number' && [value].flat().includes(''))) {
+        throw new NbdsnapError('BAD_ARGUMENT', `--${name} needs a value`);
+      }
+    }
     const opts: ServeOptions = {
       images: strings(a.images),
       store: a.store === undefined ? undefined : strings(a.store),

@@ -124,6 +124,18 @@ describe('usage errors: exit 2, the error and the usage line', () => {
     await expectUsageError(['serve', image, '--low-space', '200'], /--low-space "200" must be a percentage/, 'serve');
     await expectUsageError(['cbt', 'mark-dirty', 'disk', 'lots', '1', ...ctl], /offset "lots" is not a size/, 'cbt');
     await expectUsageError(['restore', join(dir.path, 'x.nbk')], 'restore needs FILE... TARGET', 'restore');
+    await expectUsageError(
+      ['serve', image, '--log-level', 'loud'],
+      '--log-level "loud" is not one of silent, error, warn, info, debug, trace',
+      'serve',
+    );
+  });
+
+  it('options given without their value (never served without them)', async () => {
+    await expectUsageError(['serve', image, '-p'], '--port needs a value', 'serve');
+    await expectUsageError(['serve', image, '-p', '1', '--store'], '--store needs a value', 'serve');
+    await expectUsageError(['serve', image, '-p', '1', '--control'], '--control needs a value', 'serve');
+    await expectUsageError(['serve', image, '-p', '1', '--config'], '--config needs a FILE', 'serve');
   });
 });
 
