@@ -4,12 +4,13 @@
  *   a backup URL without a scheme, a --config file missing, not JSON, with an unknown or a
  *   wrongly typed key) exit 2 with exactly the error line and the command's usage line;
  * - every command's runtime errors (no server behind the control socket, a missing file, a
- *   store or image that cannot be opened for writing: EPERM from an immutable file) exit 1 with
+ *   store or image that cannot be opened for writing: EPERM from an immutable file, EROFS from a
+ *   read-only bind mount) exit 1 with
  *   exactly one line;
  * - never a stack frame.
  */
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { run, sparseImage } from '../helpers/clients.ts';
@@ -19,8 +20,10 @@ const dir = tempDir('nbdsnap-errors-');
 const image = sparseImage(join(dir.path, 'disk.img'), 4 * 1024 * 1024);
 const nowhere = join(dir.path, 'no-server.sock');
 const immutable: string[] = [];
+const mounts: string[] = [];
 afterAll(() => {
   for (const f of immutable) execFileSync('chattr', ['-i', f]);
+  for (const m of mounts) execFileSync('umount', [m]);
   dir.cleanup();
 });
 
@@ -255,6 +258,27 @@ describe('runtime errors: exit 1, one line', () => {
     await expectRuntimeError(
       ['serve', `disk=${origin}`, '-p', String(freshPort())],
       `cannot open ${origin}: operation not permitted (EPERM)`,
+    );
+  });
+
+  it('serve: a store on a read-only file system (EROFS)', async (ctx) => {
+    const rw = join(dir.path, 'rw');
+    const ro = join(dir.path, 'ro');
+    mkdirSync(rw);
+    mkdirSync(ro);
+    sparseImage(join(rw, 'store.img'), 16 * 1024 * 1024);
+    try {
+      execFileSync('mount', ['--bind', rw, ro], { stdio: 'ignore' });
+      mounts.push(ro);
+      execFileSync('mount', ['-o', 'remount,ro,bind', ro], { stdio: 'ignore' });
+    } catch {
+      if (process.env.CI === 'true') throw new Error('a read-only bind mount is needed here (run as root)');
+      ctx.skip('no read-only bind mount here (needs root)');
+    }
+    const store = join(ro, 'store.img');
+    await expectRuntimeError(
+      ['serve', `disk=${image}`, '--store', store, '-p', String(freshPort())],
+      `cannot open ${store}: read-only file system (EROFS)`,
     );
   });
 });
