@@ -5,8 +5,7 @@
  *   wrongly typed key) exit 2 with exactly the error line and the command's usage line;
  * - every command's runtime errors (no server behind the control socket, a missing file, a
  *   store or image that cannot be opened for writing: EPERM from an immutable file, EROFS from a
- *   read-only bind mount) exit 1 with
- *   exactly one line;
+ *   read-only bind mount) exit 1 with exactly one line;
  * - never a stack frame.
  */
 import { execFileSync } from 'node:child_process';
