@@ -64,12 +64,14 @@ export class ControlConnection {
     try {
       lines = this.reader.push(chunk);
     } catch (err) {
-      // An over-long line: answer once, then drop this client only.
+      // An over-long line: answer once, then drop this client only (nothing more is read or
+      // started; answers still due are dropped with it).
       this.send({ id: 0, ok: false, error: { code: 'BAD_ARGUMENT', message: errorMessage(err) } });
       this.log.warn('control request too long, connection closed');
-      this.socket.end();
+      this.stopping = true;
+      this.waiting.length = 0;
       this.socket.pause();
-      setImmediate(() => this.socket.destroy());
+      this.socket.end(() => this.socket.destroy());
       return;
     }
     this.waiting.push(...lines);
