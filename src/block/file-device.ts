@@ -75,6 +75,8 @@ export class FileDevice implements BlockDevice {
         ENOENT: 'no such file',
         EACCES: 'permission denied',
         EISDIR: 'it is a directory',
+        EPERM: 'operation not permitted (EPERM)',
+        EROFS: 'read-only file system (EROFS)',
       };
       const why = reasons[code ?? ''] ?? String(err);
       throw new NbdsnapError('BAD_ARGUMENT', `cannot open ${path}: ${why}`, { cause: err });

@@ -5,6 +5,7 @@
  */
 import { basename, extname } from 'node:path';
 import { NbdsnapError } from '../errors.ts';
+import type { ServeOptions } from './serve.ts';
 
 const UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
 
@@ -41,9 +42,49 @@ export function parseImage(spec: string, defaultName?: string): ImageSpec {
 }
 
 export function parsePort(value: unknown): number {
-  const n = Number(value);
+  const n = typeof value === 'number' || (typeof value === 'string' && /^\s*\d+\s*$/.test(value)) ? Number(value) : NaN;
   if (!Number.isInteger(n) || n < 0 || n > 65535) {
     throw new NbdsnapError('BAD_ARGUMENT', `port "${String(value)}" is not a TCP port (0-65535)`);
   }
   return n;
+}
+
+/** A percentage from 0 to 100 (e.g. --low-space). */
+export function parsePercent(value: unknown, what: string): number {
+  const n = typeof value === 'number' ? value : Number(value);
+  if (typeof value === 'boolean' || !Number.isFinite(n) || n < 0 || n > 100) {
+    const given = typeof value === 'number' && Number.isNaN(value) ? '' : ` "${String(value)}"`;
+    throw new NbdsnapError('BAD_ARGUMENT', `${what}${given} must be a percentage from 0 to 100`);
+  }
+  return n;
+}
+
+/**
+ * Everything about `serve`'s options that can be told wrong without opening anything: the image
+ * specs (returned), names, the chunk and change-tracking block sizes. Used by the command line
+ * (a failure is a usage error) and by `serve` itself.
+ */
+export function checkServeOptions(opts: ServeOptions): ImageSpec[] {
+  if (opts.images.length === 0) throw new NbdsnapError('BAD_ARGUMENT', 'serve needs at least one IMAGE');
+  if (opts.exportName !== undefined && opts.images.length > 1) {
+    throw new NbdsnapError('BAD_ARGUMENT', '-x names one export; with several images use NAME=PATH');
+  }
+  const specs = opts.images.map((s) => parseImage(s, opts.exportName));
+  const seen = new Set<string>();
+  for (const s of specs) {
+    if (seen.has(s.name)) throw new NbdsnapError('BAD_ARGUMENT', `export name "${s.name}" is given twice`);
+    if (s.name.includes('@')) throw new NbdsnapError('BAD_ARGUMENT', `device name "${s.name}" may not contain "@"`);
+    seen.add(s.name);
+  }
+  const chunk = opts.chunkSize;
+  if (chunk !== undefined && (chunk < 4096 || chunk > 1024 * 1024 || (chunk & (chunk - 1)) !== 0)) {
+    throw new NbdsnapError('BAD_ARGUMENT', `--chunk-size ${chunk} must be a power of two from 4K to 1M`);
+  }
+  const cbt = opts.cbtBlockSize;
+  if (cbt !== undefined && cbt !== 0 && (cbt < 4096 || (cbt & (cbt - 1)) !== 0 || cbt > 64 * 1024 * 1024)) {
+    throw new NbdsnapError('BAD_ARGUMENT', `--cbt-block-size ${cbt} must be 0 (off) or a power of two from 4K to 64M`);
+  }
+  if (opts.port !== undefined) parsePort(opts.port);
+  if (opts.lowSpacePercent !== undefined) parsePercent(opts.lowSpacePercent, '--low-space');
+  return specs;
 }

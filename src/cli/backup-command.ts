@@ -11,8 +11,10 @@ import { backup } from '../backup/backup.ts';
 import { PROGRESS_MODES, Progress, type ProgressMode } from '../backup/progress.ts';
 import { restore } from '../backup/restore.ts';
 import { undo } from '../backup/undo.ts';
+import { parseSnapshotUri } from '../backup/source.ts';
 import { describeFile, verify } from '../backup/verify.ts';
 import { NbdsnapError } from '../errors.ts';
+import { defineCommand } from './command.ts';
 
 const mib = (n: number): string => `${(n / 1048576).toFixed(1)} MiB`;
 
@@ -26,7 +28,7 @@ const common = <T>(y: Argv<T>) =>
     })
     .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' });
 
-export function backupBuilder(y: Argv) {
+function backupBuilder(y: Argv) {
   return common(y)
     .positional('source', { type: 'string', demandOption: true, describe: 'nbd://HOST:PORT/DEVICE@SNAP' })
     .positional('file', { type: 'string', demandOption: true, describe: 'the backup file to write' })
@@ -37,7 +39,31 @@ export function backupBuilder(y: Argv) {
     .option('samples', { type: 'number', default: 128, describe: 'unchanged blocks fingerprinted (incrementals)' });
 }
 
-export async function backupCommand(a: {
+/** The source must be an NBD URI naming a snapshot: nbd://HOST:PORT/DEVICE@SNAP. */
+export function checkBackupSource(source: string): void {
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(source)) {
+    const fix = /^[^/]+:\d+\//.test(source) ? `: did you mean nbd://${source}?` : ': give nbd://HOST:PORT/DEVICE@SNAP';
+    throw new NbdsnapError('BAD_ARGUMENT', `backup source ${source} is not an nbd:// URI${fix}`);
+  }
+  parseSnapshotUri(source);
+}
+
+export const backupCommand = defineCommand({
+  command: 'backup <source> <file>',
+  describe: 'back up DEVICE@SNAP over NBD to FILE: full, or incremental with --since FROM',
+  builder: backupBuilder,
+  parse: (a) => {
+    const source = String(a.source);
+    checkBackupSource(source);
+    if (!Number.isSafeInteger(a.samples) || a.samples < 0) {
+      throw new NbdsnapError('BAD_ARGUMENT', `--samples ${a.samples} must be a whole number`);
+    }
+    return { ...a, source, file: String(a.file), since: a.since === undefined ? undefined : String(a.since) };
+  },
+  run: runBackup,
+});
+
+async function runBackup(a: {
   source: string;
   file: string;
   since?: string | undefined;
@@ -78,7 +104,7 @@ export async function backupCommand(a: {
   }
 }
 
-export function restoreBuilder(y: Argv) {
+function restoreBuilder(y: Argv) {
   return common(y)
     .positional('args', {
       type: 'string',
@@ -95,18 +121,38 @@ export function restoreBuilder(y: Argv) {
     });
 }
 
-export async function restoreCommand(a: {
+interface RestoreOptions {
   args: string[];
   journal?: string | undefined;
   undo?: string | undefined;
   force: boolean;
   progress: string;
   json: boolean;
-}): Promise<void> {
-  const args = a.args.map(String);
+}
+
+export const restoreCommand = defineCommand({
+  command: 'restore <args..>',
+  describe: 'apply backups FILE... (full, then incrementals) to TARGET; or --undo JOURNAL TARGET',
+  builder: restoreBuilder,
+  parse: (a): RestoreOptions => {
+    const args = a.args.map(String);
+    if (a.undo !== undefined) {
+      if (args.length !== 1) throw new NbdsnapError('BAD_ARGUMENT', 'restore --undo JOURNAL takes one TARGET');
+      if (a.journal !== undefined)
+        throw new NbdsnapError('BAD_ARGUMENT', '--journal names the journal of a restore, not with --undo');
+    } else {
+      if (args.length < 2) throw new NbdsnapError('BAD_ARGUMENT', 'restore needs FILE... TARGET');
+      if (a.force) throw new NbdsnapError('BAD_ARGUMENT', '--force goes with --undo only');
+    }
+    return { ...a, args };
+  },
+  run: runRestore,
+});
+
+async function runRestore(a: RestoreOptions): Promise<void> {
+  const args = a.args;
   const progress = new Progress(a.progress as ProgressMode);
   if (a.undo !== undefined) {
-    if (args.length !== 1) throw new NbdsnapError('BAD_ARGUMENT', 'usage: nbdsnap restore --undo JOURNAL TARGET');
     const target = args[0] as string;
     const r = await undo({ journal: String(a.undo), target, force: a.force, progress });
     if (a.json) process.stdout.write(`${JSON.stringify({ target, ...r }, null, 2)}\n`);
@@ -121,8 +167,6 @@ export async function restoreCommand(a: {
       );
     return;
   }
-  if (args.length < 2) throw new NbdsnapError('BAD_ARGUMENT', 'usage: nbdsnap restore FILE... TARGET');
-  if (a.force) throw new NbdsnapError('BAD_ARGUMENT', '--force goes with --undo only');
   const target = args[args.length - 1] as string;
   const r = await restore({ files: args.slice(0, -1), target, journal: a.journal, progress });
   const last = r.files[r.files.length - 1]?.header;
@@ -133,12 +177,12 @@ export async function restoreCommand(a: {
     return;
   }
   process.stdout.write(
-    `restored ${last?.device}@${last?.toName} to ${target} from ${r.files.length} file(s), ${mib(r.writtenBytes)} written; ` +
+    `restored ${last === undefined ? 'nothing' : `${last.device}@${last.toName}`} to ${target} from ${r.files.length} file(s), ${mib(r.writtenBytes)} written; ` +
       `undo with: nbdsnap restore --undo ${r.journal} ${target}\n`,
   );
 }
 
-export function verifyBuilder(y: Argv) {
+function verifyBuilder(y: Argv) {
   return y
     .positional('files', {
       type: 'string',
@@ -149,8 +193,16 @@ export function verifyBuilder(y: Argv) {
     .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' });
 }
 
-export async function verifyCommand(a: { files: string[]; json: boolean }): Promise<void> {
-  const files = await verify(a.files.map(String));
+export const verifyCommand = defineCommand({
+  command: 'verify <files..>',
+  describe: 'check backup files and their chain without restoring',
+  builder: verifyBuilder,
+  parse: (a) => ({ files: a.files.map(String), json: a.json }),
+  run: runVerify,
+});
+
+async function runVerify(a: { files: string[]; json: boolean }): Promise<void> {
+  const files = await verify(a.files);
   if (a.json) {
     process.stdout.write(
       `${JSON.stringify(

@@ -9,48 +9,69 @@ import type { ChangedRanges } from '../cbt/cbt-control.ts';
 import { call, controlPath } from '../control/client.ts';
 import { NbdsnapError } from '../errors.ts';
 import { parseSize } from './args.ts';
+import { defineCommand } from './command.ts';
 import { parseSnapshotRef, withControl } from './control-commands.ts';
 
-export function cbtBuilder(y: Argv) {
-  return withControl(y).positional('args', { type: 'string', array: true, demandOption: true });
-}
+type CbtOptions =
+  | { path: string; json: boolean; markDirty: { device: string; offset: number; length: number } }
+  | { path: string; json: boolean; markDirty?: undefined; device: string; from: string; to?: string | undefined };
 
-export async function cbtCommand(a: { args: string[]; control?: string | undefined; json: boolean }) {
-  const path = controlPath(a.control);
-  const args = a.args.map(String);
-  if (args[0] === 'mark-dirty') {
-    const [, device, offset, length] = args;
-    if (device === undefined || offset === undefined || length === undefined || args.length !== 4) {
-      throw new NbdsnapError('BAD_ARGUMENT', 'usage: nbdsnap cbt mark-dirty DEVICE OFFSET LENGTH');
+export const cbtCommand = defineCommand({
+  command: 'cbt <args..>',
+  describe: 'changed ranges: cbt DEV@FROM [DEV@TO]; or cbt mark-dirty DEV OFFSET LENGTH',
+  builder: (y: Argv) => withControl(y).positional('args', { type: 'string', array: true, demandOption: true }),
+  parse: (a): CbtOptions => {
+    const path = controlPath(a.control);
+    const args = a.args.map(String);
+    if (args[0] === 'mark-dirty') {
+      const [, device, offset, length] = args;
+      if (device === undefined || offset === undefined || length === undefined || args.length !== 4) {
+        throw new NbdsnapError('BAD_ARGUMENT', 'usage: nbdsnap cbt mark-dirty DEVICE OFFSET LENGTH');
+      }
+      const markDirty = { device, offset: parseSize(offset, 'offset'), length: parseSize(length, 'length') };
+      if (markDirty.length === 0) throw new NbdsnapError('BAD_ARGUMENT', 'length must be at least 1 byte');
+      return { path, json: a.json, markDirty };
     }
-    const req = { device, offset: parseSize(offset, 'offset'), length: parseSize(length, 'length') };
-    await call(path, 'cbt.markDirty', req);
+    if (args.length < 1 || args.length > 2)
+      throw new NbdsnapError('BAD_ARGUMENT', 'usage: nbdsnap cbt DEVICE@FROM [DEVICE@TO]');
+    const from = parseSnapshotRef(args[0] as string);
+    const to = args[1] === undefined ? undefined : parseSnapshotRef(args[1]);
+    if (to !== undefined && to.device !== from.device)
+      throw new NbdsnapError('BAD_ARGUMENT', 'FROM and TO must be snapshots of the same device');
+    return { path, json: a.json, device: from.device, from: from.name, to: to?.name };
+  },
+  run: cbt,
+});
+
+async function cbt(o: CbtOptions): Promise<void> {
+  if (o.markDirty !== undefined) {
+    const req = o.markDirty;
+    await call(o.path, 'cbt.markDirty', req);
     process.stdout.write(
-      a.json
+      o.json
         ? `${JSON.stringify({ markedDirty: req })}\n`
-        : `marked [${req.offset}, +${req.length}) of ${device} dirty\n`,
+        : `marked [${req.offset}, +${req.length}) of ${req.device} dirty\n`,
     );
     return;
   }
-  if (args.length < 1 || args.length > 2)
-    throw new NbdsnapError('BAD_ARGUMENT', 'usage: nbdsnap cbt DEVICE@FROM [DEVICE@TO]');
-  const from = parseSnapshotRef(args[0] as string);
-  const to = args[1] === undefined ? undefined : parseSnapshotRef(args[1]);
-  if (to !== undefined && to.device !== from.device)
-    throw new NbdsnapError('BAD_ARGUMENT', 'FROM and TO must be snapshots of the same device');
-  const r = (await call(path, 'cbt.changed', {
-    device: from.device,
-    from: from.name,
-    ...(to === undefined ? {} : { to: to.name }),
+  const r = (await call(o.path, 'cbt.changed', {
+    device: o.device,
+    from: o.from,
+    ...(o.to === undefined ? {} : { to: o.to }),
   })) as ChangedRanges;
-  if (a.json) {
+  if (o.json) {
     process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
     return;
   }
+  process.stdout.write(`${cbtHuman(r).join('\n')}\n`);
+}
+
+/** One "OFFSET LENGTH" line per changed range, then a summary line. */
+export function cbtHuman(r: ChangedRanges): string[] {
   const lines = r.ranges.map((x) => `${x.offset} ${x.length}`);
-  const pct = r.deviceBytes === 0 ? 0 : (100 * r.changedBytes) / r.deviceBytes;
+  const pct = r.deviceBytes > 0 ? ` (${((100 * r.changedBytes) / r.deviceBytes).toFixed(1)}%)` : '';
   lines.push(
-    `# ${r.device}@${r.from} -> ${r.to}: ${r.ranges.length} ranges, ${r.changedBytes} bytes changed (${pct.toFixed(1)}%), block ${r.blockSize}, generation ${r.generation}`,
+    `# ${r.device}@${r.from} -> ${r.to}: ${r.ranges.length} ranges, ${r.changedBytes} bytes changed${pct}, block ${r.blockSize}, generation ${r.generation}`,
   );
-  process.stdout.write(`${lines.join('\n')}\n`);
+  return lines;
 }

@@ -10,13 +10,12 @@ import { MemoryDevice } from '../block/memory-device.ts';
 import { native } from '../block/native.ts';
 import { lockingAvailable, refuseAliases } from '../block/ownership.ts';
 import { ControlServer } from '../control/server.ts';
-import { NbdsnapError } from '../errors.ts';
 import { Logger, type LogLevel } from '../log.ts';
 import { ExportRegistry } from '../server/exports.ts';
 import { type ListenSpec, NbdServer, socketActivationFds } from '../server/server.ts';
 import { SnapshotManager } from '../snapshot/manager.ts';
 import { StoreSpace } from '../store/space.ts';
-import { type ImageSpec, parseImage, parsePort } from './args.ts';
+import { checkServeOptions, type ImageSpec, parsePort } from './args.ts';
 import { checkPidFile, writePidFile } from './pid-file.ts';
 
 export interface ServeOptions {
@@ -42,12 +41,7 @@ export interface ServeOptions {
 
 export async function serve(opts: ServeOptions): Promise<void> {
   const log = new Logger(opts.logLevel);
-  const specs = imageSpecs(opts);
-  if (opts.chunkSize !== undefined) checkChunkSize(opts.chunkSize);
-  const cbt = opts.cbtBlockSize;
-  if (cbt !== undefined && cbt !== 0 && (cbt < 4096 || (cbt & (cbt - 1)) !== 0 || cbt > 64 * 1024 * 1024)) {
-    throw new NbdsnapError('BAD_ARGUMENT', `--cbt-block-size ${cbt} must be 0 (off) or a power of two from 4K to 64M`);
-  }
+  const specs = checkServeOptions(opts);
   if (opts.pidFile !== undefined) checkPidFile(opts.pidFile);
   const storeRanges = (opts.store ?? []).map((s) => StoreSpace.resolve(s));
   // The same storage under two names (a loop device over the origin, a partition of a store
@@ -105,27 +99,6 @@ export async function serve(opts: ServeOptions): Promise<void> {
   await Promise.all(devices.map((d) => d.device.flush().then(() => d.device.close())));
   await manager.close();
   log.info('stopped');
-}
-
-function checkChunkSize(n: number): void {
-  if (n < 4096 || n > 1024 * 1024 || (n & (n - 1)) !== 0) {
-    throw new NbdsnapError('BAD_ARGUMENT', `--chunk-size ${n} must be a power of two from 4K to 1M`);
-  }
-}
-
-function imageSpecs(opts: ServeOptions): ImageSpec[] {
-  if (opts.images.length === 0) throw new NbdsnapError('BAD_ARGUMENT', 'serve needs at least one IMAGE');
-  if (opts.exportName !== undefined && opts.images.length > 1) {
-    throw new NbdsnapError('BAD_ARGUMENT', '-x names one export; with several images use NAME=PATH');
-  }
-  const specs = opts.images.map((s) => parseImage(s, opts.exportName));
-  const seen = new Set<string>();
-  for (const s of specs) {
-    if (seen.has(s.name)) throw new NbdsnapError('BAD_ARGUMENT', `export name "${s.name}" is given twice`);
-    if (s.name.includes('@')) throw new NbdsnapError('BAD_ARGUMENT', `device name "${s.name}" may not contain "@"`);
-    seen.add(s.name);
-  }
-  return specs;
 }
 
 async function openImage(spec: ImageSpec, readOnly: boolean): Promise<BlockDevice> {

@@ -12,7 +12,6 @@ import { rangeSpec } from '../store/label.ts';
 import { describeContent, probeRange, type RangeContent } from '../store/probe.ts';
 import { type StoreRange, StoreSpace } from '../store/space.ts';
 import { checkChunkSize, DEFAULT_CHUNK_SIZE, DiffStore } from '../store/store.ts';
-import { parseSize } from './args.ts';
 
 /** Why `range` may not be formatted without --force, or undefined if it may. */
 export function formatRefusal(range: StoreRange, c: RangeContent): string | undefined {
@@ -74,19 +73,4 @@ export function storeFormatBuilder(y: Argv) {
       default: false,
       describe: 'format over a filesystem, LVM, swap, LUKS, partition table or persistent store',
     });
-}
-
-export async function storeFormatCommand(a: {
-  ranges?: string[] | undefined;
-  'chunk-size'?: string | undefined;
-  transient: boolean;
-  force: boolean;
-}): Promise<void> {
-  const line = await storeFormat({
-    ranges: (a.ranges ?? []).map(String),
-    chunkSize: a['chunk-size'] === undefined ? undefined : parseSize(String(a['chunk-size']), 'chunk size'),
-    transient: a.transient,
-    force: a.force,
-  });
-  process.stdout.write(`${line}\n`);
 }

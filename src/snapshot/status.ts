@@ -1,18 +1,78 @@
 /**
  * Status views of snapshots and the store, as plain JSON-able objects for the control socket.
- * Store use is attributed to snapshots: a snapshot's private chunks are its own; a shared copy
- * is counted for the newest live snapshot that reads it (deleting that one frees it, unless an
- * older snapshot reads it too).
+ *
+ * A snapshot's store use is computed once, by `storeUse`, for both `snapshot list` and
+ * `store status`, so they always agree:
+ * - `chunksInStore`: the chunks it reads from the store, copies it shares with other snapshots
+ *   and its own (private) chunks; its size in the store.
+ * - `exclusiveChunks`: the chunks no other snapshot reads; deleting it frees exactly these.
+ * Shared copies count for every snapshot that reads them, so the sizes of several snapshots may
+ * add up to more than the store's used bytes.
  */
 import type { DiffStore } from '../store/store.ts';
 import type { OriginState, Snapshot } from './model.ts';
+
+export interface SnapshotUse {
+  chunksInStore: number;
+  exclusiveChunks: number;
+}
 
 export function deviceInfo(o: OriginState) {
   return { name: o.name, size: o.size, chunkSize: o.chunkSize, snapshots: o.snapshots.length };
 }
 
-export function snapshotInfo(s: Snapshot, store: DiffStore | undefined) {
-  const copies = [...s.origin.table.entries()].filter(([chunk, v]) => s.origin.table.find(chunk, s.seq) === v).length;
+/**
+ * Store use of every snapshot of one device. A copy with sequence N whose predecessor has P is
+ * read by the snapshots with P < seq <= N that still read copies (`readers`: valid or merging);
+ * an invalid snapshot reads nothing but its private chunks until they are released.
+ * O(copies x log(snapshots) + snapshots).
+ */
+export function storeUse(o: OriginState): Map<Snapshot, SnapshotUse> {
+  const readers = o.readers;
+  const shared = new Array<number>(readers.length + 1).fill(0);
+  const only = new Array<number>(readers.length).fill(0);
+  let prev = 0;
+  let chunk = -1;
+  for (const [c, v] of o.table.entries()) {
+    if (c !== chunk) {
+      chunk = c;
+      prev = 0;
+    }
+    const from = firstAbove(readers, prev);
+    const to = firstAbove(readers, v.seq);
+    prev = v.seq;
+    if (to <= from) continue;
+    // Difference array: +1 for readers[from .. to - 1].
+    shared[from] = (shared[from] ?? 0) + 1;
+    shared[to] = (shared[to] ?? 0) - 1;
+    if (to - from === 1) only[from] = (only[from] ?? 0) + 1;
+  }
+  const use = new Map<Snapshot, SnapshotUse>();
+  let running = 0;
+  readers.forEach((s, i) => {
+    running += shared[i] ?? 0;
+    const own = s.privateChunks.size;
+    use.set(s, { chunksInStore: running + own, exclusiveChunks: (only[i] ?? 0) + own });
+  });
+  for (const s of o.snapshots) {
+    if (!use.has(s)) use.set(s, { chunksInStore: s.privateChunks.size, exclusiveChunks: s.privateChunks.size });
+  }
+  return use;
+}
+
+/** Index of the first snapshot in `sorted` (ascending seq) with seq > `seq`. */
+function firstAbove(sorted: readonly Snapshot[], seq: number): number {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if ((sorted[mid] as Snapshot).seq > seq) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+export function snapshotInfo(s: Snapshot, store: DiffStore | undefined, use = storeUse(s.origin).get(s)) {
   return {
     device: s.origin.name,
     name: s.name,
@@ -22,22 +82,25 @@ export function snapshotInfo(s: Snapshot, store: DiffStore | undefined) {
     writable: s.writable,
     created: new Date(s.created).toISOString(),
     /** Chunks this snapshot reads from the store (shared copies and its own). */
-    chunksInStore: copies + s.privateChunks.size,
+    chunksInStore: use?.chunksInStore ?? 0,
+    /** Chunks only this snapshot reads: what deleting it frees. */
+    exclusiveChunks: use?.exclusiveChunks ?? 0,
     privateChunks: s.privateChunks.size,
     chunkSize: store?.chunkSize ?? s.origin.chunkSize,
   };
 }
 
 export function storeInfo(store: DiffStore, origins: OriginState[]) {
-  const perSnapshot = new Map<string, number>();
-  const add = (key: string, n: number) => perSnapshot.set(key, (perSnapshot.get(key) ?? 0) + n);
+  const perSnapshot: { snapshot: string; bytes: number; exclusiveBytes: number }[] = [];
   for (const o of origins) {
-    for (const s of o.snapshots) add(`${o.name}@${s.name}`, s.privateChunks.size);
-    const live = o.live;
-    for (const [, v] of o.table.entries()) {
-      let owner: Snapshot | undefined;
-      for (const s of live) if (s.seq <= v.seq) owner = s;
-      if (owner !== undefined) add(`${o.name}@${owner.name}`, 1);
+    const use = storeUse(o);
+    for (const s of [...o.snapshots].sort((a, b) => a.seq - b.seq)) {
+      const u = use.get(s) ?? { chunksInStore: 0, exclusiveChunks: 0 };
+      perSnapshot.push({
+        snapshot: `${o.name}@${s.name}`,
+        bytes: u.chunksInStore * store.chunkSize,
+        exclusiveBytes: u.exclusiveChunks * store.chunkSize,
+      });
     }
   }
   const status = store.status();
@@ -50,6 +113,6 @@ export function storeInfo(store: DiffStore, origins: OriginState[]) {
       bytes: r.length,
       slots: r.slots,
     })),
-    perSnapshot: [...perSnapshot].map(([snapshot, chunks]) => ({ snapshot, bytes: chunks * store.chunkSize })),
+    perSnapshot,
   };
 }

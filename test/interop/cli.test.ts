@@ -1,6 +1,7 @@
 /**
- * Command-line errors: each must exit non-zero with ONE clear line on stderr, starting with
- * `nbdsnap: error:`, and no stack trace; and the server must not have started serving.
+ * Command-line errors: each must exit with ONE clear line on stderr, starting with
+ * `nbdsnap: error:`, and no stack trace (a usage error, exit status 2, adds one usage line; a
+ * runtime error exits 1); and the server must not have started serving.
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -29,56 +30,71 @@ describe('nbdsnap command-line errors', () => {
     return { code: r.code, lines: r.stderr.split('\n').filter((l) => l !== ''), stdout: r.stdout };
   }
 
-  const cases: [string, () => string[], RegExp][] = [
+  const USAGE = 2;
+  const RUNTIME = 1;
+  const cases: [string, () => string[], RegExp, number][] = [
     [
       'a missing image file',
       () => ['serve', `disk=${join(dir.path, 'nope.img')}`, '-p', String(freshPort())],
       /^nbdsnap: error: cannot open .*nope\.img: no such file$/,
+      RUNTIME,
     ],
     [
       'a port out of range',
       () => ['serve', `disk=${image}`, '-p', '99999'],
       /^nbdsnap: error: port "99999" is not a TCP port/,
+      USAGE,
     ],
     [
       'a port that is not a number',
       () => ['serve', `disk=${image}`, '-p', 'http'],
       /^nbdsnap: error: port .* is not a TCP port/,
+      USAGE,
     ],
     [
       'a port already in use',
       () => ['serve', `disk=${image}`, '-p', String(busy.port)],
       /^nbdsnap: error: cannot listen on 127\.0\.0\.1:\d+: address already in use$/,
+      RUNTIME,
     ],
     [
       'an unknown option',
       () => ['serve', `disk=${image}`, '--frobnicate'],
       /^nbdsnap: error: Unknown argument: frobnicate$/,
+      USAGE,
     ],
-    ['an unknown command', () => ['frobnicate'], /^nbdsnap: error: Unknown argument: frobnicate$/],
-    ['no command', () => [], /^nbdsnap: error: name a command/],
+    ['an unknown command', () => ['frobnicate'], /^nbdsnap: error: Unknown argument: frobnicate$/, USAGE],
+    ['no command', () => [], /^nbdsnap: error: name a command$/, USAGE],
     [
       'serve without an image',
       () => ['serve', '-p', String(freshPort())],
       /^nbdsnap: error: serve needs at least one IMAGE$/,
+      USAGE,
     ],
-    ['a bad memory size', () => ['serve', 'm=memory:lots'], /^nbdsnap: error: memory size "lots" is not a size/],
+    ['a bad memory size', () => ['serve', 'm=memory:lots'], /^nbdsnap: error: memory size "lots" is not a size/, USAGE],
     [
       'an export name given twice',
       () => ['serve', `a=${image}`, 'a=memory:1M'],
       /^nbdsnap: error: export name "a" is given twice$/,
+      USAGE,
     ],
-    ['a directory as image', () => ['serve', `d=${dir.path}`], /^nbdsnap: error: cannot open .*: it is a directory$/],
+    [
+      'a directory as image',
+      () => ['serve', `d=${dir.path}`, '-p', String(freshPort())],
+      /^nbdsnap: error: cannot open .*: it is a directory$/,
+      RUNTIME,
+    ],
   ];
 
-  for (const [what, args, message] of cases) {
-    it(`reports ${what} in one line`, async () => {
+  for (const [what, args, message, status] of cases) {
+    it(`reports ${what} in one line, exit status ${status}`, async () => {
       const r = await nbdsnap(args());
-      // All of these are usage errors: exit code 2 (main.ts), never a signal or a crash.
-      expect(r.code).toBe(2);
-      expect(r.lines, r.lines.join('\n')).toHaveLength(1);
+      expect(r.code, r.lines.join('\n')).toBe(status);
+      // The error line; a usage error adds the usage of the command, nothing else (no stack).
+      expect(r.lines, r.lines.join('\n')).toHaveLength(status === USAGE ? 2 : 1);
       expect(r.lines[0]).toMatch(message);
-      expect(r.lines[0]).not.toMatch(/\bat .*\.ts:\d+/);
+      if (status === USAGE) expect(r.lines[1]).toMatch(/^nbdsnap: usage: nbdsnap (serve|<command>).*; see nbdsnap .*--help$/);
+      for (const l of r.lines) expect(l).not.toMatch(/^\s+at |\bat .*\.[tj]s:\d+/);
       // Nothing was served: no "export ... at nbd://" lines.
       expect(r.stdout).toBe('');
     });

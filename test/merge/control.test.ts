@@ -60,7 +60,11 @@ describe('merge commands', () => {
     r = await rig.cli(['merge', 'nodev@a']);
     expect([r.code, r.stderr.trim()]).toEqual([1, 'nbdsnap: error: no device "nodev"']);
     r = await rig.cli(['merge', 'disk']);
-    expect([r.code, r.stderr.trim()]).toEqual([2, 'nbdsnap: error: "disk" is not DEVICE@SNAPSHOT']);
+    // A usage error (exit status 2): the error, then the command's usage.
+    expect([r.code, r.stderr.trim()]).toEqual([
+      2,
+      'nbdsnap: error: "disk" is not DEVICE@SNAPSHOT\nnbdsnap: usage: nbdsnap merge <snapshot>; see nbdsnap merge --help',
+    ]);
     expect(await outcome(startMerge(rig, 'disk', 'nope'))).toBe('NOT_FOUND');
     expect(await mergeStatus(rig)).toEqual([]);
     expect((await rig.list()).map((s) => `${s.name}:${s.state}`)).toEqual(['a:valid']);
@@ -161,7 +165,7 @@ describe('invalid snapshots', () => {
       'o:invalid:difference store full',
     ]);
     const r = await rig.cli(['merge', 'disk@o']);
-    expect(r.code).toBe(2);
+    expect(r.code).toBe(1); // the server refuses: a runtime error
     expect(r.stderr.trim()).toBe(
       'nbdsnap: error: snapshot disk@o is invalid (difference store full); it cannot be merged',
     );
@@ -208,7 +212,7 @@ describe('a transient store', () => {
     await changeChunks(c, origin, { chunkSize: 4 * KiB, fraction: 0.7, seed: 21, firstSeq: 1 });
     const r = await rig.cli(['merge', 'disk@t', '--on-next-start']);
     expect([r.code, r.stderr.trim()]).toEqual([
-      2,
+      1,
       'nbdsnap: error: a transient store keeps no snapshot until the next start',
     ]);
     await startMerge(rig, 'disk', 't');

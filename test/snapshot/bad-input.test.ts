@@ -20,11 +20,15 @@ const disk = makeImage(join(dir.path, 'disk.img'), stampedImage(4 * MiB, 0));
 const store = makeSparse(join(dir.path, 'store.img'), 16 * MiB);
 afterAll(() => dir.cleanup());
 
-/** The run failed with exactly one `nbdsnap: error:` line; returns it. */
+/**
+ * The run failed with exactly one `nbdsnap: error:` line (and, for a usage error, exit status 2,
+ * the command's usage line); returns the error line.
+ */
 function oneError(r: RunResult): string {
   expect(r.signal, `still running:\n${r.stdout}`).toBeNull();
   expect(r.code, r.stdout).not.toBe(0);
   const lines = r.stderr.trim().split('\n');
+  if (r.code === 2) expect(lines.pop()).toMatch(/^nbdsnap: usage: /);
   expect(lines, r.stderr).toHaveLength(1);
   expect(lines[0]).toMatch(/^nbdsnap: error: /);
   return lines[0] as string;

@@ -1,0 +1,201 @@
+/**
+ * `nbdsnap serve` and `nbdsnap demo` on the command line: serve's options in one table, from
+ * which both the yargs options and the check of a `--config` JSON file are made, and the step
+ * from the parsed arguments to checked ServeOptions (serve.ts does the serving).
+ */
+import { readFileSync } from 'node:fs';
+import type { Argv, Options } from 'yargs';
+import { NbdsnapError } from '../errors.ts';
+import { errorText, LOG_LEVELS, type LogLevel } from '../log.ts';
+import { checkServeOptions, parsePort, parseSize } from './args.ts';
+import { defineCommand } from './command.ts';
+import { demo } from './demo.ts';
+import { type ServeOptions, serve } from './serve.ts';
+
+/** How a value is given: on the command line, and as a JSON value in a config file. */
+type Kind = 'string' | 'strings' | 'boolean' | 'number' | 'size' | 'choice';
+
+interface OptionSpec {
+  kind: Kind;
+  describe: string;
+  alias?: string | string[];
+  default?: unknown;
+  choices?: readonly string[];
+}
+
+export const SERVE_OPTIONS: Record<string, OptionSpec> = {
+  'export-name': { kind: 'string', alias: 'x', describe: 'export name (one image only)' },
+  description: { kind: 'string', alias: 'D', describe: 'export description' },
+  port: { kind: 'size', alias: 'p', describe: 'TCP port [default: 10809]' },
+  bind: { kind: 'string', alias: 'b', default: '127.0.0.1', describe: 'TCP address' },
+  socket: { kind: 'string', alias: ['k', 'U'], describe: 'Unix socket path' },
+  'read-only': { kind: 'boolean', alias: 'r', default: false, describe: 'refuse writes' },
+  'pid-file': { kind: 'string', alias: 'P', describe: 'write the PID once serving' },
+  'log-level': { kind: 'choice', choices: LOG_LEVELS, default: 'info', describe: 'error, warn, info, debug' },
+  store: { kind: 'strings', describe: 'difference store range PATH[:START+COUNT] (sectors); repeatable' },
+  'chunk-size': { kind: 'size', describe: "copy-on-write chunk, 4K..1M [default: 64K, or the store's]" },
+  transient: { kind: 'boolean', default: false, describe: 'keep snapshot maps in memory only (gone at exit)' },
+  control: { kind: 'string', describe: 'control socket path (created mode 0600)' },
+  'cbt-block-size': { kind: 'size', default: '64K', describe: 'change-tracking block; 0 turns tracking off' },
+  'low-space': { kind: 'number', default: 10, describe: 'low-space event below this % free' },
+};
+
+function yargsOption(spec: OptionSpec): Options {
+  const type = spec.kind === 'boolean' ? 'boolean' : spec.kind === 'number' ? 'number' : 'string';
+  return {
+    type,
+    describe: spec.describe,
+    ...(spec.kind === 'strings' ? { array: true } : {}),
+    ...(spec.alias === undefined ? {} : { alias: spec.alias }),
+    ...(spec.default === undefined ? {} : { default: spec.default }),
+    ...(spec.choices === undefined ? {} : { choices: spec.choices as string[] }),
+  };
+}
+
+const camel = (name: string) => name.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
+
+/** The option a config key names (its long name, camelCase form or alias), or undefined. */
+function optionFor(key: string): [string, OptionSpec] | undefined {
+  if (key === 'images') return ['images', { kind: 'strings', describe: 'images' }];
+  for (const [name, spec] of Object.entries(SERVE_OPTIONS)) {
+    const aliases = spec.alias === undefined ? [] : [spec.alias].flat();
+    if (key === name || key === camel(name) || aliases.includes(key)) return [name, spec];
+  }
+  return undefined;
+}
+
+function typeName(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  return typeof v === 'object' ? 'an object' : `${typeof v} ${JSON.stringify(v)}`;
+}
+
+/** Whether `v` is a valid JSON value for an option of this kind. */
+function fits(spec: OptionSpec, v: unknown): boolean {
+  switch (spec.kind) {
+    case 'string':
+      return typeof v === 'string';
+    case 'strings':
+      return typeof v === 'string' || (Array.isArray(v) && v.every((x) => typeof x === 'string'));
+    case 'boolean':
+      return typeof v === 'boolean';
+    case 'number':
+      return typeof v === 'number' && Number.isFinite(v);
+    case 'size':
+      return typeof v === 'string' || (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0);
+    case 'choice':
+      return typeof v === 'string' && (spec.choices ?? []).includes(v);
+  }
+}
+
+const EXPECTED: Record<Kind, string> = {
+  string: 'a string',
+  strings: 'a string or a list of strings',
+  boolean: 'true or false',
+  number: 'a number',
+  size: 'a number or a string such as "64K"',
+  choice: 'one of',
+};
+
+/**
+ * Read and check a `--config` file: a JSON object whose keys are serve's options (or `images`),
+ * each with a value of the option's type. Every failure is one BAD_CONFIG line naming the file.
+ */
+export function loadConfig(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new NbdsnapError(
+      'BAD_CONFIG',
+      `cannot read config file ${path}: ${errorText(err).replace(/^cannot open \S+: /, '')}`,
+    );
+  }
+  let config: unknown;
+  try {
+    config = JSON.parse(text);
+  } catch (err) {
+    throw new NbdsnapError('BAD_CONFIG', `config file ${path} is not valid JSON: ${errorText(err)}`);
+  }
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) {
+    throw new NbdsnapError('BAD_CONFIG', `config file ${path} must hold a JSON object, e.g. {"images": ["disk.img"]}`);
+  }
+  for (const [key, value] of Object.entries(config)) {
+    const found = optionFor(key);
+    if (found === undefined) throw new NbdsnapError('BAD_CONFIG', `config file ${path}: unknown option "${key}"`);
+    const [name, spec] = found;
+    if (!fits(spec, value)) {
+      const expected = spec.kind === 'choice' ? `one of ${(spec.choices ?? []).join(', ')}` : EXPECTED[spec.kind];
+      throw new NbdsnapError(
+        'BAD_CONFIG',
+        `config file ${path}: "${key}" must be ${expected}, not ${typeName(value)}${key === name ? '' : ` (option ${name})`}`,
+      );
+    }
+  }
+  return config as Record<string, unknown>;
+}
+
+type ServeArgs = Record<string, unknown> & { images?: unknown };
+
+const optString = (v: unknown): string | undefined => (v === undefined ? undefined : String(v));
+const strings = (v: unknown): string[] => (v === undefined ? [] : [v].flat().map(String));
+
+export const serveCommand = defineCommand({
+  command: 'serve [images..]',
+  describe: 'serve images (files or block devices) over NBD',
+  builder: (y: Argv) => {
+    let b = y.positional('images', {
+      describe: 'PATH, NAME=PATH, or NAME=memory:SIZE; several may be given',
+      type: 'string',
+      array: true,
+      default: [],
+    });
+    for (const [name, spec] of Object.entries(SERVE_OPTIONS)) b = b.option(name, yargsOption(spec));
+    return b.config(
+      'config',
+      'JSON file with any of these options (images, store, ...)',
+      loadConfig,
+    ) as Argv<ServeArgs>;
+  },
+  parse: (a: ServeArgs): ServeOptions => {
+    for (const [name, spec] of Object.entries(SERVE_OPTIONS)) {
+      const value = a[name];
+      const empty = spec.kind === 'strings' ? Array.isArray(value) && value.length === 0 : false;
+      if (empty || (spec.kind !== 'boolean' && spec.kind !== 'number' && [value].flat().includes(''))) {
+        throw new NbdsnapError('BAD_ARGUMENT', `--${name} needs a value`);
+      }
+    }
+    const opts: ServeOptions = {
+      images: strings(a.images),
+      store: a.store === undefined ? undefined : strings(a.store),
+      chunkSize: a['chunk-size'] === undefined ? undefined : parseSize(String(a['chunk-size']), 'chunk size'),
+      transient: a.transient === true,
+      control: optString(a.control),
+      lowSpacePercent: a['low-space'] as number,
+      cbtBlockSize: parseSize(String(a['cbt-block-size']), 'cbt block size'),
+      exportName: optString(a['export-name']),
+      description: optString(a.description),
+      port: a.port === undefined ? undefined : parsePort(a.port),
+      bind: String(a.bind),
+      socket: optString(a.socket),
+      readOnly: a['read-only'] === true,
+      pidFile: optString(a['pid-file']),
+      logLevel: a['log-level'] as LogLevel,
+    };
+    checkServeOptions(opts);
+    return opts;
+  },
+  run: serve,
+});
+
+export const demoCommand = defineCommand({
+  command: 'demo',
+  describe: 'create a small demo image (if there is none) and serve it',
+  builder: (y: Argv) =>
+    y
+      .option('dir', { type: 'string', describe: 'where the demo image lives [default: $TMPDIR/nbdsnap-demo]' })
+      .option('port', { alias: 'p', type: 'string', default: '10809' })
+      .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'warn' }),
+  parse: (a) => ({ dir: a.dir, port: parsePort(a.port), logLevel: a['log-level'] as LogLevel }),
+  run: demo,
+});
