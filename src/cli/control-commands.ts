@@ -32,6 +32,7 @@ interface SnapInfo {
   created: string;
   chunksInStore: number;
   chunkSize: number;
+  damaged?: number;
 }
 
 const table = (rows: string[][]): string => {
@@ -83,7 +84,7 @@ export function snapshotCommand(y: Argv) {
                 ['EXPORT', 'STATE', 'MODE', 'CREATED', 'IN STORE'],
                 ...r.map((s) => [
                   s.export,
-                  s.state + (s.reason ? ` (${s.reason})` : ''),
+                  s.state + (s.reason ? ` (${s.reason})` : '') + (s.damaged ? `, ${s.damaged} damaged` : ''),
                   s.writable ? 'rw' : 'ro',
                   s.created,
                   mib(s.chunksInStore * s.chunkSize),

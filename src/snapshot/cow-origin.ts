@@ -7,7 +7,7 @@
  *           blocks for change tracking if this era has not seen them yet (cbt/)
  *        2. for each chunk the request touches that a live snapshot still reads from the origin:
  *           one copy per chunk (concurrent writers wait for it): read the old chunk, write it to
- *           a store slot, commit the mapping durably (data first, then journal), wait for snapshot
+ *           a store slot, commit the mapping and the data's checksum durably, wait for snapshot
  *           reads still reading that chunk from the origin
  *        3. only then: the origin write itself (next layer: the file)
  *
@@ -17,6 +17,7 @@
  */
 import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
 import { errorMessage } from '../errors.ts';
+import { checksum } from '../store/checksum.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { OriginState, Snapshot } from './model.ts';
 
@@ -141,17 +142,19 @@ export class CowOrigin extends Layer {
       await guard.readersDone(chunk);
       return;
     }
+    let crc: number;
     try {
       const data = await this.next.read(chunk * this.state.chunkSize, this.state.chunkLength(chunk));
+      crc = checksum(data); // of what was read, before it is written: the copy is checked against it
       await store.writeSlot(slot, data);
-      await store.commit([{ type: 'EXCEPTION', device: this.state.id, seq, chunk, slot }]);
+      await store.commit([{ type: 'EXCEPTION', device: this.state.id, seq, chunk, slot, crc }]);
     } catch (err) {
       store.release(slot);
       await this.hooks.invalidate(needing, `copy-before-write failed: ${errorMessage(err)}`);
       await guard.readersDone(chunk);
       return;
     }
-    table.add(chunk, seq, slot);
+    table.add(chunk, seq, slot, crc);
     this.hooks.afterCopy();
     await guard.readersDone(chunk);
   }

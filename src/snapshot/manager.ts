@@ -16,7 +16,9 @@ import type { ExportRegistry } from '../server/exports.ts';
 import type { StoreRange } from '../store/space.ts';
 import { DiffStore } from '../store/store.ts';
 import { CowOrigin } from './cow-origin.ts';
+import { DamageLog, type ScrubProgress } from './damage.ts';
 import { EventBus, LowSpaceWatch } from './events.ts';
+import type { Copy } from './exception-table.ts';
 import { MergeLayer } from './merge.ts';
 import { MergeControl } from './merge-control.ts';
 import { OriginState, type Snapshot } from './model.ts';
@@ -44,6 +46,7 @@ export class SnapshotManager {
   readonly origins = new Map<string, { state: OriginState; cow: CowOrigin; merge: MergeLayer }>();
   readonly merges: MergeControl;
   readonly cbt: CbtControl;
+  readonly damage: DamageLog;
   /** Devices the store knows but that are not served now: their snapshots keep their space. */
   private readonly unserved: OriginState[] = [];
   store: DiffStore | undefined;
@@ -64,6 +67,7 @@ export class SnapshotManager {
     this.opts = opts;
     this.events = new EventBus(log);
     this.lowSpace = new LowSpaceWatch(this.events, opts.lowSpacePercent);
+    this.damage = new DamageLog(() => this.store, this.events, log);
     this.cbt = new CbtControl({
       commit: opts.store.length > 0 && !opts.transient ? (records) => this.requireStore().commit(records) : undefined,
       era: () => this.nextSeq,
@@ -273,7 +277,7 @@ export class SnapshotManager {
   /** Free a snapshot's space; remove it entirely (delete) or keep it listed as invalid. */
   private drop(snap: Snapshot, remove: boolean): void {
     const store = this.requireStore();
-    for (const slot of snap.privateChunks.values()) store.release(slot);
+    for (const own of snap.privateChunks.values()) store.release(own.slot);
     snap.privateChunks.clear();
     if (remove) {
       snap.origin.snapshots.splice(snap.origin.snapshots.indexOf(snap), 1);
@@ -376,7 +380,8 @@ export class SnapshotManager {
 
   private expose(snap: Snapshot): void {
     const base = this.origins.get(snap.origin.name)?.cow.base as BlockDevice;
-    this.registry.add(snapshotExport(snap, base, this.requireStore(), this.cbt));
+    const damaged = (chunk: number, copy: Copy) => this.damage.record(snap.origin, chunk, copy);
+    this.registry.add(snapshotExport(snap, base, this.requireStore(), this.cbt, damaged));
   }
 
   private checkSpace(): void {
@@ -385,6 +390,12 @@ export class SnapshotManager {
 
   list() {
     return [...this.snapshots.values()].sort((a, b) => a.seq - b.seq).map((s) => snapshotInfo(s, this.store));
+  }
+
+  /** `store scrub`: read every live copy in the store and record the damaged ones. */
+  scrub(onProgress: (p: ScrubProgress) => void) {
+    this.requireStore();
+    return this.damage.scrub([...[...this.origins.values()].map((o) => o.state), ...this.unserved], onProgress);
   }
 
   storeStatus() {

@@ -6,6 +6,7 @@
 import { CbtTracker } from '../cbt/tracker.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { JournalRecord } from '../store/records.ts';
+import { copyOf } from './exception-table.ts';
 import { mergeChunks } from './merge.ts';
 import { OriginState, type Snapshot } from './model.ts';
 
@@ -86,11 +87,17 @@ export function replay(records: JournalRecord[], chunkSize: number): ReplayedSta
         break;
       }
       case 'EXCEPTION':
-        st.origins.get(rec.device)?.table.add(rec.chunk, rec.seq, rec.slot);
+        st.origins.get(rec.device)?.table.add(rec.chunk, rec.seq, rec.slot, rec.crc);
         break;
       case 'PRIVATE':
-        st.snapshots.get(rec.snapshot)?.privateChunks.set(rec.chunk, rec.slot);
+        // A later PRIVATE of the same chunk replaces it (redirect-on-write); the old slot is free.
+        st.snapshots.get(rec.snapshot)?.privateChunks.set(rec.chunk, copyOf(rec.slot, rec.crc));
         break;
+      case 'LOST': {
+        const origin = st.origins.get(rec.device);
+        origin?.table.lose(rec.chunk, rec.slot, origin.snapshots);
+        break;
+      }
       case 'MERGE': {
         const snap = st.snapshots.get(rec.snapshot);
         if (snap === undefined) break;
@@ -133,5 +140,5 @@ export function replay(records: JournalRecord[], chunkSize: number): ReplayedSta
 /** Every slot the replayed state still uses. */
 export function* usedSlots(st: ReplayedState): IterableIterator<number> {
   for (const origin of st.origins.values()) for (const [, v] of origin.table.entries()) yield v.slot;
-  for (const snap of st.snapshots.values()) yield* snap.privateChunks.values();
+  for (const snap of st.snapshots.values()) for (const own of snap.privateChunks.values()) yield own.slot;
 }

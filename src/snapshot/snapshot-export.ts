@@ -10,17 +10,24 @@ import type { CbtControl } from '../cbt/cbt-control.ts';
 import { QEMU_ALLOCATION_DEPTH } from '../nbd-protocol/index.ts';
 import type { ExportEntry, MetaContextSource } from '../server/exports.ts';
 import type { DiffStore } from '../store/store.ts';
+import type { Copy } from './exception-table.ts';
 import type { Snapshot } from './model.ts';
 import { SnapshotDevice } from './snapshot-device.ts';
 
 export const exportName = (s: Snapshot): string => `${s.origin.name}@${s.name}`;
 
-export function snapshotExport(snap: Snapshot, base: BlockDevice, store: DiffStore, cbt: CbtControl): ExportEntry {
+export function snapshotExport(
+  snap: Snapshot,
+  base: BlockDevice,
+  store: DiffStore,
+  cbt: CbtControl,
+  onDamaged: (chunk: number, copy: Copy) => Promise<void>,
+): ExportEntry {
   // A write to a snapshot changes it (era = its seq) and makes it differ from what the next
   // snapshot will hold (era = seq + 1): both, as blksnap marks both of its maps.
   const track = (offset: number, length: number) =>
     cbt.track(snap.origin.name, offset, length, [snap.seq, snap.seq + 1]);
-  const device = new SnapshotDevice(snap, base, store, track);
+  const device = new SnapshotDevice(snap, base, store, track, onDamaged);
   const depth = { name: QEMU_ALLOCATION_DEPTH, extents: (o: number, l: number) => device.depthExtents(o, l) };
   return {
     name: exportName(snap),

@@ -68,8 +68,19 @@ export class Journal {
     return new Journal(space, { block, slot: first, index: 0, next, tail: BLOCK_HEADER, seq: 1, slots: [first, next] });
   }
 
-  /** Replay the journal starting at `firstSlot`, claiming its slots in `space`. */
-  static async open(space: StoreSpace, firstSlot: number): Promise<{ journal: Journal; records: JournalRecord[] }> {
+  /**
+   * Replay the journal starting at `firstSlot`, claiming its slots in `space`. `readOnly`: write
+   * nothing (store check). `verifyLastBatch(batch, before)`: whether the data of the last batch
+   * matches its checksums; if not, the journal is damaged (CORRUPT).
+   */
+  static async open(
+    space: StoreSpace,
+    firstSlot: number,
+    opts: {
+      readOnly?: boolean;
+      verifyLastBatch?: (batch: JournalRecord[], before: JournalRecord[]) => Promise<boolean>;
+    } = {},
+  ): Promise<{ journal: Journal; records: JournalRecord[] }> {
     const records: JournalRecord[] = [];
     const slots = [firstSlot];
     let block = await readBlock(space, firstSlot, 0);
@@ -80,6 +91,7 @@ export class Journal {
     // The last point where a whole batch ended: the journal resumes there.
     let end = { slot, index: 0, next: header.next, pos, seq: 1, buf: block.buf, slots: 1 };
     let batch: JournalRecord[] = [];
+    let lastBatch = 0;
     space.claim(slot);
     space.claim(header.next);
     for (;;) {
@@ -103,17 +115,24 @@ export class Journal {
         continue;
       }
       if (r.record.firstSeq + r.record.count !== r.seq || r.record.count !== batch.length) break;
+      lastBatch = records.length;
       records.push(...batch);
       batch = [];
       end = { slot, index: header.index, next: header.next, pos, seq: expected, buf: block.buf, slots: slots.length };
     }
     await assertTornTail(space, end.buf, end.pos, end.next, end.seq);
+    if (opts.verifyLastBatch !== undefined && records.length > 0) {
+      if (!(await opts.verifyLastBatch(records.slice(lastBatch), records.slice(0, lastBatch))))
+        throw new NbdsnapError('CORRUPT', 'difference store: chunk data of the last journal batch fails its checksums');
+    }
     const kept = slots.slice(0, end.slots);
     kept.push(end.next);
     // Forget whatever an unfinished batch left after the end, so it cannot be misread later.
     end.buf.fill(0, end.pos);
-    await space.writeSlot(end.slot, end.buf.subarray(end.pos), end.pos);
-    await space.writeSlot(end.next, Buffer.alloc(space.chunkSize));
+    if (opts.readOnly !== true) {
+      await space.writeSlot(end.slot, end.buf.subarray(end.pos), end.pos);
+      await space.writeSlot(end.next, Buffer.alloc(space.chunkSize));
+    }
     const journal = new Journal(space, {
       block: end.buf,
       slot: end.slot,

@@ -60,9 +60,13 @@ export class StoreSpace {
   private freeSlots = 0;
   private cursor = 0;
 
-  constructor(chunkSize: number, reserved: number) {
+  private readonly readOnly: boolean;
+
+  /** `readOnly`: files are opened for reading only (store check, probes). */
+  constructor(chunkSize: number, reserved: number, readOnly = false) {
     this.chunkSize = chunkSize;
     this.reserved = reserved;
+    this.readOnly = readOnly;
   }
 
   get totalSlots(): number {
@@ -225,7 +229,7 @@ export class StoreSpace {
   private openFile(path: string): OpenFile {
     const known = this.files.get(path);
     if (known !== undefined) return known;
-    const fd = openSync(path, constants.O_RDWR);
+    const fd = openSync(path, this.readOnly ? constants.O_RDONLY : constants.O_RDWR);
     const st = fstatSync(fd);
     const size = st.isBlockDevice() ? (native?.sizeOf(fd) ?? 0) : st.size;
     const file = { fd, dev: st.dev, ino: st.ino, size };

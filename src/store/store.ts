@@ -23,6 +23,7 @@ import {
   SUPERBLOCK_COPY,
   type Superblock,
 } from './superblock.ts';
+import { chunkLengths, verifyBatchData } from './verify.ts';
 
 /** Slots kept back from data so the journal can always record an invalidation. */
 const JOURNAL_RESERVE = 2;
@@ -30,6 +31,8 @@ const JOURNAL_RESERVE = 2;
 export interface StoreOptions {
   chunkSize?: number | undefined;
   transient: boolean;
+  /** Open an existing store without writing anything (store check); never formats or appends. */
+  readOnly?: boolean;
 }
 
 export interface StoreStatus {
@@ -72,6 +75,8 @@ export class DiffStore {
       return { store, records: [] };
     }
     const read = await probeSuperblock(first);
+    if (read.state === 'blank' && opts.readOnly === true)
+      throw new NbdsnapError('CORRUPT', `${first.path}: no difference store superblock`);
     if (read.state === 'blank') {
       // Formatting is only for a new store: if another given range starts with a store's
       // superblock, the ranges are in the wrong order, and formatting would destroy copies.
@@ -96,14 +101,18 @@ export class DiffStore {
         `the store was formatted with chunk size ${sb.chunkSize}; --chunk-size ${opts.chunkSize} was given`,
       );
     }
-    const space = new StoreSpace(sb.chunkSize, SUPERBLOCK_AREA);
+    const space = new StoreSpace(sb.chunkSize, SUPERBLOCK_AREA, opts.readOnly);
     const known = sb.ranges;
     const counts = known.map((r) => space.add(r));
-    const { journal, records } = await Journal.open(space, sb.firstJournalSlot);
+    const { journal, records } = await Journal.open(space, sb.firstJournalSlot, {
+      readOnly: opts.readOnly === true,
+      verifyLastBatch: (batch, before) =>
+        verifyBatchData(space, batch, chunkLengths([...before, ...batch], sb.chunkSize)),
+    });
     const store = new DiffStore(space, journal, sb);
     store.slotsPerRange.push(...counts);
     // Ranges given now but not yet recorded are appended (and recorded).
-    for (const r of ranges) {
+    for (const r of opts.readOnly === true ? [] : ranges) {
       if (!known.some((k) => k.path === r.path && k.start === r.start && k.length === r.length)) await store.append(r);
     }
     return { store, records };
@@ -255,7 +264,7 @@ export class DiffStore {
 
 /** Read the superblock copies at the start of a range (blank, valid, or a CORRUPT error). */
 async function probeSuperblock(range: StoreRange) {
-  const probe = new StoreSpace(4096, SUPERBLOCK_AREA);
+  const probe = new StoreSpace(4096, SUPERBLOCK_AREA, true);
   try {
     probe.add(range);
     return decodeSuperblocks(
