@@ -5,6 +5,7 @@
 import type { Argv } from 'yargs';
 import { call, controlPath } from '../control/client.ts';
 import { NbdsnapError } from '../errors.ts';
+import { storeCheckBuilder, storeCheckCommand, storeScrubBuilder, storeScrubCommand } from './store-check.ts';
 
 const withControl = <T>(y: Argv<T>) =>
   y
@@ -147,7 +148,16 @@ export function storeCommand(y: Argv) {
       (c: Argv) => withControl(c),
       async (a) => print(await call(controlPath(a.control), 'store.status'), a.json, storeHuman),
     )
-    .demandCommand(1, 'store: append or status');
+    .command(
+      'check <ranges..>',
+      'check a stopped store offline: superblocks, journal, every copy',
+      storeCheckBuilder,
+      (a) => storeCheckCommand(a as never),
+    )
+    .command('scrub', "verify every copy in a running server's store, recording damaged ones", storeScrubBuilder, (a) =>
+      storeScrubCommand(a as never),
+    )
+    .demandCommand(1, 'store: append, status, check or scrub');
 }
 
 export async function statusCommand(a: Common): Promise<void> {

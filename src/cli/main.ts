@@ -100,7 +100,7 @@ export async function main(argv: string[]): Promise<void> {
         },
       )
       .command('snapshot', 'create, list or delete snapshots of a running server', snapshotCommand)
-      .command('store', 'append to or show the difference store of a running server', storeCommand)
+      .command('store', 'append to, show or scrub the store of a running server; check a stopped one', storeCommand)
       .command(
         'merge <snapshot>',
         'roll DEVICE@SNAP back into its origin ("merge status" lists merges)',

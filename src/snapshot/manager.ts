@@ -81,6 +81,7 @@ export class SnapshotManager {
         const device = this.registry.get(exportName(snap))?.device;
         if (device instanceof SnapshotDevice) await device.quiesce();
       },
+      damaged: (snap, chunk, copy) => this.damage.record(snap.origin, chunk, copy),
       release: (snap) =>
         this.exclusive(async () => {
           await this.requireStore().commit([{ type: 'DELETE', snapshot: snap.id }]);

@@ -7,6 +7,7 @@ import { errorMessage, NbdsnapError } from '../errors.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { CowOrigin } from './cow-origin.ts';
 import type { EventBus } from './events.ts';
+import type { Copy } from './exception-table.ts';
 import { MergeJob, type MergeLayer, mergeChunks } from './merge.ts';
 import type { Snapshot } from './model.ts';
 
@@ -20,6 +21,8 @@ export interface MergeHost {
   quiesce(snap: Snapshot): Promise<void>;
   /** Record the snapshot deleted and free its space. */
   release(snap: Snapshot): Promise<void>;
+  /** A copy the merge read failed its checksum: record it lost (damage.ts). */
+  damaged(snap: Snapshot, chunk: number, copy: Copy): Promise<void>;
 }
 
 const label = (s: Snapshot): string => `${s.origin.name}@${s.name}`;
@@ -29,6 +32,19 @@ function refuseInvalid(snap: Snapshot): void {
     throw new NbdsnapError(
       'BAD_ARGUMENT',
       `snapshot ${label(snap)} is invalid (${snap.reason ?? ''}); it cannot be merged`,
+    );
+}
+
+/** A merge of a snapshot with chunks known lost would roll the origin back to unreadable data. */
+function refuseDamaged(snap: Snapshot): void {
+  const lost = mergeChunks(snap).filter((c) => {
+    const src = snap.origin.table.resolve(c, snap);
+    return src.from === 'store' && src.copy.lost;
+  });
+  if (lost.length > 0)
+    throw new NbdsnapError(
+      'CORRUPT',
+      `snapshot ${label(snap)} has damaged chunks (${lost.slice(0, 8).join(', ')}); it cannot be merged`,
     );
 }
 
@@ -54,6 +70,7 @@ export class MergeControl {
       throw new NbdsnapError('BUSY', `device ${snap.origin.name} already has a merge of ${label(other)}`);
     if (onNextStart) {
       refuseInvalid(snap);
+      refuseDamaged(snap);
       if (this.host.store().transient)
         throw new NbdsnapError('BAD_ARGUMENT', 'a transient store keeps no snapshot until the next start');
       await this.host.store().commit([{ type: 'MERGE', snapshot: snap.id, deferred: true }]);
@@ -66,6 +83,7 @@ export class MergeControl {
     await cow.hold();
     try {
       refuseInvalid(snap); // a write just drained may have invalidated it (store full)
+      refuseDamaged(snap);
       // From here its own export refuses requests; wait for its writes in flight to end.
       snap.state = 'merging';
       snap.origin.refresh();
@@ -127,7 +145,8 @@ export class MergeControl {
       this.jobs.delete(snap);
       this.host.events.emit({ type: 'merge-finished', snapshot: label(snap) });
     };
-    const job = new MergeJob(snap, cow, this.host.store(), merged, { done, failed }, chunks);
+    const damaged = (chunk: number, copy: Copy) => this.host.damaged(snap, chunk, copy);
+    const job = new MergeJob(snap, cow, this.host.store(), merged, { done, failed, damaged }, chunks);
     this.jobs.set(snap, job);
     merge.job = job;
     this.host.events.emit({ type: 'merge-started', snapshot: label(snap) });

@@ -43,9 +43,19 @@ export function mergeChunks(snapshot: Snapshot): number[] {
   return [...candidates].filter((c) => table.resolve(c, snapshot).from === 'store').sort((a, b) => a - b);
 }
 
-/** A chunk's store copy, whole and verified: a damaged copy is never written into the origin. */
-async function readCopy(store: DiffStore, chunk: number, copy: Copy, length: number): Promise<Buffer> {
+/**
+ * A chunk's store copy, whole and verified: a damaged copy is never written into the origin.
+ * A mismatch is recorded (`damaged`) before the EIO.
+ */
+async function readCopy(
+  store: DiffStore,
+  chunk: number,
+  copy: Copy,
+  length: number,
+  damaged: (chunk: number, copy: Copy) => Promise<void>,
+): Promise<Buffer> {
   const data = copy.lost ? undefined : await readVerified(store, copy.slot, copy.crc, length);
+  if (data === undefined && !copy.lost) await damaged(chunk, copy).catch(() => undefined); // EIO below anyway
   if (data === undefined)
     throw new NbdsnapError(
       'EIO',
@@ -83,13 +93,19 @@ export class MergeJob {
   private running: Promise<void> | undefined;
   private readonly onDone: (job: MergeJob) => Promise<void>;
   private readonly onFail: (job: MergeJob) => void;
+  /** Records a copy found damaged. */
+  readonly onDamaged: (chunk: number, copy: Copy) => Promise<void>;
 
   constructor(
     snapshot: Snapshot,
     cow: CowOrigin,
     store: DiffStore,
     merged: Set<number>,
-    hooks: { done: (job: MergeJob) => Promise<void>; failed: (job: MergeJob) => void },
+    hooks: {
+      done: (job: MergeJob) => Promise<void>;
+      failed: (job: MergeJob) => void;
+      damaged: (chunk: number, copy: Copy) => Promise<void>;
+    },
     /** The chunks to merge, fixed at the start of the merge (see `mergeChunks`). */
     chunks: readonly number[],
   ) {
@@ -101,6 +117,7 @@ export class MergeJob {
     this.merged = new Set([...merged].filter((c) => this.chunkSet.has(c)));
     this.onDone = hooks.done;
     this.onFail = hooks.failed;
+    this.onDamaged = hooks.damaged;
   }
 
   /** Whether reads of `chunk` must come from the snapshot's copy (not merged yet). */
@@ -213,7 +230,7 @@ export class MergeJob {
           forChunk(c, async () => {
             const src = origin.table.resolve(c, this.snapshot);
             if (src.from !== 'store') throw new NbdsnapError('EIO', `chunk ${c} lost its store copy during the merge`);
-            return readCopy(this.store, c, src.copy, origin.chunkLength(c));
+            return readCopy(this.store, c, src.copy, origin.chunkLength(c), this.onDamaged);
           }),
         ),
       );
@@ -285,7 +302,7 @@ export class MergeLayer extends Layer {
         const end = Math.min(offset + length, (c + 1) * origin.chunkSize);
         const src = origin.table.resolve(c, job.snapshot);
         if (job.pending(c) && src.from === 'store') {
-          const data = await readCopy(job.store, c, src.copy, origin.chunkLength(c));
+          const data = await readCopy(job.store, c, src.copy, origin.chunkLength(c), job.onDamaged);
           const at = start - c * origin.chunkSize;
           data.copy(out, start - offset, at, at + end - start);
         } else (await this.next.read(start, end - start)).copy(out, start - offset);

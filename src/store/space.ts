@@ -196,6 +196,13 @@ export class StoreSpace {
     throw new NbdsnapError('EIO', `store slot ${slot} does not exist`);
   }
 
+  /** Where a slot lies: its file and byte offset (reports of damage). */
+  locate(slot: number): { path: string; offset: number } {
+    const r = this.ranges.find((x) => slot >= x.firstSlot && slot < x.firstSlot + x.slots);
+    if (r === undefined) throw new NbdsnapError('EIO', `store slot ${slot} does not exist`);
+    return { path: r.path, offset: r.slotBase + (slot - r.firstSlot) * this.chunkSize };
+  }
+
   async writeSlot(slot: number, data: Buffer, offsetInSlot = 0): Promise<void> {
     const { fd, offset } = this.where(slot);
     await writeFully(fd, data, offset + offsetInSlot);
