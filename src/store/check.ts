@@ -51,7 +51,9 @@ export async function checkStore(ranges: StoreRange[]): Promise<CheckReport> {
   };
   report.superblocks = await superblocks(ranges[0] as StoreRange);
   if (!report.superblocks.some((s) => s.state === 'valid')) {
-    report.journal.problem = 'not checked: no valid superblock';
+    report.journal.problem = report.superblocks.every((s) => s.state === 'blank')
+      ? 'not checked: both superblock copies are blank (not an nbdsnap store)'
+      : 'not checked: no valid superblock';
     return report;
   }
   let opened: Awaited<ReturnType<typeof DiffStore.open>>;
@@ -144,7 +146,12 @@ export function checkHuman(r: CheckReport): string {
     lines.push(
       `superblock ${s.copy}: ${s.state}${s.generation === undefined ? '' : ` (generation ${s.generation})`}${s.problem ? `: ${s.problem}` : ''}`,
     );
-  lines.push(r.journal.ok ? `journal: ${r.journal.records} records, ok` : `journal: DAMAGED: ${r.journal.problem}`);
+  const problem = r.journal.problem ?? '';
+  lines.push(
+    r.journal.ok
+      ? `journal: ${r.journal.records} records, ok`
+      : `journal: ${problem.startsWith('not checked') ? problem : `DAMAGED: ${problem}`}`,
+  );
   if (r.failedBefore !== undefined) lines.push(`store failed in an earlier run: ${r.failedBefore}`);
   if (r.journal.ok)
     lines.push(

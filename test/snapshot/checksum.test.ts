@@ -233,6 +233,17 @@ describe('a merge that finds a damaged copy', () => {
   });
 });
 
+describe('store check refuses what it cannot check', () => {
+  it('exit 2 for a path that does not exist, 1 for a file that is not a store', async () => {
+    const missing = await nbdsnap(['store', 'check', join(dir.path, 'nowhere.img')]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain('nowhere.img');
+    const blank = await nbdsnap(['store', 'check', makeSparse(join(dir.path, 'blank.img'), 4 * MiB)]);
+    expect(blank.stdout).toContain('not an nbdsnap store');
+    expect(blank.code).toBe(1);
+  });
+});
+
 describe('a writable snapshot', () => {
   const sub = join(dir.path, 'w');
   const wrig = () =>
@@ -255,14 +266,33 @@ describe('a writable snapshot', () => {
         data.copy(model, offset);
         await c.write(offset, data);
       }
+      // A later private chunk: the one damaged below is not in the journal's last batch.
+      const later = stampedData(7, 3 * CHUNK, 4 * KiB);
+      later.copy(model, 3 * CHUNK);
+      await c.write(3 * CHUNK, later);
       await c.flush();
       assertSame(await r.readAll('disk@w'), model, 'before restart');
       await r.restart('SIGKILL');
       assertSame(await r.readAll('disk@w'), model, 'after SIGKILL');
       await r.stop();
       const checked = await nbdsnap(['store', 'check', join(sub, 'store.img'), '--json']);
-      expect((JSON.parse(checked.stdout) as CheckJson).copies).toMatchObject({ checked: 1, damaged: 0 });
+      expect((JSON.parse(checked.stdout) as CheckJson).copies).toMatchObject({ checked: 2, damaged: 0 });
       expect(checked.code).toBe(0);
+      // Damage the private chunk: EIO, counted; a write of the whole chunk makes it whole again.
+      const storeFile = join(sub, 'store.img');
+      const at = readFileSync(storeFile).indexOf(model.subarray(CHUNK, 2 * CHUNK));
+      expect(at).toBeGreaterThan(0);
+      writeAt(storeFile, at + 100, Buffer.from([(model[CHUNK + 100] as number) ^ 0xff]));
+      await r.start();
+      const w = await r.open('disk@w');
+      expect(await outcome(w.read(CHUNK + 8 * KiB, 512))).toBe('EIO');
+      expect(await outcome(w.write(CHUNK + 512, Buffer.alloc(512, 1)))).toBe('EIO');
+      expect((await r.list()).map((s) => (s as { damaged?: number }).damaged)).toEqual([1]);
+      const whole = stampedData(9, CHUNK, CHUNK);
+      whole.copy(model, CHUNK);
+      await w.write(CHUNK, whole);
+      assertSame(await r.readAll('disk@w'), model, 'after the whole chunk was written again');
+      expect((await r.list()).map((s) => (s as { damaged?: number }).damaged)).toEqual([0]);
     } finally {
       await r.stop();
     }
