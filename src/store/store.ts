@@ -106,7 +106,8 @@ export class DiffStore {
     const counts = known.map((r) => space.add(r));
     const { journal, records } = await Journal.open(space, sb.firstJournalSlot, {
       readOnly: opts.readOnly === true,
-      verifyLastBatch: (batch, before) =>
+      // `before`: the records replayed before the batch, for the device sizes (a last chunk is short).
+      verifyLastBatch: (batch: JournalRecord[], before: JournalRecord[] = []) =>
         verifyBatchData(space, batch, chunkLengths([...before, ...batch], sb.chunkSize)),
     });
     const store = new DiffStore(space, journal, sb);
