@@ -107,21 +107,35 @@ export class ExceptionTable {
    */
   prune(live: readonly SnapshotRef[], free: (slot: number) => void): void {
     const seqs = live.map((s) => s.seq);
-    for (const [chunk, e] of this.versions) {
-      let prev = 0;
-      const kept: Version[] = [];
-      const all = list(e);
-      for (const v of all) {
-        const from = prev;
-        prev = v.seq;
-        if (seqs.some((s) => s > from && s <= v.seq)) kept.push(v);
-        else {
-          free(v.slot);
-          this.count -= 1;
-        }
+    // Deleting the entry being visited is safe while iterating a Map.
+    for (const chunk of this.versions.keys()) this.pruneVersions(chunk, seqs, free);
+  }
+
+  /** `prune` for one chunk only (a copy just added that may have no reader left). */
+  pruneChunk(chunk: number, live: readonly SnapshotRef[], free: (slot: number) => void): void {
+    this.pruneVersions(
+      chunk,
+      live.map((s) => s.seq),
+      free,
+    );
+  }
+
+  private pruneVersions(chunk: number, seqs: number[], free: (slot: number) => void): void {
+    const e = this.versions.get(chunk);
+    if (e === undefined) return;
+    let prev = 0;
+    const kept: Version[] = [];
+    const all = list(e);
+    for (const v of all) {
+      const from = prev;
+      prev = v.seq;
+      if (seqs.some((s) => s > from && s <= v.seq)) kept.push(v);
+      else {
+        free(v.slot);
+        this.count -= 1;
       }
-      if (kept.length !== all.length) this.store(chunk, kept);
     }
+    if (kept.length !== all.length) this.store(chunk, kept);
   }
 
   /** Every copy, for attributing store use to snapshots and for claiming slots on replay. */
