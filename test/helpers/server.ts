@@ -49,13 +49,9 @@ export async function startServer(args: string[], opts: { port?: number } = {}):
   const port = opts.port ?? freshPort();
   const dir = tempDir('nbdsnap-pid-');
   const pidFile = join(dir.path, 'pid');
-  const child = spawn(
-    process.execPath,
-    [CLI, 'serve', ...args, '-p', String(port), '-b', '127.0.0.1', '--pid-file', pidFile],
-    {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
+  const child = spawn(process.execPath, [CLI, 'serve', ...args, '-p', String(port), '-b', '127.0.0.1', '--pid-file', pidFile], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   live.add(child);
   let err = '';
   let out = '';
