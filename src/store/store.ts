@@ -108,7 +108,7 @@ export class DiffStore {
       readOnly: opts.readOnly === true,
       // `before`: the records replayed before the batch, for the device sizes (a last chunk is short).
       verifyLastBatch: (batch: JournalRecord[], before: JournalRecord[] = []) =>
-        verifyBatchData(space, batch, chunkLengths([...before, ...batch], sb.chunkSize)),
+        verifyBatchData(space, batch, chunkLengths(before, batch, sb.chunkSize)),
     });
     const store = new DiffStore(space, journal, sb);
     store.slotsPerRange.push(...counts);
