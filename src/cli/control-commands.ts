@@ -5,6 +5,7 @@
 import type { Argv } from 'yargs';
 import { call, controlPath } from '../control/client.ts';
 import { NbdsnapError } from '../errors.ts';
+import { storeCheckBuilder, storeCheckCommand, storeScrubBuilder, storeScrubCommand } from './store-check.ts';
 import { storeFormatBuilder, storeFormatCommand } from './store-format.ts';
 
 const withControl = <T>(y: Argv<T>) =>
@@ -33,6 +34,7 @@ interface SnapInfo {
   created: string;
   chunksInStore: number;
   chunkSize: number;
+  damaged?: number;
 }
 
 const table = (rows: string[][]): string => {
@@ -84,7 +86,7 @@ export function snapshotCommand(y: Argv) {
                 ['EXPORT', 'STATE', 'MODE', 'CREATED', 'IN STORE'],
                 ...r.map((s) => [
                   s.export,
-                  s.state + (s.reason ? ` (${s.reason})` : ''),
+                  s.state + (s.reason ? ` (${s.reason})` : '') + (s.damaged ? `, ${s.damaged} damaged` : ''),
                   s.writable ? 'rw' : 'ro',
                   s.created,
                   mib(s.chunksInStore * s.chunkSize),
@@ -153,7 +155,16 @@ export function storeCommand(y: Argv) {
       storeFormatBuilder,
       (a) => storeFormatCommand(a as never),
     )
-    .demandCommand(1, 'store: append, status or format');
+    .command(
+      'check <ranges..>',
+      'check a stopped store offline: labels, journal, every copy',
+      storeCheckBuilder,
+      (a) => storeCheckCommand(a as never),
+    )
+    .command('scrub', "verify every copy in a running server's store, recording damaged ones", storeScrubBuilder, (a) =>
+      storeScrubCommand(a as never),
+    )
+    .demandCommand(1, 'store: append, status, format, check or scrub');
 }
 
 export async function statusCommand(a: Common): Promise<void> {

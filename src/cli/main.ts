@@ -100,7 +100,11 @@ export async function main(argv: string[]): Promise<void> {
         },
       )
       .command('snapshot', 'create, list or delete snapshots of a running server', snapshotCommand)
-      .command('store', 'format a store offline; append to or show the store of a running server', storeCommand)
+      .command(
+        'store',
+        'format or check a store offline; append to, show or scrub the store of a running server',
+        storeCommand,
+      )
       .command(
         'merge <snapshot>',
         'roll DEVICE@SNAP back into its origin ("merge status" lists merges)',

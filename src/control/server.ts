@@ -35,6 +35,8 @@ export class ControlServer {
       'snapshot.delete': async (a) => manager.deleteSnapshot(str(a.device, 'device'), str(a.name, 'name')),
       'store.append': async (a) => manager.appendStore(StoreSpace.resolve(str(a.range, 'range'))),
       'store.status': async () => manager.storeStatus(),
+      'store.scrub': (_a, socket, id) =>
+        manager.scrub((p) => send(socket, { id, event: { type: 'scrub-progress', ...p } })),
       'merge.start': async (a) =>
         manager.startMerge(str(a.device, 'device'), str(a.name, 'name'), a.onNextStart === true),
       'merge.status': async () => manager.mergeStatus(),

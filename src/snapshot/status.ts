@@ -12,7 +12,11 @@ export function deviceInfo(o: OriginState) {
 }
 
 export function snapshotInfo(s: Snapshot, store: DiffStore | undefined) {
-  const copies = [...s.origin.table.entries()].filter(([chunk, v]) => s.origin.table.find(chunk, s.seq) === v).length;
+  const shared = [...s.origin.table.entries()].filter(([chunk, v]) => s.origin.table.find(chunk, s.seq) === v);
+  const copies = shared.length;
+  let damaged = 0;
+  for (const [chunk, v] of shared) if (v.lost && !s.privateChunks.has(chunk)) damaged += 1;
+  for (const own of s.privateChunks.values()) if (own.lost) damaged += 1;
   return {
     device: s.origin.name,
     name: s.name,
@@ -24,6 +28,8 @@ export function snapshotInfo(s: Snapshot, store: DiffStore | undefined) {
     /** Chunks this snapshot reads from the store (shared copies and its own). */
     chunksInStore: copies + s.privateChunks.size,
     privateChunks: s.privateChunks.size,
+    /** Chunks it reads whose store copy was found damaged (lost): reads of them answer EIO. */
+    damaged,
     chunkSize: store?.chunkSize ?? s.origin.chunkSize,
   };
 }

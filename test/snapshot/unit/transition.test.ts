@@ -55,32 +55,32 @@ describe('each record type', () => {
 
   it('EXCEPTION adds a copy; one nobody reads any more is freed at once', () => {
     const cat = catalog(snapshotRecord('s', [1, 1, 1]));
-    expect(apply(cat, { type: 'EXCEPTION', device: 1, seq: 1, chunk: 3, slot: 20 }).freed).toEqual([]);
+    expect(apply(cat, { type: 'EXCEPTION', device: 1, seq: 1, chunk: 3, slot: 20, crc: 0 }).freed).toEqual([]);
     expect(cat.originNamed('a')?.table.find(3, 1)?.slot).toBe(20);
     apply(cat, { type: 'DELETE', snapshot: 1 });
     // A copy for the deleted snapshot committed after its DELETE (they raced): freed.
-    expect(apply(cat, { type: 'EXCEPTION', device: 1, seq: 1, chunk: 4, slot: 21 }).freed).toEqual([21]);
+    expect(apply(cat, { type: 'EXCEPTION', device: 1, seq: 1, chunk: 4, slot: 21, crc: 0 }).freed).toEqual([21]);
     expect(cat.originNamed('a')?.table.size).toBe(0);
-    expect(apply(cat, { type: 'EXCEPTION', device: 9, seq: 1, chunk: 4, slot: 22 }).freed).toEqual([22]);
+    expect(apply(cat, { type: 'EXCEPTION', device: 9, seq: 1, chunk: 4, slot: 22, crc: 0 }).freed).toEqual([22]);
   });
 
   it('PRIVATE gives a writable snapshot its own chunk; for an invalid or unknown one it is freed', () => {
     const cat = catalog(snapshotRecord('s', [1, 1, 1]));
-    expect(apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 2, slot: 30 }).freed).toEqual([]);
+    expect(apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 2, slot: 30, crc: 0 }).freed).toEqual([]);
     expect(cat.snapshots.get(1)?.privateChunks).toEqual(new Map([[2, 30]]));
-    expect(apply(cat, { type: 'PRIVATE', snapshot: 5, chunk: 2, slot: 31 }).freed).toEqual([31]);
+    expect(apply(cat, { type: 'PRIVATE', snapshot: 5, chunk: 2, slot: 31, crc: 0 }).freed).toEqual([31]);
     apply(cat, { type: 'INVALID', snapshot: 1, reason: 'x' });
-    expect(apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 3, slot: 32 }).freed).toEqual([32]);
+    expect(apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 3, slot: 32, crc: 0 }).freed).toEqual([32]);
   });
 
   it('INVALID frees what only that snapshot needed, drops its scheduled merge, keeps its first reason', () => {
     const cat = catalog(
       snapshotRecord('old', [1, 1, 1]),
       snapshotRecord('new', [2, 1, 2]),
-      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 0, slot: 10 }, // read by old
-      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 1, slot: 11 }, // read by old and new
-      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 0, slot: 12 }, // read by new
-      { type: 'PRIVATE', snapshot: 2, chunk: 5, slot: 13 },
+      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 0, slot: 10, crc: 0 }, // read by old
+      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 1, slot: 11, crc: 0 }, // read by old and new
+      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 0, slot: 12, crc: 0 }, // read by new
+      { type: 'PRIVATE', snapshot: 2, chunk: 5, slot: 13, crc: 0 },
       { type: 'MERGE', snapshot: 2, deferred: true },
     );
     const snap = cat.snapshots.get(2);
@@ -100,8 +100,8 @@ describe('each record type', () => {
     const cat = catalog(
       { type: 'CBT_GEN', device: 1, blockSize: CHUNK, generation: 'g1' },
       snapshotRecord('s', [1, 1, 1]),
-      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 0, slot: 10 },
-      { type: 'PRIVATE', snapshot: 1, chunk: 1, slot: 11 },
+      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 0, slot: 10, crc: 0 },
+      { type: 'PRIVATE', snapshot: 1, chunk: 1, slot: 11, crc: 0 },
     );
     const snap = cat.snapshots.get(1);
     const fx = apply(cat, { type: 'DELETE', snapshot: 1 });
@@ -118,8 +118,8 @@ describe('each record type', () => {
   it('MERGE fixes the chunks to merge at its record; later copies do not change them', () => {
     const cat = catalog(
       snapshotRecord('m', [1, 1, 1]),
-      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 4, slot: 10 },
-      { type: 'PRIVATE', snapshot: 1, chunk: 6, slot: 11 },
+      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 4, slot: 10, crc: 0 },
+      { type: 'PRIVATE', snapshot: 1, chunk: 6, slot: 11, crc: 0 },
       { type: 'MERGE', snapshot: 1, deferred: true },
     );
     expect(cat.merges.get(1)).toEqual({ deferred: true, merged: new Set(), chunks: undefined });
@@ -130,7 +130,7 @@ describe('each record type', () => {
     expect(cat.originNamed('a')?.readers.map((s) => s.name)).toEqual(['m']); // its copies are kept
     // A newer snapshot's copy of chunk 2 (the merged snapshot would resolve it too).
     apply(cat, snapshotRecord('n', [2, 1, 2]));
-    apply(cat, { type: 'EXCEPTION', device: 1, seq: 2, chunk: 2, slot: 12 });
+    apply(cat, { type: 'EXCEPTION', device: 1, seq: 2, chunk: 2, slot: 12, crc: 0 });
     expect(cat.merges.get(1)?.chunks).toEqual([4, 6]);
     apply(cat, { type: 'MERGED', snapshot: 1, chunk: 4, count: 1 });
     expect(cat.merges.get(1)?.merged).toEqual(new Set([4]));
@@ -168,20 +168,20 @@ describe('records that race at run time', () => {
   const base: JournalRecord[] = [
     snapshotRecord('a1', [1, 1, 1]),
     snapshotRecord('a2', [2, 1, 2]),
-    { type: 'EXCEPTION', device: 1, seq: 1, chunk: 0, slot: 10 },
-    { type: 'PRIVATE', snapshot: 2, chunk: 7, slot: 14 },
+    { type: 'EXCEPTION', device: 1, seq: 1, chunk: 0, slot: 10, crc: 0 },
+    { type: 'PRIVATE', snapshot: 2, chunk: 7, slot: 14, crc: 0 },
   ];
   const racing: JournalRecord[][] = [
     [
-      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 1, slot: 11 },
+      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 1, slot: 11, crc: 0 },
       { type: 'DELETE', snapshot: 2 },
     ],
     [
-      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 1, slot: 11 },
+      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 1, slot: 11, crc: 0 },
       { type: 'INVALID', snapshot: 2, reason: 'store full' },
     ],
     [
-      { type: 'PRIVATE', snapshot: 2, chunk: 3, slot: 12 },
+      { type: 'PRIVATE', snapshot: 2, chunk: 3, slot: 12, crc: 0 },
       { type: 'DELETE', snapshot: 2 },
     ],
     [
