@@ -158,6 +158,16 @@ describe('a damaged copy is never read as data', () => {
     assertSame(await snapRead(5 * CHUNK, CHUNK), origin.subarray(5 * CHUNK, 6 * CHUNK), 'chunk 5');
   });
 
+  it('store check is refused while the server holds the store, and changes nothing', async () => {
+    const before = readFileSync(storePath);
+    const { code, report, stdout } = await check();
+    expect(code).toBe(1);
+    expect(report.clean).toBe(false);
+    expect(report.journal.ok).toBe(false);
+    expect(stdout).toMatch(/not checked: .*(in use|lock|held|busy)/i);
+    expect(readFileSync(storePath).equals(before)).toBe(true);
+  });
+
   it('scrub finds damage made while the server runs, and records it', async () => {
     flipByte(copyOffset(9) + 60_000);
     const r = await rig.cli(['store', 'scrub', '--json']);
