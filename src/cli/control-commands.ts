@@ -155,11 +155,8 @@ export function storeCommand(y: Argv) {
       storeFormatBuilder,
       (a) => storeFormatCommand(a as never),
     )
-    .command(
-      'check <ranges..>',
-      'check a stopped store offline: labels, journal, every copy',
-      storeCheckBuilder,
-      (a) => storeCheckCommand(a as never),
+    .command('check <ranges..>', 'check a stopped store offline: labels, journal, every copy', storeCheckBuilder, (a) =>
+      storeCheckCommand(a as never),
     )
     .command('scrub', "verify every copy in a running server's store, recording damaged ones", storeScrubBuilder, (a) =>
       storeScrubCommand(a as never),

@@ -135,7 +135,16 @@ export class SnapshotManager {
       if (snap.state !== 'merging') publisher.expose(snap);
     }
     const serial = new Serial();
-    const merges = new MergeControl({ catalog, recorder, store, events: this.events, stacks, publisher, serial, damage });
+    const merges = new MergeControl({
+      catalog,
+      recorder,
+      store,
+      events: this.events,
+      stacks,
+      publisher,
+      serial,
+      damage,
+    });
     const origins = opts.devices.map((d) => ({ name: d.name, path: d.path, readOnly: opts.readOnlyOrigins }));
     const commands = new Commands({
       catalog,

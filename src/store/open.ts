@@ -114,10 +114,15 @@ export async function planOpen(given: StoreRange[], probe: Probe): Promise<OpenP
 export async function planCheck(given: StoreRange[], probe: Probe): Promise<Extract<OpenPlan, { kind: 'existing' }>> {
   const plan = await planOpen(given, probe);
   if (plan.kind === 'new')
-    throw new NbdsnapError('CORRUPT', `store range ${rangeSpec(given[0] as StoreRange)} is blank: not an nbdsnap store`);
+    throw new NbdsnapError(
+      'CORRUPT',
+      `store range ${rangeSpec(given[0] as StoreRange)} is blank: not an nbdsnap store`,
+    );
   const extra = plan.appends[0];
   if (extra !== undefined)
-    throw refuse(`store range ${rangeSpec(extra)} is not a range of store ${plan.record.uuid}; a check appends nothing`);
+    throw refuse(
+      `store range ${rangeSpec(extra)} is not a range of store ${plan.record.uuid}; a check appends nothing`,
+    );
   return plan;
 }
 

@@ -265,7 +265,12 @@ export class StoreSpace {
     const fd = known?.fd ?? openSync(path, this.readOnly ? constants.O_RDONLY : constants.O_RDWR);
     try {
       const st = fstatSync(fd);
-      const claim = { exclusive: !this.readOnly, role: this.readOnly ? 'store check' : 'store', start: range.start, length: range.length };
+      const claim = {
+        exclusive: !this.readOnly,
+        role: this.readOnly ? 'store check' : 'store',
+        start: range.start,
+        length: range.length,
+      };
       this.claims.push(claimStorage(path, { ...claim, expect: { dev: st.dev, ino: st.ino } }));
       if (known !== undefined) return known;
       const size = st.isBlockDevice() ? (native?.sizeOf(fd) ?? 0) : st.size;

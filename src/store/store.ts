@@ -116,7 +116,8 @@ export class DiffStore {
         readOnly,
         // After a crash, the last batch's data is checked against its records' checksums (one
         // sync per batch); `before` gives the device sizes and what is still in use (verify.ts).
-        verifyLastBatch: (batch, before) => verifyBatchData(space, batch, chunkLengths(before, batch, record.chunkSize)),
+        verifyLastBatch: (batch, before) =>
+          verifyBatchData(space, batch, chunkLengths(before, batch, record.chunkSize)),
       });
       store = new DiffStore(space, opened.journal, record, counts);
     } catch (err) {
