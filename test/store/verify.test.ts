@@ -3,15 +3,17 @@
  * and `verifyBatchData` compares a batch's chunk data with its checksums, over the chunk length
  * (short for a device's last chunk), finding device sizes in the replayed records.
  */
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { checksum } from '../../src/store/checksum.ts';
 import { decodeRecord, encodeRecord, type JournalRecord } from '../../src/store/records.ts';
 import { StoreSpace } from '../../src/store/space.ts';
+import { DiffStore } from '../../src/store/store.ts';
 import { chunkLengths, readVerified, verifyBatchData } from '../../src/store/verify.ts';
 import { pattern } from '../helpers/clients.ts';
 import { tempDir } from '../helpers/server.ts';
+import { makeSparse } from '../helpers/snapshots.ts';
 
 const CS = 4096;
 const dir = tempDir('nbdsnap-verify-');
@@ -125,5 +127,48 @@ describe('verifyBatchData', () => {
     ];
     const len = chunkLengths(before, recs, CS);
     expect(recs.map((r) => len(r))).toEqual([CS, 1000, 1000, undefined]);
+  });
+});
+
+describe('the store verifies the data of the last batch at open (one sync per batch)', () => {
+  const device: JournalRecord = { type: 'DEVICE', device: 1, size: 16 * CS, name: 'd' };
+  const snap: JournalRecord = {
+    type: 'SNAPSHOT',
+    created: 0,
+    name: 's',
+    members: [{ snapshot: 1, device: 1, seq: 1, writable: false }],
+  };
+  const types = (records: JournalRecord[]) => records.map((r) => r.type);
+
+  it('after a crash, drops a last batch whose data is not what it records; read-only writes nothing', async () => {
+    const ranges = [StoreSpace.resolve(makeSparse(join(dir.path, 'crash.img'), 128 * 1024 + 64 * CS))];
+    const first = await DiffStore.open(ranges, { transient: false, chunkSize: CS });
+    await first.store.commit([device, snap]);
+    const good = pattern(CS, 5);
+    const slot = first.store.allocate() as number;
+    await first.store.writeSlot(slot, good);
+    await first.store.commit([{ type: 'EXCEPTION', device: 1, seq: 1, chunk: 2, slot, crc: checksum(good) }]);
+    first.store.space.close(); // a crash: no CLEAN batch
+    const kept = await DiffStore.open(ranges, { transient: false });
+    expect(types(kept.records)).toEqual(['DEVICE', 'SNAPSHOT', 'EXCEPTION']);
+    expect(kept.report?.reason).toBe('end');
+    // The next batch records data that never reached its slot (its sync was cut short).
+    const lost = kept.store.allocate() as number;
+    await kept.store.commit([{ type: 'EXCEPTION', device: 1, seq: 1, chunk: 3, slot: lost, crc: 0x1234 }]);
+    kept.store.space.close();
+    const image = readFileSync(ranges[0]?.path as string);
+    const ro = await DiffStore.open(ranges, { transient: false, readOnly: true });
+    expect(types(ro.records)).toEqual(['DEVICE', 'SNAPSHOT', 'EXCEPTION']);
+    expect(ro.report?.reason).toBe('torn');
+    await ro.store.close();
+    expect(readFileSync(ranges[0]?.path as string).equals(image)).toBe(true);
+    const dropped = await DiffStore.open(ranges, { transient: false });
+    expect(types(dropped.records)).toEqual(['DEVICE', 'SNAPSHOT', 'EXCEPTION']);
+    expect(dropped.report?.reason).toBe('torn');
+    await dropped.store.close();
+    const after = await DiffStore.open(ranges, { transient: false });
+    expect(after.report?.reason).toBe('clean');
+    expect(types(after.records)).toEqual(['DEVICE', 'SNAPSHOT', 'EXCEPTION']);
+    await after.store.close();
   });
 });
