@@ -7,6 +7,7 @@
 import type { Argv } from 'yargs';
 import { call, controlPath } from '../control/client.ts';
 import { NbdsnapError } from '../errors.ts';
+import { storeCheck, storeScrub } from './store-check.ts';
 import { storeFormat, storeFormatBuilder } from './store-format.ts';
 import { parseSize } from './args.ts';
 import { defineCommand, defineGroup } from './command.ts';
@@ -38,6 +39,8 @@ export interface SnapInfo {
   chunksInStore: number;
   exclusiveChunks?: number;
   chunkSize: number;
+  /** Chunks it reads whose store copy was found damaged (reads of them answer EIO). */
+  damaged?: number;
 }
 
 export interface StoreInfo {
@@ -91,7 +94,7 @@ export function snapshotsHuman(r: SnapInfo[]): string {
     ['EXPORT', 'STATE', 'MODE', 'CREATED', 'IN STORE', 'ONLY IT'],
     ...r.map((s) => [
       s.export,
-      s.state + (s.reason ? ` (${s.reason})` : ''),
+      s.state + (s.reason ? ` (${s.reason})` : '') + (s.damaged ? `, ${s.damaged} damaged` : ''),
       s.writable ? 'rw' : 'ro',
       s.created,
       mib(s.chunksInStore * s.chunkSize),
@@ -226,6 +229,8 @@ export const storeCommands = [
   append,
   query('status', 'show the store ranges, what is used and free, per snapshot', 'store.status', storeHuman),
   format,
+  storeCheck,
+  storeScrub,
 ];
 
 export const storeCommand = defineGroup({

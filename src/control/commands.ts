@@ -45,6 +45,7 @@ export function commandTable(manager: SnapshotManager): Map<string, Command> {
   );
   add('store.append', ['range'], async (a) => manager.appendStore(StoreSpace.resolve(text(a.range, 'range'))));
   add('store.status', [], async () => manager.storeStatus());
+  add('store.scrub', [], async (_a, ctx) => manager.scrub((p) => ctx.emit({ type: 'scrub-progress', ...p })));
   add('merge.start', ['device', 'name', 'onNextStart'], async (a) =>
     manager.startMerge(name(a.device, 'device'), name(a.name, 'name'), bool(a.onNextStart, 'onNextStart')),
   );

@@ -59,6 +59,6 @@ export class Catalog {
   /** Every store slot the state references (claimed in the store after a replay). */
   *usedSlots(): IterableIterator<number> {
     for (const origin of this.origins.values()) for (const [, v] of origin.table.entries()) yield v.slot;
-    for (const snap of this.snapshots.values()) yield* snap.privateChunks.values();
+    for (const snap of this.snapshots.values()) for (const own of snap.privateChunks.values()) yield own.slot;
   }
 }

@@ -7,7 +7,7 @@
  *           blocks for change tracking if this era has not seen them yet (cbt/)
  *        2. for each chunk the request touches that a live snapshot still reads from the origin:
  *           one copy per chunk (concurrent writers wait for it): read the old chunk, write it to
- *           a store slot, commit the mapping durably (data first, then journal), wait for snapshot
+ *           a store slot, commit the mapping and the data's checksum durably, wait for snapshot
  *           reads still reading that chunk from the origin
  *        3. only then: the origin write itself (next layer: the file)
  *
@@ -24,6 +24,7 @@
 import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import type { JournalRecord } from '../store/records.ts';
+import { checksum } from '../store/checksum.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { OriginState, Snapshot } from './model.ts';
 
@@ -151,8 +152,10 @@ export class CowOrigin extends Layer {
       await guard.readersDone(chunk);
       return;
     }
+    let crc: number;
     try {
       const data = await this.next.read(chunk * this.state.chunkSize, this.state.chunkLength(chunk));
+      crc = checksum(data); // of what was read, before it is written: the copy is checked against it
       await store.writeSlot(slot, data);
     } catch (err) {
       store.release(slot);
@@ -160,7 +163,7 @@ export class CowOrigin extends Layer {
       await guard.readersDone(chunk);
       return;
     }
-    await this.hooks.record([{ type: 'EXCEPTION', device: this.state.id, seq, chunk, slot }]);
+    await this.hooks.record([{ type: 'EXCEPTION', device: this.state.id, seq, chunk, slot, crc }]);
     await guard.readersDone(chunk);
   }
 }

@@ -19,7 +19,9 @@ import type { ExportEntry } from '../server/exports.ts';
 import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
 import { CowOrigin, type CowHooks } from './cow-origin.ts';
+import type { DamageLog } from './damage.ts';
 import type { EventBus } from './events.ts';
+import type { Copy } from './exception-table.ts';
 import { MergeLayer } from './merge.ts';
 import type { OriginState, Snapshot } from './model.ts';
 import type { Recorder } from './recorder.ts';
@@ -30,6 +32,8 @@ export interface StackParts {
   recorder: Recorder;
   cbt: CbtControl;
   events: EventBus;
+  /** Records a copy a snapshot read found damaged (damage.ts). */
+  damage: DamageLog;
 }
 
 export class DeviceStack implements CowHooks {
@@ -59,7 +63,9 @@ export class DeviceStack implements CowHooks {
   snapshotExport(snap: Snapshot): ExportEntry {
     const store = this.parts.store;
     if (store === undefined) throw new NbdsnapError('BAD_CONFIG', 'no difference store: start serve with --store PATH');
-    return snapshotExport(snap, this.base, store, this.parts.cbt, this.parts.recorder);
+    const { cbt, recorder, damage } = this.parts;
+    const damaged = (chunk: number, copy: Copy) => damage.record(snap.origin, chunk, copy);
+    return snapshotExport(snap, this.base, store, cbt, recorder, damaged);
   }
 
   record(records: JournalRecord[]): Promise<unknown> {

@@ -1,6 +1,6 @@
 /**
  * Snapshot and store events, in the style of blksnap's event queue: low free space, overflow,
- * snapshot invalidated, snapshot created / deleted. Each is logged and handed to subscribers
+ * snapshot invalidated, a damaged store copy, snapshot created / deleted. Each is logged and handed to subscribers
  * (the control socket streams them to `nbdsnap events`, one JSON object a line).
  */
 import { EventEmitter } from 'node:events';
@@ -10,6 +10,8 @@ export type SnapshotEvent =
   | { type: 'low-space'; freeBytes: number; totalBytes: number; thresholdPercent: number }
   | { type: 'overflow'; device: string; snapshots: string[] }
   | { type: 'invalidated'; snapshot: string; reason: string }
+  /** A store copy failed its checksum: recorded lost; reads of it by `snapshots` answer EIO. */
+  | { type: 'damaged'; device: string; chunk: number; slot: number; snapshots: string[] }
   | { type: 'snapshot-created'; snapshots: string[] }
   | { type: 'snapshot-deleted'; snapshot: string }
   | { type: 'store-appended'; range: string; totalBytes: number }
@@ -31,7 +33,11 @@ export class EventBus {
   emit(event: SnapshotEvent): void {
     const timed: TimedEvent = { ...event, time: new Date().toISOString() };
     const level =
-      event.type === 'overflow' || event.type === 'invalidated' || event.type === 'merge-failed' ? 'warn' : 'info';
+      event.type === 'damaged'
+        ? 'error'
+        : event.type === 'overflow' || event.type === 'invalidated' || event.type === 'merge-failed'
+          ? 'warn'
+          : 'info';
     this.log[level](`event ${event.type}`, { event: timed });
     this.emitter.emit('event', timed);
   }

@@ -7,25 +7,44 @@
  * time up to that write, so snapshot s reads the copy with the smallest `seq >= s.seq`, and the
  * origin when there is none. A writable snapshot's own changes are its private chunks.
  *
- * Memory: one Map entry and one small array per copied chunk (see the README for figures).
+ * Every copy keeps the checksum of its data and a `lost` flag (found damaged: reads of it answer
+ * EIO; it stays in the table, so the snapshot never falls through to the origin's newer data).
+ *
+ * Memory: one Map entry per copied chunk holding the one version itself, or an array of them
+ * when a chunk was copied more than once (see the README for figures).
  */
 
-export interface Version {
-  seq: number;
+/** A chunk's data in a store slot. `crc` is kept as a signed 32-bit integer (`crc | 0`). */
+export interface Copy {
   slot: number;
+  crc: number;
+  lost: boolean;
 }
 
-export type Source = { from: 'origin' } | { from: 'store'; slot: number; private: boolean };
+export interface Version extends Copy {
+  seq: number;
+}
+
+export type Source = { from: 'origin' } | { from: 'store'; slot: number; crc: number; private: boolean; copy: Copy };
+
+/** A store copy with checksum `crc` (u32 or int32). */
+export function copyOf(slot: number, crc: number): Copy {
+  return { slot, crc: crc | 0, lost: false };
+}
 
 /** What the table needs to know about a snapshot. */
 export interface SnapshotRef {
   readonly seq: number;
-  /** Chunks this (writable) snapshot has changed: chunk -> slot. */
-  readonly privateChunks: Map<number, number>;
+  /** Chunks this (writable) snapshot has changed: chunk -> its own copy. */
+  readonly privateChunks: Map<number, Copy>;
 }
 
+type Entry = Version | Version[];
+
+const list = (e: Entry): Version[] => (Array.isArray(e) ? e : [e]);
+
 export class ExceptionTable {
-  private readonly versions = new Map<number, Version[]>();
+  private readonly versions = new Map<number, Entry>();
   private count = 0;
 
   /** Number of copies held. */
@@ -35,33 +54,38 @@ export class ExceptionTable {
 
   /** Sequence number of the newest copy of `chunk`, or 0. */
   latest(chunk: number): number {
-    const v = this.versions.get(chunk);
-    return v === undefined ? 0 : (v[v.length - 1] as Version).seq;
+    const e = this.versions.get(chunk);
+    if (e === undefined) return 0;
+    return Array.isArray(e) ? (e[e.length - 1] as Version).seq : e.seq;
   }
 
-  add(chunk: number, seq: number, slot: number): void {
-    const list = this.versions.get(chunk);
-    if (list === undefined) this.versions.set(chunk, [{ seq, slot }]);
-    else {
-      list.push({ seq, slot });
-      list.sort((a, b) => a.seq - b.seq);
-    }
+  add(chunk: number, seq: number, slot: number, crc: number): Version {
+    const v: Version = { seq, slot, crc: crc | 0, lost: false };
+    const e = this.versions.get(chunk);
+    if (e === undefined) this.versions.set(chunk, v);
+    else
+      this.versions.set(
+        chunk,
+        [...list(e), v].sort((a, b) => a.seq - b.seq),
+      );
     this.count += 1;
+    return v;
   }
 
   /** The copy snapshot `seq` reads for `chunk`, if any. */
   find(chunk: number, seq: number): Version | undefined {
-    const list = this.versions.get(chunk);
-    if (list === undefined) return undefined;
-    for (const v of list) if (v.seq >= seq) return v;
+    const e = this.versions.get(chunk);
+    if (e === undefined) return undefined;
+    if (!Array.isArray(e)) return e.seq >= seq ? e : undefined;
+    for (const v of e) if (v.seq >= seq) return v;
     return undefined;
   }
 
   resolve(chunk: number, snap: SnapshotRef): Source {
     const own = snap.privateChunks.get(chunk);
-    if (own !== undefined) return { from: 'store', slot: own, private: true };
+    if (own !== undefined) return { from: 'store', slot: own.slot, crc: own.crc, private: true, copy: own };
     const v = this.find(chunk, snap.seq);
-    return v === undefined ? { from: 'origin' } : { from: 'store', slot: v.slot, private: false };
+    return v === undefined ? { from: 'origin' } : { from: 'store', slot: v.slot, crc: v.crc, private: false, copy: v };
   }
 
   /** Whether a write to `chunk` must first copy it: some live snapshot still reads it from the origin. */
@@ -97,11 +121,12 @@ export class ExceptionTable {
   }
 
   private pruneVersions(chunk: number, seqs: number[], free: (slot: number) => void): void {
-    const list = this.versions.get(chunk);
-    if (list === undefined) return;
+    const e = this.versions.get(chunk);
+    if (e === undefined) return;
     let prev = 0;
     const kept: Version[] = [];
-    for (const v of list) {
+    const all = list(e);
+    for (const v of all) {
       const from = prev;
       prev = v.seq;
       if (seqs.some((s) => s > from && s <= v.seq)) kept.push(v);
@@ -110,13 +135,15 @@ export class ExceptionTable {
         this.count -= 1;
       }
     }
-    if (kept.length === 0) this.versions.delete(chunk);
-    else if (kept.length !== list.length) this.versions.set(chunk, kept);
+    if (kept.length !== all.length) this.store(chunk, kept);
   }
 
   /** Every copy, for attributing store use to snapshots and for claiming slots on replay. */
   *entries(): IterableIterator<[number, Version]> {
-    for (const [chunk, list] of this.versions) for (const v of list) yield [chunk, v];
+    for (const [chunk, e] of this.versions) {
+      if (Array.isArray(e)) for (const v of e) yield [chunk, v];
+      else yield [chunk, e];
+    }
   }
 
   /** Chunks with at least one copy, in ascending order (for merge). */
@@ -125,11 +152,31 @@ export class ExceptionTable {
   }
 
   remove(chunk: number, slot: number): void {
-    const list = this.versions.get(chunk);
-    if (list === undefined) return;
-    const kept = list.filter((v) => v.slot !== slot);
-    this.count -= list.length - kept.length;
+    const e = this.versions.get(chunk);
+    if (e === undefined) return;
+    const all = list(e);
+    const kept = all.filter((v) => v.slot !== slot);
+    this.count -= all.length - kept.length;
+    this.store(chunk, kept);
+  }
+
+  /**
+   * Mark the copy of `chunk` in `slot` lost: a shared version, or the private copy of one of
+   * `snapshots`. Returns it, or undefined when no such copy is held (freed since).
+   */
+  lose(chunk: number, slot: number, snapshots: readonly SnapshotRef[]): Copy | undefined {
+    const e = this.versions.get(chunk);
+    let found: Copy | undefined = e === undefined ? undefined : list(e).find((v) => v.slot === slot);
+    for (const s of snapshots) {
+      const own = s.privateChunks.get(chunk);
+      if (found === undefined && own?.slot === slot) found = own;
+    }
+    if (found !== undefined) found.lost = true;
+    return found;
+  }
+
+  private store(chunk: number, kept: Version[]): void {
     if (kept.length === 0) this.versions.delete(chunk);
-    else this.versions.set(chunk, kept);
+    else this.versions.set(chunk, kept.length === 1 ? (kept[0] as Version) : kept);
   }
 }

@@ -18,6 +18,7 @@ import type { StoreRange } from '../store/space.ts';
 import { DiffStore } from '../store/store.ts';
 import type { Catalog } from './catalog.ts';
 import { Commands, requireStore } from './commands.ts';
+import { DamageLog, type ScrubProgress } from './damage.ts';
 import { DeviceStack } from './device-stack.ts';
 import { EventBus, LowSpaceWatch } from './events.ts';
 import { MergeControl } from './merge-control.ts';
@@ -49,6 +50,7 @@ interface Parts {
   cbt: CbtControl;
   merges: MergeControl;
   commands: Commands;
+  damage: DamageLog;
 }
 
 export class SnapshotManager {
@@ -102,6 +104,7 @@ export class SnapshotManager {
     const recorder = new Recorder(catalog, { store, publisher, events: this.events, lowSpace });
     if (store?.failedBefore !== undefined) await this.invalidateAfterFailure(store, catalog, recorder);
     const cbt = new CbtControl(catalog, recorder, store !== undefined && !store.transient);
+    const damage = new DamageLog(store, recorder, this.events, this.log);
 
     for (const d of opts.devices) {
       let state = catalog.originNamed(d.name);
@@ -118,7 +121,7 @@ export class SnapshotManager {
         if (state === undefined) throw new NbdsnapError('CORRUPT', `device ${d.name} was not recorded`);
       }
       if (opts.cbtBlockSize > 0) await cbt.add(d.name, state.id, d.device.size, opts.cbtBlockSize);
-      const stack = new DeviceStack(d.name, d.device, state, { store, recorder, cbt, events: this.events });
+      const stack = new DeviceStack(d.name, d.device, state, { store, recorder, cbt, events: this.events, damage });
       stacks.set(d.name, stack);
       publisher.addOrigin(stack, d.description, opts.readOnlyOrigins);
     }
@@ -132,7 +135,16 @@ export class SnapshotManager {
       if (snap.state !== 'merging') publisher.expose(snap);
     }
     const serial = new Serial();
-    const merges = new MergeControl({ catalog, recorder, store, events: this.events, stacks, publisher, serial });
+    const merges = new MergeControl({
+      catalog,
+      recorder,
+      store,
+      events: this.events,
+      stacks,
+      publisher,
+      serial,
+      damage,
+    });
     const origins = opts.devices.map((d) => ({ name: d.name, path: d.path, readOnly: opts.readOnlyOrigins }));
     const commands = new Commands({
       catalog,
@@ -145,7 +157,7 @@ export class SnapshotManager {
       serial,
       origins,
     });
-    this.running = { store, catalog, stacks, cbt, merges, commands };
+    this.running = { store, catalog, stacks, cbt, merges, commands, damage };
     await merges.resume(served);
     if (store !== undefined) lowSpace.check(store);
   }
@@ -197,6 +209,12 @@ export class SnapshotManager {
 
   list() {
     return this.parts.catalog.bySeq().map((s) => snapshotInfo(s, this.store));
+  }
+
+  /** `store scrub`: read every live copy in the store and record the damaged ones. */
+  scrub(onProgress: (p: ScrubProgress) => void) {
+    requireStore(this.store);
+    return this.parts.damage.scrub([...this.parts.catalog.origins.values()], onProgress);
   }
 
   storeStatus() {

@@ -9,8 +9,10 @@ import { errorMessage, NbdsnapError } from '../errors.ts';
 import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { Catalog } from './catalog.ts';
+import type { DamageLog } from './damage.ts';
 import type { DeviceStack } from './device-stack.ts';
 import type { EventBus } from './events.ts';
+import type { Copy } from './exception-table.ts';
 import { type MergeHooks, MergeJob, mergeChunks } from './merge.ts';
 import type { Snapshot } from './model.ts';
 import type { ExportPublisher } from './publisher.ts';
@@ -26,6 +28,8 @@ export interface MergeParts {
   publisher: ExportPublisher;
   /** The control commands' queue: releasing a merged snapshot is one of them. */
   serial: Serial;
+  /** Records a copy found damaged (damage.ts). */
+  damage: DamageLog;
 }
 
 const label = (s: Snapshot): string => `${s.origin.name}@${s.name}`;
@@ -35,6 +39,19 @@ function refuseInvalid(snap: Snapshot): void {
     throw new NbdsnapError(
       'BAD_ARGUMENT',
       `snapshot ${label(snap)} is invalid (${snap.reason ?? ''}); it cannot be merged`,
+    );
+}
+
+/** A merge of a snapshot with chunks known lost would roll the origin back to unreadable data. */
+function refuseDamaged(snap: Snapshot): void {
+  const lost = mergeChunks(snap).filter((c) => {
+    const src = snap.origin.table.resolve(c, snap);
+    return src.from === 'store' && src.copy.lost;
+  });
+  if (lost.length > 0)
+    throw new NbdsnapError(
+      'CORRUPT',
+      `snapshot ${label(snap)} has damaged chunks (${lost.slice(0, 8).join(', ')}); it cannot be merged`,
     );
 }
 
@@ -72,6 +89,7 @@ export class MergeControl implements MergeHooks {
       throw new NbdsnapError('BUSY', `device ${snap.origin.name} already has a merge of ${label(other)}`);
     if (onNextStart) {
       refuseInvalid(snap);
+      refuseDamaged(snap);
       if (this.store().transient)
         throw new NbdsnapError('BAD_ARGUMENT', 'a transient store keeps no snapshot until the next start');
       await this.parts.recorder.record([{ type: 'MERGE', snapshot: snap.id, deferred: true }]);
@@ -83,6 +101,7 @@ export class MergeControl implements MergeHooks {
     await cow.hold();
     try {
       refuseInvalid(snap); // a write just drained may have invalidated it (store full)
+      refuseDamaged(snap);
       // From here its own export refuses requests; wait for its writes in flight to end (their
       // private chunks are then in the catalog, so in the merge).
       await this.parts.publisher.fence(snap);
@@ -124,6 +143,10 @@ export class MergeControl implements MergeHooks {
 
   record(records: JournalRecord[]): Promise<unknown> {
     return this.parts.recorder.record(records);
+  }
+
+  damaged(snap: Snapshot, chunk: number, copy: Copy): Promise<void> {
+    return this.parts.damage.record(snap.origin, chunk, copy);
   }
 
   failed(job: MergeJob): void {

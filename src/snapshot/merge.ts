@@ -6,7 +6,9 @@
  * the store. In the background `MergeJob` copies those chunks back, in runs of consecutive
  * chunks: read the run from the store, write it to the origin *through the COW layer* (so every
  * other snapshot first preserves what is about to be overwritten), flush the origin, then record
- * the run as merged, durably, before the next run. A crash resumes from the records; copying a
+ * the run as merged, durably, before the next run. Each chunk read from the store is verified
+ * against its checksum: a damaged copy fails the merge, naming the chunk, and is never written
+ * into the origin (reads of it through the origin export answer EIO). A crash resumes from the records; copying a
  * run again whose record was lost is harmless, since no client write reached it (below).
  *
  * A client write to a chunk not yet merged first merges that chunk (waiting for the run in
@@ -25,8 +27,10 @@ import { errorMessage, NbdsnapError } from '../errors.ts';
 import type { Extent } from '../nbd-protocol/index.ts';
 import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
+import { readVerified } from '../store/verify.ts';
 import { ChunkGuard } from './chunk-guard.ts';
 import type { CowOrigin } from './cow-origin.ts';
+import type { Copy } from './exception-table.ts';
 import type { Snapshot } from './model.ts';
 
 /** Chunks merged per run (bounded so client writes never wait long). */
@@ -42,6 +46,8 @@ export interface MergeHooks {
   failed(job: MergeJob): void;
   /** Commit records (MERGED) durably, then apply them to the catalog (which adds to `merged`). */
   record(records: JournalRecord[]): Promise<unknown>;
+  /** A copy the merge read failed its checksum: record it lost (damage.ts). */
+  damaged(snapshot: Snapshot, chunk: number, copy: Copy): Promise<void>;
 }
 
 /** A merge as the catalog holds it: the chunks to merge and those recorded merged. */
@@ -56,6 +62,27 @@ export function mergeChunks(snapshot: Snapshot): number[] {
   const { table } = snapshot.origin;
   const candidates = new Set([...table.chunks(), ...snapshot.privateChunks.keys()]);
   return [...candidates].filter((c) => table.resolve(c, snapshot).from === 'store').sort((a, b) => a - b);
+}
+
+/**
+ * A chunk's store copy, whole and verified: a damaged copy is never written into the origin.
+ * A mismatch is recorded (`damaged`) before the EIO.
+ */
+async function readCopy(
+  store: DiffStore,
+  chunk: number,
+  copy: Copy,
+  length: number,
+  damaged: (chunk: number, copy: Copy) => Promise<void>,
+): Promise<Buffer> {
+  const data = copy.lost ? undefined : await readVerified(store, copy.slot, copy.crc, length);
+  if (data === undefined && !copy.lost) await damaged(chunk, copy).catch(() => undefined); // EIO below anyway
+  if (data === undefined)
+    throw new NbdsnapError(
+      'EIO',
+      `chunk ${chunk} is damaged in the difference store (slot ${copy.slot}, checksum mismatch)`,
+    );
+  return data;
 }
 
 /** The chunk whose merge threw each error (the error itself is passed on unchanged). */
@@ -97,6 +124,9 @@ export class MergeJob {
     this.merged = progress.merged;
     this.hooks = hooks;
   }
+
+  /** Records a copy found damaged (a LOST record, through the hooks). */
+  readonly damaged = (chunk: number, copy: Copy): Promise<void> => this.hooks.damaged(this.snapshot, chunk, copy);
 
   /** Whether reads of `chunk` must come from the snapshot's copy (not merged yet). */
   pending(chunk: number): boolean {
@@ -208,7 +238,7 @@ export class MergeJob {
           forChunk(c, async () => {
             const src = origin.table.resolve(c, this.snapshot);
             if (src.from !== 'store') throw new NbdsnapError('EIO', `chunk ${c} lost its store copy during the merge`);
-            return this.store.readSlot(src.slot, origin.chunkLength(c));
+            return readCopy(this.store, c, src.copy, origin.chunkLength(c), this.damaged);
           }),
         ),
       );
@@ -278,11 +308,11 @@ export class MergeLayer extends Layer {
         const start = Math.max(offset, c * origin.chunkSize);
         const end = Math.min(offset + length, (c + 1) * origin.chunkSize);
         const src = origin.table.resolve(c, job.snapshot);
-        const data =
-          job.pending(c) && src.from === 'store'
-            ? await job.store.readSlot(src.slot, end - start, start - c * origin.chunkSize)
-            : await this.next.read(start, end - start);
-        data.copy(out, start - offset);
+        if (job.pending(c) && src.from === 'store') {
+          const data = await readCopy(job.store, c, src.copy, origin.chunkLength(c), job.damaged);
+          const at = start - c * origin.chunkSize;
+          data.copy(out, start - offset, at, at + end - start);
+        } else (await this.next.read(start, end - start)).copy(out, start - offset);
       }),
     );
     return out;

@@ -6,7 +6,7 @@
  * the exception: run-time coordination of copies and reads, never recorded.
  */
 import { ChunkGuard } from './chunk-guard.ts';
-import { ExceptionTable, type SnapshotRef } from './exception-table.ts';
+import { type Copy, ExceptionTable, type SnapshotRef } from './exception-table.ts';
 
 export type SnapshotState = 'valid' | 'invalid' | 'merging';
 
@@ -22,7 +22,7 @@ export interface Snapshot extends SnapshotRef {
   reason?: string;
   /** A merge is recorded to start at the next server start (`merge --on-next-start`). */
   mergeScheduled?: boolean;
-  readonly privateChunks: Map<number, number>;
+  readonly privateChunks: Map<number, Copy>;
 }
 
 export class OriginState {

@@ -5,18 +5,30 @@
  * Origin reads register with the chunk guard first, so a concurrent copy-before-write does not
  * let the origin be overwritten under them.
  *
- * Writes (only with `--writable`) never touch the origin: the first write to a chunk copies it
- * into a private store slot (whole chunk, with the new bytes in place); later writes go to that
- * slot. A snapshot whose store ran out of room answers ENOSPC to its own writes; an invalidated
- * snapshot answers EIO to everything.
+ * A chunk read from the store is read whole (its chunk length, once per request) and checked
+ * against the checksum recorded with its copy; only then is the requested part returned. On a
+ * mismatch the read answers EIO and `onDamaged` records the copy lost (damage.ts): every later
+ * read of it answers EIO too, and it never falls through to the origin's newer data.
+ *
+ * Writes (only with `--writable`) never touch the origin, and never change a slot in place:
+ * each write to a chunk is redirect-on-write. The whole chunk (the snapshot's view of it, with
+ * the new bytes in place) goes to a NEW slot, a PRIVATE record with that slot and the data's
+ * checksum is committed, and only then is the previous private slot released. A crash leaves
+ * either the old mapping (its slot untouched) or the new one (its data durable before its
+ * record), never a chunk whose data disagrees with its recorded checksum. Every write costs a
+ * commit; concurrent writes share it (group commit). A snapshot whose store ran out of room
+ * answers ENOSPC to its own writes; an invalidated snapshot answers EIO to everything.
  */
 import { type BlockDevice, DATA, type DeviceCapabilities, pushExtent } from '../block/device.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { Extent } from '../nbd-protocol/index.ts';
+import { checksum } from '../store/checksum.ts';
 import type { DiffStore } from '../store/store.ts';
-import type { RecordSink } from './recorder.ts';
+import { readVerified } from '../store/verify.ts';
 import { ChunkGuard } from './chunk-guard.ts';
+import type { Copy } from './exception-table.ts';
 import type { Snapshot } from './model.ts';
+import type { RecordSink } from './recorder.ts';
 
 interface Piece {
   chunk: number;
@@ -34,6 +46,7 @@ export class SnapshotDevice implements BlockDevice {
   private readonly privateGuard = new ChunkGuard();
   private readonly track: (offset: number, length: number) => Promise<void>;
   private readonly sink: RecordSink;
+  private readonly onDamaged: (chunk: number, copy: Copy) => Promise<void>;
   /** Writes in flight, and who waits for there to be none (`quiesce`). */
   private writes = 0;
   private readonly quiesced: (() => void)[] = [];
@@ -43,7 +56,8 @@ export class SnapshotDevice implements BlockDevice {
   /**
    * `origin` is the device below the COW layer; `store` the difference store; `track` records a
    * write to this snapshot for change tracking before it is made; `sink` commits a record and
-   * applies it to the catalog (a private chunk).
+   * applies it to the catalog (a private chunk); `onDamaged` records a copy found damaged
+   * (resolves once recorded).
    */
   constructor(
     snapshot: Snapshot,
@@ -51,12 +65,14 @@ export class SnapshotDevice implements BlockDevice {
     store: DiffStore,
     track: (offset: number, length: number) => Promise<void>,
     sink: RecordSink,
+    onDamaged: (chunk: number, copy: Copy) => Promise<void>,
   ) {
     this.snapshot = snapshot;
     this.origin = origin;
     this.store = store;
     this.track = track;
     this.sink = sink;
+    this.onDamaged = onDamaged;
   }
 
   get size(): number {
@@ -133,7 +149,10 @@ export class SnapshotDevice implements BlockDevice {
     for (const p of this.pieces(offset, length)) {
       const src = table.resolve(p.chunk, this.snapshot);
       if (src.from === 'origin') fromOrigin.push(p);
-      else reads.push(this.store.readSlot(src.slot, p.length, p.inChunk).then((b) => void b.copy(out, p.at)));
+      else
+        reads.push(
+          this.readChunk(p.chunk, src.copy).then((b) => void b.copy(out, p.at, p.inChunk, p.inChunk + p.length)),
+        );
     }
     if (fromOrigin.length > 0) {
       // Registered before any await: a copy of these chunks now waits for this read.
@@ -157,6 +176,30 @@ export class SnapshotDevice implements BlockDevice {
     await Promise.all(reads);
     this.check(); // invalidated while reading: the data may be wrong
     return out;
+  }
+
+  /** The whole chunk from its store copy, verified against the copy's checksum. */
+  private async readChunk(chunk: number, first: Copy): Promise<Buffer> {
+    const snap = this.snapshot;
+    const length = snap.origin.chunkLength(chunk);
+    for (let copy = first; ; ) {
+      if (!copy.lost) {
+        const data = await readVerified(this.store, copy.slot, copy.crc, length);
+        if (data !== undefined) return data;
+        this.check(); // deleted or invalidated meanwhile: its slots may have been reused
+        // A write to a private chunk moved it to a new slot meanwhile: read that one.
+        const now = snap.origin.table.resolve(chunk, snap);
+        if (now.from === 'store' && now.copy !== copy) {
+          copy = now.copy;
+          continue;
+        }
+        await this.onDamaged(chunk, copy).catch(() => undefined); // EIO below whatever happens
+      }
+      throw new NbdsnapError(
+        'EIO',
+        `snapshot ${snap.origin.name}@${snap.name}: chunk ${chunk} is damaged in the difference store (slot ${copy.slot}, checksum mismatch)`,
+      );
+    }
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
@@ -192,17 +235,19 @@ export class SnapshotDevice implements BlockDevice {
     ) {
       await busy;
     }
-    const own = snap.privateChunks.get(p.chunk);
-    if (own !== undefined) return this.store.writeSlot(own, bytes, p.inChunk);
     const done = this.privateGuard.claim(p.chunk);
     try {
       const length = snap.origin.chunkLength(p.chunk);
-      const chunkStart = p.chunk * snap.origin.chunkSize;
-      const base = await this.read(chunkStart, length);
+      // The whole chunk is written: no need to read it (and a lost chunk is whole again).
+      const base =
+        p.inChunk === 0 && bytes.length === length
+          ? Buffer.from(bytes)
+          : await this.read(p.chunk * snap.origin.chunkSize, length);
       bytes.copy(base, p.inChunk);
       const slot = this.store.allocate();
       if (slot === undefined)
         throw new NbdsnapError('ENOSPC', 'difference store full: the snapshot cannot take more writes');
+      const crc = checksum(base);
       try {
         await this.store.writeSlot(slot, base);
       } catch (err) {
@@ -211,7 +256,9 @@ export class SnapshotDevice implements BlockDevice {
       }
       // Into the catalog once durable. If it cannot be made durable the write fails, and the slot
       // stays allocated (the record may have reached the disk).
-      await this.sink.record([{ type: 'PRIVATE', snapshot: snap.id, chunk: p.chunk, slot }]);
+      await this.sink.record([{ type: 'PRIVATE', snapshot: snap.id, chunk: p.chunk, slot, crc }]);
+      // Invalidated or deleted meanwhile: the record freed the slot again (transition.ts).
+      if (snap.state === 'invalid') this.check();
     } finally {
       done();
     }

@@ -10,6 +10,7 @@ import type { CbtControl } from '../cbt/cbt-control.ts';
 import { QEMU_ALLOCATION_DEPTH } from '../nbd-protocol/index.ts';
 import type { ExportEntry, MetaContextSource } from '../server/exports.ts';
 import type { DiffStore } from '../store/store.ts';
+import type { Copy } from './exception-table.ts';
 import type { RecordSink } from './recorder.ts';
 import type { Snapshot } from './model.ts';
 import { SnapshotDevice } from './snapshot-device.ts';
@@ -22,12 +23,13 @@ export function snapshotExport(
   store: DiffStore,
   cbt: CbtControl,
   sink: RecordSink,
+  onDamaged: (chunk: number, copy: Copy) => Promise<void>,
 ): ExportEntry {
   // A write to a snapshot changes it (era = its seq) and makes it differ from what the next
   // snapshot will hold (era = seq + 1): both, as blksnap marks both of its maps.
   const track = (offset: number, length: number) =>
     cbt.track(snap.origin.name, offset, length, [snap.seq, snap.seq + 1]);
-  const device = new SnapshotDevice(snap, base, store, track, sink);
+  const device = new SnapshotDevice(snap, base, store, track, sink, onDamaged);
   const depth = { name: QEMU_ALLOCATION_DEPTH, extents: (o: number, l: number) => device.depthExtents(o, l) };
   return {
     name: exportName(snap),

@@ -73,6 +73,10 @@ function firstAbove(sorted: readonly Snapshot[], seq: number): number {
 }
 
 export function snapshotInfo(s: Snapshot, store: DiffStore | undefined, use = storeUse(s.origin).get(s)) {
+  const shared = [...s.origin.table.entries()].filter(([chunk, v]) => s.origin.table.find(chunk, s.seq) === v);
+  let damaged = 0;
+  for (const [chunk, v] of shared) if (v.lost && !s.privateChunks.has(chunk)) damaged += 1;
+  for (const own of s.privateChunks.values()) if (own.lost) damaged += 1;
   return {
     device: s.origin.name,
     name: s.name,
@@ -86,6 +90,8 @@ export function snapshotInfo(s: Snapshot, store: DiffStore | undefined, use = st
     /** Chunks only this snapshot reads: what deleting it frees. */
     exclusiveChunks: use?.exclusiveChunks ?? 0,
     privateChunks: s.privateChunks.size,
+    /** Chunks it reads whose store copy was found damaged (lost): reads of them answer EIO. */
+    damaged,
     chunkSize: store?.chunkSize ?? s.origin.chunkSize,
   };
 }

@@ -19,6 +19,7 @@ import { CbtTracker } from '../cbt/tracker.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { JournalRecord } from '../store/records.ts';
 import { Catalog } from './catalog.ts';
+import { copyOf } from './exception-table.ts';
 import { mergeChunks } from './merge.ts';
 import { OriginState, type Snapshot } from './model.ts';
 
@@ -62,7 +63,7 @@ export function apply(cat: Catalog, rec: JournalRecord): Effects {
         fx.freed.push(rec.slot);
         break;
       }
-      origin.table.add(rec.chunk, rec.seq, rec.slot);
+      origin.table.add(rec.chunk, rec.seq, rec.slot, rec.crc);
       origin.table.pruneChunk(rec.chunk, origin.readers, (slot) => fx.freed.push(slot));
       break;
     }
@@ -72,9 +73,16 @@ export function apply(cat: Catalog, rec: JournalRecord): Effects {
         fx.freed.push(rec.slot);
         break;
       }
+      // A later PRIVATE of the same chunk replaces it (redirect-on-write): the old slot is free.
       const before = snap.privateChunks.get(rec.chunk);
-      if (before !== undefined && before !== rec.slot) fx.freed.push(before);
-      snap.privateChunks.set(rec.chunk, rec.slot);
+      if (before !== undefined && before.slot !== rec.slot) fx.freed.push(before.slot);
+      snap.privateChunks.set(rec.chunk, copyOf(rec.slot, rec.crc));
+      break;
+    }
+    case 'LOST': {
+      // A damaged copy: reads of it answer EIO from now on (it stays referenced, never freed here).
+      const origin = cat.origins.get(rec.device);
+      origin?.table.lose(rec.chunk, rec.slot, origin.snapshots);
       break;
     }
     case 'MERGE':
@@ -145,7 +153,7 @@ function endSnapshot(cat: Catalog, id: number, reason: string | undefined, fx: E
   const snap = cat.snapshots.get(id);
   if (snap === undefined) return;
   if (reason !== undefined && snap.state === 'invalid') return; // keeps its first reason
-  for (const slot of snap.privateChunks.values()) fx.freed.push(slot);
+  for (const own of snap.privateChunks.values()) fx.freed.push(own.slot);
   snap.privateChunks.clear();
   cat.merges.delete(id); // an invalid snapshot is never merged
   snap.state = 'invalid';

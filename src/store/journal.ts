@@ -37,9 +37,11 @@ import type { StoreSpace } from './space.ts';
 export interface JournalOpenOptions {
   /**
    * Checks the chunk data of the last batch (after a crash only): false means that data is not
-   * what the records say, so the batch's sync never completed and it is dropped as torn.
+   * what the records say, so the batch's sync never completed and it is dropped as torn. `batch`:
+   * its state records; `before`: the state records of every batch before it (device sizes, what
+   * is still in use: see verify.ts).
    */
-  verifyLastBatch?: (records: JournalRecord[]) => Promise<boolean>;
+  verifyLastBatch?: (batch: JournalRecord[], before: JournalRecord[]) => Promise<boolean>;
   /** Write nothing (no zeroing of a torn tail): for an offline check. The journal takes no records. */
   readOnly?: boolean;
 }
@@ -114,7 +116,7 @@ export class Journal {
   /**
    * Replay the journal starting at `firstSlot`, claiming its slots in `space`. Returns the state
    * records of every whole batch (no COMMIT or CLEAN records). Throws CORRUPT on damage, EIO
-   * when a block cannot be read.
+   * when a block cannot be read. `readOnly`: write nothing (store check).
    */
   static async open(
     space: StoreSpace,
@@ -141,10 +143,11 @@ export class Journal {
     // Only when nothing follows the last batch may its sync have been cut short (a later batch's
     // bytes would mean it returned: batches are serialised).
     if (torn === undefined && !cleanStop && last !== undefined && opts.verifyLastBatch !== undefined) {
-      if (!(await opts.verifyLastBatch(last.records))) {
+      const before = records.slice(0, records.length - last.records.length);
+      if (!(await opts.verifyLastBatch(last.records, before))) {
         torn = `the data of the last batch (records from ${last.start.seq}) is not what it records`;
         end = last.start;
-        records = records.slice(0, records.length - last.records.length);
+        records = before;
         batches -= 1;
       }
     }

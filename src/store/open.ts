@@ -107,6 +107,25 @@ export async function planOpen(given: StoreRange[], probe: Probe): Promise<OpenP
   return { kind: 'existing', record, ranges, moved, appends };
 }
 
+/**
+ * `store check`: an existing store only, opened without writing anything. Blank ranges are not a
+ * store; a range that would be appended is not part of it yet (a check appends nothing).
+ */
+export async function planCheck(given: StoreRange[], probe: Probe): Promise<Extract<OpenPlan, { kind: 'existing' }>> {
+  const plan = await planOpen(given, probe);
+  if (plan.kind === 'new')
+    throw new NbdsnapError(
+      'CORRUPT',
+      `store range ${rangeSpec(given[0] as StoreRange)} is blank: not an nbdsnap store`,
+    );
+  const extra = plan.appends[0];
+  if (extra !== undefined)
+    throw refuse(
+      `store range ${rangeSpec(extra)} is not a range of store ${plan.record.uuid}; a check appends nothing`,
+    );
+  return plan;
+}
+
 /** A label must sit where it says its range starts; the range given may be longer (a grown file). */
 function checkExtent(range: StoreRange, l: Label): void {
   if (range.start !== l.start || range.length < l.length) {

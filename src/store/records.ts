@@ -31,6 +31,7 @@ export const RecordType = {
   CBT: 10,
   CBT_GEN: 11,
   CLEAN: 12,
+  LOST: 13,
 } as const;
 
 export type JournalRecord =
@@ -43,8 +44,11 @@ export type JournalRecord =
     }
   | { type: 'DELETE'; snapshot: number }
   | { type: 'INVALID'; snapshot: number; reason: string }
-  | { type: 'EXCEPTION'; device: number; seq: number; chunk: number; slot: number }
-  | { type: 'PRIVATE'; snapshot: number; chunk: number; slot: number }
+  /** `crc`: checksum (src/store/checksum.ts) of the chunk as written to the slot, chunk-length bytes. */
+  | { type: 'EXCEPTION'; device: number; seq: number; chunk: number; slot: number; crc: number }
+  | { type: 'PRIVATE'; snapshot: number; chunk: number; slot: number; crc: number }
+  /** The copy of `chunk` in `slot` was found damaged (checksum mismatch): reads of it answer EIO. */
+  | { type: 'LOST'; device: number; chunk: number; slot: number }
   | { type: 'MERGE'; snapshot: number; deferred: boolean }
   | { type: 'MERGED'; snapshot: number; chunk: number; count: number }
   /** Blocks [block, block+count) of a device were first written in `era`. */
@@ -125,16 +129,25 @@ function encodePayload(rec: JournalRecord): Buffer {
     case 'INVALID':
       return Buffer.concat([u32s(rec.snapshot), Buffer.from(rec.reason, 'utf8')]);
     case 'EXCEPTION': {
-      const b = Buffer.alloc(20);
+      const b = Buffer.alloc(24);
       b.writeUInt32LE(rec.device, 0);
       b.writeUInt32LE(rec.seq, 4);
       b.writeBigUInt64LE(BigInt(rec.chunk), 8);
       b.writeUInt32LE(rec.slot, 16);
+      b.writeUInt32LE(rec.crc >>> 0, 20);
       return b;
     }
     case 'PRIVATE': {
-      const b = Buffer.alloc(16);
+      const b = Buffer.alloc(20);
       b.writeUInt32LE(rec.snapshot, 0);
+      b.writeBigUInt64LE(BigInt(rec.chunk), 4);
+      b.writeUInt32LE(rec.slot, 12);
+      b.writeUInt32LE(rec.crc >>> 0, 16);
+      return b;
+    }
+    case 'LOST': {
+      const b = Buffer.alloc(16);
+      b.writeUInt32LE(rec.device, 0);
       b.writeBigUInt64LE(BigInt(rec.chunk), 4);
       b.writeUInt32LE(rec.slot, 12);
       return b;
@@ -211,9 +224,18 @@ function decodePayload(type: keyof typeof RecordType, p: Buffer): JournalRecord 
         seq: p.readUInt32LE(4),
         chunk: Number(p.readBigUInt64LE(8)),
         slot: p.readUInt32LE(16),
+        crc: p.readUInt32LE(20),
       };
     case 'PRIVATE':
-      return { type, snapshot: p.readUInt32LE(0), chunk: Number(p.readBigUInt64LE(4)), slot: p.readUInt32LE(12) };
+      return {
+        type,
+        snapshot: p.readUInt32LE(0),
+        chunk: Number(p.readBigUInt64LE(4)),
+        slot: p.readUInt32LE(12),
+        crc: p.readUInt32LE(16),
+      };
+    case 'LOST':
+      return { type, device: p.readUInt32LE(0), chunk: Number(p.readBigUInt64LE(4)), slot: p.readUInt32LE(12) };
     case 'MERGE':
       return { type, snapshot: p.readUInt32LE(0), deferred: p.readUInt32LE(4) === 1 };
     case 'CBT':

@@ -63,9 +63,13 @@ export class StoreSpace {
   private freeSlots = 0;
   private cursor = 0;
 
-  constructor(chunkSize: number, reserved: number) {
+  private readonly readOnly: boolean;
+
+  /** `readOnly`: files are opened for reading only, under a shared claim (store check). */
+  constructor(chunkSize: number, reserved: number, readOnly = false) {
     this.chunkSize = chunkSize;
     this.reserved = reserved;
+    this.readOnly = readOnly;
   }
 
   get totalSlots(): number {
@@ -205,6 +209,13 @@ export class StoreSpace {
     throw new NbdsnapError('EIO', `store slot ${slot} does not exist`);
   }
 
+  /** Where a slot lies: its file and byte offset (reports of damage). */
+  locate(slot: number): { path: string; offset: number } {
+    const r = this.ranges.find((x) => slot >= x.firstSlot && slot < x.firstSlot + x.slots);
+    if (r === undefined) throw new NbdsnapError('EIO', `store slot ${slot} does not exist`);
+    return { path: r.path, offset: r.slotBase + (slot - r.firstSlot) * this.chunkSize };
+  }
+
   async writeSlot(slot: number, data: Buffer, offsetInSlot = 0): Promise<void> {
     const { fd, offset } = this.where(slot);
     await writeFully(fd, data, offset + offsetInSlot);
@@ -243,15 +254,23 @@ export class StoreSpace {
     for (const c of this.claims.splice(0)) c.release();
   }
 
-  /** The range's file, opened once; each range is claimed exclusively for the store's lifetime. */
+  /**
+   * The range's file, opened once; each range is claimed for the store's lifetime: exclusively,
+   * or shared when read-only (a check runs beside other readers, never beside a server).
+   */
   private openFile(range: StoreRange): OpenFile {
     const { path } = range;
     const known = this.files.get(path);
     const opened = known === undefined;
-    const fd = known?.fd ?? openSync(path, constants.O_RDWR);
+    const fd = known?.fd ?? openSync(path, this.readOnly ? constants.O_RDONLY : constants.O_RDWR);
     try {
       const st = fstatSync(fd);
-      const claim = { exclusive: true, role: 'store', start: range.start, length: range.length };
+      const claim = {
+        exclusive: !this.readOnly,
+        role: this.readOnly ? 'store check' : 'store',
+        start: range.start,
+        length: range.length,
+      };
       this.claims.push(claimStorage(path, { ...claim, expect: { dev: st.dev, ino: st.ino } }));
       if (known !== undefined) return known;
       const size = st.isBlockDevice() ? (native?.sizeOf(fd) ?? 0) : st.size;

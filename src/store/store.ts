@@ -19,13 +19,14 @@ import { randomUUID } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { claimStorage } from '../block/ownership.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
-import { Journal } from './journal.ts';
+import { Journal, type JournalReport } from './journal.ts';
 import { copyOffset, encodeLabel, encodeLabelPair, LABEL_AREA, rangeSpec, type StoreKind } from './label.ts';
-import { checkAppend, planOpen, planTransient } from './open.ts';
+import { checkAppend, planCheck, planOpen, planTransient } from './open.ts';
 import { probeRange, type RangeContent } from './probe.ts';
 import type { JournalRecord } from './records.ts';
 import { type StoreRange, StoreSpace } from './space.ts';
 import { newSuperblock, rangeLabel, type Superblock } from './superblock.ts';
+import { chunkLengths, verifyBatchData } from './verify.ts';
 
 /** Slots kept back from data so the journal can always record an invalidation. */
 const JOURNAL_RESERVE = 2;
@@ -40,6 +41,8 @@ export function checkChunkSize(n: number): void {
 export interface StoreOptions {
   chunkSize?: number | undefined;
   transient: boolean;
+  /** Open an existing store without writing anything (store check); never formats or appends. */
+  readOnly?: boolean;
 }
 
 export interface StoreStatus {
@@ -81,16 +84,22 @@ export class DiffStore {
 
   /**
    * Open the store on `ranges` (range 0 first) by the open rules of open.ts, formatting it only
-   * if every range is blank. Returns the replayed records.
+   * if every range is blank. Returns the replayed records and what the journal's replay found.
+   * `readOnly` (store check): an existing store only, files opened for reading under a shared
+   * claim, and nothing written (no format, no append, no path re-recorded, no journal repair).
    */
-  static async open(ranges: StoreRange[], opts: StoreOptions): Promise<{ store: DiffStore; records: JournalRecord[] }> {
+  static async open(
+    ranges: StoreRange[],
+    opts: StoreOptions,
+  ): Promise<{ store: DiffStore; records: JournalRecord[]; report?: JournalReport }> {
     if (ranges.length === 0) throw new NbdsnapError('BAD_ARGUMENT', 'no store range given');
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
-    if (opts.transient) {
+    const readOnly = opts.readOnly === true;
+    if (opts.transient && !readOnly) {
       const given = await planTransient(ranges, probeOwned);
       return { store: await DiffStore.create(given, chunkSize, 'transient'), records: [] };
     }
-    const plan = await planOpen(ranges, probeOwned);
+    const plan = readOnly ? await planCheck(ranges, probeRange) : await planOpen(ranges, probeOwned);
     if (plan.kind === 'new')
       return { store: await DiffStore.create(plan.ranges, chunkSize, 'persistent'), records: [] };
     const record = plan.record;
@@ -100,25 +109,30 @@ export class DiffStore {
         `the store was formatted with chunk size ${record.chunkSize}; --chunk-size ${opts.chunkSize} was given`,
       );
     }
-    const { space, counts } = openSpace(record.chunkSize, plan.ranges);
+    const { space, counts } = openSpace(record.chunkSize, plan.ranges, readOnly);
     let store: DiffStore;
-    let records: JournalRecord[];
+    let opened: Awaited<ReturnType<typeof Journal.open>>;
     try {
-      const opened = await Journal.open(space, record.firstJournalSlot ?? 0);
-      records = opened.records;
+      opened = await Journal.open(space, record.firstJournalSlot ?? 0, {
+        readOnly,
+        // After a crash, the last batch's data is checked against its records' checksums (one
+        // sync per batch); `before` gives the device sizes and what is still in use (verify.ts).
+        verifyLastBatch: (batch, before) =>
+          verifyBatchData(space, batch, chunkLengths(before, batch, record.chunkSize)),
+      });
       store = new DiffStore(space, opened.journal, record, counts);
     } catch (err) {
       space.close();
       throw err;
     }
     try {
-      if (plan.moved) await store.recordPaths(plan.ranges);
+      if (plan.moved && !readOnly) await store.recordPaths(plan.ranges);
       for (const r of plan.appends) await store.append(r);
     } catch (err) {
-      store.close();
+      await store.close().catch(() => undefined); // the first error is the one to report
       throw err;
     }
-    return { store, records };
+    return { store, records: opened.records, report: opened.report };
   }
 
   /**
@@ -311,9 +325,9 @@ export class DiffStore {
   }
 }
 
-/** A space over `ranges` (opened read-write; overlaps and sizes checked), before anything is written. */
-function openSpace(chunkSize: number, ranges: StoreRange[]): { space: StoreSpace; counts: number[] } {
-  const space = new StoreSpace(chunkSize, LABEL_AREA);
+/** A space over `ranges` (opened read-write or read-only; overlaps and sizes checked), before anything is written. */
+function openSpace(chunkSize: number, ranges: StoreRange[], readOnly = false): { space: StoreSpace; counts: number[] } {
+  const space = new StoreSpace(chunkSize, LABEL_AREA, readOnly);
   try {
     return { space, counts: ranges.map((r) => space.add(r)) };
   } catch (err) {

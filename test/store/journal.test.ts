@@ -118,12 +118,16 @@ describe('journal', () => {
   it('asks the verifier about the last batch after a crash only, and drops exactly that batch', async () => {
     const built = await build(SIZES, false);
     const seen: JournalRecord[][] = [];
-    const fails = async (records: JournalRecord[]) => {
+    const priors: JournalRecord[][] = [];
+    const fails = async (records: JournalRecord[], before: JournalRecord[]) => {
       seen.push(records);
+      priors.push(before);
       return false;
     };
     const ro = await open(built.path, built.first, { verifyLastBatch: fails, readOnly: true });
     expect(seen).toEqual([built.batches.at(-1)]);
+    // With the records of every batch before it (device sizes, what is still in use).
+    expect(priors).toEqual([built.batches.slice(0, -1).flat()]);
     expect(ro.records).toEqual(built.batches.slice(0, -1).flat());
     expect(ro.report.reason).toBe('torn');
     // Read-only wrote nothing: a verifier that agrees gets everything.

@@ -6,6 +6,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { NbdsnapError } from '../../../src/errors.ts';
 import type { Catalog } from '../../../src/snapshot/catalog.ts';
+import { copyOf } from '../../../src/snapshot/exception-table.ts';
 import { apply, replay } from '../../../src/snapshot/transition.ts';
 import type { JournalRecord } from '../../../src/store/records.ts';
 import { stampedData } from '../../helpers/stamps.ts';
@@ -55,32 +56,58 @@ describe('each record type', () => {
 
   it('EXCEPTION adds a copy; one nobody reads any more is freed at once', () => {
     const cat = catalog(snapshotRecord('s', [1, 1, 1]));
-    expect(apply(cat, { type: 'EXCEPTION', device: 1, seq: 1, chunk: 3, slot: 20 }).freed).toEqual([]);
+    expect(apply(cat, { type: 'EXCEPTION', device: 1, seq: 1, chunk: 3, slot: 20, crc: 0 }).freed).toEqual([]);
     expect(cat.originNamed('a')?.table.find(3, 1)?.slot).toBe(20);
     apply(cat, { type: 'DELETE', snapshot: 1 });
     // A copy for the deleted snapshot committed after its DELETE (they raced): freed.
-    expect(apply(cat, { type: 'EXCEPTION', device: 1, seq: 1, chunk: 4, slot: 21 }).freed).toEqual([21]);
+    expect(apply(cat, { type: 'EXCEPTION', device: 1, seq: 1, chunk: 4, slot: 21, crc: 0 }).freed).toEqual([21]);
     expect(cat.originNamed('a')?.table.size).toBe(0);
-    expect(apply(cat, { type: 'EXCEPTION', device: 9, seq: 1, chunk: 4, slot: 22 }).freed).toEqual([22]);
+    expect(apply(cat, { type: 'EXCEPTION', device: 9, seq: 1, chunk: 4, slot: 22, crc: 0 }).freed).toEqual([22]);
   });
 
   it('PRIVATE gives a writable snapshot its own chunk; for an invalid or unknown one it is freed', () => {
     const cat = catalog(snapshotRecord('s', [1, 1, 1]));
-    expect(apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 2, slot: 30 }).freed).toEqual([]);
-    expect(cat.snapshots.get(1)?.privateChunks).toEqual(new Map([[2, 30]]));
-    expect(apply(cat, { type: 'PRIVATE', snapshot: 5, chunk: 2, slot: 31 }).freed).toEqual([31]);
+    expect(apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 2, slot: 30, crc: 0 }).freed).toEqual([]);
+    expect(cat.snapshots.get(1)?.privateChunks).toEqual(new Map([[2, copyOf(30, 0)]]));
+    expect(apply(cat, { type: 'PRIVATE', snapshot: 5, chunk: 2, slot: 31, crc: 0 }).freed).toEqual([31]);
     apply(cat, { type: 'INVALID', snapshot: 1, reason: 'x' });
-    expect(apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 3, slot: 32 }).freed).toEqual([32]);
+    expect(apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 3, slot: 32, crc: 0 }).freed).toEqual([32]);
+  });
+
+  it('PRIVATE of a chunk again (redirect-on-write) keeps the new checksum and frees the old slot', () => {
+    const cat = catalog(snapshotRecord('s', [1, 1, 1]));
+    apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 2, slot: 30, crc: 7 });
+    expect(apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 2, slot: 31, crc: 8 }).freed).toEqual([30]);
+    expect(cat.snapshots.get(1)?.privateChunks).toEqual(new Map([[2, copyOf(31, 8)]]));
+    expect([...cat.usedSlots()]).toEqual([31]);
+  });
+
+  it('LOST marks the copy in that slot lost (shared or private), frees nothing; an unknown slot changes nothing', () => {
+    const cat = catalog(
+      snapshotRecord('s', [1, 1, 1]),
+      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 3, slot: 20, crc: 5 },
+      { type: 'PRIVATE', snapshot: 1, chunk: 4, slot: 21, crc: 6 },
+    );
+    const snap = cat.snapshots.get(1);
+    const table = cat.originNamed('a')?.table;
+    if (snap === undefined || table === undefined) throw new Error('not applied');
+    expect(apply(cat, { type: 'LOST', device: 1, chunk: 3, slot: 20 }).freed).toEqual([]);
+    expect(apply(cat, { type: 'LOST', device: 1, chunk: 4, slot: 21 }).freed).toEqual([]);
+    expect(apply(cat, { type: 'LOST', device: 1, chunk: 3, slot: 99 }).freed).toEqual([]);
+    expect(apply(cat, { type: 'LOST', device: 9, chunk: 3, slot: 20 }).freed).toEqual([]);
+    expect(table.resolve(3, snap)).toMatchObject({ from: 'store', slot: 20, copy: { lost: true } });
+    expect(table.resolve(4, snap)).toMatchObject({ from: 'store', slot: 21, private: true, copy: { lost: true } });
+    expect([...cat.usedSlots()].sort((a, b) => a - b)).toEqual([20, 21]);
   });
 
   it('INVALID frees what only that snapshot needed, drops its scheduled merge, keeps its first reason', () => {
     const cat = catalog(
       snapshotRecord('old', [1, 1, 1]),
       snapshotRecord('new', [2, 1, 2]),
-      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 0, slot: 10 }, // read by old
-      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 1, slot: 11 }, // read by old and new
-      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 0, slot: 12 }, // read by new
-      { type: 'PRIVATE', snapshot: 2, chunk: 5, slot: 13 },
+      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 0, slot: 10, crc: 0 }, // read by old
+      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 1, slot: 11, crc: 0 }, // read by old and new
+      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 0, slot: 12, crc: 0 }, // read by new
+      { type: 'PRIVATE', snapshot: 2, chunk: 5, slot: 13, crc: 0 },
       { type: 'MERGE', snapshot: 2, deferred: true },
     );
     const snap = cat.snapshots.get(2);
@@ -100,8 +127,8 @@ describe('each record type', () => {
     const cat = catalog(
       { type: 'CBT_GEN', device: 1, blockSize: CHUNK, generation: 'g1' },
       snapshotRecord('s', [1, 1, 1]),
-      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 0, slot: 10 },
-      { type: 'PRIVATE', snapshot: 1, chunk: 1, slot: 11 },
+      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 0, slot: 10, crc: 0 },
+      { type: 'PRIVATE', snapshot: 1, chunk: 1, slot: 11, crc: 0 },
     );
     const snap = cat.snapshots.get(1);
     const fx = apply(cat, { type: 'DELETE', snapshot: 1 });
@@ -118,8 +145,8 @@ describe('each record type', () => {
   it('MERGE fixes the chunks to merge at its record; later copies do not change them', () => {
     const cat = catalog(
       snapshotRecord('m', [1, 1, 1]),
-      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 4, slot: 10 },
-      { type: 'PRIVATE', snapshot: 1, chunk: 6, slot: 11 },
+      { type: 'EXCEPTION', device: 1, seq: 1, chunk: 4, slot: 10, crc: 0 },
+      { type: 'PRIVATE', snapshot: 1, chunk: 6, slot: 11, crc: 0 },
       { type: 'MERGE', snapshot: 1, deferred: true },
     );
     expect(cat.merges.get(1)).toEqual({ deferred: true, merged: new Set(), chunks: undefined });
@@ -130,7 +157,7 @@ describe('each record type', () => {
     expect(cat.originNamed('a')?.readers.map((s) => s.name)).toEqual(['m']); // its copies are kept
     // A newer snapshot's copy of chunk 2 (the merged snapshot would resolve it too).
     apply(cat, snapshotRecord('n', [2, 1, 2]));
-    apply(cat, { type: 'EXCEPTION', device: 1, seq: 2, chunk: 2, slot: 12 });
+    apply(cat, { type: 'EXCEPTION', device: 1, seq: 2, chunk: 2, slot: 12, crc: 0 });
     expect(cat.merges.get(1)?.chunks).toEqual([4, 6]);
     apply(cat, { type: 'MERGED', snapshot: 1, chunk: 4, count: 1 });
     expect(cat.merges.get(1)?.merged).toEqual(new Set([4]));
@@ -168,20 +195,20 @@ describe('records that race at run time', () => {
   const base: JournalRecord[] = [
     snapshotRecord('a1', [1, 1, 1]),
     snapshotRecord('a2', [2, 1, 2]),
-    { type: 'EXCEPTION', device: 1, seq: 1, chunk: 0, slot: 10 },
-    { type: 'PRIVATE', snapshot: 2, chunk: 7, slot: 14 },
+    { type: 'EXCEPTION', device: 1, seq: 1, chunk: 0, slot: 10, crc: 0 },
+    { type: 'PRIVATE', snapshot: 2, chunk: 7, slot: 14, crc: 0 },
   ];
   const racing: JournalRecord[][] = [
     [
-      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 1, slot: 11 },
+      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 1, slot: 11, crc: 0 },
       { type: 'DELETE', snapshot: 2 },
     ],
     [
-      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 1, slot: 11 },
+      { type: 'EXCEPTION', device: 1, seq: 2, chunk: 1, slot: 11, crc: 0 },
       { type: 'INVALID', snapshot: 2, reason: 'store full' },
     ],
     [
-      { type: 'PRIVATE', snapshot: 2, chunk: 3, slot: 12 },
+      { type: 'PRIVATE', snapshot: 2, chunk: 3, slot: 12, crc: 0 },
       { type: 'DELETE', snapshot: 2 },
     ],
     [
@@ -242,5 +269,30 @@ describe('replay of a recorded run', () => {
     const replayed = replay(run.committed, CHUNK);
     expect(replayed).toEqual(m.catalog);
     expect(new Set(replayed.usedSlots())).toEqual(new Set(m.catalog.usedSlots()));
+  });
+  it('a damaged copy: the read answers EIO, LOST goes through the recorder, replay marks the same copy lost', async () => {
+    const run = new Harness({ devices: { a: 16 * CHUNK }, slots: 40 });
+    h = run;
+    await run.start();
+    const m = run.manager;
+    await m.createSnapshot(['a'], 's', false);
+    await run.device('a').write(3 * CHUNK, Buffer.alloc(CHUNK, 7), false);
+    const snap = m.find('a', 's');
+    const copy = snap.origin.table.find(3, snap.seq);
+    if (copy === undefined) throw new Error('no copy of chunk 3');
+    await run.store.space.writeSlot(copy.slot, Buffer.alloc(16, 0xee)); // damage it
+    const read = () => run.device('a@s').read(3 * CHUNK + 512, 512);
+    await expect(read()).rejects.toMatchObject({ code: 'EIO' });
+    const lost = () => run.committed.filter((r) => r.type === 'LOST');
+    expect(lost()).toEqual([{ type: 'LOST', device: snap.origin.id, chunk: 3, slot: copy.slot }]);
+    expect(copy.lost).toBe(true);
+    expect(run.events.filter((e) => e.type === 'damaged')).toMatchObject([
+      { device: 'a', chunk: 3, slot: copy.slot, snapshots: ['a@s'] },
+    ]);
+    expect(m.list().map((s) => s.damaged)).toEqual([1]);
+    // Read again: EIO without reading, and no second record.
+    await expect(read()).rejects.toMatchObject({ code: 'EIO' });
+    expect(lost()).toHaveLength(1);
+    expect(replay(run.committed, CHUNK)).toEqual(m.catalog);
   });
 });

@@ -1,0 +1,144 @@
+/**
+ * Damaged store copies. Every copy carries the checksum of its data (exception-table.ts); a
+ * read whose data fails it never returns those bytes. `DamageLog.record` then raises a `damaged`
+ * event naming the snapshots that read it and records LOST through the recorder (commit, then
+ * apply: transition.ts marks the copy lost, so every later read of it answers EIO, also after a
+ * restart). Until then the copy still fails its checksum at every read. `DamageLog.scrub` reads every
+ * live copy through the same check (`nbdsnap store scrub` on a running server).
+ */
+import { errorMessage } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { DiffStore } from '../store/store.ts';
+import { readVerified } from '../store/verify.ts';
+import type { EventBus } from './events.ts';
+import type { Copy } from './exception-table.ts';
+import type { OriginState } from './model.ts';
+import type { RecordSink } from './recorder.ts';
+import { exportName } from './snapshot-export.ts';
+
+export interface DamagedCopy {
+  device: string;
+  chunk: number;
+  slot: number;
+  snapshots: string[];
+}
+
+export interface ScrubProgress {
+  checked: number;
+  total: number;
+  damaged: number;
+}
+
+export interface ScrubReport extends ScrubProgress {
+  /** Copies recorded lost before this scrub (not read again). */
+  lostBefore: number;
+  bytes: number;
+  found: DamagedCopy[];
+}
+
+/** Copies read at once by a scrub. */
+const SCRUB_PARALLELISM = 4;
+
+/** The snapshots (export names) that read `copy` for `chunk`. */
+export function readersOf(origin: OriginState, chunk: number, copy: Copy): string[] {
+  return origin.snapshots
+    .filter((s) => {
+      const src = origin.table.resolve(chunk, s);
+      return s.state !== 'invalid' && src.from === 'store' && src.copy === copy;
+    })
+    .map(exportName);
+}
+
+/** Whether `copy` is still held for `chunk` (not freed, so its slot is not reused). */
+export function held(origin: OriginState, chunk: number, copy: Copy): boolean {
+  if (origin.snapshots.some((s) => s.privateChunks.get(chunk) === copy)) return true;
+  for (const s of origin.readers) if (origin.table.find(chunk, s.seq) === copy) return true;
+  return false;
+}
+
+export class DamageLog {
+  private readonly store: DiffStore | undefined;
+  private readonly sink: RecordSink;
+  private readonly events: EventBus;
+  private readonly log: Logger;
+  /** LOST records on their way to the journal. */
+  private readonly recording = new Map<Copy, Promise<void>>();
+
+  constructor(store: DiffStore | undefined, sink: RecordSink, events: EventBus, log: Logger) {
+    this.store = store;
+    this.sink = sink;
+    this.events = events;
+    this.log = log;
+  }
+
+  /** The copy of `chunk` of `origin` failed its checksum. Resolves once LOST is durable (rejects if it cannot be). */
+  record(origin: OriginState, chunk: number, copy: Copy): Promise<void> {
+    const pending = this.recording.get(copy);
+    if (pending !== undefined) return pending;
+    if (copy.lost) return Promise.resolve();
+    const snapshots = readersOf(origin, chunk, copy);
+    this.events.emit({ type: 'damaged', device: origin.name, chunk, slot: copy.slot, snapshots });
+    const done = this.sink
+      .record([{ type: 'LOST', device: origin.id, chunk, slot: copy.slot }])
+      .then(() => undefined)
+      .catch((err: unknown) => {
+        this.log.error('could not record a damaged chunk as lost', {
+          device: origin.name,
+          chunk,
+          err: errorMessage(err),
+        });
+        throw err;
+      })
+      .finally(() => this.recording.delete(copy));
+    this.recording.set(copy, done);
+    return done;
+  }
+
+  /** Read every live copy of `origins` and record the damaged ones. */
+  async scrub(origins: readonly OriginState[], onProgress: (p: ScrubProgress) => void): Promise<ScrubReport> {
+    const store = this.store;
+    const todo: { origin: OriginState; chunk: number; copy: Copy }[] = [];
+    let lostBefore = 0;
+    for (const origin of origins) {
+      const add = (chunk: number, copy: Copy) => {
+        if (copy.lost) lostBefore += 1;
+        else todo.push({ origin, chunk, copy });
+      };
+      for (const [chunk, v] of origin.table.entries()) add(chunk, v);
+      for (const s of origin.snapshots) for (const [chunk, own] of s.privateChunks) add(chunk, own);
+    }
+    const report: ScrubReport = { checked: 0, total: todo.length, damaged: 0, lostBefore, bytes: 0, found: [] };
+    if (store === undefined) return report;
+    let next = 0;
+    let reported = Date.now();
+    const worker = async () => {
+      while (next < todo.length) {
+        const { origin, chunk, copy } = todo[next++] as (typeof todo)[number];
+        const length = origin.chunkLength(chunk);
+        if (!copy.lost && held(origin, chunk, copy)) {
+          const data = await readVerified(store, copy.slot, copy.crc, length);
+          // A copy freed while it was read may have been reused: not damage.
+          if (data === undefined && held(origin, chunk, copy) && !copy.lost) {
+            report.found.push({
+              device: origin.name,
+              chunk,
+              slot: copy.slot,
+              snapshots: readersOf(origin, chunk, copy),
+            });
+            report.damaged += 1;
+            await this.record(origin, chunk, copy);
+          }
+          report.bytes += length;
+        }
+        report.checked += 1;
+        if (Date.now() - reported >= 1000) {
+          reported = Date.now();
+          onProgress({ checked: report.checked, total: report.total, damaged: report.damaged });
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: SCRUB_PARALLELISM }, worker));
+    onProgress({ checked: report.checked, total: report.total, damaged: report.damaged });
+    return report;
+  }
+}
