@@ -143,7 +143,7 @@ function lockRange(
     }
   }
   if (file === undefined) {
-    file = { fd: openForLock(path, fileId, id), held: [] };
+    file = { fd: openForLock(path, fileId, id, exclusive), held: [] };
     lockedFiles.set(fileId, file);
   }
   // Length 0 locks to the end of the file and beyond; an empty extent locks nothing.
@@ -188,15 +188,17 @@ function forget(fileId: string): void {
 }
 
 /** A descriptor of the file to hold locks on: read-write where allowed (write locks need it). */
-function openForLock(path: string, fileId: string, id: StorageIdentity): number {
+function openForLock(path: string, fileId: string, id: StorageIdentity, exclusive: boolean): number {
   let fd: number;
   try {
     fd = openSync(path, constants.O_RDWR | constants.O_NONBLOCK);
-  } catch {
+  } catch (err) {
+    // A writer must be able to write: its own open error says why not (EPERM, EROFS, EACCES).
+    if (exclusive) throw err;
     try {
       fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
-    } catch (err) {
-      throw new NbdsnapError('BUSY', `cannot lock ${describeIdentity(id)}: ${(err as Error).message}`);
+    } catch (again) {
+      throw new NbdsnapError('BUSY', `cannot lock ${describeIdentity(id)}: ${(again as Error).message}`);
     }
   }
   const st = fstatSync(fd);

@@ -34,7 +34,7 @@ export const storeCheck = defineCommand({
 
 export const storeScrub = defineCommand({
   command: 'scrub',
-  describe: 'read and verify every copy of a running server\'s store; exit 1 if damaged',
+  describe: "read and verify every copy of a running server's store; exit 1 if damaged",
   builder: (y: Argv) => withControl(y),
   parse: (a) => ({ path: controlPath(a.control), json: a.json }),
   run: async (o) => {
@@ -48,7 +48,9 @@ export const storeScrub = defineCommand({
     const copy = (c: DamagedCopy) =>
       `damaged: ${c.device} chunk ${c.chunk} (slot ${c.slot}), read by ${c.snapshots.join(', ') || 'no snapshot'}`;
     const summary = `scrub: ${r.checked} copies (${r.bytes} bytes) checked, ${r.damaged} damaged, ${r.lostBefore} recorded lost before`;
-    process.stdout.write(o.json ? `${JSON.stringify(r, null, 2)}\n` : `${[...r.found.map(copy), summary].join('\n')}\n`);
+    process.stdout.write(
+      o.json ? `${JSON.stringify(r, null, 2)}\n` : `${[...r.found.map(copy), summary].join('\n')}\n`,
+    );
     if (r.damaged > 0 || r.lostBefore > 0) process.exitCode = 1;
   },
 });

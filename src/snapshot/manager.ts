@@ -21,6 +21,7 @@ import { Commands, requireStore } from './commands.ts';
 import { DamageLog, type ScrubProgress } from './damage.ts';
 import { DeviceStack } from './device-stack.ts';
 import { EventBus, LowSpaceWatch } from './events.ts';
+import { settleSuspectCopies } from './last-batch.ts';
 import { MergeControl } from './merge-control.ts';
 import type { Snapshot } from './model.ts';
 import { ExportPublisher } from './publisher.ts';
@@ -124,6 +125,11 @@ export class SnapshotManager {
       const stack = new DeviceStack(d.name, d.device, state, { store, recorder, cbt, events: this.events, damage });
       stacks.set(d.name, stack);
       publisher.addOrigin(stack, d.description, opts.readOnlyOrigins);
+    }
+    // After a crash: copies of the last batch whose data does not match (nothing is served yet).
+    if (store !== undefined && (opened?.suspect?.length ?? 0) > 0) {
+      const device = (name: string) => opts.devices.find((d) => d.name === name)?.device;
+      await settleSuspectCopies(opened?.suspect ?? [], { catalog, store, damage, log: this.log, device });
     }
     const served: Snapshot[] = [];
     for (const snap of catalog.snapshots.values()) {

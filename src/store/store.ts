@@ -26,7 +26,7 @@ import { probeRange, type RangeContent } from './probe.ts';
 import type { JournalRecord } from './records.ts';
 import { type StoreRange, StoreSpace } from './space.ts';
 import { newSuperblock, rangeLabel, type Superblock } from './superblock.ts';
-import { chunkLengths, verifyBatchData } from './verify.ts';
+import { chunkLengths, type DataRecord, mismatchedData } from './verify.ts';
 
 /** Slots kept back from data so the journal can always record an invalidation. */
 const JOURNAL_RESERVE = 2;
@@ -91,7 +91,7 @@ export class DiffStore {
   static async open(
     ranges: StoreRange[],
     opts: StoreOptions,
-  ): Promise<{ store: DiffStore; records: JournalRecord[]; report?: JournalReport }> {
+  ): Promise<{ store: DiffStore; records: JournalRecord[]; report?: JournalReport; suspect?: DataRecord[] }> {
     if (ranges.length === 0) throw new NbdsnapError('BAD_ARGUMENT', 'no store range given');
     const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
     const readOnly = opts.readOnly === true;
@@ -112,13 +112,20 @@ export class DiffStore {
     const { space, counts } = openSpace(record.chunkSize, plan.ranges, readOnly);
     let store: DiffStore;
     let opened: Awaited<ReturnType<typeof Journal.open>>;
+    let suspect: DataRecord[] = [];
     try {
       opened = await Journal.open(space, record.firstJournalSlot ?? 0, {
         readOnly,
         // After a crash, the last batch's data is checked against its records' checksums (one
         // sync per batch); `before` gives the device sizes and what is still in use (verify.ts).
-        verifyLastBatch: (batch, before) =>
-          verifyBatchData(space, batch, chunkLengths(before, batch, record.chunkSize)),
+        // The batch is never dropped: its sync may have returned (then origin writes went ahead
+        // and the chunk was damaged since), and a batch guards more than its copies (change
+        // tracking). What does not match is handed to the snapshot layer (`suspect`), which
+        // rewrites the copy from the origin when the origin still holds it, or records it lost.
+        verifyLastBatch: async (batch, before) => {
+          suspect = await mismatchedData(space, batch, chunkLengths(before, batch, record.chunkSize));
+          return true;
+        },
       });
       store = new DiffStore(space, opened.journal, record, counts);
     } catch (err) {
@@ -132,7 +139,7 @@ export class DiffStore {
       await store.close().catch(() => undefined); // the first error is the one to report
       throw err;
     }
-    return { store, records: opened.records, report: opened.report };
+    return { store, records: opened.records, report: opened.report, suspect };
   }
 
   /**

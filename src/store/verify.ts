@@ -28,7 +28,7 @@ export async function readVerified(
   return (checksum(data) | 0) === (crc | 0) ? data : undefined;
 }
 
-type DataRecord = Extract<JournalRecord, { type: 'EXCEPTION' | 'PRIVATE' }>;
+export type DataRecord = Extract<JournalRecord, { type: 'EXCEPTION' | 'PRIVATE' }>;
 
 /** Bytes covered by the checksum of a data record of the batch, or undefined: not to be checked. */
 export type ChunkLength = (rec: DataRecord) => number | undefined;
@@ -86,21 +86,31 @@ export function chunkLengths(
 }
 
 /**
- * Whether every chunk the batch's EXCEPTION and PRIVATE records point to holds the data they
- * recorded. A record `chunkLength` gives no length for is not checked: dropping its batch could
- * forget acknowledged records, while keeping a batch whose data is wrong cannot serve wrong
- * bytes (every read of a copy checks it again: EIO, LOST).
+ * The batch's EXCEPTION and PRIVATE records whose chunk does not hold the data they recorded. A
+ * record `chunkLength` gives no length for is not checked (its slot may rightly hold other data
+ * now); keeping a record whose data is wrong cannot serve wrong bytes, since every read of a copy
+ * checks it again (EIO, LOST).
  */
+export async function mismatchedData(
+  space: SlotReader,
+  records: readonly JournalRecord[],
+  chunkLength: ChunkLength,
+): Promise<DataRecord[]> {
+  const out: DataRecord[] = [];
+  for (const rec of records) {
+    if (rec.type !== 'EXCEPTION' && rec.type !== 'PRIVATE') continue;
+    const length = chunkLength(rec);
+    if (length === undefined) continue;
+    if ((await readVerified(space, rec.slot, rec.crc, length)) === undefined) out.push(rec);
+  }
+  return out;
+}
+
+/** Whether every checked chunk of the batch holds the data its record says. */
 export async function verifyBatchData(
   space: SlotReader,
   records: readonly JournalRecord[],
   chunkLength: ChunkLength,
 ): Promise<boolean> {
-  for (const rec of records) {
-    if (rec.type !== 'EXCEPTION' && rec.type !== 'PRIVATE') continue;
-    const length = chunkLength(rec);
-    if (length === undefined) continue;
-    if ((await readVerified(space, rec.slot, rec.crc, length)) === undefined) return false;
-  }
-  return true;
+  return (await mismatchedData(space, records, chunkLength)).length === 0;
 }

@@ -93,7 +93,8 @@ describe('nbdsnap command-line errors', () => {
       // The error line; a usage error adds the usage of the command, nothing else (no stack).
       expect(r.lines, r.lines.join('\n')).toHaveLength(status === USAGE ? 2 : 1);
       expect(r.lines[0]).toMatch(message);
-      if (status === USAGE) expect(r.lines[1]).toMatch(/^nbdsnap: usage: nbdsnap (serve|<command>).*; see nbdsnap .*--help$/);
+      if (status === USAGE)
+        expect(r.lines[1]).toMatch(/^nbdsnap: usage: nbdsnap (serve|<command>).*; see nbdsnap .*--help$/);
       for (const l of r.lines) expect(l).not.toMatch(/^\s+at |\bat .*\.[tj]s:\d+/);
       // Nothing was served: no "export ... at nbd://" lines.
       expect(r.stdout).toBe('');

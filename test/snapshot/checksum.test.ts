@@ -244,13 +244,14 @@ describe('a merge that finds a damaged copy', () => {
 });
 
 describe('store check refuses what it cannot check', () => {
-  it('exit 2 for a path that does not exist, 1 for a file that is not a store', async () => {
+  it('exit 1 for a path that does not exist and for a file that is not a store, 2 without a range', async () => {
     const missing = await nbdsnap(['store', 'check', join(dir.path, 'nowhere.img')]);
-    expect(missing.code).toBe(2);
+    expect(missing.code).toBe(1);
     expect(missing.stderr).toContain('nowhere.img');
     const blank = await nbdsnap(['store', 'check', makeSparse(join(dir.path, 'blank.img'), 4 * MiB)]);
     expect(blank.stdout).toContain('not an nbdsnap store');
     expect(blank.code).toBe(1);
+    expect((await nbdsnap(['store', 'check'])).code).toBe(2);
   });
 });
 
