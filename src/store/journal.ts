@@ -8,9 +8,9 @@
  * which fdatasyncs every store file: the chunk data the records point to and the records
  * together. Only then are the waiting writes let through. Batches are strictly serialised: batch
  * N+1 is written only after batch N's sync returned. So after a crash at most the last batch can
- * be unacknowledged, and only its data needs verifying at replay (`verifyLastBatch`, given by the
- * store: a data checksum that fails means its sync never completed, so nothing waited on it was
- * acknowledged, and the batch is dropped as torn). A graceful stop (`close()`) writes a batch
+ * be unacknowledged, and only its data needs verifying at replay (`verifyLastBatch`: a `false`
+ * answer drops the batch as torn; the store answers true and settles mismatching copies itself,
+ * since a mismatch may also be damage after an acknowledged sync: see store.ts). A graceful stop (`close()`) writes a batch
  * holding one CLEAN record; after it the journal takes no more records.
  *
  * Blocks: each is one slot, header first (records.ts). The block after the current one is
