@@ -10,21 +10,15 @@
  * range at that time (no write to the range can be answered while it is in flight).
  */
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { MergeInfo } from '../../src/cli/control-commands.ts';
 import type { NbdClient } from '../../src/client/nbd-client.ts';
 import { CommandFlag } from '../../src/nbd-protocol/index.ts';
 import type { Rig } from './snapshots.ts';
 import { diffImages, SECTOR, stampedData } from './stamps.ts';
 import { rng } from './workload.ts';
 
-export interface MergeProgress {
-  snapshot: string;
-  state: string;
-  merged?: number;
-  total?: number;
-  bytesPerSecond?: number;
-  failedChunk?: number;
-  error?: string;
-}
+/** What the server reports of a merge (the CLI's view of it). */
+export type MergeProgress = MergeInfo;
 
 export const mergeStatus = (rig: Rig): Promise<MergeProgress[]> => rig.ctl<MergeProgress[]>('merge.status');
 
