@@ -23,7 +23,7 @@
 import { closeSync, constants, fstatSync, openSync, statSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { NbdsnapError } from '../errors.ts';
-import { deviceUsers, describeHolder, lockHolders } from './holders.ts';
+import { describeHolder, deviceUsers, lockHolders } from './holders.ts';
 import {
   canonical,
   describeIdentity,

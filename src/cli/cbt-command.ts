@@ -9,8 +9,8 @@ import type { ChangedRanges } from '../cbt/cbt-control.ts';
 import { call, controlPath } from '../control/client.ts';
 import { NbdsnapError } from '../errors.ts';
 import { parseSize } from './args.ts';
-import { defineCommand } from './command.ts';
-import { parseSnapshotRef, withControl } from './control-commands.ts';
+import { defineCommand, withControl } from './command.ts';
+import { parseSnapshotRef } from './control-commands.ts';
 
 type CbtOptions =
   | { path: string; json: boolean; markDirty: { device: string; offset: number; length: number } }

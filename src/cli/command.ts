@@ -93,3 +93,9 @@ export function report(err: unknown): { lines: string[]; status: number } {
   if (process.env.NBDSNAP_DEBUG === '1' && err instanceof Error && err.stack !== undefined) lines.push(err.stack);
   return { lines, status: EXIT_RUNTIME };
 }
+
+/** The options of every command that talks to a running server. */
+export const withControl = <T>(y: Argv<T>) =>
+  y
+    .option('control', { type: 'string', describe: 'control socket [default: $NBDSNAP_CONTROL]' })
+    .option('json', { type: 'boolean', default: false, describe: 'print JSON' });

@@ -7,15 +7,10 @@
 import type { Argv } from 'yargs';
 import { call, controlPath } from '../control/client.ts';
 import { NbdsnapError } from '../errors.ts';
+import { parseSize } from './args.ts';
+import { defineCommand, defineGroup, withControl } from './command.ts';
 import { storeCheck, storeScrub } from './store-check.ts';
 import { storeFormat, storeFormatBuilder } from './store-format.ts';
-import { parseSize } from './args.ts';
-import { defineCommand, defineGroup } from './command.ts';
-
-export const withControl = <T>(y: Argv<T>) =>
-  y
-    .option('control', { type: 'string', describe: 'control socket [default: $NBDSNAP_CONTROL]' })
-    .option('json', { type: 'boolean', default: false, describe: 'print JSON' });
 
 type ControlArgs = { control?: string | undefined; json: boolean };
 

@@ -7,8 +7,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Argv } from 'yargs';
 import { call, controlPath } from '../control/client.ts';
 import { NbdsnapError } from '../errors.ts';
-import { defineCommand } from './command.ts';
-import { type MergeInfo, mergeLine, parseSnapshotRef, withControl } from './control-commands.ts';
+import { defineCommand, withControl } from './command.ts';
+import { type MergeInfo, mergeLine, parseSnapshotRef } from './control-commands.ts';
 
 interface MergeOptions {
   path: string;

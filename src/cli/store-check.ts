@@ -9,8 +9,7 @@ import { call, controlPath } from '../control/client.ts';
 import type { DamagedCopy, ScrubProgress, ScrubReport } from '../snapshot/damage.ts';
 import { checkHuman, checkStore } from '../store/check.ts';
 import { StoreSpace } from '../store/space.ts';
-import { defineCommand } from './command.ts';
-import { withControl } from './control-commands.ts';
+import { defineCommand, withControl } from './command.ts';
 
 export const storeCheck = defineCommand({
   command: 'check <ranges..>',

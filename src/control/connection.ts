@@ -9,7 +9,7 @@ import type { Socket } from 'node:net';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { errorText } from '../log.ts';
-import { checkArgNames, type Command } from './commands.ts';
+import { type Command, checkArgNames } from './commands.ts';
 import { LineReader, MAX_REQUEST_LINE, parseRequest, type Response } from './protocol.ts';
 
 const MAX_IN_FLIGHT = 16;

@@ -18,9 +18,9 @@ import type { DeviceStack } from './device-stack.ts';
 import type { EventBus, LowSpaceWatch } from './events.ts';
 import type { MergeControl } from './merge-control.ts';
 import type { Snapshot } from './model.ts';
+import { exportName } from './model.ts';
 import type { Recorder } from './recorder.ts';
 import type { Serial } from './serial.ts';
-import { exportName } from './snapshot-export.ts';
 
 export interface CommandParts {
   catalog: Catalog;

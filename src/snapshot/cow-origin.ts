@@ -23,8 +23,8 @@
  */
 import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
-import type { JournalRecord } from '../store/records.ts';
 import { checksum } from '../store/checksum.ts';
+import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { OriginState, Snapshot } from './model.ts';
 

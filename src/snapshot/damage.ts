@@ -13,8 +13,8 @@ import { readVerified } from '../store/verify.ts';
 import type { EventBus } from './events.ts';
 import type { Copy } from './exception-table.ts';
 import type { OriginState } from './model.ts';
+import { exportName } from './model.ts';
 import type { RecordSink } from './recorder.ts';
-import { exportName } from './snapshot-export.ts';
 
 export interface DamagedCopy {
   device: string;

@@ -18,14 +18,15 @@ import { NbdsnapError } from '../errors.ts';
 import type { ExportEntry } from '../server/exports.ts';
 import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
-import { CowOrigin, type CowHooks } from './cow-origin.ts';
+import { type CowHooks, CowOrigin } from './cow-origin.ts';
 import type { DamageLog } from './damage.ts';
 import type { EventBus } from './events.ts';
 import type { Copy } from './exception-table.ts';
 import { MergeLayer } from './merge.ts';
 import type { OriginState, Snapshot } from './model.ts';
+import { exportName } from './model.ts';
 import type { Recorder } from './recorder.ts';
-import { exportName, snapshotExport } from './snapshot-export.ts';
+import { snapshotExport } from './snapshot-export.ts';
 
 export interface StackParts {
   store: DiffStore | undefined;

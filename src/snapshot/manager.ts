@@ -24,10 +24,10 @@ import { EventBus, LowSpaceWatch } from './events.ts';
 import { settleSuspectCopies } from './last-batch.ts';
 import { MergeControl } from './merge-control.ts';
 import type { Snapshot } from './model.ts';
+import { exportName } from './model.ts';
 import { ExportPublisher } from './publisher.ts';
 import { Recorder } from './recorder.ts';
 import { Serial } from './serial.ts';
-import { exportName } from './snapshot-export.ts';
 import { deviceInfo, snapshotInfo, storeInfo } from './status.ts';
 import { replay } from './transition.ts';
 

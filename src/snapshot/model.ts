@@ -79,3 +79,6 @@ export class OriginState {
     return out;
   }
 }
+
+/** A snapshot's export name: `DEVICE@SNAP`. */
+export const exportName = (s: Snapshot): string => `${s.origin.name}@${s.name}`;

@@ -6,8 +6,8 @@
 import type { ExportRegistry } from '../server/exports.ts';
 import type { DeviceStack } from './device-stack.ts';
 import type { Snapshot } from './model.ts';
+import { exportName } from './model.ts';
 import { SnapshotDevice } from './snapshot-device.ts';
-import { exportName } from './snapshot-export.ts';
 
 export class ExportPublisher {
   private readonly registry: ExportRegistry;

@@ -14,8 +14,8 @@ import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { Catalog } from './catalog.ts';
 import type { EventBus, LowSpaceWatch } from './events.ts';
+import { exportName } from './model.ts';
 import type { ExportPublisher } from './publisher.ts';
-import { exportName } from './snapshot-export.ts';
 import { apply, type Effects, noEffects } from './transition.ts';
 
 /** Whoever records journal records: commits them durably, then applies them to the catalog. */

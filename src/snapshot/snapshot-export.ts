@@ -11,11 +11,9 @@ import { QEMU_ALLOCATION_DEPTH } from '../nbd-protocol/index.ts';
 import type { ExportEntry, MetaContextSource } from '../server/exports.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { Copy } from './exception-table.ts';
+import { exportName, type Snapshot } from './model.ts';
 import type { RecordSink } from './recorder.ts';
-import type { Snapshot } from './model.ts';
 import { SnapshotDevice } from './snapshot-device.ts';
-
-export const exportName = (s: Snapshot): string => `${s.origin.name}@${s.name}`;
 
 export function snapshotExport(
   snap: Snapshot,
