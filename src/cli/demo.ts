@@ -8,6 +8,7 @@ import { closeSync, existsSync, ftruncateSync, mkdirSync, openSync, writeSync } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LogLevel } from '../log.ts';
+import { STORE_VERSION } from '../store/label.ts';
 import { serve } from './serve.ts';
 
 const DEMO_SIZE = 64 * 1024 * 1024;
@@ -20,7 +21,8 @@ function sparseFile(path: string, blocks: [number, string][]): void {
 }
 
 export async function demo(opts: { dir?: string | undefined; port: number; logLevel: LogLevel }): Promise<void> {
-  const dir = opts.dir ?? join(tmpdir(), 'nbdsnap-demo');
+  // One folder per store format: a demo left by an nbdsnap of another format is not reused.
+  const dir = opts.dir ?? join(tmpdir(), `nbdsnap-demo-v${STORE_VERSION}`);
   const image = join(dir, 'demo.img');
   const store = join(dir, 'demo-store.img');
   const control = join(dir, 'control.sock');
