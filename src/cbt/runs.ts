@@ -26,7 +26,18 @@ interface Pos {
   r: number;
 }
 
-export class RunSet {
+/** What an era keeps: a set of block numbers queried by range. */
+export interface BlockSet {
+  /** Add the blocks [start, end). */
+  add(start: number, end: number): void;
+  has(block: number): boolean;
+  /** Append to `out` the runs inside [lo, hi), clipped to it, as start, end pairs. */
+  collect(lo: number, hi: number, out: number[]): void;
+  /** Bytes of storage. */
+  readonly bytes: number;
+}
+
+export class RunSet implements BlockSet {
   private readonly wide: boolean;
   private readonly leaves: Leaf[] = [];
   private count = 0;
@@ -255,7 +266,7 @@ function mergeTwo(a: readonly number[], b: readonly number[]): number[] {
 }
 
 /** The union of `sets` inside the blocks [lo, hi), in O(k log n + runs found × log k). */
-export function unionOf(sets: readonly RunSet[], lo: number, hi: number): BlockRuns {
+export function unionOf(sets: readonly BlockSet[], lo: number, hi: number): BlockRuns {
   let lists = sets.map((set) => {
     const out: number[] = [];
     set.collect(lo, hi, out);

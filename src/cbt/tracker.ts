@@ -15,13 +15,21 @@
  * holding an older generation must take a full backup.
  */
 import { randomUUID } from 'node:crypto';
-import { type BlockRuns, RunSet, unionOf } from './runs.ts';
+import { Bitset } from './bitset.ts';
+import { type BlockRuns, type BlockSet, RunSet, unionOf } from './runs.ts';
+
+/**
+ * An era goes dense (a bit set) once its runs outnumber one per this many blocks: runs take 8 to
+ * 16 bytes each (leaves half to fully used), a bit set one bit per block, so an era never takes
+ * much more memory than a bit set of the device.
+ */
+const BLOCKS_PER_RUN_BEFORE_DENSE = 128;
 
 export class CbtTracker {
   readonly blockSize: number;
   readonly blockCount: number;
   generation: string;
-  private readonly eras = new Map<number, RunSet>();
+  private readonly eras = new Map<number, BlockSet>();
 
   constructor(deviceSize: number, blockSize: number, generation: string = randomUUID()) {
     this.blockSize = blockSize;
@@ -66,6 +74,13 @@ export class CbtTracker {
       this.eras.set(era, runs);
     }
     runs.add(first, end);
+    if (runs instanceof RunSet && runs.size * BLOCKS_PER_RUN_BEFORE_DENSE > this.blockCount) {
+      const dense = new Bitset(this.blockCount);
+      const all: number[] = [];
+      runs.collect(0, this.blockCount, all);
+      for (let i = 0; i < all.length; i += 2) dense.add(all[i] as number, all[i + 1] as number);
+      this.eras.set(era, dense);
+    }
   }
 
   /**
@@ -78,19 +93,19 @@ export class CbtTracker {
     first = 0,
     count: number = this.blockCount - first,
   ): BlockRuns {
-    const sets: RunSet[] = [];
+    const sets: BlockSet[] = [];
     for (const [era, runs] of this.eras) if (era > from && era <= to) sets.push(runs);
     return unionOf(sets, first, Math.min(first + count, this.blockCount));
   }
 
-  /** Runs kept over all eras, and the bytes of their storage: for measurements. */
-  footprint(): { runs: number; bytes: number } {
-    let runs = 0;
+  /** Eras kept as runs and as bit sets, and the bytes of their storage: for measurements. */
+  footprint(): { sparse: number; dense: number; bytes: number } {
+    let sparse = 0;
     let bytes = 0;
     for (const set of this.eras.values()) {
-      runs += set.size;
+      if (set instanceof RunSet) sparse++;
       bytes += set.bytes;
     }
-    return { runs, bytes };
+    return { sparse, dense: this.eras.size - sparse, bytes };
   }
 }
