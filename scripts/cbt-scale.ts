@@ -35,17 +35,28 @@ function random(): number {
   return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
 }
 
-const before = heap();
-const tracker = new CbtTracker(DEVICE, BLOCK, 'gen');
-for (let i = 0; i < MARKS; i++) {
-  const era = 1 + Math.floor(random() * ERAS);
-  tracker.mark(era, Math.floor(random() * tracker.blockCount), 1);
+function build(): CbtTracker {
+  seed = 12345;
+  const tracker = new CbtTracker(DEVICE, BLOCK, 'gen');
+  for (let i = 0; i < MARKS; i++) {
+    const era = 1 + Math.floor(random() * ERAS);
+    tracker.mark(era, Math.floor(random() * tracker.blockCount), 1);
+  }
+  return tracker;
 }
-const after = heap();
-console.log(`tracker: ${ERAS} eras, ${MARKS} marks, ${tracker.blockCount} blocks`);
-console.log(`heap delta: ${((after - before) / 2 ** 20).toFixed(2)} MiB`);
 
+build(); // once first, so code and one-time allocations are not counted
+const before = heap();
 let t = performance.now();
+const tracker = build();
+const buildMs = performance.now() - t;
+const after = heap();
+console.log(`tracker: ${ERAS} eras, ${MARKS} marks, ${tracker.blockCount} blocks, built in ${buildMs.toFixed(0)} ms`);
+console.log(`heap delta: ${((after - before) / 2 ** 20).toFixed(2)} MiB`);
+const footprint = (tracker as { footprint?: () => unknown }).footprint?.();
+if (footprint !== undefined) console.log(`footprint: ${JSON.stringify(footprint)}`);
+
+t = performance.now();
 let runs = 0;
 for (const _ of tracker.changed(0).runs()) runs++;
 console.log(`changed(0) over the whole device: ${(performance.now() - t).toFixed(1)} ms, ${runs} runs`);
