@@ -127,7 +127,10 @@ export class RunSet implements BlockSet {
     const first = this.leaves[i.l] as Leaf;
     const last = this.leaves[j.l] as Leaf;
     const merged0 = Math.min(start, first.a[2 * i.r] as number);
-    const merged1 = j.r > 0 ? (last.a[2 * j.r - 1] as number) : ((this.leaves[j.l - 1] as Leaf).a[2 * (this.leaves[j.l - 1] as Leaf).n - 1] as number);
+    const merged1 =
+      j.r > 0
+        ? (last.a[2 * j.r - 1] as number)
+        : ((this.leaves[j.l - 1] as Leaf).a[2 * (this.leaves[j.l - 1] as Leaf).n - 1] as number);
     first.a[2 * i.r] = merged0;
     first.a[2 * i.r + 1] = Math.max(end, merged1);
     if (i.l === j.l) {

@@ -191,7 +191,9 @@ describe('CbtTracker and dirty-bitmap extents against a model', () => {
         const needs = tracker.needs(offset, length, era);
         const [first, count] = tracker.blocksOf(offset, length);
         const expected: [number, number][] = [];
-        for (const [s, e] of pairs(modelRuns(invert(model[era] as Uint8Array, first, first + count), first, first + count)))
+        for (const [s, e] of pairs(
+          modelRuns(invert(model[era] as Uint8Array, first, first + count), first, first + count),
+        ))
           expected.push([s, e - s]);
         expect(needs).toEqual(expected);
         for (const [b, c] of needs) tracker.mark(era, b, c);
@@ -239,7 +241,10 @@ describe('CbtTracker and dirty-bitmap extents against a model', () => {
     expect(runs[0]).toEqual([0, 1]);
     expect(runs[2]).toEqual([4, 3]); // era 2's block 5 joins era 1's 4 and 6
     expect(runs[runs.length - 1]).toEqual([99_999, 1]);
-    expect(tracker.needs(0, 4 * BS, 1)).toEqual([[1, 1], [3, 1]]);
+    expect(tracker.needs(0, 4 * BS, 1)).toEqual([
+      [1, 1],
+      [3, 1],
+    ]);
   });
 });
 
