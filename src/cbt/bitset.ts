@@ -23,7 +23,7 @@ export class Bitset implements BlockSet {
 
   has(block: number): boolean {
     if (block < 0 || block >= this.limit) return false;
-    return ((this.words[Math.floor(block / 32)] as number) & (1 << block % 32)) !== 0;
+    return ((this.words[Math.floor(block / 32)] as number) & (1 << (block % 32))) !== 0;
   }
 
   /** Add the blocks [start, end) (clipped to the limit). */
@@ -35,7 +35,7 @@ export class Bitset implements BlockSet {
         this.words[w] = 0xffffffff;
         b += 32;
       } else {
-        this.words[w] = (this.words[w] as number) | (1 << b % 32);
+        this.words[w] = (this.words[w] as number) | (1 << (b % 32));
         b++;
       }
     }
@@ -51,7 +51,7 @@ export class Bitset implements BlockSet {
         b += 32;
         continue;
       }
-      if ((word & (1 << b % 32)) === 0) {
+      if ((word & (1 << (b % 32))) === 0) {
         b++;
         continue;
       }

@@ -182,6 +182,12 @@ export class RunSet implements BlockSet {
     return leaf !== undefined && p.r < leaf.n && (leaf.a[2 * p.r] as number) <= block;
   }
 
+  /** Call `fn` with every run, in order, without collecting them. */
+  each(fn: (start: number, end: number) => void): void {
+    for (const leaf of this.leaves)
+      for (let r = 0; r < leaf.n; r++) fn(leaf.a[2 * r] as number, leaf.a[2 * r + 1] as number);
+  }
+
   /** Append to `out` the runs inside [lo, hi), clipped to it, as start, end pairs. */
   collect(lo: number, hi: number, out: number[]): void {
     if (lo >= hi) return;

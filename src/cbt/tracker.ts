@@ -76,9 +76,7 @@ export class CbtTracker {
     runs.add(first, end);
     if (runs instanceof RunSet && runs.size * BLOCKS_PER_RUN_BEFORE_DENSE > this.blockCount) {
       const dense = new Bitset(this.blockCount);
-      const all: number[] = [];
-      runs.collect(0, this.blockCount, all);
-      for (let i = 0; i < all.length; i += 2) dense.add(all[i] as number, all[i + 1] as number);
+      runs.each((start, stop) => dense.add(start, stop));
       this.eras.set(era, dense);
     }
   }
