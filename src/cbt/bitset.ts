@@ -1,46 +1,67 @@
-/** A fixed-size bit set over block numbers, with union and run iteration. */
-export class Bitset {
-  readonly size: number;
-  private readonly bits: Uint8Array;
+/**
+ * A dense block bit set with the query shape of `RunSet`: for an era so fragmented that its runs
+ * would take more memory than one bit per block of the device. This bounds an era's memory by the
+ * device size whatever the writes (the runs' worst case, every other block, would be 32 times a
+ * bit set). Word arithmetic is by division, not shifts, so block numbers beyond 32 bits (4 KiB
+ * blocks on a device over 16 TiB) index correctly.
+ */
+import type { BlockSet } from './runs.ts';
 
-  constructor(size: number) {
-    this.size = size;
-    this.bits = new Uint8Array(Math.ceil(size / 8));
+export class Bitset implements BlockSet {
+  readonly limit: number;
+  private readonly words: Uint32Array;
+
+  /** Blocks 0 .. limit-1. */
+  constructor(limit: number) {
+    this.limit = limit;
+    this.words = new Uint32Array(Math.ceil(limit / 32));
   }
 
-  has(i: number): boolean {
-    return ((this.bits[i >> 3] as number) & (1 << (i & 7))) !== 0;
+  get bytes(): number {
+    return this.words.byteLength;
   }
 
-  set(i: number): void {
-    this.bits[i >> 3] = (this.bits[i >> 3] as number) | (1 << (i & 7));
+  has(block: number): boolean {
+    if (block < 0 || block >= this.limit) return false;
+    return ((this.words[Math.floor(block / 32)] as number) & (1 << (block % 32))) !== 0;
   }
 
-  /** this |= other */
-  or(other: Bitset): void {
-    for (let i = 0; i < this.bits.length; i++) this.bits[i] = (this.bits[i] as number) | (other.bits[i] as number);
+  /** Add the blocks [start, end) (clipped to the limit). */
+  add(start: number, end: number): void {
+    const stop = Math.min(end, this.limit);
+    for (let b = Math.max(0, start); b < stop; ) {
+      const w = Math.floor(b / 32);
+      if (b % 32 === 0 && stop - b >= 32) {
+        this.words[w] = 0xffffffff;
+        b += 32;
+      } else {
+        this.words[w] = (this.words[w] as number) | (1 << (b % 32));
+        b++;
+      }
+    }
   }
 
-  count(): number {
-    let n = 0;
-    for (let i = 0; i < this.size; i++) if (this.has(i)) n++;
-    return n;
-  }
-
-  /** Runs of set bits as [first, count]. */
-  *runs(): IterableIterator<[number, number]> {
-    for (let i = 0; i < this.size; ) {
-      if (this.bits[i >> 3] === 0 && (i & 7) === 0) {
-        i += 8;
+  /** Append to `out` the runs inside [lo, hi), clipped to it, as start, end pairs. */
+  collect(lo: number, hi: number, out: number[]): void {
+    const stop = Math.min(hi, this.limit);
+    let b = Math.max(0, lo);
+    while (b < stop) {
+      const word = this.words[Math.floor(b / 32)] as number;
+      if (word === 0 && b % 32 === 0) {
+        b += 32;
         continue;
       }
-      if (!this.has(i)) {
-        i++;
+      if ((word & (1 << (b % 32))) === 0) {
+        b++;
         continue;
       }
-      const first = i;
-      while (i < this.size && this.has(i)) i++;
-      yield [first, i - first];
+      const start = b;
+      while (b < stop) {
+        if (b % 32 === 0 && stop - b >= 32 && this.words[b / 32] === 0xffffffff) b += 32;
+        else if (this.has(b)) b++;
+        else break;
+      }
+      out.push(start, b);
     }
   }
 }

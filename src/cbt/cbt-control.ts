@@ -168,19 +168,26 @@ export class CbtControl {
   }
 }
 
-/** Extents from `offset`: flag 1 (dirty) where a block changed in (from, to], else 0 (clean). */
+/**
+ * Extents from `offset`: flag 1 (dirty) where a block changed in (from, to], else 0 (clean).
+ * Only the eras' runs inside the requested blocks are visited: the cost follows the changed
+ * runs there, not the length of the range.
+ */
 function dirtyExtents(t: CbtTracker, from: number, to: number, size: number, offset: number, length: number): Extent[] {
-  const bits = t.changed(from, to);
   const end = Math.min(size, offset + length);
+  if (end <= offset) return [];
+  const bs = t.blockSize;
+  const first = Math.floor(offset / bs);
+  const runs = t.changed(from, to, first, Math.floor((end - 1) / bs) + 1 - first);
   const out: Extent[] = [];
-  for (let pos = offset; pos < end; ) {
-    const block = Math.floor(pos / t.blockSize);
-    const blockEnd = Math.min(end, (block + 1) * t.blockSize);
-    const flags = bits.has(block) ? 1 : 0;
-    const last = out[out.length - 1];
-    if (last !== undefined && last.flags === flags) last.length += blockEnd - pos;
-    else out.push({ length: blockEnd - pos, flags });
-    pos = blockEnd;
+  let pos = offset;
+  for (let i = 0; i < runs.length; i++) {
+    const start = Math.max(offset, runs.start(i) * bs);
+    const stop = Math.min(end, runs.end(i) * bs);
+    if (start > pos) out.push({ length: start - pos, flags: 0 });
+    out.push({ length: stop - start, flags: 1 });
+    pos = stop;
   }
+  if (pos < end) out.push({ length: end - pos, flags: 0 });
   return out;
 }

@@ -1,7 +1,9 @@
 /**
  * Change-block tracking for one device, crash-safe in the dm-era way: the device is cut into
  * tracking blocks (64 KiB by default), and for each *era* (the span between two snapshots) a
- * bit set records the blocks written in it. Eras are snapshot sequence numbers: a write made
+ * run set (sorted block runs, `runs.ts`) records the blocks written in it, so memory follows the
+ * blocks changed, not the device size, and a query over a range costs what the runs inside it
+ * cost. Eras are snapshot sequence numbers: a write made
  * while the next snapshot to be taken will get sequence e belongs to era e, so the blocks that
  * changed between snapshots A and B are those written in some era e with A.seq < e <= B.seq,
  * and "since A" means every era after A.seq.
@@ -14,12 +16,20 @@
  */
 import { randomUUID } from 'node:crypto';
 import { Bitset } from './bitset.ts';
+import { type BlockRuns, type BlockSet, RunSet, unionOf } from './runs.ts';
+
+/**
+ * An era goes dense (a bit set) once its runs outnumber one per this many blocks: runs take 8 to
+ * 16 bytes each (leaves half to fully used), a bit set one bit per block, so an era never takes
+ * much more memory than a bit set of the device.
+ */
+const BLOCKS_PER_RUN_BEFORE_DENSE = 128;
 
 export class CbtTracker {
   readonly blockSize: number;
   readonly blockCount: number;
   generation: string;
-  private readonly eras = new Map<number, Bitset>();
+  private readonly eras = new Map<number, BlockSet>();
 
   constructor(deviceSize: number, blockSize: number, generation: string = randomUUID()) {
     this.blockSize = blockSize;
@@ -42,30 +52,58 @@ export class CbtTracker {
   /** Runs [first, count] of blocks in the range not yet marked in `era`. */
   needs(offset: number, length: number, era: number): [number, number][] {
     const [first, count] = this.blocksOf(offset, length);
-    const bits = this.eras.get(era);
+    const marked: number[] = [];
+    this.eras.get(era)?.collect(first, first + count, marked);
     const out: [number, number][] = [];
-    for (let b = first; b < first + count; b++) {
-      if (bits?.has(b) === true) continue;
-      const last = out[out.length - 1];
-      if (last !== undefined && last[0] + last[1] === b) last[1] += 1;
-      else out.push([b, 1]);
+    let pos = first;
+    for (let i = 0; i < marked.length; i += 2) {
+      const start = marked[i] as number;
+      if (start > pos) out.push([pos, start - pos]);
+      pos = marked[i + 1] as number;
     }
+    if (pos < first + count) out.push([pos, first + count - pos]);
     return out;
   }
 
   mark(era: number, first: number, count: number): void {
-    let bits = this.eras.get(era);
-    if (bits === undefined) {
-      bits = new Bitset(this.blockCount);
-      this.eras.set(era, bits);
+    const end = Math.min(first + count, this.blockCount);
+    if (first >= end) return;
+    let runs = this.eras.get(era);
+    if (runs === undefined) {
+      runs = new RunSet(this.blockCount);
+      this.eras.set(era, runs);
     }
-    for (let b = first; b < first + count && b < this.blockCount; b++) bits.set(b);
+    runs.add(first, end);
+    if (runs instanceof RunSet && runs.size * BLOCKS_PER_RUN_BEFORE_DENSE > this.blockCount) {
+      const dense = new Bitset(this.blockCount);
+      runs.each((start, stop) => dense.add(start, stop));
+      this.eras.set(era, dense);
+    }
   }
 
-  /** Blocks written in some era e with from < e <= to (to = Infinity: up to now). */
-  changed(from: number, to: number = Number.POSITIVE_INFINITY): Bitset {
-    const out = new Bitset(this.blockCount);
-    for (const [era, bits] of this.eras) if (era > from && era <= to) out.or(bits);
-    return out;
+  /**
+   * Blocks written in some era e with from < e <= to (to = Infinity: up to now), among the
+   * blocks [first, first + count) (default: all), at the cost of the runs found there.
+   */
+  changed(
+    from: number,
+    to: number = Number.POSITIVE_INFINITY,
+    first = 0,
+    count: number = this.blockCount - first,
+  ): BlockRuns {
+    const sets: BlockSet[] = [];
+    for (const [era, runs] of this.eras) if (era > from && era <= to) sets.push(runs);
+    return unionOf(sets, first, Math.min(first + count, this.blockCount));
+  }
+
+  /** Eras kept as runs and as bit sets, and the bytes of their storage: for measurements. */
+  footprint(): { sparse: number; dense: number; bytes: number } {
+    let sparse = 0;
+    let bytes = 0;
+    for (const set of this.eras.values()) {
+      if (set instanceof RunSet) sparse++;
+      bytes += set.bytes;
+    }
+    return { sparse, dense: this.eras.size - sparse, bytes };
   }
 }
