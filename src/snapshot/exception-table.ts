@@ -11,8 +11,10 @@
  * EIO; it stays in the table, so the snapshot never falls through to the origin's newer data).
  *
  * Memory: one Map entry per copied chunk holding the one version itself, or an array of them
- * when a chunk was copied more than once (see the README for figures).
+ * when a chunk was copied more than once, plus an ordered index of the copied chunks
+ * (chunk-index.ts, about 4.5 bytes a chunk) for block status (see the README for figures).
  */
+import { ChunkIndex } from './chunk-index.ts';
 
 /** A chunk's data in a store slot. `crc` is kept as a signed 32-bit integer (`crc | 0`). */
 export interface Copy {
@@ -41,11 +43,57 @@ export interface SnapshotRef {
 
 type Entry = Version | Version[];
 
+/**
+ * A snapshot's private chunks: a Map that also keeps them ordered (for block status). Changed
+ * only by the catalog's transition, like any Map of the catalog.
+ */
+export class PrivateChunks extends Map<number, Copy> {
+  private readonly index = new ChunkIndex(
+    () => ({ keys: this.keys(), size: this.size }),
+    (chunk) => (this.has(chunk) ? 1 : Number.NEGATIVE_INFINITY),
+  );
+
+  override set(chunk: number, copy: Copy): this {
+    // Map's constructor may call set before the index exists (never with entries here).
+    if (this.index !== undefined && !this.has(chunk)) this.index.added(chunk);
+    return super.set(chunk, copy);
+  }
+
+  override delete(chunk: number): boolean {
+    const had = super.delete(chunk);
+    if (had) this.index.removed();
+    return had;
+  }
+
+  override clear(): void {
+    super.clear();
+    this.index.invalidate();
+  }
+
+  /** The smallest private chunk >= `from`, or undefined. */
+  next(from: number): number | undefined {
+    return this.index.next(from, 0);
+  }
+}
+
+/** The smallest chunk >= `from` of `chunks` (ordered when it is a `PrivateChunks`). */
+export function nextPrivate(chunks: ReadonlyMap<number, Copy>, from: number): number | undefined {
+  if (chunks instanceof PrivateChunks) return chunks.next(from);
+  let best: number | undefined;
+  for (const c of chunks.keys()) if (c >= from && (best === undefined || c < best)) best = c;
+  return best;
+}
+
 const list = (e: Entry): Version[] => (Array.isArray(e) ? e : [e]);
 
 export class ExceptionTable {
   private readonly versions = new Map<number, Entry>();
   private count = 0;
+  /** Copied chunks in order, weighted by the sequence number of their newest copy. */
+  private readonly index = new ChunkIndex(
+    () => ({ keys: this.versions.keys(), size: this.versions.size }),
+    (chunk) => (this.versions.has(chunk) ? this.latest(chunk) : Number.NEGATIVE_INFINITY),
+  );
 
   /** Number of copies held. */
   get size(): number {
@@ -62,14 +110,39 @@ export class ExceptionTable {
   add(chunk: number, seq: number, slot: number, crc: number): Version {
     const v: Version = { seq, slot, crc: crc | 0, lost: false };
     const e = this.versions.get(chunk);
-    if (e === undefined) this.versions.set(chunk, v);
-    else
+    if (e === undefined) {
+      this.versions.set(chunk, v);
+      this.index.added(chunk);
+    } else {
       this.versions.set(
         chunk,
         [...list(e), v].sort((a, b) => a.seq - b.seq),
       );
+      this.index.raised(chunk, this.latest(chunk));
+    }
     this.count += 1;
     return v;
+  }
+
+  /** Whether snapshot `snap` reads `chunk` from the store (a copy, lost or not, or its own). */
+  readsStore(chunk: number, snap: SnapshotRef): boolean {
+    return snap.privateChunks.has(chunk) || this.latest(chunk) >= snap.seq;
+  }
+
+  /** The smallest chunk >= `from` holding a copy that snapshot `seq` reads, or undefined. */
+  nextCopied(from: number, seq: number): number | undefined {
+    return this.index.next(from, seq);
+  }
+
+  /**
+   * The smallest chunk >= `from` that `snap` reads from the store (a copy it reads, lost or
+   * not, or one of its private chunks), or undefined. O(log n) while nothing changes.
+   */
+  nextStored(from: number, snap: SnapshotRef): number | undefined {
+    const copied = this.nextCopied(from, snap.seq);
+    const own = nextPrivate(snap.privateChunks, from);
+    if (copied === undefined) return own;
+    return own === undefined || copied < own ? copied : own;
   }
 
   /** The copy snapshot `seq` reads for `chunk`, if any. */
@@ -176,7 +249,8 @@ export class ExceptionTable {
   }
 
   private store(chunk: number, kept: Version[]): void {
-    if (kept.length === 0) this.versions.delete(chunk);
-    else this.versions.set(chunk, kept.length === 1 ? (kept[0] as Version) : kept);
+    if (kept.length === 0) {
+      if (this.versions.delete(chunk)) this.index.removed();
+    } else this.versions.set(chunk, kept.length === 1 ? (kept[0] as Version) : kept);
   }
 }
