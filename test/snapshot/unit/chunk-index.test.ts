@@ -38,6 +38,7 @@ describe('ChunkIndex', () => {
     for (let seed = 1; seed <= 300; seed++) {
       const r = rng(seed);
       const model = new Map<number, number>();
+      const ever = new Set<number>();
       const index = new ChunkIndex(
         () => ({ keys: model.keys(), size: model.size }),
         (c) => model.get(c) ?? Number.NEGATIVE_INFINITY,
@@ -52,6 +53,7 @@ describe('ChunkIndex', () => {
           const w = 1 + r(8);
           if (!model.has(c)) {
             model.set(c, w);
+            ever.add(c);
             index.added(c);
           } else if (w > (model.get(c) as number)) {
             model.set(c, w);
@@ -77,6 +79,9 @@ describe('ChunkIndex', () => {
           want.push(bruteNext(model, from, min));
         }
       expect(got, `seed ${seed}`).toEqual(want);
+      // Dead entries may stay, duplicates never do.
+      expect(index.length).toBeGreaterThanOrEqual(model.size);
+      expect(index.length).toBeLessThanOrEqual(ever.size);
     }
   });
 
