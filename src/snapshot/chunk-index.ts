@@ -163,7 +163,7 @@ export class ChunkIndex {
     while (i < old.length || j < add.length) {
       const a = i < old.length ? (old[i] as number) : Number.POSITIVE_INFINITY;
       const b = j < add.length ? (add[j] as number) : Number.POSITIVE_INFINITY;
-      const k = a <= b ? a : b;
+      const k = Math.min(a, b);
       if (a <= b) i++;
       else j++;
       if (k !== last) out[o++] = k;

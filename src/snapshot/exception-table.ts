@@ -48,31 +48,36 @@ type Entry = Version | Version[];
  * only by the catalog's transition, like any Map of the catalog.
  */
 export class PrivateChunks extends Map<number, Copy> {
-  private readonly index = new ChunkIndex(
+  readonly #index = new ChunkIndex(
     () => ({ keys: this.keys(), size: this.size }),
     (chunk) => (this.has(chunk) ? 1 : Number.NEGATIVE_INFINITY),
   );
 
+  /** Empty (Map's constructor would call `set` with entries before the index exists). */
+  // biome-ignore lint/complexity/noUselessConstructor: it takes no entries, unlike Map's
+  constructor() {
+    super();
+  }
+
   override set(chunk: number, copy: Copy): this {
-    // Map's constructor may call set before the index exists (never with entries here).
-    if (this.index !== undefined && !this.has(chunk)) this.index.added(chunk);
+    if (!this.has(chunk)) this.#index.added(chunk);
     return super.set(chunk, copy);
   }
 
   override delete(chunk: number): boolean {
     const had = super.delete(chunk);
-    if (had) this.index.removed();
+    if (had) this.#index.removed();
     return had;
   }
 
   override clear(): void {
     super.clear();
-    this.index.invalidate();
+    this.#index.invalidate();
   }
 
   /** The smallest private chunk >= `from`, or undefined. */
   next(from: number): number | undefined {
-    return this.index.next(from, 0);
+    return this.#index.next(from, 0);
   }
 }
 
@@ -90,7 +95,7 @@ export class ExceptionTable {
   private readonly versions = new Map<number, Entry>();
   private count = 0;
   /** Copied chunks in order, weighted by the sequence number of their newest copy. */
-  private readonly index = new ChunkIndex(
+  readonly #index = new ChunkIndex(
     () => ({ keys: this.versions.keys(), size: this.versions.size }),
     (chunk) => (this.versions.has(chunk) ? this.latest(chunk) : Number.NEGATIVE_INFINITY),
   );
@@ -112,13 +117,13 @@ export class ExceptionTable {
     const e = this.versions.get(chunk);
     if (e === undefined) {
       this.versions.set(chunk, v);
-      this.index.added(chunk);
+      this.#index.added(chunk);
     } else {
       this.versions.set(
         chunk,
         [...list(e), v].sort((a, b) => a.seq - b.seq),
       );
-      this.index.raised(chunk, this.latest(chunk));
+      this.#index.raised(chunk, this.latest(chunk));
     }
     this.count += 1;
     return v;
@@ -131,7 +136,7 @@ export class ExceptionTable {
 
   /** The smallest chunk >= `from` holding a copy that snapshot `seq` reads, or undefined. */
   nextCopied(from: number, seq: number): number | undefined {
-    return this.index.next(from, seq);
+    return this.#index.next(from, seq);
   }
 
   /**
@@ -250,7 +255,7 @@ export class ExceptionTable {
 
   private store(chunk: number, kept: Version[]): void {
     if (kept.length === 0) {
-      if (this.versions.delete(chunk)) this.index.removed();
+      if (this.versions.delete(chunk)) this.#index.removed();
     } else this.versions.set(chunk, kept.length === 1 ? (kept[0] as Version) : kept);
   }
 }
