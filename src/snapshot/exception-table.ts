@@ -12,7 +12,7 @@
  *
  * Memory: one Map entry per copied chunk holding the one version itself, or an array of them
  * when a chunk was copied more than once, plus an ordered index of the copied chunks
- * (chunk-index.ts, about 4.5 bytes a chunk) for block status (see the README for figures).
+ * (chunk-index.ts, about 4.5 bytes a chunk once block status has been asked) for block status (see the README for figures).
  */
 import { ChunkIndex } from './chunk-index.ts';
 
@@ -49,7 +49,7 @@ type Entry = Version | Version[];
  */
 export class PrivateChunks extends Map<number, Copy> {
   readonly #index = new ChunkIndex(
-    () => ({ keys: this.keys(), size: this.size }),
+    () => ({ size: this.size, forEach: (emit) => this.forEach((_copy, chunk) => emit(chunk, 1)) }),
     (chunk) => (this.has(chunk) ? 1 : Number.NEGATIVE_INFINITY),
   );
 
@@ -60,13 +60,13 @@ export class PrivateChunks extends Map<number, Copy> {
   }
 
   override set(chunk: number, copy: Copy): this {
-    if (!this.has(chunk)) this.#index.added(chunk);
+    if (!this.has(chunk)) this.#index.invalidate();
     return super.set(chunk, copy);
   }
 
   override delete(chunk: number): boolean {
     const had = super.delete(chunk);
-    if (had) this.#index.removed();
+    if (had) this.#index.invalidate();
     return had;
   }
 
@@ -90,13 +90,17 @@ export function nextPrivate(chunks: ReadonlyMap<number, Copy>, from: number): nu
 }
 
 const list = (e: Entry): Version[] => (Array.isArray(e) ? e : [e]);
+const newest = (e: Entry): number => (Array.isArray(e) ? (e[e.length - 1] as Version).seq : e.seq);
 
 export class ExceptionTable {
   private readonly versions = new Map<number, Entry>();
   private count = 0;
   /** Copied chunks in order, weighted by the sequence number of their newest copy. */
   readonly #index = new ChunkIndex(
-    () => ({ keys: this.versions.keys(), size: this.versions.size }),
+    () => ({
+      size: this.versions.size,
+      forEach: (emit) => this.versions.forEach((e, chunk) => emit(chunk, newest(e))),
+    }),
     (chunk) => (this.versions.has(chunk) ? this.latest(chunk) : Number.NEGATIVE_INFINITY),
   );
 
@@ -108,8 +112,7 @@ export class ExceptionTable {
   /** Sequence number of the newest copy of `chunk`, or 0. */
   latest(chunk: number): number {
     const e = this.versions.get(chunk);
-    if (e === undefined) return 0;
-    return Array.isArray(e) ? (e[e.length - 1] as Version).seq : e.seq;
+    return e === undefined ? 0 : newest(e);
   }
 
   add(chunk: number, seq: number, slot: number, crc: number): Version {
@@ -117,7 +120,7 @@ export class ExceptionTable {
     const e = this.versions.get(chunk);
     if (e === undefined) {
       this.versions.set(chunk, v);
-      this.#index.added(chunk);
+      this.#index.invalidate();
     } else {
       this.versions.set(
         chunk,
@@ -255,7 +258,7 @@ export class ExceptionTable {
 
   private store(chunk: number, kept: Version[]): void {
     if (kept.length === 0) {
-      if (this.versions.delete(chunk)) this.#index.removed();
+      if (this.versions.delete(chunk)) this.#index.invalidate();
     } else this.versions.set(chunk, kept.length === 1 ? (kept[0] as Version) : kept);
   }
 }
