@@ -11,8 +11,9 @@
  * EIO; it stays in the table, so the snapshot never falls through to the origin's newer data).
  *
  * Memory: one Map entry per copied chunk holding the one version itself, or an array of them
- * when a chunk was copied more than once, plus an ordered index of the copied chunks
- * (chunk-index.ts, about 4.5 bytes a chunk once block status has been asked) for block status (see the README for figures).
+ * when a chunk was copied more than once, plus an ordered index of the copied chunks for block
+ * status (chunk-index.ts, about 4.6 bytes a chunk once block status has been asked; see the
+ * README for figures).
  */
 import { ChunkIndex } from './chunk-index.ts';
 
@@ -134,7 +135,9 @@ export class ExceptionTable {
 
   /** Whether snapshot `snap` reads `chunk` from the store (a copy, lost or not, or its own). */
   readsStore(chunk: number, snap: SnapshotRef): boolean {
-    return snap.privateChunks.has(chunk) || this.latest(chunk) >= snap.seq;
+    if (snap.privateChunks.has(chunk)) return true;
+    const e = this.versions.get(chunk);
+    return e !== undefined && newest(e) >= snap.seq;
   }
 
   /** The smallest chunk >= `from` holding a copy that snapshot `seq` reads, or undefined. */
