@@ -11,8 +11,11 @@
  * EIO; it stays in the table, so the snapshot never falls through to the origin's newer data).
  *
  * Memory: one Map entry per copied chunk holding the one version itself, or an array of them
- * when a chunk was copied more than once (see the README for figures).
+ * when a chunk was copied more than once, plus an ordered index of the copied chunks for block
+ * status (chunk-index.ts, about 4.6 bytes a chunk once block status has been asked; see the
+ * README for figures).
  */
+import { ChunkIndex } from './chunk-index.ts';
 
 /** A chunk's data in a store slot. `crc` is kept as a signed 32-bit integer (`crc | 0`). */
 export interface Copy {
@@ -41,11 +44,66 @@ export interface SnapshotRef {
 
 type Entry = Version | Version[];
 
+/**
+ * A snapshot's private chunks: a Map that also keeps them ordered (for block status). Changed
+ * only by the catalog's transition, like any Map of the catalog.
+ */
+export class PrivateChunks extends Map<number, Copy> {
+  readonly #index = new ChunkIndex(
+    () => ({ size: this.size, forEach: (emit) => this.forEach((_copy, chunk) => emit(chunk, 1)) }),
+    (chunk) => (this.has(chunk) ? 1 : Number.NEGATIVE_INFINITY),
+  );
+
+  /** Empty (Map's constructor would call `set` with entries before the index exists). */
+  // biome-ignore lint/complexity/noUselessConstructor: it takes no entries, unlike Map's
+  constructor() {
+    super();
+  }
+
+  override set(chunk: number, copy: Copy): this {
+    if (!this.has(chunk)) this.#index.invalidate();
+    return super.set(chunk, copy);
+  }
+
+  override delete(chunk: number): boolean {
+    const had = super.delete(chunk);
+    if (had) this.#index.invalidate();
+    return had;
+  }
+
+  override clear(): void {
+    super.clear();
+    this.#index.invalidate();
+  }
+
+  /** The smallest private chunk >= `from`, or undefined. */
+  next(from: number): number | undefined {
+    return this.#index.next(from, 0);
+  }
+}
+
+/** The smallest chunk >= `from` of `chunks` (ordered when it is a `PrivateChunks`). */
+export function nextPrivate(chunks: ReadonlyMap<number, Copy>, from: number): number | undefined {
+  if (chunks instanceof PrivateChunks) return chunks.next(from);
+  let best: number | undefined;
+  for (const c of chunks.keys()) if (c >= from && (best === undefined || c < best)) best = c;
+  return best;
+}
+
 const list = (e: Entry): Version[] => (Array.isArray(e) ? e : [e]);
+const newest = (e: Entry): number => (Array.isArray(e) ? (e[e.length - 1] as Version).seq : e.seq);
 
 export class ExceptionTable {
   private readonly versions = new Map<number, Entry>();
   private count = 0;
+  /** Copied chunks in order, weighted by the sequence number of their newest copy. */
+  readonly #index = new ChunkIndex(
+    () => ({
+      size: this.versions.size,
+      forEach: (emit) => this.versions.forEach((e, chunk) => emit(chunk, newest(e))),
+    }),
+    (chunk) => (this.versions.has(chunk) ? this.latest(chunk) : Number.NEGATIVE_INFINITY),
+  );
 
   /** Number of copies held. */
   get size(): number {
@@ -55,21 +113,47 @@ export class ExceptionTable {
   /** Sequence number of the newest copy of `chunk`, or 0. */
   latest(chunk: number): number {
     const e = this.versions.get(chunk);
-    if (e === undefined) return 0;
-    return Array.isArray(e) ? (e[e.length - 1] as Version).seq : e.seq;
+    return e === undefined ? 0 : newest(e);
   }
 
   add(chunk: number, seq: number, slot: number, crc: number): Version {
     const v: Version = { seq, slot, crc: crc | 0, lost: false };
     const e = this.versions.get(chunk);
-    if (e === undefined) this.versions.set(chunk, v);
-    else
+    if (e === undefined) {
+      this.versions.set(chunk, v);
+      this.#index.invalidate();
+    } else {
       this.versions.set(
         chunk,
         [...list(e), v].sort((a, b) => a.seq - b.seq),
       );
+      this.#index.raised(chunk, this.latest(chunk));
+    }
     this.count += 1;
     return v;
+  }
+
+  /** Whether snapshot `snap` reads `chunk` from the store (a copy, lost or not, or its own). */
+  readsStore(chunk: number, snap: SnapshotRef): boolean {
+    if (snap.privateChunks.has(chunk)) return true;
+    const e = this.versions.get(chunk);
+    return e !== undefined && newest(e) >= snap.seq;
+  }
+
+  /** The smallest chunk >= `from` holding a copy that snapshot `seq` reads, or undefined. */
+  nextCopied(from: number, seq: number): number | undefined {
+    return this.#index.next(from, seq);
+  }
+
+  /**
+   * The smallest chunk >= `from` that `snap` reads from the store (a copy it reads, lost or
+   * not, or one of its private chunks), or undefined. O(log n) while nothing changes.
+   */
+  nextStored(from: number, snap: SnapshotRef): number | undefined {
+    const copied = this.nextCopied(from, snap.seq);
+    const own = nextPrivate(snap.privateChunks, from);
+    if (copied === undefined) return own;
+    return own === undefined || copied < own ? copied : own;
   }
 
   /** The copy snapshot `seq` reads for `chunk`, if any. */
@@ -176,7 +260,8 @@ export class ExceptionTable {
   }
 
   private store(chunk: number, kept: Version[]): void {
-    if (kept.length === 0) this.versions.delete(chunk);
-    else this.versions.set(chunk, kept.length === 1 ? (kept[0] as Version) : kept);
+    if (kept.length === 0) {
+      if (this.versions.delete(chunk)) this.#index.invalidate();
+    } else this.versions.set(chunk, kept.length === 1 ? (kept[0] as Version) : kept);
   }
 }

@@ -290,6 +290,11 @@ export class SnapshotDevice implements BlockDevice {
     );
   }
 
+  /**
+   * Walks only the chunks this snapshot reads from the store (the exception table's ordered
+   * index: O(log n) to find the next one), and asks `originExtents` for the stretches between
+   * them, which the snapshot reads through to the origin.
+   */
   private async mapExtents(
     offset: number,
     length: number,
@@ -298,38 +303,45 @@ export class SnapshotDevice implements BlockDevice {
   ): Promise<Extent[]> {
     this.check();
     const end = Math.min(this.size, offset + length);
-    const { table } = this.snapshot.origin;
+    const { table, chunkSize } = this.snapshot.origin;
+    const snap = this.snapshot;
     const out: Extent[] = [];
-    const pieces = this.pieces(offset, end - offset);
-    for (let i = 0; i < pieces.length && out.length < 65536; ) {
-      const fromStore = table.resolve((pieces[i] as Piece).chunk, this.snapshot).from === 'store';
-      let j = i;
-      let len = 0;
-      while (
-        j < pieces.length &&
-        (table.resolve((pieces[j] as Piece).chunk, this.snapshot).from === 'store') === fromStore
-      ) {
-        len += (pieces[j] as Piece).length;
-        j++;
+    for (let pos = offset; pos < end && out.length < 65536; ) {
+      const next = table.nextStored(Math.floor(pos / chunkSize), snap);
+      const stored = next === undefined ? end : Math.max(pos, Math.min(end, next * chunkSize));
+      if (stored > pos) {
+        await this.throughToOrigin(out, pos, stored - pos, originExtents);
+        pos = stored;
+        continue;
       }
-      const start = offset + (pieces[i] as Piece).at;
-      if (fromStore) pushExtent(out, len, storeFlags());
-      else {
-        let covered = 0;
-        while (covered < len) {
-          const ext = await originExtents(start + covered, len - covered);
-          for (const e of ext) {
-            const take = Math.min(e.length, len - covered);
-            pushExtent(out, take, e.flags);
-            covered += take;
-            if (covered >= len) break;
-          }
-          if (ext.length === 0) break;
-        }
-      }
-      i = j;
+      // A run of chunks read from the store, from `next` on: each is a copied or private chunk.
+      let last = next as number;
+      while ((last + 1) * chunkSize < end && table.readsStore(last + 1, snap)) last += 1;
+      const runEnd = Math.min(end, (last + 1) * chunkSize);
+      pushExtent(out, runEnd - pos, storeFlags());
+      pos = runEnd;
     }
     return out;
+  }
+
+  /** The origin's extents over [start, start + len). */
+  private async throughToOrigin(
+    out: Extent[],
+    start: number,
+    len: number,
+    originExtents: (start: number, len: number) => Promise<Extent[]>,
+  ): Promise<void> {
+    let covered = 0;
+    while (covered < len) {
+      const ext = await originExtents(start + covered, len - covered);
+      for (const e of ext) {
+        const take = Math.min(e.length, len - covered);
+        pushExtent(out, take, e.flags);
+        covered += take;
+        if (covered >= len) break;
+      }
+      if (ext.length === 0) break;
+    }
   }
 
   async close(): Promise<void> {}

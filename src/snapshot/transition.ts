@@ -19,7 +19,7 @@ import { CbtTracker } from '../cbt/tracker.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { JournalRecord } from '../store/records.ts';
 import { Catalog } from './catalog.ts';
-import { copyOf } from './exception-table.ts';
+import { copyOf, PrivateChunks } from './exception-table.ts';
 import { mergeChunks } from './merge.ts';
 import { OriginState, type Snapshot } from './model.ts';
 
@@ -134,7 +134,7 @@ function takeSnapshots(cat: Catalog, rec: Extract<JournalRecord, { type: 'SNAPSH
       writable: m.writable,
       created: rec.created,
       state: 'valid',
-      privateChunks: new Map(),
+      privateChunks: new PrivateChunks(),
     };
     origin.snapshots.push(snap);
     origin.refresh();

@@ -68,7 +68,7 @@ describe('each record type', () => {
   it('PRIVATE gives a writable snapshot its own chunk; for an invalid or unknown one it is freed', () => {
     const cat = catalog(snapshotRecord('s', [1, 1, 1]));
     expect(apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 2, slot: 30, crc: 0 }).freed).toEqual([]);
-    expect(cat.snapshots.get(1)?.privateChunks).toEqual(new Map([[2, copyOf(30, 0)]]));
+    expect(new Map(cat.snapshots.get(1)?.privateChunks)).toEqual(new Map([[2, copyOf(30, 0)]]));
     expect(apply(cat, { type: 'PRIVATE', snapshot: 5, chunk: 2, slot: 31, crc: 0 }).freed).toEqual([31]);
     apply(cat, { type: 'INVALID', snapshot: 1, reason: 'x' });
     expect(apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 3, slot: 32, crc: 0 }).freed).toEqual([32]);
@@ -78,7 +78,7 @@ describe('each record type', () => {
     const cat = catalog(snapshotRecord('s', [1, 1, 1]));
     apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 2, slot: 30, crc: 7 });
     expect(apply(cat, { type: 'PRIVATE', snapshot: 1, chunk: 2, slot: 31, crc: 8 }).freed).toEqual([30]);
-    expect(cat.snapshots.get(1)?.privateChunks).toEqual(new Map([[2, copyOf(31, 8)]]));
+    expect(new Map(cat.snapshots.get(1)?.privateChunks)).toEqual(new Map([[2, copyOf(31, 8)]]));
     expect([...cat.usedSlots()]).toEqual([31]);
   });
 

@@ -1,0 +1,308 @@
+/**
+ * The ordered index over copied and private chunks, against brute-force models: the index alone
+ * (adds, removals, rising and falling weights between queries, 32-bit and wider chunk numbers),
+ * the exception table's "next chunk this snapshot reads from the store" with versioned copies,
+ * pruning, lost copies and private chunks, and a snapshot's block status built on it (both
+ * contexts) against a byte-exact model, with ranges that start and end inside chunks and a short
+ * last chunk.
+ */
+import { describe, expect, it } from 'vitest';
+import type { BlockDevice } from '../../../src/block/device.ts';
+import type { Extent } from '../../../src/nbd-protocol/index.ts';
+import { ChunkIndex } from '../../../src/snapshot/chunk-index.ts';
+import { copyOf, ExceptionTable, PrivateChunks, type SnapshotRef } from '../../../src/snapshot/exception-table.ts';
+import { OriginState, type Snapshot } from '../../../src/snapshot/model.ts';
+import { SnapshotDevice } from '../../../src/snapshot/snapshot-device.ts';
+import type { DiffStore } from '../../../src/store/store.ts';
+
+/** A small deterministic generator (mulberry32), so a failure can be replayed. */
+function rng(seed: number): (n: number) => number {
+  let a = seed >>> 0;
+  return (n: number) => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
+  };
+}
+
+function bruteNext(model: Map<number, number>, from: number, min: number): number | undefined {
+  let best: number | undefined;
+  for (const [k, w] of model) if (k >= from && w >= min && (best === undefined || k < best)) best = k;
+  return best;
+}
+
+describe('ChunkIndex', () => {
+  it('answers "first chunk at or after C with weight at least W" like a brute-force scan', () => {
+    for (let seed = 1; seed <= 300; seed++) {
+      const r = rng(seed);
+      const model = new Map<number, number>();
+      const ever = new Set<number>();
+      const index = new ChunkIndex(
+        () => ({ size: model.size, forEach: (emit) => model.forEach((w, c) => emit(c, w)) }),
+        (c) => model.get(c) ?? Number.NEGATIVE_INFINITY,
+      );
+      // Some cases use chunk numbers past 2^32 (the index widens to 64-bit keys).
+      const base = seed % 5 === 0 ? 2 ** 32 - 50 : 0;
+      const span = [20, 200, 5000][seed % 3] as number;
+      for (let step = 0; step < 200; step++) {
+        const op = r(10);
+        const c = base + r(span);
+        if (op < 4) {
+          const w = 1 + r(8);
+          if (!model.has(c)) {
+            model.set(c, w);
+            ever.add(c);
+            index.invalidate();
+          } else if (w > (model.get(c) as number)) {
+            model.set(c, w);
+            index.raised(c, w);
+          } else model.set(c, w); // a weight that falls: the tree may over-estimate
+        } else if (op < 6) {
+          if (model.delete(c)) index.invalidate();
+        } else if (op === 6 && r(20) === 0) {
+          model.clear();
+          index.invalidate();
+        } else {
+          const from = base + r(span + 2) - 1;
+          const min = r(10);
+          expect(index.next(from, min), `seed ${seed} step ${step}`).toBe(bruteNext(model, from, min));
+        }
+      }
+      // Everything, once more, at the end (compared as one list: thousands of cases).
+      const got: (number | undefined)[] = [];
+      const want: (number | undefined)[] = [];
+      for (let from = base - 1; from <= base + span; from += 1 + r(Math.ceil(span / 50)))
+        for (let min = 0; min <= 9; min++) {
+          got.push(index.next(from, min));
+          want.push(bruteNext(model, from, min));
+        }
+      expect(got, `seed ${seed}`).toEqual(want);
+      // Exactly the keys held: no duplicates, no removed ones.
+      expect(index.length).toBe(model.size);
+      expect(ever.size).toBeGreaterThanOrEqual(model.size);
+    }
+  });
+
+  it('handles many adds between queries', () => {
+    const model = new Map<number, number>();
+    const index = new ChunkIndex(
+      () => ({ size: model.size, forEach: (emit) => model.forEach((w, c) => emit(c, w)) }),
+      (c) => model.get(c) ?? Number.NEGATIVE_INFINITY,
+    );
+    const r = rng(7);
+    for (let round = 0; round < 5; round++) {
+      for (let i = 0; i < 3000; i++) {
+        const c = r(1_000_000);
+        if (!model.has(c)) {
+          model.set(c, 1 + r(4));
+          index.invalidate();
+        }
+      }
+      for (let q = 0; q < 200; q++) {
+        const from = r(1_000_000);
+        const min = r(6);
+        expect(index.next(from, min)).toBe(bruteNext(model, from, min));
+      }
+    }
+    expect(index.length).toBe(model.size);
+  });
+});
+
+/** Whether `snap` reads `chunk` from the store, by the table's own resolve. */
+const storedByResolve = (t: ExceptionTable, chunk: number, s: SnapshotRef) => t.resolve(chunk, s).from === 'store';
+
+describe('ExceptionTable.nextStored', () => {
+  it('finds the next chunk each snapshot reads from the store, as resolve says chunk by chunk', () => {
+    for (let seed = 1; seed <= 400; seed++) {
+      const r = rng(1000 + seed);
+      const t = new ExceptionTable();
+      const span = [16, 100, 1000][seed % 3] as number;
+      const snaps: SnapshotRef[] = [1, 2, 3, 4, 5].map((seq) => ({ seq, privateChunks: new PrivateChunks() }));
+      let slot = 0;
+      for (let step = 0; step < 150; step++) {
+        const op = r(12);
+        const c = r(span);
+        const s = snaps[r(snaps.length)] as SnapshotRef;
+        if (op < 5) {
+          // A first write while snapshot `seq` was the newest: a copy versioned `seq`.
+          if (t.latest(c) < s.seq) t.add(c, s.seq, slot++, 0);
+        } else if (op < 7) {
+          s.privateChunks.set(c, copyOf(slot++, 0));
+        } else if (op === 7) {
+          s.privateChunks.delete(c);
+        } else if (op === 8) {
+          const e = [...t.entries()].find(([chunk]) => chunk === c);
+          if (e !== undefined) t.remove(c, e[1].slot);
+        } else if (op === 9) {
+          // A snapshot deleted: prune copies no remaining snapshot reads; lost copies stay.
+          const live = snaps.filter(() => r(3) > 0);
+          t.prune(live, () => undefined);
+          t.lose(c, slot - 1, snaps);
+        } else {
+          const from = r(span + 1);
+          let want: number | undefined;
+          for (let k = from; k < span; k++)
+            if (storedByResolve(t, k, s)) {
+              want = k;
+              break;
+            }
+          expect(t.nextStored(from, s), `seed ${seed} step ${step}`).toBe(want);
+          expect(t.readsStore(from, s)).toBe(storedByResolve(t, from, s));
+        }
+      }
+      const got: (number | undefined)[] = [];
+      const want: (number | undefined)[] = [];
+      for (const s of snaps)
+        for (let from = 0; from <= span; from++) {
+          let w: number | undefined;
+          for (let k = from; k < span && w === undefined; k++) if (storedByResolve(t, k, s)) w = k;
+          got.push(t.nextStored(from, s));
+          want.push(w);
+        }
+      expect(got, `seed ${seed}`).toEqual(want);
+    }
+  });
+
+  it('works with a plain Map of private chunks too', () => {
+    const t = new ExceptionTable();
+    t.add(10, 1, 0, 0);
+    const s: SnapshotRef = { seq: 1, privateChunks: new Map([[4, copyOf(1, 0)]]) };
+    expect(t.nextStored(0, s)).toBe(4);
+    expect(t.nextStored(5, s)).toBe(10);
+    expect(t.nextStored(11, s)).toBeUndefined();
+    expect(t.nextStored(0, { seq: 2, privateChunks: new Map() })).toBeUndefined();
+  });
+
+  it('a PrivateChunks map built with entries is indexed', () => {
+    const p = new PrivateChunks();
+    for (const c of [9, 3, 6]) p.set(c, copyOf(c, 0));
+    expect([p.next(0), p.next(4), p.next(7), p.next(10)]).toEqual([3, 6, 9, undefined]);
+    p.clear();
+    expect(p.next(0)).toBeUndefined();
+  });
+});
+
+/** Byte-exact model of a snapshot's block status: split at chunk and origin-extent bounds. */
+function modelExtents(
+  t: ExceptionTable,
+  s: SnapshotRef,
+  origin: Extent[],
+  chunkSize: number,
+  offset: number,
+  end: number,
+  storeFlag: number,
+  originFlag: (f: number) => number,
+): Extent[] {
+  const cuts = new Set<number>([offset, end]);
+  for (let b = Math.ceil(offset / chunkSize) * chunkSize; b < end; b += chunkSize) cuts.add(b);
+  let at = 0;
+  for (const e of origin) {
+    if (at > offset && at < end) cuts.add(at);
+    at += e.length;
+  }
+  const points = [...cuts].sort((a, b) => a - b);
+  const out: Extent[] = [];
+  for (let i = 0; i + 1 < points.length; i++) {
+    const a = points[i] as number;
+    const b = points[i + 1] as number;
+    const flags = t.readsStore(Math.floor(a / chunkSize), s) ? storeFlag : originFlag(flagAt(origin, a));
+    push(out, b - a, flags);
+  }
+  return out;
+}
+
+function flagAt(origin: Extent[], pos: number): number {
+  let at = 0;
+  for (const e of origin) {
+    if (pos < at + e.length) return e.flags;
+    at += e.length;
+  }
+  throw new Error('past the end');
+}
+
+/** Coalesce adjacent extents with the same flags (how a client reads them). */
+function push(out: Extent[], length: number, flags: number): void {
+  const last = out[out.length - 1];
+  if (last !== undefined && last.flags === flags) last.length += length;
+  else out.push({ length, flags });
+}
+const coalesce = (ext: Extent[]) => {
+  const out: Extent[] = [];
+  for (const e of ext) push(out, e.length, e.flags);
+  return out;
+};
+
+describe('snapshot block status over the index', () => {
+  it('matches the byte-exact model in both contexts', async () => {
+    for (let seed = 1; seed <= 150; seed++) {
+      const r = rng(5000 + seed);
+      const chunkSize = [512, 4096][seed % 2] as number;
+      const chunks = 1 + r(60);
+      const size = chunks * chunkSize - (seed % 3 === 0 ? r(chunkSize - 1) : 0); // often a short last chunk
+      const origin = new OriginState(1, 'disk', size, chunkSize);
+      const extents: Extent[] = [];
+      for (let left = size; left > 0; ) {
+        const len = Math.min(left, 1 + r(3 * chunkSize));
+        extents.push({ length: len, flags: r(2) === 0 ? 0 : 3 });
+        left -= len;
+      }
+      const below = {
+        // At most three extents an answer, from the requested offset on, as a device may.
+        extents: async (start: number, len: number) => {
+          const out: Extent[] = [];
+          let at = 0;
+          for (const e of extents) {
+            const a = Math.max(at, start);
+            const b = Math.min(at + e.length, start + len);
+            if (a < b && out.length < 3) out.push({ length: b - a, flags: e.flags });
+            at += e.length;
+          }
+          return out;
+        },
+      } as unknown as BlockDevice;
+      const snaps: Snapshot[] = [1, 2, 3].map((seq) => ({
+        id: seq,
+        name: `s${seq}`,
+        origin,
+        seq,
+        writable: seq === 3,
+        created: 0,
+        state: 'valid',
+        privateChunks: new PrivateChunks(),
+      }));
+      let slot = 0;
+      for (let i = r(3 * chunks); i > 0; i--) {
+        const c = r(chunks);
+        const seq = 1 + r(3);
+        if (origin.table.latest(c) < seq) origin.table.add(c, seq, slot++, 0);
+        if (r(4) === 0) origin.table.lose(c, slot - 1, snaps);
+      }
+      for (let i = r(chunks); i > 0; i--) (snaps[2] as Snapshot).privateChunks.set(r(chunks), copyOf(slot++, 0));
+      for (const snap of snaps) {
+        const dev = new SnapshotDevice(
+          snap,
+          below,
+          {} as DiffStore,
+          async () => undefined,
+          { record: async () => undefined } as never,
+          async () => undefined,
+        );
+        for (let q = 0; q < 8; q++) {
+          const offset = r(size);
+          const length = 1 + r(size - offset + chunkSize); // may run past the end
+          const end = Math.min(size, offset + length);
+          const alloc = coalesce(await dev.extents(offset, length));
+          expect(alloc, `seed ${seed}`).toEqual(
+            modelExtents(origin.table, snap, extents, chunkSize, offset, end, 0, (f) => f),
+          );
+          const depth = coalesce(await dev.depthExtents(offset, length));
+          expect(depth, `seed ${seed}`).toEqual(
+            modelExtents(origin.table, snap, extents, chunkSize, offset, end, 1, () => 2),
+          );
+        }
+      }
+    }
+  });
+});
