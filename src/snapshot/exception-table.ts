@@ -50,7 +50,13 @@ type Entry = Version | Version[];
  */
 export class PrivateChunks extends Map<number, Copy> {
   readonly #index = new ChunkIndex(
-    () => ({ size: this.size, forEach: (emit) => this.forEach((_copy, chunk) => emit(chunk, 1)) }),
+    () => ({
+      size: this.size,
+      forEach: (emit) =>
+        this.forEach((_copy, chunk) => {
+          emit(chunk, 1);
+        }),
+    }),
     (chunk) => (this.has(chunk) ? 1 : Number.NEGATIVE_INFINITY),
   );
 
@@ -100,7 +106,10 @@ export class ExceptionTable {
   readonly #index = new ChunkIndex(
     () => ({
       size: this.versions.size,
-      forEach: (emit) => this.versions.forEach((e, chunk) => emit(chunk, newest(e))),
+      forEach: (emit) =>
+        this.versions.forEach((e, chunk) => {
+          emit(chunk, newest(e));
+        }),
     }),
     (chunk) => (this.versions.has(chunk) ? this.latest(chunk) : Number.NEGATIVE_INFINITY),
   );

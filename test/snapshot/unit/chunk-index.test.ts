@@ -40,7 +40,13 @@ describe('ChunkIndex', () => {
       const model = new Map<number, number>();
       const ever = new Set<number>();
       const index = new ChunkIndex(
-        () => ({ size: model.size, forEach: (emit) => model.forEach((w, c) => emit(c, w)) }),
+        () => ({
+          size: model.size,
+          forEach: (emit) =>
+            model.forEach((w, c) => {
+              emit(c, w);
+            }),
+        }),
         (c) => model.get(c) ?? Number.NEGATIVE_INFINITY,
       );
       // Some cases use chunk numbers past 2^32 (the index widens to 64-bit keys).
@@ -88,7 +94,13 @@ describe('ChunkIndex', () => {
   it('handles many adds between queries', () => {
     const model = new Map<number, number>();
     const index = new ChunkIndex(
-      () => ({ size: model.size, forEach: (emit) => model.forEach((w, c) => emit(c, w)) }),
+      () => ({
+        size: model.size,
+        forEach: (emit) =>
+          model.forEach((w, c) => {
+            emit(c, w);
+          }),
+      }),
       (c) => model.get(c) ?? Number.NEGATIVE_INFINITY,
     );
     const r = rng(7);
