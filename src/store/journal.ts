@@ -86,6 +86,11 @@ export class Journal {
   /** Slots holding journal blocks (never reused). */
   readonly slots: number[];
 
+  /** The sequence number the next record will take. */
+  get nextSeq(): number {
+    return this.seq;
+  }
+
   private constructor(space: StoreSpace, at: ScanPoint, slots: number[]) {
     this.space = space;
     this.block = at.block.buf;
@@ -187,14 +192,16 @@ export class Journal {
 
   /**
    * A graceful stop: once the batches queued are durable, write a CLEAN batch. The journal takes
-   * no more records after. Writes nothing if a batch failed (what follows a failure is unknown).
+   * no more records after. Writes nothing if a batch failed (what follows a failure is unknown),
+   * or if the journal was opened read-only or closed already. Resolves true once CLEAN is durable.
    */
-  async close(): Promise<void> {
-    if (this.refusal !== undefined) return;
+  async close(): Promise<boolean> {
+    if (this.refusal !== undefined) return false;
     this.refusal = new NbdsnapError('ESHUTDOWN', 'the difference store is closed');
     await this.committing;
-    if (this.refusal.code !== 'ESHUTDOWN') return;
+    if (this.refusal.code !== 'ESHUTDOWN') return false;
     await this.commit([{ type: 'CLEAN', at: Date.now() }]);
+    return true;
   }
 
   private async commitLoop(): Promise<void> {

@@ -55,6 +55,12 @@ export interface Label {
   firstJournalSlot?: number;
   /** Range 0: set when a metadata commit failed (what the journal holds may be incomplete). */
   failed?: string;
+  /**
+   * Range 0: set by a graceful stop to the sequence number the journal continues at after its
+   * CLEAN batch, and cleared at the next start: a journal found ending anywhere else after a clean
+   * stop lost its end (a lost or zeroed write), which replay alone would take for a crash.
+   */
+  cleanAt?: number;
 }
 
 /** One copy: LABEL_COPY bytes. */
@@ -130,6 +136,7 @@ function checkFields(l: Label): string | undefined {
   if (l.index === 0) {
     if (!Array.isArray(l.ranges) || l.ranges.length === 0 || !l.ranges.every(isRange)) return 'no range record';
     if (l.kind === 'persistent' && !isCount(l.firstJournalSlot)) return 'no journal';
+    if (l.cleanAt !== undefined && !isCount(l.cleanAt)) return 'bad clean-stop mark';
   }
   return undefined;
 }

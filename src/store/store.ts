@@ -133,10 +133,12 @@ export class DiffStore {
       throw err;
     }
     try {
+      checkCleanStop(record, opened.report);
+      if (record.cleanAt !== undefined && !readOnly) await store.clearCleanStop();
       if (plan.moved && !readOnly) await store.recordPaths(plan.ranges);
       for (const r of plan.appends) await store.append(r);
     } catch (err) {
-      await store.close().catch(() => undefined); // the first error is the one to report
+      store.abandon(); // no CLEAN batch and no clean-stop mark: this start did not happen
       throw err;
     }
     return { store, records: opened.records, report: opened.report, suspect };
@@ -325,10 +327,27 @@ export class DiffStore {
   async close(): Promise<void> {
     this.closing = true;
     try {
-      if (this.failure === undefined) await this.journal?.close();
+      if (this.failure === undefined && this.journal !== undefined && (await this.journal.close())) {
+        // Where the journal ends after its CLEAN batch: the next start checks it ends there.
+        this.record = { ...this.record, cleanAt: this.journal.nextSeq };
+        await this.writeRecord();
+      }
     } finally {
       this.space.close();
     }
+  }
+
+  /** Close the files without a CLEAN batch or a clean-stop mark (a start that failed). */
+  abandon(): void {
+    this.closing = true;
+    this.space.close();
+  }
+
+  /** At start, once the clean-stop mark was checked: a crash from now on must not look clean. */
+  async clearCleanStop(): Promise<void> {
+    const { cleanAt: _, ...rest } = this.record;
+    this.record = rest;
+    await this.writeRecord();
   }
 }
 
@@ -354,4 +373,18 @@ async function probeOwned(range: StoreRange): Promise<RangeContent> {
   } finally {
     claim.release();
   }
+}
+
+/**
+ * After a graceful stop range 0 records where the journal ended (`cleanAt`). Replay must end
+ * there, on the CLEAN batch: ending anywhere else means the journal's end was lost or damaged
+ * after the stop (sectors that read as zeros look like a crash's torn tail to replay alone).
+ */
+function checkCleanStop(record: Superblock, report: JournalReport | undefined): void {
+  if (record.cleanAt === undefined || report === undefined) return;
+  if (report.cleanStop && report.stop.seq === record.cleanAt) return;
+  throw new NbdsnapError(
+    'CORRUPT',
+    `difference store journal is damaged: the store was stopped cleanly at journal record ${record.cleanAt}, but its journal ends at record ${report.stop.seq}${report.cleanStop ? '' : ' without its clean-stop batch'}; refusing to start`,
+  );
 }
