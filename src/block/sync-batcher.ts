@@ -20,6 +20,8 @@ export class SyncBatcher {
       return this.running;
     }
     if (this.queued === undefined) {
+      // The running sync's failure is its own callers' (they get it); the queued callers only
+      // wait for it to end, then get a sync of their own, which fails or succeeds for them.
       this.queued = this.running
         .catch(() => undefined)
         .then(() => {

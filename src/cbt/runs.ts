@@ -65,36 +65,23 @@ export class RunSet implements BlockSet {
 
   /** The first run whose end is >= x. */
   private seekEnd(x: number): Pos {
-    const leaves = this.leaves;
-    let lo = 0;
-    let hi = leaves.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      const leaf = leaves[mid] as Leaf;
-      if ((leaf.a[2 * leaf.n - 1] as number) >= x) hi = mid;
-      else lo = mid + 1;
-    }
-    if (lo === leaves.length) return this.end();
-    const a = (leaves[lo] as Leaf).a;
-    let r = 0;
-    let top = (leaves[lo] as Leaf).n;
-    while (r < top) {
-      const mid = (r + top) >>> 1;
-      if ((a[2 * mid + 1] as number) >= x) top = mid;
-      else r = mid + 1;
-    }
-    return { l: lo, r };
+    return this.seekFirst(1, x);
   }
 
-  /** The first run whose start is > x. */
+  /** The first run whose start is > x (block numbers are integers: start >= x + 1). */
   private seekStart(x: number): Pos {
+    return this.seekFirst(0, x + 1);
+  }
+
+  /** The first run whose start (k = 0) or end (k = 1) is >= y: a binary search over leaves, then in one. */
+  private seekFirst(k: 0 | 1, y: number): Pos {
     const leaves = this.leaves;
     let lo = 0;
     let hi = leaves.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
       const leaf = leaves[mid] as Leaf;
-      if ((leaf.a[2 * leaf.n - 2] as number) > x) hi = mid;
+      if ((leaf.a[2 * leaf.n - 2 + k] as number) >= y) hi = mid;
       else lo = mid + 1;
     }
     if (lo === leaves.length) return this.end();
@@ -103,7 +90,7 @@ export class RunSet implements BlockSet {
     let top = (leaves[lo] as Leaf).n;
     while (r < top) {
       const mid = (r + top) >>> 1;
-      if ((a[2 * mid] as number) > x) top = mid;
+      if ((a[2 * mid + k] as number) >= y) top = mid;
       else r = mid + 1;
     }
     return { l: lo, r };

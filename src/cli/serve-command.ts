@@ -193,7 +193,10 @@ export const demoCommand = defineCommand({
   describe: 'create a small demo image (if there is none) and serve it',
   builder: (y: Argv) =>
     y
-      .option('dir', { type: 'string', describe: 'where the demo image lives [default: $TMPDIR/nbdsnap-demo-vN, N the store format]' })
+      .option('dir', {
+        type: 'string',
+        describe: 'where the demo image lives [default: $TMPDIR/nbdsnap-demo-vN, N the store format]',
+      })
       .option('port', { alias: 'p', type: 'string', default: '10809' })
       .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'warn' }),
   parse: (a) => ({ dir: a.dir, port: parsePort(a.port), logLevel: a['log-level'] as LogLevel }),

@@ -6,7 +6,7 @@
  * restart). Until then the copy still fails its checksum at every read. `DamageLog.scrub` reads every
  * live copy through the same check (`nbdsnap store scrub` on a running server).
  */
-import { errorMessage } from '../errors.ts';
+import { errorMessage, NbdsnapError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { DiffStore } from '../store/store.ts';
 import { readVerified } from '../store/verify.ts';
@@ -54,6 +54,32 @@ export function held(origin: OriginState, chunk: number, copy: Copy): boolean {
   if (origin.snapshots.some((s) => s.privateChunks.get(chunk) === copy)) return true;
   for (const s of origin.readers) if (origin.table.find(chunk, s.seq) === copy) return true;
   return false;
+}
+
+/**
+ * The EIO for a read of a damaged copy, once the damage is recorded (`record`: LOST, through the
+ * DamageLog). The read fails whatever happens; if LOST cannot be recorded either (the store has
+ * failed: DamageLog logged it), the error says so. That is no loss of safety: an unrecorded copy
+ * still fails its checksum at every read.
+ */
+export async function damagedCopyError(
+  what: string,
+  chunk: number,
+  copy: Copy,
+  record: (chunk: number, copy: Copy) => Promise<void>,
+): Promise<NbdsnapError> {
+  let also = '';
+  if (!copy.lost) {
+    try {
+      await record(chunk, copy);
+    } catch (err) {
+      also = `; recording it lost failed too: ${errorMessage(err)}`;
+    }
+  }
+  return new NbdsnapError(
+    'EIO',
+    `${what}chunk ${chunk} is damaged in the difference store (slot ${copy.slot}, checksum mismatch)${also}`,
+  );
 }
 
 export class DamageLog {

@@ -30,6 +30,7 @@ import type { DiffStore } from '../store/store.ts';
 import { readVerified } from '../store/verify.ts';
 import { ChunkGuard } from './chunk-guard.ts';
 import type { CowOrigin } from './cow-origin.ts';
+import { damagedCopyError } from './damage.ts';
 import type { Copy } from './exception-table.ts';
 import type { Snapshot } from './model.ts';
 
@@ -76,12 +77,7 @@ async function readCopy(
   damaged: (chunk: number, copy: Copy) => Promise<void>,
 ): Promise<Buffer> {
   const data = copy.lost ? undefined : await readVerified(store, copy.slot, copy.crc, length);
-  if (data === undefined && !copy.lost) await damaged(chunk, copy).catch(() => undefined); // EIO below anyway
-  if (data === undefined)
-    throw new NbdsnapError(
-      'EIO',
-      `chunk ${chunk} is damaged in the difference store (slot ${copy.slot}, checksum mismatch)`,
-    );
+  if (data === undefined) throw await damagedCopyError('', chunk, copy, damaged);
   return data;
 }
 

@@ -26,6 +26,7 @@ import { checksum } from '../store/checksum.ts';
 import type { DiffStore } from '../store/store.ts';
 import { readVerified } from '../store/verify.ts';
 import { ChunkGuard } from './chunk-guard.ts';
+import { damagedCopyError } from './damage.ts';
 import type { Copy } from './exception-table.ts';
 import type { Snapshot } from './model.ts';
 import type { RecordSink } from './recorder.ts';
@@ -193,12 +194,8 @@ export class SnapshotDevice implements BlockDevice {
           copy = now.copy;
           continue;
         }
-        await this.onDamaged(chunk, copy).catch(() => undefined); // EIO below whatever happens
       }
-      throw new NbdsnapError(
-        'EIO',
-        `snapshot ${snap.origin.name}@${snap.name}: chunk ${chunk} is damaged in the difference store (slot ${copy.slot}, checksum mismatch)`,
-      );
+      throw await damagedCopyError(`snapshot ${snap.origin.name}@${snap.name}: `, chunk, copy, this.onDamaged);
     }
   }
 
