@@ -11,7 +11,7 @@ import type { Logger } from '../log.ts';
 import type { DiffStore } from '../store/store.ts';
 import { readVerified } from '../store/verify.ts';
 import type { EventBus } from './events.ts';
-import type { Copy } from './exception-table.ts';
+import { type Copy, sameCopy } from './exception-table.ts';
 import type { OriginState } from './model.ts';
 import { exportName } from './model.ts';
 import type { RecordSink } from './recorder.ts';
@@ -44,16 +44,23 @@ export function readersOf(origin: OriginState, chunk: number, copy: Copy): strin
   return origin.snapshots
     .filter((s) => {
       const src = origin.table.resolve(chunk, s);
-      return s.state !== 'invalid' && src.from === 'store' && src.copy === copy;
+      return s.state !== 'invalid' && src.from === 'store' && sameCopy(src.copy, copy);
     })
     .map(exportName);
 }
 
-/** Whether `copy` is still held for `chunk` (not freed, so its slot is not reused). */
-export function held(origin: OriginState, chunk: number, copy: Copy): boolean {
-  if (origin.snapshots.some((s) => s.privateChunks.get(chunk) === copy)) return true;
-  for (const s of origin.readers) if (origin.table.find(chunk, s.seq) === copy) return true;
-  return false;
+/**
+ * `copy` as held now for `chunk` (with its current `lost` flag), or undefined once it is freed
+ * (its slot may then be reused). Copies are values (exception-table.ts): one read earlier may
+ * carry a stale `lost`.
+ */
+export function heldCopy(origin: OriginState, chunk: number, copy: Copy): Copy | undefined {
+  for (const s of origin.snapshots) {
+    const own = s.privateChunks.get(chunk);
+    if (own !== undefined && sameCopy(own, copy)) return own;
+  }
+  const shared = origin.table.copyAt(chunk, copy.slot);
+  return shared !== undefined && sameCopy(shared, copy) ? shared : undefined;
 }
 
 /**
@@ -87,8 +94,8 @@ export class DamageLog {
   private readonly sink: RecordSink;
   private readonly events: EventBus;
   private readonly log: Logger;
-  /** LOST records on their way to the journal. */
-  private readonly recording = new Map<Copy, Promise<void>>();
+  /** LOST records on their way to the journal, by slot. */
+  private readonly recording = new Map<number, Promise<void>>();
 
   constructor(store: DiffStore | undefined, sink: RecordSink, events: EventBus, log: Logger) {
     this.store = store;
@@ -99,9 +106,11 @@ export class DamageLog {
 
   /** The copy of `chunk` of `origin` failed its checksum. Resolves once LOST is durable (rejects if it cannot be). */
   record(origin: OriginState, chunk: number, copy: Copy): Promise<void> {
-    const pending = this.recording.get(copy);
+    const pending = this.recording.get(copy.slot);
     if (pending !== undefined) return pending;
-    if (copy.lost) return Promise.resolve();
+    // Recorded lost meanwhile, or freed (nothing reads it any more): nothing to record.
+    const now = heldCopy(origin, chunk, copy);
+    if (now === undefined || now.lost) return Promise.resolve();
     const snapshots = readersOf(origin, chunk, copy);
     this.events.emit({ type: 'damaged', device: origin.name, chunk, slot: copy.slot, snapshots });
     const done = this.sink
@@ -115,8 +124,8 @@ export class DamageLog {
         });
         throw err;
       })
-      .finally(() => this.recording.delete(copy));
-    this.recording.set(copy, done);
+      .finally(() => this.recording.delete(copy.slot));
+    this.recording.set(copy.slot, done);
     return done;
   }
 
@@ -141,10 +150,10 @@ export class DamageLog {
       while (next < todo.length) {
         const { origin, chunk, copy } = todo[next++] as (typeof todo)[number];
         const length = origin.chunkLength(chunk);
-        if (!copy.lost && held(origin, chunk, copy)) {
+        if (!copy.lost && heldCopy(origin, chunk, copy)?.lost === false) {
           const data = await readVerified(store, copy.slot, copy.crc, length);
           // A copy freed while it was read may have been reused: not damage.
-          if (data === undefined && held(origin, chunk, copy) && !copy.lost) {
+          if (data === undefined && heldCopy(origin, chunk, copy)?.lost === false) {
             report.found.push({
               device: origin.name,
               chunk,

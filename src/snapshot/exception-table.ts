@@ -10,12 +10,16 @@
  * Every copy keeps the checksum of its data and a `lost` flag (found damaged: reads of it answer
  * EIO; it stays in the table, so the snapshot never falls through to the origin's newer data).
  *
- * Memory: one Map entry per copied chunk holding the one version itself, or an array of them
- * when a chunk was copied more than once, plus an ordered index of the copied chunks for block
- * status (chunk-index.ts, about 4.6 bytes a chunk once block status has been asked; see the
- * README for figures).
+ * Memory: the newest copy of every chunk sits inline in an ordered tree of typed arrays
+ * (chunk-tree.ts: chunk, seq, slot, crc, 16 bytes an entry, about 23 bytes a copy with leaves
+ * two-thirds full); the older copies of a chunk copied for several snapshots sit beside it, as
+ * (seq, slot, crc) triples in one array per chunk; the slots of lost copies in a set. Copies are
+ * values, not objects: `find`, `resolve` and `entries` hand out fresh `Version` objects, so
+ * compare copies with `sameCopy`, never `===`. The tree is ordered and weighted by the newest
+ * copy's seq (snapshot s reads chunk c from the store when that is >= s.seq), so block status and
+ * merge planning walk only the chunks a snapshot reads, without any index to rebuild.
  */
-import { ChunkIndex } from './chunk-index.ts';
+import { ChunkTree } from './chunk-tree.ts';
 
 /** A chunk's data in a store slot. `crc` is kept as a signed 32-bit integer (`crc | 0`). */
 export interface Copy {
@@ -35,6 +39,9 @@ export function copyOf(slot: number, crc: number): Copy {
   return { slot, crc: crc | 0, lost: false };
 }
 
+/** Whether two copies are the same one (a held copy is named by its slot; the checksum guards reuse). */
+export const sameCopy = (a: Copy, b: Copy): boolean => a.slot === b.slot && (a.crc | 0) === (b.crc | 0);
+
 /** What the table needs to know about a snapshot. */
 export interface SnapshotRef {
   readonly seq: number;
@@ -42,49 +49,39 @@ export interface SnapshotRef {
   readonly privateChunks: Map<number, Copy>;
 }
 
-type Entry = Version | Version[];
-
 /**
  * A snapshot's private chunks: a Map that also keeps them ordered (for block status). Changed
  * only by the catalog's transition, like any Map of the catalog.
  */
 export class PrivateChunks extends Map<number, Copy> {
-  readonly #index = new ChunkIndex(
-    () => ({
-      size: this.size,
-      forEach: (emit) =>
-        this.forEach((_copy, chunk) => {
-          emit(chunk, 1);
-        }),
-    }),
-    (chunk) => (this.has(chunk) ? 1 : Number.NEGATIVE_INFINITY),
-  );
+  readonly #order = new ChunkTree(0);
 
-  /** Empty (Map's constructor would call `set` with entries before the index exists). */
+  /** Empty (Map's constructor would call `set` with entries before the order exists). */
   // biome-ignore lint/complexity/noUselessConstructor: it takes no entries, unlike Map's
   constructor() {
     super();
   }
 
   override set(chunk: number, copy: Copy): this {
-    if (!this.has(chunk)) this.#index.invalidate();
+    if (!this.has(chunk)) this.#order.insert(chunk);
     return super.set(chunk, copy);
   }
 
   override delete(chunk: number): boolean {
     const had = super.delete(chunk);
-    if (had) this.#index.invalidate();
+    if (had) this.#order.delete(chunk);
     return had;
   }
 
   override clear(): void {
     super.clear();
-    this.#index.invalidate();
+    this.#order.clear();
   }
 
-  /** The smallest private chunk >= `from`, or undefined. */
+  /** The smallest private chunk >= `from`, or undefined. O(log n). */
   next(from: number): number | undefined {
-    return this.#index.next(from, 0);
+    const h = this.#order.next(from);
+    return h < 0 ? undefined : this.#order.key(h);
   }
 }
 
@@ -96,67 +93,75 @@ export function nextPrivate(chunks: ReadonlyMap<number, Copy>, from: number): nu
   return best;
 }
 
-const list = (e: Entry): Version[] => (Array.isArray(e) ? e : [e]);
-const newest = (e: Entry): number => (Array.isArray(e) ? (e[e.length - 1] as Version).seq : e.seq);
+/** Values of a tree entry: the newest copy. */
+const SEQ = 0;
+const SLOT = 1;
+const CRC = 2;
 
 export class ExceptionTable {
-  private readonly versions = new Map<number, Entry>();
-  private count = 0;
-  /** Copied chunks in order, weighted by the sequence number of their newest copy. */
-  readonly #index = new ChunkIndex(
-    () => ({
-      size: this.versions.size,
-      forEach: (emit) =>
-        this.versions.forEach((e, chunk) => {
-          emit(chunk, newest(e));
-        }),
-    }),
-    (chunk) => (this.versions.has(chunk) ? this.latest(chunk) : Number.NEGATIVE_INFINITY),
-  );
+  /** chunk -> its newest copy (seq, slot, crc as u32); weighted by seq. */
+  readonly #newest = new ChunkTree(3);
+  /** Chunks copied more than once: their older copies, (seq, slot, crc) triples by ascending seq. */
+  readonly #older = new Map<number, number[]>();
+  /** Slots of the copies found damaged. */
+  readonly #lost = new Set<number>();
+  #count = 0;
 
   /** Number of copies held. */
   get size(): number {
-    return this.count;
+    return this.#count;
+  }
+
+  /** Chunks with at least one copy. */
+  get chunkCount(): number {
+    return this.#newest.size;
   }
 
   /** Sequence number of the newest copy of `chunk`, or 0. */
   latest(chunk: number): number {
-    const e = this.versions.get(chunk);
-    return e === undefined ? 0 : newest(e);
+    const h = this.#newest.find(chunk);
+    return h < 0 ? 0 : this.#newest.val(h, SEQ);
   }
 
   add(chunk: number, seq: number, slot: number, crc: number): Version {
-    const v: Version = { seq, slot, crc: crc | 0, lost: false };
-    const e = this.versions.get(chunk);
-    if (e === undefined) {
-      this.versions.set(chunk, v);
-      this.#index.invalidate();
-    } else {
-      this.versions.set(
-        chunk,
-        [...list(e), v].sort((a, b) => a.seq - b.seq),
-      );
-      this.#index.raised(chunk, this.latest(chunk));
+    const t = this.#newest;
+    const h = t.find(chunk);
+    if (h < 0) t.insert(chunk, seq, slot, crc >>> 0);
+    else {
+      const older = this.#older.get(chunk) ?? [];
+      const top = t.val(h, SEQ);
+      if (seq >= top) {
+        older.push(top, t.val(h, SLOT), t.val(h, CRC));
+        t.setVal(h, SLOT, slot);
+        t.setVal(h, CRC, crc >>> 0);
+        t.setVal(h, SEQ, seq);
+      } else {
+        let i = 0;
+        while (i < older.length && (older[i] as number) <= seq) i += 3;
+        older.splice(i, 0, seq, slot, crc >>> 0);
+      }
+      this.#older.set(chunk, older);
     }
-    this.count += 1;
-    return v;
+    this.#count += 1;
+    return { seq, slot, crc: crc | 0, lost: false };
   }
 
   /** Whether snapshot `snap` reads `chunk` from the store (a copy, lost or not, or its own). */
   readsStore(chunk: number, snap: SnapshotRef): boolean {
     if (snap.privateChunks.has(chunk)) return true;
-    const e = this.versions.get(chunk);
-    return e !== undefined && newest(e) >= snap.seq;
+    const h = this.#newest.find(chunk);
+    return h >= 0 && this.#newest.val(h, SEQ) >= snap.seq;
   }
 
-  /** The smallest chunk >= `from` holding a copy that snapshot `seq` reads, or undefined. */
+  /** The smallest chunk >= `from` holding a copy that snapshot `seq` reads, or undefined. O(log n). */
   nextCopied(from: number, seq: number): number | undefined {
-    return this.#index.next(from, seq);
+    const h = this.#newest.next(from, seq);
+    return h < 0 ? undefined : this.#newest.key(h);
   }
 
   /**
    * The smallest chunk >= `from` that `snap` reads from the store (a copy it reads, lost or
-   * not, or one of its private chunks), or undefined. O(log n) while nothing changes.
+   * not, or one of its private chunks), or undefined. O(log n).
    */
   nextStored(from: number, snap: SnapshotRef): number | undefined {
     const copied = this.nextCopied(from, snap.seq);
@@ -165,12 +170,52 @@ export class ExceptionTable {
     return own === undefined || copied < own ? copied : own;
   }
 
+  /**
+   * `start` being a chunk `snap` reads from the store, the end (exclusive) of the run of
+   * consecutive such chunks, at most `limit`. O(log n + chunks in the run).
+   */
+  storedRunEnd(start: number, snap: SnapshotRef, limit: number): number {
+    const t = this.#newest;
+    let end = start + 1;
+    let h = t.next(end, snap.seq);
+    while (end < limit) {
+      if (h >= 0 && t.key(h) === end) h = t.following(h, snap.seq);
+      else if (!snap.privateChunks.has(end)) break;
+      end += 1;
+    }
+    return Math.min(end, limit);
+  }
+
+  /** Call `fn(first, end)` for each run of chunks in [from, to) that `snap` reads from the store, in order. */
+  storedRuns(snap: SnapshotRef, from: number, to: number, fn: (first: number, end: number) => void): void {
+    for (let c = this.nextStored(from, snap); c !== undefined && c < to; ) {
+      const end = this.storedRunEnd(c, snap, to);
+      fn(c, end);
+      c = this.nextStored(end, snap);
+    }
+  }
+
   /** The copy snapshot `seq` reads for `chunk`, if any. */
   find(chunk: number, seq: number): Version | undefined {
-    const e = this.versions.get(chunk);
-    if (e === undefined) return undefined;
-    if (!Array.isArray(e)) return e.seq >= seq ? e : undefined;
-    for (const v of e) if (v.seq >= seq) return v;
+    const t = this.#newest;
+    const h = t.find(chunk);
+    if (h < 0) return undefined;
+    const top = t.val(h, SEQ);
+    if (top < seq) return undefined;
+    if (this.#older.size > 0) {
+      const older = this.#older.get(chunk);
+      if (older !== undefined)
+        for (let i = 0; i < older.length; i += 3)
+          if ((older[i] as number) >= seq) return this.#version(older[i], older[i + 1], older[i + 2]);
+    }
+    return this.#version(top, t.val(h, SLOT), t.val(h, CRC));
+  }
+
+  /** The copy of `chunk` held in `slot`, if any (to tell whether a copy read earlier is still held). */
+  copyAt(chunk: number, slot: number): Version | undefined {
+    const all = this.#versions(chunk);
+    for (let i = 0; i < all.length; i += 3)
+      if (all[i + 1] === slot) return this.#version(all[i], all[i + 1], all[i + 2]);
     return undefined;
   }
 
@@ -196,61 +241,72 @@ export class ExceptionTable {
   /**
    * Drop every copy no live snapshot reads any more (after a delete or an invalidation).
    * Calls `free(slot)` for each. A copy with sequence N whose predecessor has P is read by the
-   * snapshots with P < seq <= N.
+   * snapshots with P < seq <= N. O(n log snapshots).
    */
   prune(live: readonly SnapshotRef[], free: (slot: number) => void): void {
-    const seqs = live.map((s) => s.seq);
-    // Deleting the entry being visited is safe while iterating a Map.
-    for (const chunk of this.versions.keys()) this.pruneVersions(chunk, seqs, free);
+    const seqs = sortedSeqs(live);
+    const oldest = seqs[firstAbove(seqs, 0)] ?? Number.POSITIVE_INFINITY;
+    const t = this.#newest;
+    t.retain((h) => {
+      const chunk = t.key(h);
+      if (this.#older.size === 0 || !this.#older.has(chunk)) {
+        // One copy, read by the snapshots with 0 < seq <= its seq: is the oldest one among them?
+        if (oldest <= t.val(h, SEQ)) return true;
+        this.#drop(t.val(h, SLOT), free);
+        return false;
+      }
+      const kept = this.#keptOf(this.#versions(chunk, h), seqs, free);
+      this.#rewrite(chunk, h, kept);
+      return kept.length > 0;
+    });
   }
 
   /** `prune` for one chunk only (a copy just added that may have no reader left). */
   pruneChunk(chunk: number, live: readonly SnapshotRef[], free: (slot: number) => void): void {
-    this.pruneVersions(
-      chunk,
-      live.map((s) => s.seq),
-      free,
-    );
+    const all = this.#versions(chunk);
+    if (all.length === 0) return;
+    const kept = this.#keptOf(all, sortedSeqs(live), free);
+    if (kept.length !== all.length) this.#store(chunk, kept);
   }
 
-  private pruneVersions(chunk: number, seqs: number[], free: (slot: number) => void): void {
-    const e = this.versions.get(chunk);
-    if (e === undefined) return;
-    let prev = 0;
-    const kept: Version[] = [];
-    const all = list(e);
-    for (const v of all) {
-      const from = prev;
-      prev = v.seq;
-      if (seqs.some((s) => s > from && s <= v.seq)) kept.push(v);
-      else {
-        free(v.slot);
-        this.count -= 1;
-      }
-    }
-    if (kept.length !== all.length) this.store(chunk, kept);
-  }
-
-  /** Every copy, for attributing store use to snapshots and for claiming slots on replay. */
+  /** Every copy, by ascending chunk and then seq: for attributing store use, claiming slots, checkpoints. */
   *entries(): IterableIterator<[number, Version]> {
-    for (const [chunk, e] of this.versions) {
-      if (Array.isArray(e)) for (const v of e) yield [chunk, v];
-      else yield [chunk, e];
+    const t = this.#newest;
+    let stamp = t.stamp;
+    for (let h = t.next(0); h >= 0; ) {
+      const chunk = t.key(h);
+      const all = this.#versions(chunk, h);
+      for (let i = 0; i < all.length; i += 3)
+        yield [chunk, this.#version(all[i], all[i + 1], all[i + 2])];
+      // Changed meanwhile (a caller may change the table between two steps): find the place again.
+      if (t.stamp !== stamp) {
+        stamp = t.stamp;
+        h = t.next(chunk + 1);
+      } else h = t.following(h);
     }
   }
 
-  /** Chunks with at least one copy, in ascending order (for merge). */
+  /** The same as `entries` (the table compares by its copies). */
+  [Symbol.iterator](): IterableIterator<[number, Version]> {
+    return this.entries();
+  }
+
+  /** Chunks with at least one copy, in ascending order. */
   chunks(): number[] {
-    return [...this.versions.keys()].sort((a, b) => a - b);
+    const t = this.#newest;
+    const out: number[] = [];
+    for (let h = t.next(0); h >= 0; h = t.following(h)) out.push(t.key(h));
+    return out;
   }
 
   remove(chunk: number, slot: number): void {
-    const e = this.versions.get(chunk);
-    if (e === undefined) return;
-    const all = list(e);
-    const kept = all.filter((v) => v.slot !== slot);
-    this.count -= all.length - kept.length;
-    this.store(chunk, kept);
+    const all = this.#versions(chunk);
+    const kept: number[] = [];
+    for (let i = 0; i < all.length; i += 3) {
+      if (all[i + 1] === slot) this.#drop(slot, () => undefined);
+      else kept.push(all[i] as number, all[i + 1] as number, all[i + 2] as number);
+    }
+    if (kept.length !== all.length) this.#store(chunk, kept);
   }
 
   /**
@@ -258,19 +314,92 @@ export class ExceptionTable {
    * `snapshots`. Returns it, or undefined when no such copy is held (freed since).
    */
   lose(chunk: number, slot: number, snapshots: readonly SnapshotRef[]): Copy | undefined {
-    const e = this.versions.get(chunk);
-    let found: Copy | undefined = e === undefined ? undefined : list(e).find((v) => v.slot === slot);
+    const shared = this.copyAt(chunk, slot);
+    if (shared !== undefined) {
+      this.#lost.add(slot);
+      shared.lost = true;
+      return shared;
+    }
     for (const s of snapshots) {
       const own = s.privateChunks.get(chunk);
-      if (found === undefined && own?.slot === slot) found = own;
+      if (own?.slot === slot) {
+        own.lost = true;
+        return own;
+      }
     }
-    if (found !== undefined) found.lost = true;
-    return found;
+    return undefined;
   }
 
-  private store(chunk: number, kept: Version[]): void {
-    if (kept.length === 0) {
-      if (this.versions.delete(chunk)) this.#index.invalidate();
-    } else this.versions.set(chunk, kept.length === 1 ? (kept[0] as Version) : kept);
+  #version(seq: number | undefined, slot: number | undefined, crc: number | undefined): Version {
+    const s = slot as number;
+    return { seq: seq as number, slot: s, crc: (crc as number) | 0, lost: this.#lost.size > 0 && this.#lost.has(s) };
   }
+
+  /** Every copy of `chunk` as (seq, slot, crc) triples by ascending seq (`h`: its handle, if known). */
+  #versions(chunk: number, h = this.#newest.find(chunk)): number[] {
+    if (h < 0) return [];
+    const t = this.#newest;
+    const top = [t.val(h, SEQ), t.val(h, SLOT), t.val(h, CRC)];
+    const older = this.#older.get(chunk);
+    return older === undefined ? top : [...older, ...top];
+  }
+
+  /** The copies of `all` some snapshot of `seqs` (ascending) reads; `free` the others. */
+  #keptOf(all: number[], seqs: number[], free: (slot: number) => void): number[] {
+    const kept: number[] = [];
+    let prev = 0;
+    for (let i = 0; i < all.length; i += 3) {
+      const seq = all[i] as number;
+      const reader = seqs[firstAbove(seqs, prev)];
+      prev = seq;
+      if (reader !== undefined && reader <= seq) kept.push(seq, all[i + 1] as number, all[i + 2] as number);
+      else this.#drop(all[i + 1] as number, free);
+    }
+    return kept;
+  }
+
+  #drop(slot: number, free: (slot: number) => void): void {
+    free(slot);
+    this.#lost.delete(slot);
+    this.#count -= 1;
+  }
+
+  /** Hold exactly the copies `kept` (triples by ascending seq) of `chunk`. */
+  #store(chunk: number, kept: number[]): void {
+    if (kept.length === 0) {
+      this.#newest.delete(chunk);
+      this.#older.delete(chunk);
+      return;
+    }
+    this.#rewrite(chunk, this.#newest.find(chunk), kept);
+  }
+
+  /** Write `kept` (not empty) as the copies of held `chunk`, at handle `h`. */
+  #rewrite(chunk: number, h: number, kept: number[]): void {
+    if (kept.length === 0) {
+      this.#older.delete(chunk);
+      return; // the caller removes the entry
+    }
+    const n = kept.length;
+    const t = this.#newest;
+    t.setVal(h, SLOT, kept[n - 2] as number);
+    t.setVal(h, CRC, kept[n - 1] as number);
+    t.setVal(h, SEQ, kept[n - 3] as number);
+    if (n > 3) this.#older.set(chunk, kept.slice(0, n - 3));
+    else this.#older.delete(chunk);
+  }
+}
+
+const sortedSeqs = (live: readonly SnapshotRef[]): number[] => live.map((s) => s.seq).sort((a, b) => a - b);
+
+/** Index of the first of `sorted` (ascending) that is > `x`. */
+function firstAbove(sorted: readonly number[], x: number): number {
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if ((sorted[mid] as number) > x) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
 }

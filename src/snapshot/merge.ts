@@ -58,11 +58,16 @@ export interface MergeProgress {
   merged: Set<number>;
 }
 
-/** The chunks a merge of `snapshot` has to copy back now: those it reads from the store. */
+/**
+ * The chunks a merge of `snapshot` has to copy back now: those it reads from the store, in
+ * order. Walks only those (the exception table's ordered runs and its private chunks).
+ */
 export function mergeChunks(snapshot: Snapshot): number[] {
-  const { table } = snapshot.origin;
-  const candidates = new Set([...table.chunks(), ...snapshot.privateChunks.keys()]);
-  return [...candidates].filter((c) => table.resolve(c, snapshot).from === 'store').sort((a, b) => a - b);
+  const out: number[] = [];
+  snapshot.origin.table.storedRuns(snapshot, 0, Number.POSITIVE_INFINITY, (first, end) => {
+    for (let c = first; c < end; c++) out.push(c);
+  });
+  return out;
 }
 
 /**

@@ -27,7 +27,7 @@ import type { DiffStore } from '../store/store.ts';
 import { readVerified } from '../store/verify.ts';
 import { ChunkGuard } from './chunk-guard.ts';
 import { damagedCopyError } from './damage.ts';
-import type { Copy } from './exception-table.ts';
+import { type Copy, sameCopy } from './exception-table.ts';
 import type { Snapshot } from './model.ts';
 import type { RecordSink } from './recorder.ts';
 
@@ -190,7 +190,7 @@ export class SnapshotDevice implements BlockDevice {
         this.check(); // deleted or invalidated meanwhile: its slots may have been reused
         // A write to a private chunk moved it to a new slot meanwhile: read that one.
         const now = snap.origin.table.resolve(chunk, snap);
-        if (now.from === 'store' && now.copy !== copy) {
+        if (now.from === 'store' && !sameCopy(now.copy, copy)) {
           copy = now.copy;
           continue;
         }
@@ -288,9 +288,10 @@ export class SnapshotDevice implements BlockDevice {
   }
 
   /**
-   * Walks only the chunks this snapshot reads from the store (the exception table's ordered
-   * index: O(log n) to find the next one), and asks `originExtents` for the stretches between
-   * them, which the snapshot reads through to the origin.
+   * Walks only the chunks this snapshot reads from the store (the exception table is ordered:
+   * O(log n) to find the next one, then one step per chunk of the run), and asks
+   * `originExtents` for the stretches between them, which the snapshot reads through to the
+   * origin.
    */
   private async mapExtents(
     offset: number,
@@ -312,9 +313,7 @@ export class SnapshotDevice implements BlockDevice {
         continue;
       }
       // A run of chunks read from the store, from `next` on: each is a copied or private chunk.
-      let last = next as number;
-      while ((last + 1) * chunkSize < end && table.readsStore(last + 1, snap)) last += 1;
-      const runEnd = Math.min(end, (last + 1) * chunkSize);
+      const runEnd = Math.min(end, table.storedRunEnd(next as number, snap, Math.ceil(end / chunkSize)) * chunkSize);
       pushExtent(out, runEnd - pos, storeFlags());
       pos = runEnd;
     }

@@ -10,6 +10,7 @@
  * add up to more than the store's used bytes.
  */
 import type { DiffStore } from '../store/store.ts';
+import { sameCopy } from './exception-table.ts';
 import type { OriginState, Snapshot } from './model.ts';
 
 export interface SnapshotUse {
@@ -73,9 +74,13 @@ function firstAbove(sorted: readonly Snapshot[], seq: number): number {
 }
 
 export function snapshotInfo(s: Snapshot, store: DiffStore | undefined, use = storeUse(s.origin).get(s)) {
-  const shared = [...s.origin.table.entries()].filter(([chunk, v]) => s.origin.table.find(chunk, s.seq) === v);
   let damaged = 0;
-  for (const [chunk, v] of shared) if (v.lost && !s.privateChunks.has(chunk)) damaged += 1;
+  const table = s.origin.table;
+  for (const [chunk, v] of table.entries()) {
+    if (!v.lost || s.privateChunks.has(chunk)) continue;
+    const read = table.find(chunk, s.seq);
+    if (read !== undefined && sameCopy(read, v)) damaged += 1;
+  }
   for (const own of s.privateChunks.values()) if (own.lost) damaged += 1;
   return {
     device: s.origin.name,

@@ -9,6 +9,7 @@
  */
 import { closeSync, constants, openSync, readSync } from 'node:fs';
 import { errorMessage } from '../errors.ts';
+import { sameCopy } from '../snapshot/exception-table.ts';
 import { replay } from '../snapshot/transition.ts';
 import type { JournalReport } from './journal.ts';
 import { decodeLabelCopy, LABEL_COPY } from './label.ts';
@@ -92,7 +93,7 @@ export async function checkStore(ranges: StoreRange[]): Promise<CheckReport> {
       for (const { chunk, copy, own } of copies) {
         const readers = origin.snapshots.filter((s) => {
           const src = origin.table.resolve(chunk, s);
-          return src.from === 'store' && src.copy === copy;
+          return src.from === 'store' && sameCopy(src.copy, copy);
         });
         const where: CheckedCopy = {
           device: origin.name,

@@ -285,7 +285,7 @@ describe('replay of a recorded run', () => {
     await expect(read()).rejects.toMatchObject({ code: 'EIO' });
     const lost = () => run.committed.filter((r) => r.type === 'LOST');
     expect(lost()).toEqual([{ type: 'LOST', device: snap.origin.id, chunk: 3, slot: copy.slot }]);
-    expect(copy.lost).toBe(true);
+    expect(snap.origin.table.find(3, snap.seq)?.lost).toBe(true);
     expect(run.events.filter((e) => e.type === 'damaged')).toMatchObject([
       { device: 'a', chunk: 3, slot: copy.slot, snapshots: ['a@s'] },
     ]);

@@ -1,5 +1,5 @@
 /**
- * The ordered index over copied and private chunks, against brute-force models: the index alone
+ * The ordered tree over copied and private chunks, against brute-force models: the tree alone
  * (adds, removals, rising and falling weights between queries, 32-bit and wider chunk numbers),
  * the exception table's "next chunk this snapshot reads from the store" with versioned copies,
  * pruning, lost copies and private chunks, and a snapshot's block status built on it (both
@@ -9,7 +9,7 @@
 import { describe, expect, it } from 'vitest';
 import type { BlockDevice } from '../../../src/block/device.ts';
 import type { Extent } from '../../../src/nbd-protocol/index.ts';
-import { ChunkIndex } from '../../../src/snapshot/chunk-index.ts';
+import { ChunkTree } from '../../../src/snapshot/chunk-tree.ts';
 import { copyOf, ExceptionTable, PrivateChunks, type SnapshotRef } from '../../../src/snapshot/exception-table.ts';
 import { OriginState, type Snapshot } from '../../../src/snapshot/model.ts';
 import { SnapshotDevice } from '../../../src/snapshot/snapshot-device.ts';
@@ -33,92 +33,76 @@ function bruteNext(model: Map<number, number>, from: number, min: number): numbe
   return best;
 }
 
-describe('ChunkIndex', () => {
+describe('ChunkTree', () => {
   it('answers "first chunk at or after C with weight at least W" like a brute-force scan', () => {
     for (let seed = 1; seed <= 300; seed++) {
       const r = rng(seed);
       const model = new Map<number, number>();
-      const ever = new Set<number>();
-      const index = new ChunkIndex(
-        () => ({
-          size: model.size,
-          forEach: (emit) =>
-            model.forEach((w, c) => {
-              emit(c, w);
-            }),
-        }),
-        (c) => model.get(c) ?? Number.NEGATIVE_INFINITY,
-      );
-      // Some cases use chunk numbers past 2^32 (the index widens to 64-bit keys).
+      const tree = new ChunkTree(3);
+      // Some cases use chunk numbers past 2^32 (leaves widen to 64-bit keys).
       const base = seed % 5 === 0 ? 2 ** 32 - 50 : 0;
       const span = [20, 200, 5000][seed % 3] as number;
-      for (let step = 0; step < 200; step++) {
+      for (let step = 0; step < 400; step++) {
         const op = r(10);
         const c = base + r(span);
         if (op < 4) {
           const w = 1 + r(8);
-          if (!model.has(c)) {
-            model.set(c, w);
-            ever.add(c);
-            index.invalidate();
-          } else if (w > (model.get(c) as number)) {
-            model.set(c, w);
-            index.raised(c, w);
-          } else model.set(c, w); // a weight that falls: the tree may over-estimate
+          const h = tree.find(c);
+          if (h < 0) tree.insert(c, w, c % 1000, 7);
+          else tree.setVal(h, 0, w); // a weight that rises or falls
+          model.set(c, w);
         } else if (op < 6) {
-          if (model.delete(c)) index.invalidate();
-        } else if (op === 6 && r(20) === 0) {
+          expect(tree.delete(c)).toBe(model.delete(c));
+        } else if (op === 6 && r(40) === 0) {
           model.clear();
-          index.invalidate();
+          tree.clear();
         } else {
           const from = base + r(span + 2) - 1;
           const min = r(10);
-          expect(index.next(from, min), `seed ${seed} step ${step}`).toBe(bruteNext(model, from, min));
+          const h = tree.next(Math.max(0, from), min);
+          expect(h < 0 ? undefined : tree.key(h), `seed ${seed} step ${step}`).toBe(
+            bruteNext(model, Math.max(0, from), min),
+          );
         }
       }
-      // Everything, once more, at the end (compared as one list: thousands of cases).
       const got: (number | undefined)[] = [];
       const want: (number | undefined)[] = [];
-      for (let from = base - 1; from <= base + span; from += 1 + r(Math.ceil(span / 50)))
+      for (let from = Math.max(0, base - 1); from <= base + span; from += 1 + r(Math.ceil(span / 50)))
         for (let min = 0; min <= 9; min++) {
-          got.push(index.next(from, min));
+          const h = tree.next(from, min);
+          got.push(h < 0 ? undefined : tree.key(h));
           want.push(bruteNext(model, from, min));
         }
       expect(got, `seed ${seed}`).toEqual(want);
-      // Exactly the keys held: no duplicates, no removed ones.
-      expect(index.length).toBe(model.size);
-      expect(ever.size).toBeGreaterThanOrEqual(model.size);
+      expect(tree.size).toBe(model.size);
+      // Walking every entry in order gives exactly the keys held, with their values.
+      const walked: [number, number][] = [];
+      for (let h = tree.next(0); h >= 0; h = tree.following(h)) walked.push([tree.key(h), tree.val(h, 0)]);
+      expect(walked).toEqual([...model].sort((a, b) => a[0] - b[0]));
     }
   });
 
   it('handles many adds between queries', () => {
     const model = new Map<number, number>();
-    const index = new ChunkIndex(
-      () => ({
-        size: model.size,
-        forEach: (emit) =>
-          model.forEach((w, c) => {
-            emit(c, w);
-          }),
-      }),
-      (c) => model.get(c) ?? Number.NEGATIVE_INFINITY,
-    );
+    const tree = new ChunkTree(3);
     const r = rng(7);
     for (let round = 0; round < 5; round++) {
       for (let i = 0; i < 3000; i++) {
         const c = r(1_000_000);
         if (!model.has(c)) {
-          model.set(c, 1 + r(4));
-          index.invalidate();
+          const w = 1 + r(4);
+          model.set(c, w);
+          tree.insert(c, w);
         }
       }
       for (let q = 0; q < 200; q++) {
         const from = r(1_000_000);
         const min = r(6);
-        expect(index.next(from, min)).toBe(bruteNext(model, from, min));
+        const h = tree.next(from, min);
+        expect(h < 0 ? undefined : tree.key(h)).toBe(bruteNext(model, from, min));
       }
     }
-    expect(index.length).toBe(model.size);
+    expect(tree.size).toBe(model.size);
   });
 });
 
