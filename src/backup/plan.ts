@@ -87,6 +87,8 @@ const end = (e: AbsExtent): number => e.offset + e.length;
 /**
  * Up to `count` whole tracking blocks from the clean ranges (the device's last, short block
  * counts as whole), evenly spread over all of them: the same inputs give the same samples.
+ * The whole blocks of each range are counted, not listed: O(ranges + count x log ranges), however
+ * large the clean ranges are.
  */
 export function chooseSamples(
   clean: [number, number][],
@@ -94,18 +96,33 @@ export function chooseSamples(
   size: number,
   count: number,
 ): { offset: number; length: number }[] {
-  const blocks: number[] = [];
+  // Each range's whole blocks are [first, first + n): `firsts`, and `ends` the running totals.
+  const firsts: number[] = [];
+  const ends: number[] = [];
+  let total = 0;
   for (const [offset, length] of clean) {
     const first = Math.ceil(offset / blockSize);
-    for (let b = first; b * blockSize < offset + length; b++) {
-      const bEnd = Math.min(size, (b + 1) * blockSize);
-      if (bEnd <= offset + length) blocks.push(b);
-    }
+    const stop = offset + length;
+    let hi = Math.floor(stop / blockSize);
+    // The device's short last block, when the range reaches the end of the device.
+    if (hi * blockSize < stop && Math.min(size, (hi + 1) * blockSize) <= stop) hi += 1;
+    if (hi <= first) continue;
+    firsts.push(first);
+    total += hi - first;
+    ends.push(total);
   }
-  const n = Math.min(count, blocks.length);
+  const n = Math.min(count, total);
   const out: { offset: number; length: number }[] = [];
   for (let i = 0; i < n; i++) {
-    const b = blocks[Math.floor(((i + 0.5) * blocks.length) / n)] as number;
+    const k = Math.floor(((i + 0.5) * total) / n); // the k-th whole block of all the ranges
+    let lo = 0;
+    let hi = ends.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if ((ends[mid] as number) > k) hi = mid;
+      else lo = mid + 1;
+    }
+    const b = (firsts[lo] as number) + k - (lo > 0 ? (ends[lo - 1] as number) : 0);
     out.push({ offset: b * blockSize, length: Math.min(size, (b + 1) * blockSize) - b * blockSize });
   }
   return out;

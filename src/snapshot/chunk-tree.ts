@@ -6,7 +6,7 @@
  * and their values in another (`stride` 32-bit values an entry). An insert or a removal moves at
  * most one leaf's entries; a full leaf is split in two (an append to the last leaf leaves it
  * full, so keys added in order fill their leaves), and a leaf that falls under a quarter full
- * is merged with a neighbour.
+ * is merged with a neighbour when both fit in half a leaf.
  *
  * Value 0 of an entry is its weight. Each leaf keeps the largest weight it holds, and a max-tree
  * over the leaves finds the next leaf holding a weight >= W in O(log leaves), so "the first key
@@ -22,9 +22,7 @@ import { NbdsnapError } from '../errors.ts';
 /** Most entries a leaf holds before it is split. */
 export const LEAF = 512;
 /** Entries a new leaf has room for; it doubles up to `LEAF`. */
-const FIRST_ROOM = 8;
-/** A leaf with fewer entries is merged with a neighbour when both fit in half a leaf. */
-const MERGE_BELOW = LEAF / 4;
+const FIRST_ROOM = 4;
 const U32 = 2 ** 32;
 /** Handles: leaf * SPAN + index (SPAN > LEAF). */
 const SPAN = 1024;
@@ -46,7 +44,11 @@ const NO_VALUES = new Uint32Array(0);
 
 export class ChunkTree {
   readonly #stride: number;
+  /** Most entries a leaf holds (`LEAF`; smaller in tests, to split and merge often). */
+  readonly #leaf: number;
   #leaves: Leaf[] = [];
+  /** The last key of each leaf (searched without touching the leaves). */
+  #last: number[] = [];
   #count = 0;
   #stamp = 0;
   /** Max-tree over the leaves' `max`: node i has children 2i, 2i + 1; leaf l at #base + l. */
@@ -55,8 +57,10 @@ export class ChunkTree {
   #stale = false;
 
   /** `stride`: 32-bit values an entry (0: a set of keys). */
-  constructor(stride: number) {
+  constructor(stride: number, leaf = LEAF) {
+    if (!(Number.isInteger(leaf) && leaf >= 4 && leaf < SPAN)) throw new RangeError(`bad leaf size ${leaf}`);
     this.#stride = stride;
+    this.#leaf = leaf;
   }
 
   get size(): number {
@@ -130,6 +134,7 @@ export class ChunkTree {
     const leaves = this.#leaves;
     if (leaves.length === 0) {
       leaves.push(this.#newLeaf(FIRST_ROOM, key >= U32));
+      this.#last.push(key);
       this.#stale = true;
     }
     let l = Math.min(this.#leafFor(key), leaves.length - 1);
@@ -138,16 +143,17 @@ export class ChunkTree {
     if (r < leaf.n && leaf.keys[r] === key) throw new NbdsnapError('CORRUPT', `chunk ${key} is held already`);
     if (key >= U32 && leaf.keys instanceof Uint32Array) leaf.keys = Float64Array.from(leaf.keys);
     if (leaf.n === leaf.keys.length) {
-      if (leaf.n < LEAF) this.#grow(leaf, Math.min(LEAF, 2 * leaf.n));
+      if (leaf.n < this.#leaf) this.#grow(leaf, Math.min(this.#leaf, 2 * leaf.n));
       else {
         // Split; an append keeps the left leaf full (keys added in order fill their leaves).
         const s = r === leaf.n ? leaf.n : leaf.n >>> 1;
-        const right = this.#newLeaf(LEAF, leaf.keys instanceof Float64Array);
+        const right = this.#newLeaf(this.#leaf, leaf.keys instanceof Float64Array);
         this.#move(leaf, s, leaf.n, right, 0);
         right.n = leaf.n - s;
         this.#clearTail(leaf, s);
         leaf.n = s;
         leaves.splice(l + 1, 0, right);
+        this.#last.splice(l, 1, leaf.keys[s - 1] ?? key, right.keys[right.n - 1] ?? key);
         this.#stale = true;
         leaf.max = this.#maxOf(leaf);
         right.max = this.#maxOf(right);
@@ -168,6 +174,7 @@ export class ChunkTree {
       if (st > 2) leaf.vals[r * st + 2] = c;
     }
     leaf.n += 1;
+    if (r === leaf.n - 1) this.#last[l] = key;
     this.#count += 1;
     this.#stamp += 1;
     if (st > 0 && (leaf.vals[r * st] as number) > leaf.max) {
@@ -192,11 +199,13 @@ export class ChunkTree {
     this.#stamp += 1;
     if (leaf.n === 0) {
       this.#leaves.splice(l, 1);
+      this.#last.splice(l, 1);
       this.#stale = true;
       return true;
     }
+    this.#last[l] = leaf.keys[leaf.n - 1] as number;
     if (w === leaf.max) this.#refreshMax(l);
-    if (leaf.n < MERGE_BELOW) this.#mergeAround(l);
+    if (leaf.n < this.#leaf / 4) this.#mergeAround(l);
     return true;
   }
 
@@ -219,10 +228,11 @@ export class ChunkTree {
       leaf.max = this.#maxOf(leaf);
       const prev = kept[kept.length - 1];
       if (w === 0) return;
-      if (prev !== undefined && prev.n + w <= LEAF / 2) this.#append(prev, leaf);
+      if (prev !== undefined && prev.n + w <= this.#leaf / 2) this.#append(prev, leaf);
       else kept.push(leaf);
     });
     this.#leaves = kept;
+    this.#last = kept.map((leaf) => leaf.keys[leaf.n - 1] as number);
     this.#count = kept.reduce((n, leaf) => n + leaf.n, 0);
     this.#stamp += 1;
     this.#stale = true;
@@ -230,6 +240,7 @@ export class ChunkTree {
 
   clear(): void {
     this.#leaves = [];
+    this.#last = [];
     this.#count = 0;
     this.#stamp += 1;
     this.#stale = true;
@@ -237,13 +248,12 @@ export class ChunkTree {
 
   /** First leaf whose last key is >= `key` (the leaf count if none). */
   #leafFor(key: number): number {
-    const leaves = this.#leaves;
+    const last = this.#last;
     let lo = 0;
-    let hi = leaves.length;
+    let hi = last.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
-      const leaf = leaves[mid] as Leaf;
-      if ((leaf.keys[leaf.n - 1] as number) >= key) hi = mid;
+      if ((last[mid] as number) >= key) hi = mid;
       else lo = mid + 1;
     }
     return lo;
@@ -333,9 +343,10 @@ export class ChunkTree {
     for (const left of [l - 1, l]) {
       const a = leaves[left];
       const b = leaves[left + 1];
-      if (a === undefined || b === undefined || a.n + b.n > LEAF / 2) continue;
+      if (a === undefined || b === undefined || a.n + b.n > this.#leaf / 2) continue;
       this.#append(a, b);
       leaves.splice(left + 1, 1);
+      this.#last.splice(left, 2, a.keys[a.n - 1] as number);
       this.#stale = true;
       return;
     }
@@ -345,7 +356,7 @@ export class ChunkTree {
   #append(a: Leaf, b: Leaf): void {
     const need = a.n + b.n;
     if (b.keys instanceof Float64Array && a.keys instanceof Uint32Array) a.keys = Float64Array.from(a.keys);
-    if (a.keys.length < need) this.#grow(a, Math.min(LEAF, Math.max(need, 2 * a.keys.length)));
+    if (a.keys.length < need) this.#grow(a, Math.min(this.#leaf, Math.max(need, 2 * a.keys.length)));
     this.#move(b, 0, b.n, a, a.n);
     a.n = need;
     a.max = Math.max(a.max, b.max);

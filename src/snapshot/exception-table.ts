@@ -19,7 +19,7 @@
  * copy's seq (snapshot s reads chunk c from the store when that is >= s.seq), so block status and
  * merge planning walk only the chunks a snapshot reads, without any index to rebuild.
  */
-import { ChunkTree } from './chunk-tree.ts';
+import { ChunkTree, LEAF } from './chunk-tree.ts';
 
 /** A chunk's data in a store slot. `crc` is kept as a signed 32-bit integer (`crc | 0`). */
 export interface Copy {
@@ -100,12 +100,17 @@ const CRC = 2;
 
 export class ExceptionTable {
   /** chunk -> its newest copy (seq, slot, crc as u32); weighted by seq. */
-  readonly #newest = new ChunkTree(3);
+  readonly #newest: ChunkTree;
   /** Chunks copied more than once: their older copies, (seq, slot, crc) triples by ascending seq. */
   readonly #older = new Map<number, number[]>();
   /** Slots of the copies found damaged. */
   readonly #lost = new Set<number>();
   #count = 0;
+
+  /** `leaf`: entries a leaf of the tree holds (smaller in tests). */
+  constructor(leaf = LEAF) {
+    this.#newest = new ChunkTree(3, leaf);
+  }
 
   /** Number of copies held. */
   get size(): number {
@@ -186,13 +191,33 @@ export class ExceptionTable {
     return Math.min(end, limit);
   }
 
-  /** Call `fn(first, end)` for each run of chunks in [from, to) that `snap` reads from the store, in order. */
+  /**
+   * Call `fn(first, end)` for each run of consecutive chunks in [from, to) that `snap` reads from
+   * the store, in order: O(log n + chunks walked), one step per copied chunk it reads and per
+   * private chunk (`fn` must not change the table).
+   */
   storedRuns(snap: SnapshotRef, from: number, to: number, fn: (first: number, end: number) => void): void {
-    for (let c = this.nextStored(from, snap); c !== undefined && c < to; ) {
-      const end = this.storedRunEnd(c, snap, to);
-      fn(c, end);
-      c = this.nextStored(end, snap);
+    const t = this.#newest;
+    const own = snap.privateChunks;
+    let h = t.next(from, snap.seq);
+    let p = nextPrivate(own, from);
+    let first = -1;
+    let end = -1;
+    for (;;) {
+      const c = h >= 0 ? t.key(h) : Number.POSITIVE_INFINITY;
+      const q = p ?? Number.POSITIVE_INFINITY;
+      const x = Math.min(c, q);
+      if (x >= to) break;
+      if (x === c) h = t.following(h, snap.seq);
+      if (x === q) p = nextPrivate(own, x + 1);
+      if (x === end) end += 1;
+      else {
+        if (first >= 0) fn(first, end);
+        first = x;
+        end = x + 1;
+      }
     }
+    if (first >= 0) fn(first, end);
   }
 
   /** The copy snapshot `seq` reads for `chunk`, if any. */
