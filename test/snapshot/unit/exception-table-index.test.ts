@@ -38,11 +38,11 @@ describe('ChunkTree', () => {
     for (let seed = 1; seed <= 300; seed++) {
       const r = rng(seed);
       const model = new Map<number, number>();
-      const tree = new ChunkTree(3);
+      const tree = new ChunkTree(3, [4, 8, 512, 5][seed % 4]);
       // Some cases use chunk numbers past 2^32 (leaves widen to 64-bit keys).
       const base = seed % 5 === 0 ? 2 ** 32 - 50 : 0;
       const span = [20, 200, 5000][seed % 3] as number;
-      for (let step = 0; step < 400; step++) {
+      for (let step = 0; step < 250; step++) {
         const op = r(10);
         const c = base + r(span);
         if (op < 4) {
