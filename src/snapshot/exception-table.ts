@@ -103,8 +103,8 @@ export class ExceptionTable {
   readonly #newest: ChunkTree;
   /** Chunks copied more than once: their older copies, (seq, slot, crc) triples by ascending seq. */
   readonly #older = new Map<number, number[]>();
-  /** Slots of the copies found damaged. */
-  readonly #lost = new Set<number>();
+  /** The copies found damaged: slot -> chunk. */
+  readonly #lost = new Map<number, number>();
   #count = 0;
 
   /** `leaf`: entries a leaf of the tree holds (smaller in tests). */
@@ -294,6 +294,14 @@ export class ExceptionTable {
     if (kept.length !== all.length) this.#store(chunk, kept);
   }
 
+  /** The copies found damaged (lost), in no particular order. O(lost copies). */
+  *lost(): IterableIterator<[number, Version]> {
+    for (const [slot, chunk] of [...this.#lost]) {
+      const v = this.copyAt(chunk, slot);
+      if (v !== undefined) yield [chunk, v];
+    }
+  }
+
   /** Every copy, by ascending chunk and then seq: for attributing store use, claiming slots, checkpoints. */
   *entries(): IterableIterator<[number, Version]> {
     const t = this.#newest;
@@ -341,7 +349,7 @@ export class ExceptionTable {
   lose(chunk: number, slot: number, snapshots: readonly SnapshotRef[]): Copy | undefined {
     const shared = this.copyAt(chunk, slot);
     if (shared !== undefined) {
-      this.#lost.add(slot);
+      this.#lost.set(slot, chunk);
       shared.lost = true;
       return shared;
     }

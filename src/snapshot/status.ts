@@ -76,8 +76,8 @@ function firstAbove(sorted: readonly Snapshot[], seq: number): number {
 export function snapshotInfo(s: Snapshot, store: DiffStore | undefined, use = storeUse(s.origin).get(s)) {
   let damaged = 0;
   const table = s.origin.table;
-  for (const [chunk, v] of table.entries()) {
-    if (!v.lost || s.privateChunks.has(chunk)) continue;
+  for (const [chunk, v] of table.lost()) {
+    if (s.privateChunks.has(chunk)) continue;
     const read = table.find(chunk, s.seq);
     if (read !== undefined && sameCopy(read, v)) damaged += 1;
   }

@@ -295,3 +295,20 @@ describe('ChunkTree leaves', () => {
     expect(t.key(t.next(41, 1))).toBe(41);
   });
 });
+
+describe('ExceptionTable.lost', () => {
+  it('lists exactly the lost copies still held', () => {
+    const t = new ExceptionTable(4);
+    for (let c = 0; c < 20; c++) t.add(c, 1, 100 + c, c);
+    t.add(5, 2, 200, 0);
+    t.lose(5, 105, []);
+    t.lose(5, 200, []);
+    t.lose(9, 109, []);
+    t.lose(9, 999, []); // not held: nothing
+    t.remove(9, 109);
+    expect([...t.lost()].sort((a, b) => a[1].slot - b[1].slot)).toEqual([
+      [5, { seq: 1, slot: 105, crc: 5, lost: true }],
+      [5, { seq: 2, slot: 200, crc: 0, lost: true }],
+    ]);
+  });
+});
