@@ -302,3 +302,73 @@ describe('snapshot block status over the index', () => {
     }
   });
 });
+
+describe('snapshot block status past 2^32 chunks', () => {
+  it('matches the byte-exact model around chunk 2^32, up to a short last chunk', async () => {
+    for (let seed = 1; seed <= 40; seed++) {
+      const r = rng(9000 + seed);
+      const chunkSize = 512;
+      const first = 2 ** 32 - 40; // the chunks of interest: [first, first + 80)
+      const size = (first + 80) * chunkSize - (seed % 2 === 0 ? 1 + r(chunkSize - 1) : 0);
+      const origin = new OriginState(1, 'big', size, chunkSize);
+      // One extent up to the region, then small ones of either kind.
+      const extents: Extent[] = [{ length: first * chunkSize - r(3 * chunkSize), flags: 3 }];
+      for (let at = extents[0]?.length ?? 0; at < size; ) {
+        const len = Math.min(size - at, 1 + r(3 * chunkSize));
+        extents.push({ length: len, flags: r(2) === 0 ? 0 : 3 });
+        at += len;
+      }
+      const below = {
+        extents: async (start: number, len: number) => {
+          const out: Extent[] = [];
+          let at = 0;
+          for (const e of extents) {
+            const a = Math.max(at, start);
+            const b = Math.min(at + e.length, start + len);
+            if (a < b && out.length < 3) out.push({ length: b - a, flags: e.flags });
+            at += e.length;
+          }
+          return out;
+        },
+      } as unknown as BlockDevice;
+      const snaps: Snapshot[] = [1, 2].map((seq) => ({
+        id: seq,
+        name: `s${seq}`,
+        origin,
+        seq,
+        writable: seq === 2,
+        created: 0,
+        state: 'valid',
+        privateChunks: new PrivateChunks(),
+      }));
+      let slot = 0;
+      for (let i = r(120); i > 0; i--) {
+        const c = first + r(80);
+        const seq = 1 + r(2);
+        if (origin.table.latest(c) < seq) origin.table.add(c, seq, slot++, 0);
+      }
+      for (let i = r(20); i > 0; i--) (snaps[1] as Snapshot).privateChunks.set(first + r(80), copyOf(slot++, 0));
+      for (const snap of snaps) {
+        const dev = new SnapshotDevice(
+          snap,
+          below,
+          {} as DiffStore,
+          async () => undefined,
+          { record: async () => undefined } as never,
+          async () => undefined,
+        );
+        for (let q = 0; q < 6; q++) {
+          const offset = (first - 2) * chunkSize + r(size - (first - 2) * chunkSize);
+          const length = 1 + r(size - offset + chunkSize); // may run past the end
+          const end = Math.min(size, offset + length);
+          expect(coalesce(await dev.extents(offset, length)), `seed ${seed}`).toEqual(
+            modelExtents(origin.table, snap, extents, chunkSize, offset, end, 0, (f) => f),
+          );
+          expect(coalesce(await dev.depthExtents(offset, length)), `seed ${seed}`).toEqual(
+            modelExtents(origin.table, snap, extents, chunkSize, offset, end, 1, () => 2),
+          );
+        }
+      }
+    }
+  });
+});
