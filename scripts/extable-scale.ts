@@ -97,7 +97,23 @@ for (let i = 0; i < extra.length; i++) {
   single.t.nextCopied(Math.floor(r() * CHUNKS), 1);
 }
 const interleavedNs = Number(process.hrtime.bigint() - iStart) / extra.length;
-const singleResult = { copies: COPIES, bytesPerCopy: single.bytesPerCopy, insertNsPerCopy: single.insertNsPerCopy, ...singleQ };
+// A prune that keeps everything (another snapshot deleted), then one that drops everything.
+let freed = 0;
+const pStart = process.hrtime.bigint();
+single.t.prune([one], () => freed++);
+const pruneKeepMs = Number(process.hrtime.bigint() - pStart) / 1e6;
+const dStart = process.hrtime.bigint();
+single.t.prune([], () => freed++);
+const pruneAllMs = Number(process.hrtime.bigint() - dStart) / 1e6;
+const singleResult = {
+  copies: COPIES,
+  bytesPerCopy: single.bytesPerCopy,
+  insertNsPerCopy: single.insertNsPerCopy,
+  ...singleQ,
+  pruneKeepAllMs: round(pruneKeepMs, 1),
+  pruneDropAllMs: round(pruneAllMs, 1),
+  freed,
+};
 single.t = undefined as unknown as ExceptionTable;
 
 const sorted = Float64Array.from(chunks).sort();
@@ -124,14 +140,23 @@ function sixSnapshots(writes: number, everyEra: boolean) {
       }
   }
   const bytes = used() - before;
+  const copies = t.size;
+  const chunkCount = t.chunkCount;
   const q = queries(t, snaps[0] as SnapshotRef, 20_000);
+  // The newest snapshot deleted: its copies go, older ones stay.
+  const pStart = process.hrtime.bigint();
+  let freed = 0;
+  t.prune(snaps.slice(0, 5), () => freed++);
+  const pruneNewestMs = Number(process.hrtime.bigint() - pStart) / 1e6;
   return {
-    copies: t.size,
-    chunks: t.chunkCount,
-    bytesPerCopy: round(bytes / t.size),
-    bytesPerChunk: round(bytes / t.chunkCount),
+    copies,
+    chunks: chunkCount,
+    bytesPerCopy: round(bytes / copies),
+    bytesPerChunk: round(bytes / chunkCount),
     nextNs: q.nextNs,
     walkAllMs: q.walkAllMs,
+    pruneNewestMs: round(pruneNewestMs, 1),
+    freedByPrune: freed,
   };
 }
 

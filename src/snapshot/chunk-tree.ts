@@ -55,6 +55,8 @@ export class ChunkTree {
   #tree = new Float64Array(2).fill(NONE);
   #base = 1;
   #stale = false;
+  /** Inside `retain`: the leaves' maxima are computed once at its end. */
+  #bulk = false;
 
   /** `stride`: 32-bit values an entry (0: a set of keys). */
   constructor(stride: number, leaf = LEAF) {
@@ -99,7 +101,7 @@ export class ChunkTree {
     const at = (h % SPAN) * this.#stride + col;
     const old = leaf.vals[at] as number;
     leaf.vals[at] = v;
-    if (col !== 0 || v === old) return;
+    if (col !== 0 || v === old || this.#bulk) return;
     if (v > leaf.max) {
       leaf.max = v;
       this.#raise(l, v);
@@ -211,8 +213,23 @@ export class ChunkTree {
 
   /** Keep only the entries for which `keep(handle)` holds; it may change their values. O(n). */
   retain(keep: (h: number) => boolean): void {
-    const st = this.#stride;
     const kept: Leaf[] = [];
+    this.#bulk = true;
+    try {
+      this.#compact(keep, kept);
+    } finally {
+      this.#bulk = false;
+    }
+    this.#leaves = kept;
+    this.#last = kept.map((leaf) => leaf.keys[leaf.n - 1] as number);
+    this.#count = kept.reduce((n, leaf) => n + leaf.n, 0);
+    this.#stamp += 1;
+    this.#stale = true;
+  }
+
+  /** `retain`'s pass: each leaf compacted in place, small neighbours joined, into `kept`. */
+  #compact(keep: (h: number) => boolean, kept: Leaf[]): void {
+    const st = this.#stride;
     this.#leaves.forEach((leaf, l) => {
       let w = 0;
       for (let r = 0; r < leaf.n; r++) {
@@ -231,11 +248,6 @@ export class ChunkTree {
       if (prev !== undefined && prev.n + w <= this.#leaf / 2) this.#append(prev, leaf);
       else kept.push(leaf);
     });
-    this.#leaves = kept;
-    this.#last = kept.map((leaf) => leaf.keys[leaf.n - 1] as number);
-    this.#count = kept.reduce((n, leaf) => n + leaf.n, 0);
-    this.#stamp += 1;
-    this.#stale = true;
   }
 
   clear(): void {
