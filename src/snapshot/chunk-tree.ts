@@ -38,6 +38,8 @@ interface Leaf {
   n: number;
   /** The largest weight held (-Infinity without values). */
   max: number;
+  /** The smallest weight held, NaN until needed again after a change (`runEnd`). */
+  min: number;
 }
 
 const NO_VALUES = new Uint32Array(0);
@@ -102,6 +104,8 @@ export class ChunkTree {
     const old = leaf.vals[at] as number;
     leaf.vals[at] = v;
     if (col !== 0 || v === old || this.#bulk) return;
+    if (v < leaf.min) leaf.min = v;
+    else if (old === leaf.min) leaf.min = Number.NaN;
     if (v > leaf.max) {
       leaf.max = v;
       this.#raise(l, v);
@@ -128,6 +132,47 @@ export class ChunkTree {
   /** The entry after `h` with weight >= `min`, or -1. */
   following(h: number, min = NONE): number {
     return this.#scan(Math.floor(h / SPAN), (h % SPAN) + 1, min);
+  }
+
+  /**
+   * `h` being an entry of weight >= `min`, the key after the run of consecutive keys from it
+   * whose weights are all >= `min`. O(log LEAF) a leaf the run spans when all the leaf's weights
+   * are >= `min` (keys are distinct integers: keys r..j are consecutive when key j - key r =
+   * j - r), else one step an entry.
+   */
+  runEnd(h: number, min = NONE): number {
+    const leaves = this.#leaves;
+    const st = this.#stride;
+    let l = Math.floor(h / SPAN);
+    let r = h % SPAN;
+    for (;;) {
+      const leaf = leaves[l] as Leaf;
+      const keys = leaf.keys;
+      if (st > 0 && Number.isNaN(leaf.min)) leaf.min = this.#minOf(leaf);
+      let j = r;
+      if (st === 0 || leaf.min >= min) {
+        let hi = leaf.n - 1;
+        const base = keys[r] as number;
+        while (j < hi) {
+          const mid = (j + hi + 1) >>> 1;
+          if ((keys[mid] as number) - base === mid - r) j = mid;
+          else hi = mid - 1;
+        }
+      } else
+        while (
+          j + 1 < leaf.n &&
+          keys[j + 1] === (keys[j] as number) + 1 &&
+          (leaf.vals[(j + 1) * st] as number) >= min
+        )
+          j += 1;
+      const end = (keys[j] as number) + 1;
+      if (j < leaf.n - 1) return end;
+      // The run reaches the end of the leaf: it goes on if the next leaf starts with `end`.
+      const next = leaves[l + 1];
+      if (next === undefined || next.keys[0] !== end || (st > 0 && (next.vals[0] as number) < min)) return end;
+      l += 1;
+      r = 0;
+    }
   }
 
   /** Add `key`, which is not held, with values `a`, `b`, `c` (as many as the stride takes). */
@@ -159,6 +204,8 @@ export class ChunkTree {
         this.#stale = true;
         leaf.max = this.#maxOf(leaf);
         right.max = this.#maxOf(right);
+        leaf.min = Number.NaN;
+        right.min = Number.NaN;
         if (r >= s) {
           leaf = right;
           r -= s;
@@ -183,6 +230,7 @@ export class ChunkTree {
       leaf.max = leaf.vals[r * st] as number;
       this.#raise(l, leaf.max);
     }
+    if (st > 0 && (leaf.vals[r * st] as number) < leaf.min) leaf.min = leaf.vals[r * st] as number;
   }
 
   /** Remove `key`; whether it was held. */
@@ -207,6 +255,7 @@ export class ChunkTree {
     }
     this.#last[l] = leaf.keys[leaf.n - 1] as number;
     if (w === leaf.max) this.#refreshMax(l);
+    if (w === leaf.min) leaf.min = Number.NaN;
     if (leaf.n < this.#leaf / 4) this.#mergeAround(l);
     return true;
   }
@@ -243,6 +292,7 @@ export class ChunkTree {
       this.#clearTail(leaf, w);
       leaf.n = w;
       leaf.max = this.#maxOf(leaf);
+      leaf.min = Number.NaN;
       const prev = kept[kept.length - 1];
       if (w === 0) return;
       if (prev !== undefined && prev.n + w <= this.#leaf / 2) this.#append(prev, leaf);
@@ -342,6 +392,13 @@ export class ChunkTree {
       tree[node] = Math.max(tree[2 * node] as number, tree[2 * node + 1] as number);
   }
 
+  #minOf(leaf: Leaf): number {
+    const st = this.#stride;
+    let m = Number.POSITIVE_INFINITY;
+    for (let i = 0; i < leaf.n; i++) m = Math.min(m, leaf.vals[i * st] as number);
+    return m;
+  }
+
   #maxOf(leaf: Leaf): number {
     const st = this.#stride;
     let m = NONE;
@@ -372,6 +429,7 @@ export class ChunkTree {
     this.#move(b, 0, b.n, a, a.n);
     a.n = need;
     a.max = Math.max(a.max, b.max);
+    a.min = Math.min(a.min, b.min);
   }
 
   /** Copy entries [from, to) of `src` to `dst` at `at` (overlapping moves within a leaf too). */
@@ -409,6 +467,7 @@ export class ChunkTree {
       vals: this.#stride > 0 ? new Uint32Array(room * this.#stride) : NO_VALUES,
       n: 0,
       max: NONE,
+      min: Number.POSITIVE_INFINITY,
     };
   }
 }

@@ -177,16 +177,19 @@ export class ExceptionTable {
 
   /**
    * `start` being a chunk `snap` reads from the store, the end (exclusive) of the run of
-   * consecutive such chunks, at most `limit`. O(log n + chunks in the run).
+   * consecutive such chunks, at most `limit`. O(log n) a stretch of consecutive copies it reads
+   * (a binary search in each leaf they span), plus one step a private chunk of the run.
    */
   storedRunEnd(start: number, snap: SnapshotRef, limit: number): number {
     const t = this.#newest;
-    let end = start + 1;
-    let h = t.next(end, snap.seq);
+    let end = start;
+    let h = t.next(end, snap.seq); // the first copy >= end it reads
     while (end < limit) {
-      if (h >= 0 && t.key(h) === end) h = t.following(h, snap.seq);
-      else if (!snap.privateChunks.has(end)) break;
-      end += 1;
+      if (h >= 0 && t.key(h) === end) {
+        end = t.runEnd(h, snap.seq);
+        h = t.next(end, snap.seq);
+      } else if (snap.privateChunks.has(end)) end += 1;
+      else break;
     }
     return Math.min(end, limit);
   }

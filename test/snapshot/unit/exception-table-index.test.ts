@@ -63,6 +63,12 @@ describe('ChunkTree', () => {
           expect(h < 0 ? undefined : tree.key(h), `seed ${seed} step ${step}`).toBe(
             bruteNext(model, Math.max(0, from), min),
           );
+          if (h >= 0) {
+            // The run of consecutive keys of weight >= min from there.
+            let end = tree.key(h) + 1;
+            while ((model.get(end) ?? 0) >= min && model.has(end)) end += 1;
+            expect(tree.runEnd(h, min), `seed ${seed} step ${step} run`).toBe(end);
+          }
         }
       }
       const got: (number | undefined)[] = [];
