@@ -18,6 +18,8 @@
  * (`stamp` changes then); changing values keeps them valid.
  */
 import { NbdsnapError } from '../errors.ts';
+import { clearTail, grow, type Leaf, lowerBound, maxOf, minOf, move, newLeaf } from './chunk-leaf.ts';
+import { LeafMaxima } from './leaf-maxima.ts';
 
 /** Most entries a leaf holds before it is split. */
 export const LEAF = 512;
@@ -28,22 +30,6 @@ const U32 = 2 ** 32;
 const SPAN = 1024;
 const NONE = Number.NEGATIVE_INFINITY;
 
-type Keys = Uint32Array | Float64Array;
-
-interface Leaf {
-  keys: Keys;
-  /** `stride` values an entry. */
-  vals: Uint32Array;
-  /** Entries in use (at least 1: empty leaves are removed). */
-  n: number;
-  /** The largest weight held (-Infinity without values). */
-  max: number;
-  /** The smallest weight held, NaN until needed again after a change (`runEnd`). */
-  min: number;
-}
-
-const NO_VALUES = new Uint32Array(0);
-
 export class ChunkTree {
   readonly #stride: number;
   /** Most entries a leaf holds (`LEAF`; smaller in tests, to split and merge often). */
@@ -53,10 +39,8 @@ export class ChunkTree {
   #last: number[] = [];
   #count = 0;
   #stamp = 0;
-  /** Max-tree over the leaves' `max`: node i has children 2i, 2i + 1; leaf l at #base + l. */
-  #tree = new Float64Array(2).fill(NONE);
-  #base = 1;
-  #stale = false;
+  /** The next leaf holding a large enough weight. */
+  readonly #maxima = new LeafMaxima(() => this.#leaves);
   /** Inside `retain`: the leaves' maxima are computed once at its end. */
   #bulk = false;
 
@@ -78,7 +62,7 @@ export class ChunkTree {
 
   /** Bytes of typed-array storage (object headers not counted). */
   get bytes(): number {
-    let n = this.#tree.byteLength;
+    let n = this.#maxima.bytes;
     for (const leaf of this.#leaves) n += leaf.keys.byteLength + leaf.vals.byteLength;
     return n;
   }
@@ -108,7 +92,7 @@ export class ChunkTree {
     else if (old === leaf.min) leaf.min = Number.NaN;
     if (v > leaf.max) {
       leaf.max = v;
-      this.#raise(l, v);
+      this.#maxima.raise(l, v);
     } else if (old === leaf.max) this.#refreshMax(l);
   }
 
@@ -148,7 +132,7 @@ export class ChunkTree {
     for (;;) {
       const leaf = leaves[l] as Leaf;
       const keys = leaf.keys;
-      if (st > 0 && Number.isNaN(leaf.min)) leaf.min = this.#minOf(leaf);
+      if (st > 0 && Number.isNaN(leaf.min)) leaf.min = minOf(this.#stride, leaf);
       let j = r;
       if (st === 0 || leaf.min >= min) {
         let hi = leaf.n - 1;
@@ -180,9 +164,9 @@ export class ChunkTree {
     if (!Number.isSafeInteger(key) || key < 0) throw new NbdsnapError('CORRUPT', `bad chunk number ${key}`);
     const leaves = this.#leaves;
     if (leaves.length === 0) {
-      leaves.push(this.#newLeaf(FIRST_ROOM, key >= U32));
+      leaves.push(newLeaf(FIRST_ROOM, key >= U32, this.#stride));
       this.#last.push(key);
-      this.#stale = true;
+      this.#maxima.invalidate();
     }
     let l = Math.min(this.#leafFor(key), leaves.length - 1);
     let leaf = leaves[l] as Leaf;
@@ -190,20 +174,20 @@ export class ChunkTree {
     if (r < leaf.n && leaf.keys[r] === key) throw new NbdsnapError('CORRUPT', `chunk ${key} is held already`);
     if (key >= U32 && leaf.keys instanceof Uint32Array) leaf.keys = Float64Array.from(leaf.keys);
     if (leaf.n === leaf.keys.length) {
-      if (leaf.n < this.#leaf) this.#grow(leaf, Math.min(this.#leaf, 2 * leaf.n));
+      if (leaf.n < this.#leaf) grow(leaf, this.#stride, Math.min(this.#leaf, 2 * leaf.n));
       else {
         // Split; an append keeps the left leaf full (keys added in order fill their leaves).
         const s = r === leaf.n ? leaf.n : leaf.n >>> 1;
-        const right = this.#newLeaf(this.#leaf, leaf.keys instanceof Float64Array);
-        this.#move(leaf, s, leaf.n, right, 0);
+        const right = newLeaf(this.#leaf, leaf.keys instanceof Float64Array, this.#stride);
+        move(leaf, s, leaf.n, right, 0, this.#stride);
         right.n = leaf.n - s;
-        this.#clearTail(leaf, s);
+        clearTail(leaf, this.#stride, s);
         leaf.n = s;
         leaves.splice(l + 1, 0, right);
         this.#last.splice(l, 1, leaf.keys[s - 1] ?? key, right.keys[right.n - 1] ?? key);
-        this.#stale = true;
-        leaf.max = this.#maxOf(leaf);
-        right.max = this.#maxOf(right);
+        this.#maxima.invalidate();
+        leaf.max = maxOf(this.#stride, leaf);
+        right.max = maxOf(this.#stride, right);
         leaf.min = Number.NaN;
         right.min = Number.NaN;
         if (r >= s) {
@@ -228,7 +212,7 @@ export class ChunkTree {
     this.#stamp += 1;
     if (st > 0 && (leaf.vals[r * st] as number) > leaf.max) {
       leaf.max = leaf.vals[r * st] as number;
-      this.#raise(l, leaf.max);
+      this.#maxima.raise(l, leaf.max);
     }
     if (st > 0 && (leaf.vals[r * st] as number) < leaf.min) leaf.min = leaf.vals[r * st] as number;
   }
@@ -242,15 +226,15 @@ export class ChunkTree {
     const leaf = this.#leaves[l] as Leaf;
     const st = this.#stride;
     const w = st > 0 ? (leaf.vals[r * st] as number) : NONE;
-    this.#move(leaf, r + 1, leaf.n, leaf, r);
+    move(leaf, r + 1, leaf.n, leaf, r, this.#stride);
     leaf.n -= 1;
-    this.#clearTail(leaf, leaf.n);
+    clearTail(leaf, this.#stride, leaf.n);
     this.#count -= 1;
     this.#stamp += 1;
     if (leaf.n === 0) {
       this.#leaves.splice(l, 1);
       this.#last.splice(l, 1);
-      this.#stale = true;
+      this.#maxima.invalidate();
       return true;
     }
     this.#last[l] = leaf.keys[leaf.n - 1] as number;
@@ -273,7 +257,7 @@ export class ChunkTree {
     this.#last = kept.map((leaf) => leaf.keys[leaf.n - 1] as number);
     this.#count = kept.reduce((n, leaf) => n + leaf.n, 0);
     this.#stamp += 1;
-    this.#stale = true;
+    this.#maxima.invalidate();
   }
 
   /** `retain`'s pass: each leaf compacted in place, small neighbours joined, into `kept`. */
@@ -289,9 +273,9 @@ export class ChunkTree {
         }
         w += 1;
       }
-      this.#clearTail(leaf, w);
+      clearTail(leaf, this.#stride, w);
       leaf.n = w;
-      leaf.max = this.#maxOf(leaf);
+      leaf.max = maxOf(this.#stride, leaf);
       leaf.min = Number.NaN;
       const prev = kept[kept.length - 1];
       if (w === 0) return;
@@ -305,7 +289,7 @@ export class ChunkTree {
     this.#last = [];
     this.#count = 0;
     this.#stamp += 1;
-    this.#stale = true;
+    this.#maxima.invalidate();
   }
 
   /** First leaf whose last key is >= `key` (the leaf count if none). */
@@ -334,76 +318,17 @@ export class ChunkTree {
       }
       if (leaf.max >= min)
         for (let i = from; i < leaf.n; i++) if ((leaf.vals[i * st] as number) >= min) return at * SPAN + i;
-      at = this.#nextLeaf(at + 1, min);
+      at = this.#maxima.first(at + 1, min);
       if (at < 0) return -1;
     }
     return -1;
   }
 
-  /** The first leaf >= `l` whose largest weight is >= `min`, or -1. */
-  #nextLeaf(l: number, min: number): number {
-    if (this.#stale) this.#rebuild();
-    const base = this.#base;
-    const tree = this.#tree;
-    if (l >= this.#leaves.length) return -1;
-    let node = base + l;
-    if ((tree[node] as number) >= min) return l;
-    // Up until a left child whose right sibling holds a large enough weight, then down.
-    while (node > 1 && ((node & 1) === 1 || (tree[node + 1] as number) < min)) node >>>= 1;
-    if (node <= 1) return -1;
-    node += 1;
-    while (node < base) node = (tree[2 * node] as number) >= min ? 2 * node : 2 * node + 1;
-    return node - base;
-  }
-
-  #rebuild(): void {
-    const leaves = this.#leaves;
-    let base = 1;
-    while (base < leaves.length) base *= 2;
-    const tree = new Float64Array(2 * base).fill(NONE);
-    leaves.forEach((leaf, l) => {
-      tree[base + l] = leaf.max;
-    });
-    for (let node = base - 1; node >= 1; node--)
-      tree[node] = Math.max(tree[2 * node] as number, tree[2 * node + 1] as number);
-    this.#tree = tree;
-    this.#base = base;
-    this.#stale = false;
-  }
-
-  /** Leaf `l`'s largest weight rose to `w`. */
-  #raise(l: number, w: number): void {
-    if (this.#stale) return;
-    for (let node = this.#base + l; node >= 1; node >>>= 1) {
-      if ((this.#tree[node] as number) >= w) break;
-      this.#tree[node] = w;
-    }
-  }
-
   /** Leaf `l` lost its largest weight: compute it again, and the tree above it. */
   #refreshMax(l: number): void {
     const leaf = this.#leaves[l] as Leaf;
-    leaf.max = this.#maxOf(leaf);
-    if (this.#stale) return;
-    const tree = this.#tree;
-    let node = this.#base + l;
-    tree[node] = leaf.max;
-    for (node >>>= 1; node >= 1; node >>>= 1)
-      tree[node] = Math.max(tree[2 * node] as number, tree[2 * node + 1] as number);
-  }
-
-  #minOf(leaf: Leaf): number {
-    const st = this.#stride;
-    let m = Number.POSITIVE_INFINITY;
-    for (let i = 0; i < leaf.n; i++) m = Math.min(m, leaf.vals[i * st] as number);
-    return m;
-  }
-
-  #maxOf(leaf: Leaf): number {
-    const st = this.#stride;
-    let m = NONE;
-    if (st > 0) for (let i = 0; i < leaf.n; i++) m = Math.max(m, leaf.vals[i * st] as number);
-    return m;
+    leaf.max = maxOf(this.#stride, leaf);
+    this.#maxima.update(l, leaf.max);
   }
 
   /** Merge leaf `l` (under a quarter full) with a neighbour when both fit in half a leaf. */
@@ -416,7 +341,7 @@ export class ChunkTree {
       this.#append(a, b);
       leaves.splice(left + 1, 1);
       this.#last.splice(left, 2, a.keys[a.n - 1] as number);
-      this.#stale = true;
+      this.#maxima.invalidate();
       return;
     }
   }
@@ -425,61 +350,10 @@ export class ChunkTree {
   #append(a: Leaf, b: Leaf): void {
     const need = a.n + b.n;
     if (b.keys instanceof Float64Array && a.keys instanceof Uint32Array) a.keys = Float64Array.from(a.keys);
-    if (a.keys.length < need) this.#grow(a, Math.min(this.#leaf, Math.max(need, 2 * a.keys.length)));
-    this.#move(b, 0, b.n, a, a.n);
+    if (a.keys.length < need) grow(a, this.#stride, Math.min(this.#leaf, Math.max(need, 2 * a.keys.length)));
+    move(b, 0, b.n, a, a.n, this.#stride);
     a.n = need;
     a.max = Math.max(a.max, b.max);
     a.min = Math.min(a.min, b.min);
   }
-
-  /** Copy entries [from, to) of `src` to `dst` at `at` (overlapping moves within a leaf too). */
-  #move(src: Leaf, from: number, to: number, dst: Leaf, at: number): void {
-    const st = this.#stride;
-    if (src === dst) {
-      src.keys.copyWithin(at, from, to);
-      if (st > 0) src.vals.copyWithin(at * st, from * st, to * st);
-      return;
-    }
-    dst.keys.set(src.keys.subarray(from, to), at);
-    if (st > 0) dst.vals.set(src.vals.subarray(from * st, to * st), at * st);
-  }
-
-  /** Zero the entries from `n` on, so a leaf's contents depend only on the entries it holds. */
-  #clearTail(leaf: Leaf, n: number): void {
-    leaf.keys.fill(0, n);
-    if (this.#stride > 0) leaf.vals.fill(0, n * this.#stride);
-  }
-
-  #grow(leaf: Leaf, room: number): void {
-    const keys = leaf.keys instanceof Float64Array ? new Float64Array(room) : new Uint32Array(room);
-    keys.set(leaf.keys);
-    leaf.keys = keys;
-    if (this.#stride > 0) {
-      const vals = new Uint32Array(room * this.#stride);
-      vals.set(leaf.vals);
-      leaf.vals = vals;
-    }
-  }
-
-  #newLeaf(room: number, wide: boolean): Leaf {
-    return {
-      keys: wide ? new Float64Array(room) : new Uint32Array(room),
-      vals: this.#stride > 0 ? new Uint32Array(room * this.#stride) : NO_VALUES,
-      n: 0,
-      max: NONE,
-      min: Number.POSITIVE_INFINITY,
-    };
-  }
-}
-
-/** First position < n whose key is >= `x` (n if none). */
-function lowerBound(keys: Keys, n: number, x: number): number {
-  let lo = 0;
-  let hi = n;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if ((keys[mid] as number) < x) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
 }

@@ -20,6 +20,9 @@
  * merge planning walk only the chunks a snapshot reads, without any index to rebuild.
  */
 import { ChunkTree, LEAF } from './chunk-tree.ts';
+import { nextPrivate, PrivateChunks } from './private-chunks.ts';
+
+export { nextPrivate, PrivateChunks };
 
 /** A chunk's data in a store slot. `crc` is kept as a signed 32-bit integer (`crc | 0`). */
 export interface Copy {
@@ -47,50 +50,6 @@ export interface SnapshotRef {
   readonly seq: number;
   /** Chunks this (writable) snapshot has changed: chunk -> its own copy. */
   readonly privateChunks: Map<number, Copy>;
-}
-
-/**
- * A snapshot's private chunks: a Map that also keeps them ordered (for block status). Changed
- * only by the catalog's transition, like any Map of the catalog.
- */
-export class PrivateChunks extends Map<number, Copy> {
-  readonly #order = new ChunkTree(0);
-
-  /** Empty (Map's constructor would call `set` with entries before the order exists). */
-  // biome-ignore lint/complexity/noUselessConstructor: it takes no entries, unlike Map's
-  constructor() {
-    super();
-  }
-
-  override set(chunk: number, copy: Copy): this {
-    if (!this.has(chunk)) this.#order.insert(chunk);
-    return super.set(chunk, copy);
-  }
-
-  override delete(chunk: number): boolean {
-    const had = super.delete(chunk);
-    if (had) this.#order.delete(chunk);
-    return had;
-  }
-
-  override clear(): void {
-    super.clear();
-    this.#order.clear();
-  }
-
-  /** The smallest private chunk >= `from`, or undefined. O(log n). */
-  next(from: number): number | undefined {
-    const h = this.#order.next(from);
-    return h < 0 ? undefined : this.#order.key(h);
-  }
-}
-
-/** The smallest chunk >= `from` of `chunks` (ordered when it is a `PrivateChunks`). */
-export function nextPrivate(chunks: ReadonlyMap<number, Copy>, from: number): number | undefined {
-  if (chunks instanceof PrivateChunks) return chunks.next(from);
-  let best: number | undefined;
-  for (const c of chunks.keys()) if (c >= from && (best === undefined || c < best)) best = c;
-  return best;
 }
 
 /** Values of a tree entry: the newest copy. */
