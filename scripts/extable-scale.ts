@@ -9,8 +9,10 @@
  *   insert time per copy, `nextCopied` time at random places, a walk of every run.
  * - `ordered`: the same copies added in chunk order (a table loaded from a checkpoint).
  * - `interleaved`: 100,000 more inserts into the random table, each followed by a query.
- * - `sixSnapshots`: 6 snapshots and 20,000 scattered first writes spread over their eras.
+ * - `sixSnapshots`: 6 snapshots and 20,000 scattered first writes spread over their eras
+ *   (memory: 10 such tables, divided by 10).
  * - `sixVersions`: 20,000 chunks, each copied once for each of 6 snapshots (120,000 copies).
+ * Each also times a prune after the newest snapshot is deleted.
  */
 import { ExceptionTable, PrivateChunks, type SnapshotRef } from '../src/snapshot/exception-table.ts';
 
@@ -121,29 +123,37 @@ const ordered = fill(sorted, 1);
 const orderedResult = { copies: COPIES, bytesPerCopy: ordered.bytesPerCopy, insertNsPerCopy: ordered.insertNsPerCopy };
 ordered.t = undefined as unknown as ExceptionTable;
 
+/** Tables built alike for a memory figure (one small table is too little to weigh). */
+const REPEAT = 10;
+
 /** 6 snapshots; `writes` first writes spread over their eras (a copy when the newest snapshot lacks one). */
 function sixSnapshots(writes: number, everyEra: boolean) {
   const snaps = [1, 2, 3, 4, 5, 6].map(snap);
   const w = randomChunks(writes, 4);
-  const rr = rng(5);
+  const build = () => {
+    const rr = rng(5);
+    const t = new ExceptionTable();
+    let slot = 0;
+    for (const s of snaps) {
+      if (everyEra) for (let i = 0; i < w.length; i++) t.add(w[i] as number, s.seq, slot++, 0);
+      else
+        for (let i = 0; i < writes / 6; i++) {
+          // Scattered writes, some to chunks written in an earlier era.
+          const c = w[Math.floor(rr() * writes)] as number;
+          if (t.latest(c) < s.seq) t.add(c, s.seq, slot++, 0);
+        }
+    }
+    return t;
+  };
   const before = used();
-  const t = new ExceptionTable();
-  let slot = 0;
-  for (const s of snaps) {
-    const era = everyEra ? w : w.subarray(0, 0);
-    for (let i = 0; i < era.length; i++) t.add(era[i] as number, s.seq, slot++, 0);
-    if (!everyEra)
-      for (let i = 0; i < writes / 6; i++) {
-        // Scattered writes, some to chunks written in an earlier era.
-        const c = w[Math.floor(rr() * writes)] as number;
-        if (t.latest(c) < s.seq) t.add(c, s.seq, slot++, 0);
-      }
-  }
-  const bytes = used() - before;
+  const tables = Array.from({ length: REPEAT }, build);
+  const bytes = (used() - before) / REPEAT;
+  const t = tables[0] as ExceptionTable;
   const copies = t.size;
   const chunkCount = t.chunkCount;
   const q = queries(t, snaps[0] as SnapshotRef, 20_000);
   // The newest snapshot deleted: its copies go, older ones stay.
+  used();
   const pStart = process.hrtime.bigint();
   let freed = 0;
   t.prune(snaps.slice(0, 5), () => freed++);

@@ -60,7 +60,7 @@ const CRC = 2;
 export class ExceptionTable {
   /** chunk -> its newest copy (seq, slot, crc as u32); weighted by seq. */
   readonly #newest: ChunkTree;
-  /** Chunks copied more than once: their older copies, (seq, slot, crc) triples by ascending seq. */
+  /** Chunks copied more than once: their older copies, (seq, slot, crc as int32) triples by ascending seq. */
   readonly #older = new Map<number, number[]>();
   /** The copies found damaged: slot -> chunk. */
   readonly #lost = new Map<number, number>();
@@ -95,16 +95,15 @@ export class ExceptionTable {
       const older = this.#older.get(chunk) ?? [];
       const top = t.val(h, SEQ);
       if (seq >= top) {
-        older.push(top, t.val(h, SLOT), t.val(h, CRC));
+        this.#older.set(chunk, inserted(older, older.length, top, t.val(h, SLOT), t.val(h, CRC) | 0));
         t.setVal(h, SLOT, slot);
         t.setVal(h, CRC, crc >>> 0);
         t.setVal(h, SEQ, seq);
       } else {
         let i = 0;
         while (i < older.length && (older[i] as number) <= seq) i += 3;
-        older.splice(i, 0, seq, slot, crc >>> 0);
+        this.#older.set(chunk, inserted(older, i, seq, slot, crc | 0));
       }
-      this.#older.set(chunk, older);
     }
     this.#count += 1;
     return { seq, slot, crc: crc | 0, lost: false };
@@ -242,8 +241,9 @@ export class ExceptionTable {
         this.#drop(t.val(h, SLOT), free);
         return false;
       }
-      const kept = this.#keptOf(this.#versions(chunk, h), seqs, free);
-      this.#rewrite(chunk, h, kept);
+      const all = this.#versions(chunk, h);
+      const kept = this.#keptOf(all, seqs, free);
+      if (kept.length !== all.length) this.#rewrite(chunk, h, kept);
       return kept.length > 0;
     });
   }
@@ -383,6 +383,20 @@ export class ExceptionTable {
     if (n > 3) this.#older.set(chunk, kept.slice(0, n - 3));
     else this.#older.delete(chunk);
   }
+}
+
+/**
+ * `list` with the triple (a, b, c) inserted at `at`, in a new array of exactly its size (a
+ * pushed-to array keeps spare room: most of what a chunk's older copies would cost).
+ */
+function inserted(list: readonly number[], at: number, a: number, b: number, c: number): number[] {
+  const out = new Array<number>(list.length + 3);
+  for (let i = 0; i < at; i++) out[i] = list[i] as number;
+  out[at] = a;
+  out[at + 1] = b;
+  out[at + 2] = c;
+  for (let i = at; i < list.length; i++) out[i + 3] = list[i] as number;
+  return out;
 }
 
 const sortedSeqs = (live: readonly SnapshotRef[]): number[] => live.map((s) => s.seq).sort((a, b) => a - b);
