@@ -289,7 +289,7 @@ export class SnapshotDevice implements BlockDevice {
 
   /**
    * Walks only the chunks this snapshot reads from the store (the exception table is ordered:
-   * O(log n) to find the next one, then one step per chunk of the run), and asks
+   * O(log n) to find the next one and the end of its run, `storedRunEnd`), and asks
    * `originExtents` for the stretches between them, which the snapshot reads through to the
    * origin.
    */
