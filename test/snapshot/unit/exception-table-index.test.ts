@@ -135,8 +135,8 @@ describe('ExceptionTable.nextStored', () => {
         } else if (op === 7) {
           s.privateChunks.delete(c);
         } else if (op === 8) {
-          const e = [...t.entries()].find(([chunk]) => chunk === c);
-          if (e !== undefined) t.remove(c, e[1].slot);
+          const first = t.find(c, 0); // the chunk's oldest copy
+          if (first !== undefined) t.remove(c, first.slot);
         } else if (op === 9) {
           // A snapshot deleted: prune copies no remaining snapshot reads; lost copies stay.
           const live = snaps.filter(() => r(3) > 0);
@@ -156,13 +156,15 @@ describe('ExceptionTable.nextStored', () => {
       }
       const got: (number | undefined)[] = [];
       const want: (number | undefined)[] = [];
-      for (const s of snaps)
+      for (const s of snaps) {
+        // The brute-force answer for every `from`, in one backward sweep of resolve.
+        const next: (number | undefined)[] = [];
+        for (let k = span - 1; k >= 0; k--) next[k] = storedByResolve(t, k, s) ? k : next[k + 1];
         for (let from = 0; from <= span; from++) {
-          let w: number | undefined;
-          for (let k = from; k < span && w === undefined; k++) if (storedByResolve(t, k, s)) w = k;
           got.push(t.nextStored(from, s));
-          want.push(w);
+          want.push(next[from]);
         }
+      }
       expect(got, `seed ${seed}`).toEqual(want);
     }
   });
