@@ -81,12 +81,13 @@ export class ChunkTree {
   }
 
   /** Set value `col` of entry `h` (a u32; col 0 is the weight). */
-  setVal(h: number, col: number, v: number): void {
+  setVal(h: number, col: number, value: number): void {
     const l = Math.floor(h / SPAN);
     const leaf = this.#leaves[l] as Leaf;
     const at = (h % SPAN) * this.#stride + col;
     const old = leaf.vals[at] as number;
-    leaf.vals[at] = v;
+    leaf.vals[at] = value;
+    const v = leaf.vals[at] as number; // as stored (a u32)
     if (col !== 0 || v === old || this.#bulk) return;
     if (v < leaf.min) leaf.min = v;
     else if (old === leaf.min) leaf.min = Number.NaN;
