@@ -183,7 +183,7 @@ snapshot_nbdsnap() {
   fill_rest "$o"
   alive snapd
   # the store now holds a copy of every chunk of the device
-  record peak_rss_full_store "$(hwm_mib "${PID[snapd]}")" MiB lo -
+  record peak_rss_full_store "$(hwm_mib "${PID[snapd]}")" MiB lo 'snap<150'
   h1=$(heap_used snapd)
   n=$(snap_chunks snapd s1)
   record copied_chunks "$n" chunks hi -
