@@ -103,8 +103,15 @@ scale_script() {  # name key=metric:unit:target...: run scripts/NAME.ts (if it e
   for f in "$@"; do
     key=${f%%=*} spec=${f#*=}
     IFS=: read -r metric unit target <<<"$spec"
-    v=$(node -e 'try { const v = JSON.parse(process.argv[1])[process.argv[2]];
-      console.log(typeof v === "number" && Number.isFinite(v) ? v : "NaN") } catch { console.log("NaN") }' "$out" "$key")
+    v=$(node -e 'try {
+        // KEY: names separated by "|"; the exact name first, else a field whose name contains one
+        const j = JSON.parse(process.argv[1]);
+        const names = process.argv[2].split("|");
+        const found = names.find((n) => n in j) ?? Object.keys(j).find((k) =>
+          names.some((n) => k.toLowerCase().includes(n.toLowerCase())));
+        const v = found === undefined ? undefined : j[found];
+        console.log(typeof v === "number" && Number.isFinite(v) ? v : "NaN");
+      } catch { console.log("NaN") }' "$out" "$key")
     record "$metric" "$v" "$unit" lo "$target"
   done
 }
@@ -158,9 +165,9 @@ section_scale() {
   stop_server scale
   rm -f "$d/disk.img" "$d/store.img"
 
-  scale_script restart-scale copies=restart_copies:chunks:- restartSeconds=restart_seconds:s:snap\<5 \
-    journalBytes=restart_journal_bytes:B:- peakRss=restart_peak_rss:-:-
-  scale_script extable-scale bytesPerCopy=heap_per_copied_chunk:B:snap\<=32
+  scale_script restart-scale copies=restart_copies:chunks:- 'restartSeconds|seconds=restart_seconds:s:snap<5' \
+    journalBytes=restart_journal_bytes:B:- 'peakRss|rss=restart_peak_rss:-:-'
+  scale_script extable-scale 'bytesPerCopy|bytesPerChunk|perCopy|perChunk=heap_per_copied_chunk:B:snap<=32'
 }
 
 ratios_scale() {

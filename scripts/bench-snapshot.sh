@@ -208,6 +208,8 @@ snapshot_nbdsnap() {
   rec_rw4k write_4k_plain "$o"
   rec_sw1m write_1M_plain "$o"
   alive snapd
+  # and over the whole section (copied-chunk reads, overwrites and more first-write passes after it)
+  record peak_rss_section "$(hwm_mib "${PID[snapd]}")" MiB lo -
   stop_server snapd
 }
 
