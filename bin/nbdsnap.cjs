@@ -5,6 +5,14 @@
 // in src/, else the TypeScript sources through tsx.
 'use strict';
 process.env.UV_THREADPOOL_SIZE ??= '16';
+// V8 grows the young generation up to two 16 MiB semi-spaces under a server's allocation rate, and
+// keeps them: 15 to 30 MiB of a server's peak RSS, for no CPU per request that we could measure
+// (1 GiB of first writes, 100,000 random reads). Keep it at its initial size, unless the user sized
+// it (--max-semi-space-size in the node flags or NODE_OPTIONS). V8 reads this flag whenever it
+// would grow the young generation, so setting it here, after start, takes effect.
+if (!/semi-space/.test(`${process.execArgv.join(' ')} ${process.env.NODE_OPTIONS ?? ''}`)) {
+  require('node:v8').setFlagsFromString('--semi-space-growth-factor=1');
+}
 const { statSync, readdirSync } = require('node:fs');
 const { join } = require('node:path');
 

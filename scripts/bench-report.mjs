@@ -138,6 +138,14 @@ const TITLES = {
     ' is gone, polling every 10 ms) vs nbdcopy of N MiB between two plain exports of the same server; origin 4 KiB',
     ' random reads QD32 idle (snapshot held, merge not started) vs while a merge of N MiB runs (fio IOPS log).',
   ],
+  scale: [
+    'scale: a 15 TiB sparse origin (BENCH_SCALE_SIZE), 64 KiB chunks, 6 snapshots s1..s6, 20,000 scattered 4 KiB first',
+    ' writes spread over the eras. map_*: `nbdinfo --map` time: the origin (base:allocation, the baseline); s1 (reads',
+    ' every copy) in base:allocation and qemu:allocation-depth; s6 in qemu:dirty-bitmap:s1. journal_*: `store status`',
+    ' journalBytes after 1 and after 10 cycles of (snapshot, 2,000 first writes to the same chunks, delete): the live',
+    ' state is the same after both. peak_rss_VmHWM: the server over the whole section. restart_* and',
+    ' heap_per_copied_chunk: scripts/restart-scale.ts and scripts/extable-scale.ts (1,000,000 copies), "-" if absent.',
+  ],
   backup: [
     'backup: incremental `nbdsnap backup --since A` of snapshot B after scattered 64 KiB writes vs a full',
     ' `nbdcopy` of B to a file. sent = bytes the server wrote to its sockets (/proc/PID/io wchar delta), i.e. the',
@@ -152,7 +160,7 @@ for (const name of tableNames) {
   const servers = [...new Set(rs.map((r) => r.server))];
   const metrics = new Map();
   for (const r of rs) {
-    if (!metrics.has(r.metric)) metrics.set(r.metric, { unit: r.unit, better: r.better, values: {} });
+    if (!metrics.has(r.metric)) metrics.set(r.metric, { unit: r.unit, better: r.better, target: r.target, values: {} });
     push(metrics.get(r.metric).values, r.server, r.value);
   }
   const others = servers.filter((s) => s !== 'nbdsnap');
@@ -162,32 +170,38 @@ for (const name of tableNames) {
     const ratios = Object.fromEntries(
       others.map((s) => [s, med.nbdsnap !== null && med[s] ? med.nbdsnap / med[s] : null]),
     );
+    const target = m.target && m.target !== '-' ? m.target : null;
     out.push({
       metric,
       unit: m.unit,
       better: m.better === 'hi' ? 'higher' : 'lower',
       median: med,
       ratios,
+      target,
+      pass: target === null ? null : check(target, med.nbdsnap ?? null),
       runs: m.values,
     });
   }
+  // a section with targets of its own (absolute ones, "snap<X") shows them beside nbdsnap's value
+  const targets = out.some((r) => r.target !== null);
   sections[name] = out;
   console.log('');
   for (const l of TITLES[name] ?? [name]) console.log(l);
   console.log('');
   printTable(
-    ['metric', 'unit', ...servers, ...others.map((s) => `snap/${s}`), 'runs'],
+    ['metric', 'unit', ...servers, ...others.map((s) => `snap/${s}`), ...(targets ? ['target', 'ok'] : []), 'runs'],
     out.map((r) => [
       r.metric,
       r.unit,
       ...servers.map((s) => f(r.median[s], digits(r.median[s]))),
       ...others.map((s) => f(r.ratios[s], 2)),
+      ...(targets ? [r.target ?? '', r.pass === null ? '' : r.pass ? 'yes' : 'NO'] : []),
       servers
         .filter((s) => (r.runs[s] ?? []).length > 1)
         .map((s) => `${s}: ${r.runs[s].map((v) => f(v, digits(v))).join(' ')}`)
         .join('; '),
     ]),
-    new Set(Array.from({ length: servers.length + others.length }, (_, i) => i + 2)),
+    new Set(Array.from({ length: servers.length + others.length + (targets ? 2 : 0) }, (_, i) => i + 2)),
   );
 }
 

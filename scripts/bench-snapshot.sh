@@ -183,7 +183,7 @@ snapshot_nbdsnap() {
   fill_rest "$o"
   alive snapd
   # the store now holds a copy of every chunk of the device
-  record peak_rss_full_store "$(hwm_mib "${PID[snapd]}")" MiB lo -
+  record peak_rss_full_store "$(hwm_mib "${PID[snapd]}")" MiB lo 'snap<150'
   h1=$(heap_used snapd)
   n=$(snap_chunks snapd s1)
   record copied_chunks "$n" chunks hi -
@@ -208,6 +208,8 @@ snapshot_nbdsnap() {
   rec_rw4k write_4k_plain "$o"
   rec_sw1m write_1M_plain "$o"
   alive snapd
+  # and over the whole section (copied-chunk reads, overwrites and more first-write passes after it)
+  record peak_rss_section "$(hwm_mib "${PID[snapd]}")" MiB lo -
   stop_server snapd
 }
 

@@ -14,6 +14,9 @@
 #             origin random reads during a merge vs idle.
 #   backup    (scripts/bench-backup.sh) incremental backup of ~5% scattered changes vs a full
 #             nbdcopy of the snapshot: time and bytes; change-tracking cost on 4 KiB writes.
+#   scale     (scripts/bench-scale.sh) a 15 TiB sparse origin, 6 snapshots, 20,000 scattered first
+#             writes: `nbdinfo --map` of snapshots vs the origin, journal growth over snapshot
+#             create/write/delete cycles, peak RSS; restart and heap per copy at 1,000,000 copies.
 #
 # Medians of the repetitions are reported (and as JSON when BENCH_JSON is set).
 #
@@ -22,7 +25,7 @@
 #   BENCH_RUNTIME=3        seconds per time-based fio run, after BENCH_RAMP=1 s of ramp
 #   BENCH_REPEAT=2         repetitions of every io workload per server (median reported)
 #   BENCH_SECTION_REPEAT=1 repetitions of the snapshot, merge and backup sections
-#   BENCH_SECTIONS="io snapshot merge backup"   sections to run, in this order
+#   BENCH_SECTIONS="io snapshot merge backup scale"   sections to run, in this order
 #   BENCH_JOBS=4           connections of the multi-connection fio workloads (numjobs)
 #   BENCH_WORKLOADS="..."  subset / order of io workloads (default: all, see WORKLOADS below)
 #   BENCH_SERVERS="nbdsnap nbdkit"   io servers to run (one alone is fine: ratios show "-")
@@ -33,6 +36,7 @@
 #   BENCH_BACKUP_PCT=5     percentage of 64 KiB blocks changed before the incremental backup
 #   BENCH_BACKUP_FULL=1    0: do not also time a full `nbdsnap backup` of the snapshot
 #   BENCH_CBT_ROUNDS=3     fresh-era 4 KiB write passes per change-tracking setting
+#   BENCH_SCALE_*          sizes of the scale section (see scripts/bench-scale.sh)
 #   BENCH_JSON=FILE        also write the results as JSON to FILE
 #   BENCH_KEEP=1           keep the temp dir (raw fio JSON, server logs) and print its path
 #   BENCH_DIR=DIR          parent of the temp dir (default ${TMPDIR:-/tmp})
@@ -60,7 +64,7 @@ RAMP=${BENCH_RAMP:-1}
 REPEAT=${BENCH_REPEAT:-2}
 JOBS=${BENCH_JOBS:-4}
 SERVERS=${BENCH_SERVERS:-nbdsnap nbdkit}
-SECTIONS=${BENCH_SECTIONS:-io snapshot merge backup}
+SECTIONS=${BENCH_SECTIONS:-io snapshot merge backup scale}
 SECTION_REPEAT=${BENCH_SECTION_REPEAT:-1}
 WORKLOADS=${BENCH_WORKLOADS:-nbdcopy_read nbdcopy_write seqread seqwrite randread randwrite randread_mc randwrite_mc lat_randread}
 NODE_FLAGS=${BENCH_NODE_FLAGS:-}
@@ -340,6 +344,8 @@ section_io() {
 . "$ROOT/scripts/bench-merge.sh"
 # shellcheck source=scripts/bench-backup.sh
 . "$ROOT/scripts/bench-backup.sh"
+# shellcheck source=scripts/bench-scale.sh
+. "$ROOT/scripts/bench-scale.sh"
 
 # ------------------------------------------------------------------ main
 for wl in $WORKLOADS; do declare -F "wl_$wl" >/dev/null || die "unknown workload $wl"; done

@@ -21,6 +21,7 @@
  * what the snapshots still read from it. The copy's slot is then kept (never reused: its record
  * may have reached the disk).
  */
+import * as pool from '../block/buffer-pool.ts';
 import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import { checksum } from '../store/checksum.ts';
@@ -157,6 +158,7 @@ export class CowOrigin extends Layer {
       const data = await this.next.read(chunk * this.state.chunkSize, this.state.chunkLength(chunk));
       crc = checksum(data); // of what was read, before it is written: the copy is checked against it
       await store.writeSlot(slot, data);
+      pool.give(data); // written: nothing refers to it any more (a pooled buffer is reused, not left to the GC)
     } catch (err) {
       store.release(slot);
       await this.hooks.invalidate(needing, `copy-before-write failed: ${errorMessage(err)}`);

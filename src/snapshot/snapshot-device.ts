@@ -19,6 +19,7 @@
  * commit; concurrent writes share it (group commit). A snapshot whose store ran out of room
  * answers ENOSPC to its own writes; an invalidated snapshot answers EIO to everything.
  */
+import * as pool from '../block/buffer-pool.ts';
 import { type BlockDevice, DATA, type DeviceCapabilities, pushExtent } from '../block/device.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { Extent } from '../nbd-protocol/index.ts';
@@ -144,11 +145,26 @@ export class SnapshotDevice implements BlockDevice {
   async read(offset: number, length: number): Promise<Buffer> {
     this.check();
     const { table, guard, chunkSize } = this.snapshot.origin;
-    const out = Buffer.allocUnsafe(length);
+    const pieces = this.pieces(offset, length);
+    const sources = pieces.map((p) => table.resolve(p.chunk, this.snapshot));
+    if (sources.every((src) => src.from === 'origin')) {
+      // Every chunk is read through: the origin's own buffer (pooled) is the reply, not a copy of it.
+      const done = guard.beginRead(pieces.map((p) => p.chunk));
+      try {
+        const data = await this.origin.read(offset, length);
+        this.check();
+        return data;
+      } finally {
+        done();
+      }
+    }
+    // Pooled, like the origin's buffers: the reply gives it back once sent, and the origin's
+    // buffers are given back once copied, so reads make no garbage for the GC to catch up with.
+    const out = pool.take(length);
     const fromOrigin: Piece[] = [];
     const reads: Promise<void>[] = [];
-    for (const p of this.pieces(offset, length)) {
-      const src = table.resolve(p.chunk, this.snapshot);
+    for (const [i, p] of pieces.entries()) {
+      const src = sources[i] as (typeof sources)[number];
       if (src.from === 'origin') fromOrigin.push(p);
       else
         reads.push(
@@ -167,6 +183,7 @@ export class SnapshotDevice implements BlockDevice {
             const start = first.chunk * chunkSize + first.inChunk;
             const data = await this.origin.read(start, last.at + last.length - first.at);
             data.copy(out, first.at);
+            pool.give(data);
           }),
         ).then(done, (err) => {
           done();
