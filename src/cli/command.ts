@@ -29,6 +29,10 @@ export interface Command {
   /** The yargs command string, e.g. "create <devices> <name>". */
   readonly command: string;
   readonly describe: string;
+  /** A command's own options and positionals (what the man page and its test walk). */
+  readonly builder?: (y: Argv) => Argv;
+  /** A group's subcommands. */
+  readonly commands?: Command[];
   register(y: Argv, parents: string[]): Argv;
 }
 
@@ -43,6 +47,7 @@ export function defineCommand<A, O>(spec: {
   return {
     command: spec.command,
     describe: spec.describe,
+    builder: spec.builder as (y: Argv) => Argv,
     register: (y, parents) =>
       y.command(spec.command, spec.describe, spec.builder as (y: Argv) => Argv, async (a) => {
         let options: O;
@@ -61,6 +66,7 @@ export function defineGroup(spec: { name: string; describe: string; commands: Co
   return {
     command: spec.name,
     describe: spec.describe,
+    commands: spec.commands,
     register: (y, parents) =>
       y.command(spec.name, spec.describe, (sub: Argv) => {
         const names = spec.commands.map((c) => c.command.split(' ')[0]).join(', ');
