@@ -33,26 +33,27 @@ export interface Command {
   readonly builder?: (y: Argv) => Argv;
   /** A group's subcommands. */
   readonly commands?: Command[];
-  register(y: Argv, parents: string[]): Argv;
+  /** `argv` is the whole command line, for a `parse` that needs the order of its arguments. */
+  register(y: Argv, parents: string[], argv?: string[]): Argv;
 }
 
 export function defineCommand<A, O>(spec: {
   command: string;
   describe: string;
   builder: (y: Argv) => Argv<A>;
-  /** Check the arguments; no side effects. */
-  parse: (a: A) => O;
+  /** Check the arguments (`argv`: the whole command line, in order); no side effects. */
+  parse: (a: A, argv: string[]) => O;
   run: (o: O) => Promise<void>;
 }): Command {
   return {
     command: spec.command,
     describe: spec.describe,
     builder: spec.builder as (y: Argv) => Argv,
-    register: (y, parents) =>
+    register: (y, parents, argv = []) =>
       y.command(spec.command, spec.describe, spec.builder as (y: Argv) => Argv, async (a) => {
         let options: O;
         try {
-          options = spec.parse(a as A);
+          options = spec.parse(a as A, argv);
         } catch (err) {
           throw new UsageFailure(errorText(err), ['nbdsnap', ...parents, spec.command].join(' '));
         }
@@ -67,10 +68,10 @@ export function defineGroup(spec: { name: string; describe: string; commands: Co
     command: spec.name,
     describe: spec.describe,
     commands: spec.commands,
-    register: (y, parents) =>
+    register: (y, parents, argv = []) =>
       y.command(spec.name, spec.describe, (sub: Argv) => {
         const names = spec.commands.map((c) => c.command.split(' ')[0]).join(', ');
-        for (const c of spec.commands) c.register(sub, [...parents, spec.name]);
+        for (const c of spec.commands) c.register(sub, [...parents, spec.name], argv);
         return sub.demandCommand(1, `${spec.name}: name one of ${names}`);
       }),
   };

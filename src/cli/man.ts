@@ -133,7 +133,7 @@ export async function manPage(): Promise<string> {
     '.TP',
     '.B 2',
     'usage error: the command line or its \\fB\\-\\-config\\fR file is wrong as written; the error line',
-    'and the command\'s usage',
+    "and the command's usage",
     '.SH ENVIRONMENT',
     '.TP',
     '.B NBDSNAP_CONTROL',

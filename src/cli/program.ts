@@ -31,7 +31,10 @@ export const COMMANDS: Command[] = [
 export function packageVersion(): string {
   for (const rel of ['../../package.json', '../package.json']) {
     try {
-      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version?: string };
+      const pkg = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as {
+        name?: string;
+        version?: string;
+      };
       if (pkg.name === 'nbdsnap' && typeof pkg.version === 'string') return pkg.version;
     } catch {
       // try the next place
@@ -48,7 +51,7 @@ export const COMPLETION_COMMAND = 'completion';
 /** The parser for `nbdsnap ARGV...`; a usage error is thrown as UsageFailure (exit status 2). */
 export function program(argv: string[]): Argv {
   let y = yargs(argv).scriptName('nbdsnap').usage('$0 <command> [options]');
-  for (const c of COMMANDS) y = c.register(y, []);
+  for (const c of COMMANDS) y = c.register(y, [], argv);
   return y
     .completion(COMPLETION_COMMAND, 'print a bash completion script: nbdsnap completion >> ~/.bashrc')
     .demandCommand(1, 'name a command')
