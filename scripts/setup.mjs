@@ -18,7 +18,11 @@ const say = (line) => process.stderr.write(`nbdsnap setup: ${line}\n`);
 function sh(cmd, args, env = {}) {
   say(`${dryRun ? 'would run' : 'running'}: ${[cmd, ...args].join(' ')}`);
   if (dryRun) return;
-  const r = spawnSync(cmd, args, { cwd: root, stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, ...env } });
+  const r = spawnSync(cmd, args, {
+    cwd: root,
+    stdio: ['ignore', 'inherit', 'inherit'],
+    env: { ...process.env, ...env },
+  });
   if (r.status !== 0) {
     say(`${cmd} failed (${r.error?.message ?? `exit ${r.status ?? r.signal}`})`);
     process.exit(1);

@@ -18,11 +18,11 @@ export function commandPaths(commands: Command[] = COMMANDS): string[][] {
   return [...paths, [COMPLETION_COMMAND]];
 }
 
-/** What `nbdsnap ARGS... --help` prints, without wrapping (one option a line). */
-export async function helpText(path: string[]): Promise<string> {
+/** What `nbdsnap ARGS... FLAG` prints (FLAG: --help or another spelling), one option a line. */
+export async function helpText(path: string[], flag = '--help'): Promise<string> {
   const y = program([]).exitProcess(false).wrap(null);
   return new Promise((resolve, reject) => {
-    void y.parse([...path, '--help'], {}, (err: Error | undefined, _argv: unknown, output: string) => {
+    void y.parse([...path, flag], {}, (err: Error | undefined, _argv: unknown, output: string) => {
       if (err) reject(err);
       else resolve(output);
     });

@@ -48,23 +48,36 @@ type UsageInstance = { getUsage(): [string, string][] };
 
 export const COMPLETION_COMMAND = 'completion';
 
+/** yargs takes the script's name and command, which its types leave out. */
+type CompletionScript = { showCompletionScript(name: string, command: string): void };
+
 /** The parser for `nbdsnap ARGV...`; a usage error is thrown as UsageFailure (exit status 2). */
 export function program(argv: string[]): Argv {
   let y = yargs(argv).scriptName('nbdsnap').usage('$0 <command> [options]');
   for (const c of COMMANDS) y = c.register(y, [], argv);
-  return y
-    .completion(COMPLETION_COMMAND, 'print a bash completion script: nbdsnap completion >> ~/.bashrc')
-    .demandCommand(1, 'name a command')
-    .strict()
-    .fail((msg, err, usage) => {
-      const line = (usage as unknown as UsageInstance).getUsage()[0]?.[0] ?? '$0 <command> [options]';
-      throw new UsageFailure(yargsMessage(msg ?? err?.message ?? 'bad command line'), line.replace('$0', 'nbdsnap'));
-    })
-    .help('help', 'show help')
-    .alias('help', 'h')
-    .version('version', 'show the version', packageVersion())
-    .alias('version', 'V')
-    .epilogue('Exit status: 0 done, 1 runtime error, 2 usage error. See nbdsnap(1).');
+  return (
+    y
+      // Answers the completion script's --get-yargs-completions; the script is printed by the
+      // `completion` command below (a command of its own, so that it has --help like the others).
+      .completion('__completion', false)
+      .command(
+        COMPLETION_COMMAND,
+        'print a bash completion script: nbdsnap completion >> ~/.bashrc',
+        (c: Argv) => c,
+        () => (y as unknown as CompletionScript).showCompletionScript('nbdsnap', COMPLETION_COMMAND),
+      )
+      .demandCommand(1, 'name a command')
+      .strict()
+      .fail((msg, err, usage) => {
+        const line = (usage as unknown as UsageInstance).getUsage()[0]?.[0] ?? '$0 <command> [options]';
+        throw new UsageFailure(yargsMessage(msg ?? err?.message ?? 'bad command line'), line.replace('$0', 'nbdsnap'));
+      })
+      .help('help', 'show help')
+      .alias('help', 'h')
+      .version('version', 'show the version', packageVersion())
+      .alias('version', 'V')
+      .epilogue('Exit status: 0 done, 1 runtime error, 2 usage error. See nbdsnap(1).')
+  );
 }
 
 /** yargs' messages in one line: its "Invalid values:" text spans several. */

@@ -214,7 +214,10 @@ export const serveCommand = defineCommand({
       );
     }
     if (a.descriptions !== undefined && !fits({ kind: 'texts', describe: '' }, a.descriptions)) {
-      throw new NbdsnapError('BAD_ARGUMENT', '"descriptions" goes in a --config file: {"descriptions": {"NAME": "TEXT"}}');
+      throw new NbdsnapError(
+        'BAD_ARGUMENT',
+        '"descriptions" goes in a --config file: {"descriptions": {"NAME": "TEXT"}}',
+      );
     }
     opts.descriptions = exportDescriptions({
       specs,
