@@ -5,13 +5,15 @@
 // instead of tsx saves about 40 MiB of memory and tsx's loader thread, and an installed package
 // needs neither tsx nor esbuild (both are development dependencies).
 import { build } from 'esbuild';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const bundle = join(root, 'dist/nbdsnap.mjs');
-await build({
+// Written to a new file and renamed over the old one, so a server starting meanwhile (the tests
+// rebuild while others run) reads either bundle whole, never half of one.
+const result = await build({
   entryPoints: [join(root, 'src/cli/main.ts')],
   outfile: bundle,
   bundle: true,
@@ -21,6 +23,15 @@ await build({
   packages: 'external',
   sourcemap: 'linked',
   logLevel: 'warning',
+  write: false,
 });
+mkdirSync(join(root, 'dist'), { recursive: true });
+for (const file of result.outputFiles) replace(file.path, file.contents);
 const { manPage } = await import(`${pathToFileURL(bundle).href}?${Date.now()}`);
-writeFileSync(join(root, 'dist/nbdsnap.1'), await manPage());
+replace(join(root, 'dist/nbdsnap.1'), await manPage());
+
+function replace(path, contents) {
+  const tmp = `${path}.${process.pid}.tmp`;
+  writeFileSync(tmp, contents);
+  renameSync(tmp, path);
+}
