@@ -221,7 +221,7 @@ export const serveCommand = defineCommand({
     }
     opts.descriptions = exportDescriptions({
       specs,
-      scanned: scanDescriptions(argv.slice(argv.indexOf('serve') + 1), arity),
+      scanned: scanDescriptions(argv.slice(argv.indexOf('serve') + 1), arity, opts.images),
       config: a.descriptions,
     });
     // A description from --config alone (the command line had no -D): one image only.

@@ -20,10 +20,14 @@ export interface Scanned {
   descriptions: { after: number; text: string }[];
 }
 
-/** The images and -D values of `tokens`, the arguments after `serve`. */
-export function scanDescriptions(tokens: string[], arity: (name: string) => Arity): Scanned {
+/**
+ * The images and -D values of `tokens`, the arguments after `serve`. With `images` (the images
+ * yargs parsed, in order), a bare token counts as an image only if it is the next of them, so an
+ * option whose arity is unknown here cannot shift the pairing.
+ */
+export function scanDescriptions(tokens: string[], arity: (name: string) => Arity, images?: string[]): Scanned {
   const found: { after: number; text: string }[] = [];
-  let images = 0;
+  let seen = 0;
   let i = 0;
   const skipValues = (n: Arity) => {
     if (n === 1) i += 1;
@@ -32,7 +36,7 @@ export function scanDescriptions(tokens: string[], arity: (name: string) => Arit
   for (; i < tokens.length; i += 1) {
     const t = tokens[i] as string;
     if (t === '--') {
-      images += tokens.length - i - 1;
+      seen += tokens.length - i - 1;
       break;
     }
     const long = /^--([^=]+)(=(.*))?$/s.exec(t);
@@ -40,18 +44,18 @@ export function scanDescriptions(tokens: string[], arity: (name: string) => Arit
     if (long !== null) {
       const name = long[1] as string;
       if (DESCRIPTION.has(name)) {
-        found.push({ after: images - 1, text: long[2] !== undefined ? (long[3] as string) : (tokens[++i] ?? '') });
+        found.push({ after: seen - 1, text: long[2] !== undefined ? (long[3] as string) : (tokens[++i] ?? '') });
       } else if (long[2] === undefined && !name.startsWith('no-')) skipValues(arity(name));
     } else if (short !== null) {
       const [, letter, rest] = short as unknown as [string, string, string];
       if (DESCRIPTION.has(letter)) {
-        found.push({ after: images - 1, text: rest !== '' ? rest.replace(/^=/, '') : (tokens[++i] ?? '') });
+        found.push({ after: seen - 1, text: rest !== '' ? rest.replace(/^=/, '') : (tokens[++i] ?? '') });
       } else if (rest === '') skipValues(arity(letter));
-    } else {
-      images += 1;
+    } else if (images === undefined || t === images[seen]) {
+      seen += 1;
     }
   }
-  return { images, descriptions: found };
+  return { images: seen, descriptions: found };
 }
 
 /**

@@ -42,6 +42,21 @@ describe('scanDescriptions', () => {
     expect(s).toEqual({ images: 2, descriptions: [{ after: 0, text: 'A' }] });
   });
 
+  it('given the images yargs parsed, a value of an option it does not know is no image', () => {
+    const tokens = ['a=x', '--new-option', 'value', '-D', 'A', 'b=y', '-D', 'B'];
+    expect(scanDescriptions(tokens, arity).descriptions).toEqual([
+      { after: 1, text: 'A' },
+      { after: 2, text: 'B' },
+    ]);
+    expect(scanDescriptions(tokens, arity, ['a=x', 'b=y'])).toEqual({
+      images: 2,
+      descriptions: [
+        { after: 0, text: 'A' },
+        { after: 1, text: 'B' },
+      ],
+    });
+  });
+
   it('a -D before any image follows none', () => {
     expect(scanDescriptions(['-D', 'x', 'a=x'], arity).descriptions).toEqual([{ after: -1, text: 'x' }]);
   });
