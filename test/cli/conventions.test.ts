@@ -3,6 +3,7 @@
  * `-V`/`--version` on every command and subcommand (exit status 0), exit statuses 0/1/2, shell
  * completion, and a man page listing every option of every command.
  */
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -146,6 +147,12 @@ describe('man page nbdsnap.1', () => {
       if (e.names.startsWith('-h') || e.names.startsWith('-V')) continue;
       expect(page).toContain(e.text.replaceAll('\\', '\\e').replaceAll('-', '\\-'));
     }
+  });
+
+  it('renders without a troff warning (groff -ww)', async (ctx) => {
+    if (spawnSync('sh', ['-c', 'command -v groff']).status !== 0) ctx.skip('groff is not installed');
+    const r = await run('groff', ['-man', '-ww', '-z'], { input: await manPage() });
+    expect(r, r.stderr).toMatchObject({ code: 0, stderr: '' });
   });
 
   it('is built into dist/ by npm run build', async () => {

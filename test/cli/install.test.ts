@@ -9,10 +9,10 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { aptLine, missingMessage, missingPackages, PACKAGES } from '../../scripts/requirements.mjs';
-import { ok, run } from '../helpers/clients.ts';
-import { CLI, ROOT, tempDir } from '../helpers/server.ts';
+import { background, ok, run } from '../helpers/clients.ts';
+import { CLI, freshPort, ROOT, tempDir } from '../helpers/server.ts';
 
 const dir = tempDir();
 afterAll(() => dir.cleanup());
@@ -91,6 +91,44 @@ describe('systemd units', () => {
     writeFileSync(join(dir.path, 'broken.service'), '[Service]\nExecStart=/nonexistent/nbdsnap\nBogus=1\n');
     const broken = await run('systemd-analyze', ['verify', '--man=no', join(dir.path, 'broken.service')]);
     expect(broken.stderr).toContain("Unknown key 'Bogus'");
+  });
+});
+
+describe('the service, socket-activated', () => {
+  const activate = spawnSync('sh', ['-c', 'command -v systemd-socket-activate']).status === 0;
+  it("runs the unit's ExecStart on the socket systemd passes (systemd-socket-activate)", async (ctx) => {
+    if (!activate) ctx.skip('systemd-socket-activate is not installed (Debian package systemd)');
+    const service = readFileSync(join(ROOT, 'contrib/systemd/nbdsnap.service'), 'utf8');
+    const exec = /^ExecStart=(.*)$/m.exec(service)?.[1] ?? '';
+    const config = join(dir.path, 'config.json');
+    const control = join(dir.path, 'control.sock');
+    writeFileSync(config, JSON.stringify({ images: ['disk=memory:1M'], descriptions: { disk: 'unit disk' } }));
+    const argv = exec
+      .replace('/etc/nbdsnap/config.json', config)
+      .replace('/run/nbdsnap/control.sock', control)
+      .split(' ');
+    expect(argv[0]).toBe('/usr/local/bin/nbdsnap');
+    const port = freshPort();
+    const activator = background('systemd-socket-activate', [
+      '-l',
+      `127.0.0.1:${port}`,
+      process.execPath,
+      CLI,
+      ...argv.slice(1),
+    ]);
+    onTestFinished(() => activator.kill('SIGKILL'));
+    // The first connection starts the server (it may take a few tries while the activator binds).
+    let list = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${port}`]);
+    for (let i = 0; i < 100 && list.code !== 0; i += 1) {
+      await new Promise((r) => setTimeout(r, 100));
+      list = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${port}`]);
+    }
+    const exports = JSON.parse(ok(list, 'nbdinfo --list')).exports as { 'export-name': string; description: string }[];
+    expect(exports).toEqual([expect.objectContaining({ 'export-name': 'disk', description: 'unit disk' })]);
+    ok(await run(process.execPath, [CLI, 'status', '--control', control]), 'status over the control socket');
+    // systemctl stop: SIGTERM to the main process (the activator exec'd the server), a clean exit.
+    activator.kill('SIGTERM');
+    expect(await activator.exited, activator.output()).toBe(0);
   });
 });
 
