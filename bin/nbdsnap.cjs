@@ -55,6 +55,8 @@ function bundleIsFresh() {
   }
   await entry.main(process.argv.slice(2));
 })().catch((err) => {
-  process.stderr.write(`nbdsnap: ${err?.stack ?? err}\n`);
+  // main() reports every failure of a command itself; this is the launcher failing to load it.
+  const where = process.env.NBDSNAP_DEBUG === '1' ? `\n${err?.stack}` : ' (NBDSNAP_DEBUG=1 shows where)';
+  process.stderr.write(`nbdsnap: error: cannot start: ${err?.message ?? err}${where}\n`);
   process.exit(1);
 });
