@@ -74,7 +74,7 @@ export function program(argv: string[]): Argv {
       })
       .help('help', 'show help')
       .alias('help', 'h')
-      .version('version', 'show the version', packageVersion())
+      .version('version', 'show the version', `nbdsnap ${packageVersion()}`)
       .alias('version', 'V')
       .epilogue('Exit status: 0 done, 1 runtime error, 2 usage error. See nbdsnap(1).')
   );

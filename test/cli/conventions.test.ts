@@ -41,8 +41,8 @@ describe('help and version on every command', () => {
       expect(long.split('\n')[0]).toContain(['nbdsnap', ...path].join(' '));
       expect(long).toMatch(/-h, --help/);
       expect(long).toMatch(/-V, --version/);
-      expect((await helpText(path, '--version')).trim()).toBe(VERSION);
-      expect((await helpText(path, '-V')).trim()).toBe(VERSION);
+      expect((await helpText(path, '--version')).trim()).toBe(`nbdsnap ${VERSION}`);
+      expect((await helpText(path, '-V')).trim()).toBe(`nbdsnap ${VERSION}`);
     });
   }
 
@@ -54,7 +54,7 @@ describe('help and version on every command', () => {
 describe('as a process: output and exit status', () => {
   it('-V prints the version, exit 0', async () => {
     const r = await nbdsnap(['-V']);
-    expect(r).toMatchObject({ code: 0, stdout: `${VERSION}\n`, stderr: '' });
+    expect(r).toMatchObject({ code: 0, stdout: `nbdsnap ${VERSION}\n`, stderr: '' });
   });
 
   it('snapshot create -h prints its usage on stdout, exit 0', async () => {
@@ -65,7 +65,7 @@ describe('as a process: output and exit status', () => {
 
   it('serve --version, exit 0', async () => {
     const r = await nbdsnap(['serve', '--version']);
-    expect(r).toMatchObject({ code: 0, stdout: `${VERSION}\n` });
+    expect(r).toMatchObject({ code: 0, stdout: `nbdsnap ${VERSION}\n` });
   });
 
   it('exit 2 for an unknown option, a missing argument, no command', async () => {

@@ -58,7 +58,7 @@ describe('npm pack, then npm install -g', () => {
     // From another folder, with only the prefix and the system on PATH.
     const env = { PATH: `${join(prefix, 'bin')}:/usr/bin:/bin`, NODE_PATH: undefined };
     const version = await run('nbdsnap', ['--version'], { cwd: dir.path, env });
-    expect(version, version.stderr).toMatchObject({ code: 0, stdout: `${VERSION}\n` });
+    expect(version, version.stderr).toMatchObject({ code: 0, stdout: `nbdsnap ${VERSION}\n` });
     const help = await run('nbdsnap', ['serve', '--help'], { cwd: dir.path, env });
     expect(help.code).toBe(0);
     expect(help.stdout).toContain('--fork');
