@@ -5,6 +5,8 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
+    // Fails the run when a tool the tests drive is missing (NBDSNAP_TEST_ALLOW_MISSING=1 opts out).
+    globalSetup: ['test/helpers/requirements.ts'],
     pool: 'forks',
     maxWorkers: 2,
     testTimeout: 120_000,

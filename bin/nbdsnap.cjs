@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // nbdsnap launcher. CommonJS on purpose: it runs synchronously, so the thread-pool size below is in
 // place before anything touches libuv's pool (file I/O at queue depth 32 wants more than 4 threads).
-// Runs dist/nbdsnap.mjs (built by `npm install` / `npm run build`) when it is newer than every file
-// in src/, else the TypeScript sources through tsx.
+// Runs the bundle dist/nbdsnap.mjs (built by `npm ci`, `npm run build` and `npm pack`), unless this
+// is a checkout whose src/ holds TypeScript newer than the bundle: then the sources run through tsx
+// (a development dependency), so editing src/ never runs stale code. An installed package has no
+// TypeScript in src/ and always runs the bundle, with no TypeScript toolchain.
 'use strict';
 process.env.UV_THREADPOOL_SIZE ??= '16';
 // V8 grows the young generation up to two 16 MiB semi-spaces under a server's allocation rate, and
@@ -19,9 +21,16 @@ const { join } = require('node:path');
 const root = join(__dirname, '..');
 const bundle = join(root, 'dist', 'nbdsnap.mjs');
 
+/** The newest mtime of a .ts file under `dir` (0 if none, or no such folder). */
 function newestSource(dir) {
   let newest = 0;
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+  let entries;
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return 0;
+  }
+  for (const entry of entries) {
     const path = join(dir, entry.name);
     if (entry.isDirectory()) newest = Math.max(newest, newestSource(path));
     else if (entry.name.endsWith('.ts')) newest = Math.max(newest, statSync(path).mtimeMs);
@@ -42,12 +51,20 @@ function bundleIsFresh() {
   if (process.env.NBDSNAP_TSX !== '1' && bundleIsFresh()) {
     entry = await import(bundle);
   } else {
-    const { register } = await import('tsx/esm/api');
+    let register;
+    try {
+      ({ register } = await import('tsx/esm/api'));
+    } catch {
+      process.stderr.write(`nbdsnap: error: ${bundle} is missing and tsx is not installed: run npm ci (a checkout) or reinstall the package\n`);
+      process.exit(1);
+    }
     register();
     entry = await import('../src/cli/main.ts');
   }
   await entry.main(process.argv.slice(2));
 })().catch((err) => {
-  process.stderr.write(`nbdsnap: ${err?.stack ?? err}\n`);
+  // main() reports every failure of a command itself; this is the launcher failing to load it.
+  const where = process.env.NBDSNAP_DEBUG === '1' ? `\n${err?.stack}` : ' (NBDSNAP_DEBUG=1 shows where)';
+  process.stderr.write(`nbdsnap: error: cannot start: ${err?.message ?? err}${where}\n`);
   process.exit(1);
 });

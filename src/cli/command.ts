@@ -29,25 +29,31 @@ export interface Command {
   /** The yargs command string, e.g. "create <devices> <name>". */
   readonly command: string;
   readonly describe: string;
-  register(y: Argv, parents: string[]): Argv;
+  /** A command's own options and positionals (what the man page and its test walk). */
+  readonly builder?: (y: Argv) => Argv;
+  /** A group's subcommands. */
+  readonly commands?: Command[];
+  /** `argv` is the whole command line, for a `parse` that needs the order of its arguments. */
+  register(y: Argv, parents: string[], argv?: string[]): Argv;
 }
 
 export function defineCommand<A, O>(spec: {
   command: string;
   describe: string;
   builder: (y: Argv) => Argv<A>;
-  /** Check the arguments; no side effects. */
-  parse: (a: A) => O;
+  /** Check the arguments (`argv`: the whole command line, in order); no side effects. */
+  parse: (a: A, argv: string[]) => O;
   run: (o: O) => Promise<void>;
 }): Command {
   return {
     command: spec.command,
     describe: spec.describe,
-    register: (y, parents) =>
+    builder: spec.builder as (y: Argv) => Argv,
+    register: (y, parents, argv = []) =>
       y.command(spec.command, spec.describe, spec.builder as (y: Argv) => Argv, async (a) => {
         let options: O;
         try {
-          options = spec.parse(a as A);
+          options = spec.parse(a as A, argv);
         } catch (err) {
           throw new UsageFailure(errorText(err), ['nbdsnap', ...parents, spec.command].join(' '));
         }
@@ -61,10 +67,11 @@ export function defineGroup(spec: { name: string; describe: string; commands: Co
   return {
     command: spec.name,
     describe: spec.describe,
-    register: (y, parents) =>
+    commands: spec.commands,
+    register: (y, parents, argv = []) =>
       y.command(spec.name, spec.describe, (sub: Argv) => {
         const names = spec.commands.map((c) => c.command.split(' ')[0]).join(', ');
-        for (const c of spec.commands) c.register(sub, [...parents, spec.name]);
+        for (const c of spec.commands) c.register(sub, [...parents, spec.name], argv);
         return sub.demandCommand(1, `${spec.name}: name one of ${names}`);
       }),
   };

@@ -7,13 +7,14 @@ import { readFileSync } from 'node:fs';
 import type { Argv, Options } from 'yargs';
 import { NbdsnapError } from '../errors.ts';
 import { errorText, LOG_LEVELS, type LogLevel } from '../log.ts';
-import { checkServeOptions, parsePort, parseSize } from './args.ts';
+import { checkServeOptions, type ImageSpec, parsePort, parseSize } from './args.ts';
 import { defineCommand } from './command.ts';
 import { demo } from './demo.ts';
+import { type Arity, exportDescriptions, scanDescriptions } from './serve-descriptions.ts';
 import { type ServeOptions, serve } from './serve.ts';
 
 /** How a value is given: on the command line, and as a JSON value in a config file. */
-type Kind = 'string' | 'strings' | 'boolean' | 'number' | 'size' | 'choice';
+type Kind = 'string' | 'strings' | 'boolean' | 'number' | 'size' | 'choice' | 'texts';
 
 interface OptionSpec {
   kind: Kind;
@@ -24,8 +25,12 @@ interface OptionSpec {
 }
 
 export const SERVE_OPTIONS: Record<string, OptionSpec> = {
-  'export-name': { kind: 'string', alias: 'x', describe: 'export name (one image only)' },
-  description: { kind: 'string', alias: 'D', describe: 'export description' },
+  'export-name': { kind: 'string', alias: ['x', 'e'], describe: 'export name (one image only)' },
+  description: {
+    kind: 'string',
+    alias: 'D',
+    describe: 'description of the image it follows; repeat after each image',
+  },
   port: { kind: 'size', alias: 'p', describe: 'TCP port [default: 10809]' },
   bind: { kind: 'string', alias: 'b', default: '127.0.0.1', describe: 'TCP address' },
   socket: { kind: 'string', alias: ['k', 'U'], describe: 'Unix socket path' },
@@ -38,6 +43,8 @@ export const SERVE_OPTIONS: Record<string, OptionSpec> = {
   control: { kind: 'string', describe: 'control socket path (created mode 0600)' },
   'cbt-block-size': { kind: 'size', default: '64K', describe: 'change-tracking block; 0 turns tracking off' },
   'low-space': { kind: 'number', default: 10, describe: 'low-space event below this % free' },
+  fork: { kind: 'boolean', default: false, describe: 'run in the background once serving (after --pid-file)' },
+  'exit-with-parent': { kind: 'boolean', default: false, describe: 'stop when the process that started it exits' },
 };
 
 function yargsOption(spec: OptionSpec): Options {
@@ -57,6 +64,7 @@ const camel = (name: string) => name.replace(/-([a-z])/g, (_m, c: string) => c.t
 /** The option a config key names (its long name, camelCase form or alias), or undefined. */
 function optionFor(key: string): [string, OptionSpec] | undefined {
   if (key === 'images') return ['images', { kind: 'strings', describe: 'images' }];
+  if (key === 'descriptions') return ['descriptions', { kind: 'texts', describe: 'descriptions by export name' }];
   for (const [name, spec] of Object.entries(SERVE_OPTIONS)) {
     const aliases = spec.alias === undefined ? [] : [spec.alias].flat();
     if (key === name || key === camel(name) || aliases.includes(key)) return [name, spec];
@@ -85,6 +93,10 @@ function fits(spec: OptionSpec, v: unknown): boolean {
       return typeof v === 'string' || (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0);
     case 'choice':
       return typeof v === 'string' && (spec.choices ?? []).includes(v);
+    case 'texts':
+      return (
+        typeof v === 'object' && v !== null && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'string')
+      );
   }
 }
 
@@ -95,6 +107,7 @@ const EXPECTED: Record<Kind, string> = {
   number: 'a number',
   size: 'a number or a string such as "64K"',
   choice: 'one of',
+  texts: 'an object of strings, e.g. {"disk": "the web server\'s disk"}',
 };
 
 /**
@@ -135,7 +148,15 @@ export function loadConfig(path: string): Record<string, unknown> {
   return config as Record<string, unknown>;
 }
 
-type ServeArgs = Record<string, unknown> & { images?: unknown };
+type ServeArgs = Record<string, unknown> & { images?: unknown; descriptions?: Record<string, string> };
+
+/** How many values serve's option `name` (long name or alias) takes on the command line. */
+function arity(name: string): Arity {
+  if (name === 'config') return 1;
+  const found = optionFor(name);
+  if (found === undefined || found[1].kind === 'boolean') return 0;
+  return found[1].kind === 'strings' ? 'many' : 1;
+}
 
 const optString = (v: unknown): string | undefined => (v === undefined ? undefined : String(v));
 const strings = (v: unknown): string[] => (v === undefined ? [] : [v].flat().map(String));
@@ -151,13 +172,15 @@ export const serveCommand = defineCommand({
       default: [],
     });
     for (const [name, spec] of Object.entries(SERVE_OPTIONS)) b = b.option(name, yargsOption(spec));
+    // Only in a --config file (an object); declared so that strict mode lets it through.
+    b = b.option('descriptions', { hidden: true, describe: 'descriptions by export name (--config only)' });
     return b.config(
       'config',
       'JSON file with any of these options (images, store, ...)',
       loadConfig,
     ) as Argv<ServeArgs>;
   },
-  parse: (a: ServeArgs): ServeOptions => {
+  parse: (a: ServeArgs, argv: string[]): ServeOptions => {
     for (const [name, spec] of Object.entries(SERVE_OPTIONS)) {
       const value = a[name];
       const empty = spec.kind === 'strings' ? Array.isArray(value) && value.length === 0 : false;
@@ -174,7 +197,8 @@ export const serveCommand = defineCommand({
       lowSpacePercent: a['low-space'] as number,
       cbtBlockSize: parseSize(String(a['cbt-block-size']), 'cbt block size'),
       exportName: optString(a['export-name']),
-      description: optString(a.description),
+      fork: a.fork === true,
+      exitWithParent: a['exit-with-parent'] === true,
       port: a.port === undefined ? undefined : parsePort(a.port),
       bind: String(a.bind),
       socket: optString(a.socket),
@@ -182,7 +206,31 @@ export const serveCommand = defineCommand({
       pidFile: optString(a['pid-file']),
       logLevel: a['log-level'] as LogLevel,
     };
-    checkServeOptions(opts);
+    const specs = checkServeOptions(opts);
+    if (opts.fork && opts.exitWithParent) {
+      throw new NbdsnapError(
+        'BAD_ARGUMENT',
+        '--fork and --exit-with-parent conflict (a forked server has no parent left)',
+      );
+    }
+    if (a.descriptions !== undefined && !fits({ kind: 'texts', describe: '' }, a.descriptions)) {
+      throw new NbdsnapError(
+        'BAD_ARGUMENT',
+        '"descriptions" goes in a --config file: {"descriptions": {"NAME": "TEXT"}}',
+      );
+    }
+    opts.descriptions = exportDescriptions({
+      specs,
+      scanned: scanDescriptions(argv.slice(argv.indexOf('serve') + 1), arity, opts.images),
+      config: a.descriptions,
+    });
+    // A description from --config alone (the command line had no -D): one image only.
+    if (a.description !== undefined && Object.keys(opts.descriptions).length === 0) {
+      if (specs.length > 1) {
+        throw new NbdsnapError('BAD_ARGUMENT', 'with several images, describe each ("descriptions": {"NAME": "TEXT"})');
+      }
+      opts.descriptions = { [(specs[0] as ImageSpec).name]: String(a.description) };
+    }
     return opts;
   },
   run: serve,

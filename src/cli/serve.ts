@@ -16,12 +16,21 @@ import { type ListenSpec, NbdServer, socketActivationFds } from '../server/serve
 import { SnapshotManager } from '../snapshot/manager.ts';
 import { StoreSpace } from '../store/space.ts';
 import { checkServeOptions, type ImageSpec, parsePort } from './args.ts';
+import { forkServer, isForkChild, reportReady, watchParent } from './daemon.ts';
 import { checkPidFile, writePidFile } from './pid-file.ts';
+import { defaultDescription } from './serve-descriptions.ts';
 
 export interface ServeOptions {
   images: string[];
   exportName?: string | undefined;
+  /** The description of every export (the demo's); `descriptions` wins. */
   description?: string | undefined;
+  /** Descriptions by export name; an export without one gets defaultDescription (no paths). */
+  descriptions?: Record<string, string> | undefined;
+  /** Run in the background once serving (daemon.ts). */
+  fork?: boolean | undefined;
+  /** Stop gracefully when the parent process exits (daemon.ts). */
+  exitWithParent?: boolean | undefined;
   port?: number | undefined;
   bind: string;
   socket?: string | undefined;
@@ -40,6 +49,7 @@ export interface ServeOptions {
 }
 
 export async function serve(opts: ServeOptions): Promise<void> {
+  if (opts.fork === true && !isForkChild()) await forkServer();
   const log = new Logger(opts.logLevel);
   const specs = checkServeOptions(opts);
   if (opts.pidFile !== undefined) checkPidFile(opts.pidFile);
@@ -55,7 +65,12 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const devices: { name: string; device: BlockDevice; description: string; path?: string | undefined }[] = [];
   for (const spec of specs) {
     const device = await openImage(spec, opts.readOnly);
-    devices.push({ name: spec.name, device, description: opts.description ?? describe(spec), path: spec.path });
+    devices.push({
+      name: spec.name,
+      device,
+      description: opts.descriptions?.[spec.name] ?? opts.description ?? defaultDescription(spec),
+      path: spec.path,
+    });
   }
 
   const registry = new ExportRegistry();
@@ -79,9 +94,17 @@ export async function serve(opts: ServeOptions): Promise<void> {
     throw err;
   });
   const extra = (await opts.afterStart?.(manager)) ?? [];
-  for (const line of [...connectHelp(where, registry), ...extra]) process.stdout.write(`${line}\n`);
+  const lines = [...connectHelp(where, registry), ...extra];
+  if (!isForkChild()) for (const line of lines) process.stdout.write(`${line}\n`);
   log.info('listening', { on: where, exports: registry.list().map((e) => e.name), control: opts.control });
   if (opts.pidFile !== undefined) writePidFile(opts.pidFile, process.pid);
+  if (isForkChild()) reportReady(lines);
+  if (opts.exitWithParent === true) {
+    watchParent(() => {
+      log.info('parent exited: stopping');
+      process.kill(process.pid, 'SIGTERM');
+    });
+  }
 
   await new Promise<void>((resolve) => {
     let signals = 0;
@@ -104,10 +127,6 @@ export async function serve(opts: ServeOptions): Promise<void> {
 async function openImage(spec: ImageSpec, readOnly: boolean): Promise<BlockDevice> {
   if (spec.memorySize !== undefined) return new MemoryDevice(spec.memorySize);
   return FileDevice.open(spec.path as string, { readOnly });
-}
-
-function describe(spec: ImageSpec): string {
-  return spec.path !== undefined ? `origin ${spec.path}` : `memory (${spec.memorySize} bytes)`;
 }
 
 function listenSpecs(opts: ServeOptions): ListenSpec[] {

@@ -24,7 +24,7 @@ describe.skipIf(!hasTool('nbdinfo'))('nbdinfo', () => {
     const copy = join(dir.path, 'copy.img');
     copyFileSync(image, copy);
     [rw, ro] = await Promise.all([
-      startServer([`disk=${image}`, 'mem=memory:32M', '-D', 'interop disk']),
+      startServer([`disk=${image}`, '-D', 'interop disk', 'mem=memory:32M']),
       startServer([`disk=${copy}`, '-r']),
     ]);
   });
