@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import type { Argv, Options } from 'yargs';
 import { NbdsnapError } from '../errors.ts';
 import { errorText, LOG_LEVELS, type LogLevel } from '../log.ts';
+import { TLS_MODES, type TlsMode } from '../server/tls.ts';
 import { checkServeOptions, parsePort, parseSize } from './args.ts';
 import { defineCommand } from './command.ts';
 import { demo } from './demo.ts';
@@ -38,6 +39,10 @@ export const SERVE_OPTIONS: Record<string, OptionSpec> = {
   control: { kind: 'string', describe: 'control socket path (created mode 0600)' },
   'cbt-block-size': { kind: 'size', default: '64K', describe: 'change-tracking block; 0 turns tracking off' },
   'low-space': { kind: 'number', default: 10, describe: 'low-space event below this % free' },
+  tls: { kind: 'choice', choices: TLS_MODES, default: 'off', describe: 'STARTTLS: off, on (optional), require' },
+  'tls-certificates': { kind: 'string', describe: 'DIR with ca-cert.pem, server-cert.pem, server-key.pem' },
+  'tls-verify-peer': { kind: 'boolean', default: false, describe: 'require client certificates signed by the CA' },
+  'tls-psk': { kind: 'string', describe: "pre-shared keys FILE (psktool's identity:hexkey lines)" },
 };
 
 function yargsOption(spec: OptionSpec): Options {
@@ -181,6 +186,12 @@ export const serveCommand = defineCommand({
       readOnly: a['read-only'] === true,
       pidFile: optString(a['pid-file']),
       logLevel: a['log-level'] as LogLevel,
+      tls: {
+        mode: a.tls as TlsMode,
+        certificates: optString(a['tls-certificates']),
+        verifyPeer: a['tls-verify-peer'] === true,
+        psk: optString(a['tls-psk']),
+      },
     };
     checkServeOptions(opts);
     return opts;
