@@ -69,9 +69,12 @@ export class Connection {
     socket.write(serialize.greeting(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES));
   }
 
+  private readonly onDataBound = (chunk: Buffer) => this.onData(chunk);
+  private readonly onDrainBound = () => this.updateFlow();
+
   private attach(socket: Socket): void {
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.updateFlow());
+    socket.on('data', this.onDataBound);
+    socket.on('drain', this.onDrainBound);
     socket.on('error', (err) => this.log.debug('socket error', { err: err.message }));
   }
 
@@ -163,8 +166,8 @@ export class Connection {
     const plain = this.socket;
     this.upgrading = true;
     plain.pause();
-    plain.removeAllListeners('data');
-    plain.removeAllListeners('drain');
+    plain.off('data', this.onDataBound);
+    plain.off('drain', this.onDrainBound);
     if (this.corked) {
       this.corked = false;
       plain.uncork();

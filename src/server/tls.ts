@@ -147,7 +147,9 @@ export function startServerTls(socket: Socket, tls: ServerTls): Promise<TLSSocke
       const refused = secure.authorizationError;
       secure.destroy();
       socket.destroy();
-      reject(refused === undefined ? err : new Error(`client certificate refused: ${String(refused)}`));
+      const reason = (err as { reason?: unknown }).reason;
+      const why = typeof reason === 'string' ? new Error(reason) : err;
+      reject(refused == null ? why : new Error(`client certificate refused: ${String(refused)}`));
     });
     server.emit('connection', socket);
   });
