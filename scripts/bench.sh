@@ -14,6 +14,9 @@
 #             origin random reads during a merge vs idle.
 #   backup    (scripts/bench-backup.sh) incremental backup of ~5% scattered changes vs a full
 #             nbdcopy of the snapshot: time and bytes; change-tracking cost on 4 KiB writes.
+#   tls       (scripts/bench-tls.sh) nbdcopy read and write over TLS (certificates), vs
+#             `nbdkit --tls=require file` on the same image. Not in the default list: run it with
+#             BENCH_SECTIONS=tls (needs certtool, from gnutls-bin).
 #
 # Medians of the repetitions are reported (and as JSON when BENCH_JSON is set).
 #
@@ -340,6 +343,8 @@ section_io() {
 . "$ROOT/scripts/bench-merge.sh"
 # shellcheck source=scripts/bench-backup.sh
 . "$ROOT/scripts/bench-backup.sh"
+# shellcheck source=scripts/bench-tls.sh
+. "$ROOT/scripts/bench-tls.sh"
 
 # ------------------------------------------------------------------ main
 for wl in $WORKLOADS; do declare -F "wl_$wl" >/dev/null || die "unknown workload $wl"; done
