@@ -6,6 +6,10 @@
  *
  * Every unknown or unsupported option gets NBD_REP_ERR_UNSUP with its data consumed (the parser
  * already framed it); malformed data gets NBD_REP_ERR_INVALID; the client may then try again.
+ *
+ * TLS: under `--tls=require` every option before STARTTLS but ABORT is NBD_REP_ERR_TLS_REQD (and
+ * EXPORT_NAME a close); an accepted STARTTLS is the outcome `starttls`, after which connection.ts
+ * runs the TLS handshake and calls `tlsStarted()`. See README.md.
  */
 import {
   ClientFlag,
