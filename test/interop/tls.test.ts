@@ -273,6 +273,21 @@ describe.skipIf(!haveTools)('NBD over TLS', () => {
     });
   });
 
+  describe('stopping', () => {
+    it('a graceful stop ends TLS clients: one after GO, one in the middle of its TLS handshake', async () => {
+      const srv = await startServer([`disk=${image}`, '-r', '--tls=require', `--tls-certificates=${fx.serverDir}`]);
+      const c = await NbdClient.open(`nbds://127.0.0.1:${srv.port}/disk?tls-certificates=${fx.clientDir}`);
+      expect((await c.read(0, 4096)).equals(CONTENT.subarray(0, 4096))).toBe(true);
+      const raw = await RawClient.connect({ port: srv.port });
+      await raw.greet();
+      expect((await raw.option(Option.STARTTLS)).type).toBe(Reply.ACK); // and no ClientHello follows
+      expect(await srv.stop()).toBe(0);
+      await raw.closed;
+      await expect(c.read(0, 4096)).rejects.toThrow();
+      expect(srv.stderr()).toContain('"msg":"stopped"');
+    });
+  });
+
   describe('--tls=on', () => {
     it('serves plaintext and TLS clients side by side', async () => {
       const srv = await startServer([`disk=${image}`, '-r', '--tls=on', `--tls-certificates=${fx.serverDir}`]);
