@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import type { Argv, Options } from 'yargs';
 import { NbdsnapError } from '../errors.ts';
 import { errorText, LOG_LEVELS, type LogLevel } from '../log.ts';
-import { TLS_MODES, type TlsMode } from '../server/tls.ts';
+import { checkTlsSettings, TLS_MODES, type TlsMode } from '../server/tls.ts';
 import { checkServeOptions, parsePort, parseSize } from './args.ts';
 import { defineCommand } from './command.ts';
 import { demo } from './demo.ts';
@@ -194,6 +194,7 @@ export const serveCommand = defineCommand({
       },
     };
     checkServeOptions(opts);
+    if (opts.tls !== undefined) checkTlsSettings(opts.tls);
     return opts;
   },
   run: serve,

@@ -77,8 +77,8 @@ function readPsk(path: string): Map<string, Buffer> {
   return parsePskFile(text, path);
 }
 
-/** Check the TLS options and read the keys; undefined when TLS is off. */
-export function loadServerTls(s: TlsSettings): ServerTls | undefined {
+/** The combination of TLS options, as written (a usage error: BAD_ARGUMENT). Pure. */
+export function checkTlsSettings(s: TlsSettings): void {
   if (s.mode === 'off') {
     if (s.certificates !== undefined || s.psk !== undefined || s.verifyPeer === true) {
       throw new NbdsnapError(
@@ -86,15 +86,24 @@ export function loadServerTls(s: TlsSettings): ServerTls | undefined {
         '--tls-certificates, --tls-psk and --tls-verify-peer need --tls=on or require',
       );
     }
-    return undefined;
+    return;
   }
+  if (s.psk !== undefined && s.verifyPeer === true) {
+    throw new NbdsnapError(
+      'BAD_ARGUMENT',
+      '--tls-verify-peer is for certificates: a PSK already authenticates the client',
+    );
+  }
+  if (s.psk === undefined && s.certificates === undefined) {
+    throw new NbdsnapError('BAD_ARGUMENT', `--tls=${s.mode} needs --tls-certificates=DIR or --tls-psk=FILE`);
+  }
+}
+
+/** Check the TLS options and read the keys (a file fault is BAD_CONFIG); undefined when TLS is off. */
+export function loadServerTls(s: TlsSettings): ServerTls | undefined {
+  checkTlsSettings(s);
+  if (s.mode === 'off') return undefined;
   if (s.psk !== undefined) {
-    if (s.verifyPeer === true) {
-      throw new NbdsnapError(
-        'BAD_ARGUMENT',
-        '--tls-verify-peer is for certificates: a PSK already authenticates the client',
-      );
-    }
     const path = s.psk;
     readPsk(path); // refuse a bad file at start
     const pskCallback = (_socket: TLSSocket, identity: string): Buffer | null => {
@@ -108,10 +117,7 @@ export function loadServerTls(s: TlsSettings): ServerTls | undefined {
     // OpenSSL's TLS 1.2 PSK suites would need the cipher list opened to plain PSK.
     return { mode: s.mode, kind: 'psk', options: { minVersion: 'TLSv1.3', pskCallback } };
   }
-  if (s.certificates === undefined) {
-    throw new NbdsnapError('BAD_ARGUMENT', `--tls=${s.mode} needs --tls-certificates=DIR or --tls-psk=FILE`);
-  }
-  const dir = s.certificates;
+  const dir = s.certificates as string; // checkTlsSettings: PSK or certificates
   const cert = readPem(dir, 'server-cert.pem', 'the server certificate');
   const key = readPem(dir, 'server-key.pem', 'the server key');
   const verifyPeer = s.verifyPeer === true;

@@ -347,22 +347,25 @@ describe.skipIf(!haveTools)('NBD over TLS', () => {
   });
 
   describe('configuration faults', () => {
-    const refusedStart = async (args: string[], want: RegExp) => {
+    const refusedStart = async (args: string[], want: RegExp, status: number) => {
       const r = await nbdsnapCli(['serve', 'm=memory:1M', '-p', '1', ...args]);
-      expect(r.code).not.toBe(0);
       expect(r.stderr).toMatch(want);
+      expect(r.code, r.stderr).toBe(status);
     };
-    it('refuses TLS without credentials, a missing directory, a bad PSK file', async () => {
-      await refusedStart(['--tls=require'], /needs --tls-certificates=DIR or --tls-psk=FILE/);
+    it('refuses TLS without credentials (usage, 2), a missing directory or a bad PSK file (1)', async () => {
+      await refusedStart(['--tls=require'], /needs --tls-certificates=DIR or --tls-psk=FILE/, 2);
+      await refusedStart([`--tls-certificates=${fx.serverDir}`], /need --tls=on or require/, 2);
+      await refusedStart(['--tls=on', '--tls-verify-peer', `--tls-psk=${fx.pskFile}`], /a PSK already/, 2);
       await refusedStart(
         ['--tls=on', `--tls-certificates=${join(dir.path, 'nope')}`],
-        /cannot read the server certificate/,
+        /cannot read the server cert/,
+        1,
       );
       await refusedStart(
         ['--tls=on', `--tls-psk=${join(fx.serverDir, 'server-cert.pem')}`],
-        /not an identity:hexkey line/,
+        /not an identity:hexkey/,
+        1,
       );
-      await refusedStart([`--tls-certificates=${fx.serverDir}`], /need --tls=on or require/);
     });
 
     it('warns in one line when a non-loopback address is served without TLS', async () => {
