@@ -1,13 +1,17 @@
 # shellcheck shell=bash
 # bench-tls.sh: sourced by scripts/bench.sh. The tls section (issue 12): nbdcopy read (to null:)
 # and write (from the random source file) of the whole image over TLS, nbdsnap
-# `--tls=require --tls-certificates=DIR` against `nbdkit --tls=require --tls-certificates=DIR
-# file`, the same image and the same certificates (made here with certtool), both servers up for
-# the whole section, alternating (the order flips every repetition). Target: nbdsnap >= 0.8x.
+# `--tls-certificates=DIR` against `nbdkit --tls-certificates=DIR file`, the same image and the
+# same certificates (made here with certtool), both servers up for the whole section, in turn
+# (the order flips every repetition). Target: nbdsnap >= 0.8x of nbdkit over TLS.
+# Both servers run --tls=on, so the same copies also run in plaintext (BENCH_TLS_PLAIN=1): what
+# TLS itself costs each server. Each copy also records the server's CPU seconds.
 #
 #   BENCH_TLS_REPEAT=3   repetitions of each copy per server (median reported)
+#   BENCH_TLS_PLAIN=1    also the plaintext copies (0: TLS only)
 
 TLS_REPEAT=${BENCH_TLS_REPEAT:-3}
+TLS_PLAIN=${BENCH_TLS_PLAIN:-1}
 
 tls_creds() {  # dir: ca-cert.pem, server-cert.pem, server-key.pem in DIR/server; ca-cert.pem in DIR/client
   local d=$1
@@ -26,41 +30,58 @@ tls_creds() {  # dir: ca-cert.pem, server-cert.pem, server-key.pem in DIR/server
 
 start_nbdkit_tls() {  # port certdir
   nbdkit -f --exit-with-parent -P "$WORK/nbdkit-tls.pid" -i 127.0.0.1 -p "$1" \
-    --tls=require --tls-certificates="$2" file "file=$IMG" >"$WORK/nbdkit-tls.log" 2>&1 &
+    --tls=on --tls-certificates="$2" file "file=$IMG" >"$WORK/nbdkit-tls.log" 2>&1 &
   PID[nbdkit-tls]=$!
   wait_pidfile nbdkit-tls "$WORK/nbdkit-tls.pid" "${PID[nbdkit-tls]}"
   PID[nbdkit-tls]=$(cat "$WORK/nbdkit-tls.pid")
 }
 
+tls_copy() {  # metric server pid src dst: MiB/s and the server's CPU seconds of one nbdcopy
+  local c0
+  CUR_SERVER=$2 CUR_WL=$1
+  log "tls: rep $CUR_REP/$TLS_REPEAT  $1  $2"
+  c0=$(cpu_seconds "$3")
+  record "$1" "$(timed_nbdcopy "$4" "$5")" MiB/s hi "$([[ $1 == tls_* ]] && echo 'ratio>=0.8' || echo -)"
+  record "cpu_s:$1" "$(awk -v a="$c0" -v b="$(cpu_seconds "$3")" 'BEGIN { printf "%.2f\n", b - a }')" s lo -
+  case $1 in *write*) sync -f "$IMG" 2>/dev/null || sync ;; esac
+}
+
 section_tls() {
-  local ports creds rep s order q
+  local ports creds rep s order q kinds k u
   command -v certtool >/dev/null || { log "tls: certtool not found (apt-get install gnutls-bin)"; return 1; }
   creds=$WORK/tls
   tls_creds "$creds" || { log "tls: certtool failed"; return 1; }
   q="tls-certificates=$creds/client"
   read -r -a ports <<<"$(free_ports 2)"
-  start_nbdsnap_as nbdsnap-tls "${ports[0]}" "$EXPORT=$IMG" --tls=require --tls-certificates="$creds/server"
+  start_nbdsnap_as nbdsnap-tls "${ports[0]}" "$EXPORT=$IMG" --tls=on --tls-certificates="$creds/server"
   start_nbdkit_tls "${ports[1]}" "$creds/server"
   declare -A TURI=(
     [nbdsnap]="nbds://127.0.0.1:${ports[0]}/$EXPORT?$q"
     [nbdkit]="nbds://127.0.0.1:${ports[1]}/?$q"
+  ) PURI=(
+    [nbdsnap]="nbd://127.0.0.1:${ports[0]}/$EXPORT"
+    [nbdkit]="nbd://127.0.0.1:${ports[1]}/"
+  ) SPID=(
+    [nbdsnap]=${PID[nbdsnap-tls]}
+    [nbdkit]=${PID[nbdkit-tls]}
   )
   for s in nbdsnap nbdkit; do
     log "tls: $s ${TURI[$s]} size $(nbdinfo --size "${TURI[$s]}")"
   done
+  kinds=tls
+  [ "$TLS_PLAIN" = 1 ] && kinds="tls plain"
   order=(nbdsnap nbdkit)
   for rep in $(seq 1 "$TLS_REPEAT"); do
     CUR_REP=$rep
-    for s in "${order[@]}"; do
-      CUR_SERVER=$s CUR_WL=nbdcopy_read
-      log "tls: rep $rep/$TLS_REPEAT  nbdcopy read  $s"
-      record tls_nbdcopy_read "$(timed_nbdcopy "${TURI[$s]}" null:)" MiB/s hi 'ratio>=0.8'
-    done
-    for s in "${order[@]}"; do
-      CUR_SERVER=$s CUR_WL=nbdcopy_write
-      log "tls: rep $rep/$TLS_REPEAT  nbdcopy write  $s"
-      record tls_nbdcopy_write "$(timed_nbdcopy "$SRC" "${TURI[$s]}")" MiB/s hi 'ratio>=0.8'
-      sync -f "$IMG" 2>/dev/null || sync
+    for k in $kinds; do
+      for s in "${order[@]}"; do
+        if [ "$k" = tls ]; then u=${TURI[$s]}; else u=${PURI[$s]}; fi
+        tls_copy "${k}_nbdcopy_read" "$s" "${SPID[$s]}" "$u" null:
+      done
+      for s in "${order[@]}"; do
+        if [ "$k" = tls ]; then u=${TURI[$s]}; else u=${PURI[$s]}; fi
+        tls_copy "${k}_nbdcopy_write" "$s" "${SPID[$s]}" "$SRC" "$u"
+      done
     done
     order=($(printf '%s\n' "${order[@]}" | tac))
   done
@@ -73,4 +94,10 @@ section_tls() {
 ratios_tls() {
   ratio "tls: nbdcopy read over TLS, nbdsnap / nbdkit" tls/nbdsnap/tls_nbdcopy_read tls/nbdkit/tls_nbdcopy_read 'ratio>=0.8'
   ratio "tls: nbdcopy write over TLS, nbdsnap / nbdkit" tls/nbdsnap/tls_nbdcopy_write tls/nbdkit/tls_nbdcopy_write 'ratio>=0.8'
+  if [ "$TLS_PLAIN" = 1 ]; then
+    ratio "tls: nbdsnap read, TLS / plaintext" tls/nbdsnap/tls_nbdcopy_read tls/nbdsnap/plain_nbdcopy_read -
+    ratio "tls: nbdkit read, TLS / plaintext" tls/nbdkit/tls_nbdcopy_read tls/nbdkit/plain_nbdcopy_read -
+    ratio "tls: nbdsnap write, TLS / plaintext" tls/nbdsnap/tls_nbdcopy_write tls/nbdsnap/plain_nbdcopy_write -
+    ratio "tls: nbdkit write, TLS / plaintext" tls/nbdkit/tls_nbdcopy_write tls/nbdkit/plain_nbdcopy_write -
+  fi
 }
