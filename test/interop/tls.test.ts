@@ -332,7 +332,7 @@ describe.skipIf(!haveTools)('NBD over TLS', () => {
         const src = `nbds://127.0.0.1:${srv.port}/disk@s1?tls-certificates=${fx.clientDir}`;
         ok(await nbdsnapCli(['backup', src, file]), 'backup over nbds://');
         const target = `nbds://127.0.0.1:${srv.port}/target?tls-certificates=${fx.clientDir}`;
-        ok(await nbdsnapCli(['restore', file, target]), 'restore over nbds://');
+        ok(await nbdsnapCli(['restore', file, target, '--journal', join(work, 'undo')]), 'restore over nbds://');
         const back = join(work, 'restored.img');
         ok(await run('nbdcopy', [target, back]), 'nbdcopy the restored export');
         expect(sha256(back)).toBe(sha256(CONTENT));
