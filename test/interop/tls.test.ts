@@ -80,6 +80,11 @@ describe.skipIf(!haveTools)('NBD over TLS', () => {
       expect(out).toContain(`export-size: ${SIZE}`);
       const byName = `nbds://localhost:${srv.port}/disk?tls-certificates=${fx.clientDir}`;
       expect(ok(await run('nbdinfo', ['--size', byName]), 'nbdinfo localhost').trim()).toBe(String(SIZE));
+      // Over TLS the list, names and descriptions are served.
+      const list = ok(await run('nbdinfo', ['--list', uri('')]), 'nbdinfo --list over TLS');
+      expect(list).toContain('export="disk"');
+      expect(list).toContain('export="scratch"');
+      expect(list).toContain(DESCRIPTION);
     });
 
     it('nbdcopy copies out and in over TLS, byte for byte', async () => {
