@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../../src/client/nbd-client.ts';
 import { Option, Reply } from '../../src/nbd-protocol/index.ts';
-import { hasTool, MiB, ok, pattern, type RunResult, run, sha256, stopQuietly } from '../helpers/clients.ts';
+import { hasTool, MiB, nbdsh, ok, pattern, type RunResult, run, sha256, stopQuietly } from '../helpers/clients.ts';
 import { RawClient } from '../helpers/raw-client.ts';
 import { CLI, type RunningServer, startServer, tempDir } from '../helpers/server.ts';
 import { makeTlsFixture, type TlsFixture } from '../helpers/tls.ts';
@@ -290,6 +290,31 @@ describe.skipIf(!haveTools)('NBD over TLS', () => {
       await raw.closed;
       await expect(c.read(0, 4096)).rejects.toThrow();
       expect(srv.stderr()).toContain('"msg":"stopped"');
+    });
+  });
+
+  describe('socket activation', () => {
+    it.skipIf(!hasTool('nbdsh'))('serves TLS on a socket passed by LISTEN_FDS (libnbd starts the server)', async () => {
+      const argv = [
+        process.execPath,
+        CLI,
+        'serve',
+        `disk=${image}`,
+        '-r',
+        '--tls=require',
+        `--tls-certificates=${fx.serverDir}`,
+      ];
+      const out = await nbdsh(
+        `h.set_tls(nbd.TLS_REQUIRE)
+h.set_tls_certificates(${JSON.stringify(fx.clientDir)})
+h.set_export_name('disk')
+h.connect_systemd_socket_activation(${JSON.stringify(argv)})
+out['tls'] = h.get_tls_negotiated()
+out['size'] = h.get_size()
+out['head'] = h.pread(16, 0).hex()
+h.shutdown()`,
+      );
+      expect(out).toEqual({ tls: true, size: SIZE, head: CONTENT.subarray(0, 16).toString('hex') });
     });
   });
 
