@@ -50,10 +50,19 @@ function read(path: string, what: string): Buffer {
   }
 }
 
+/** libnbd's default PSK identity: the login name. */
+function loginName(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return process.env.USER ?? process.env.LOGNAME ?? ''; // no passwd entry (a container)
+  }
+}
+
 /** Node's options for the handshake; `host` is undefined over a Unix socket. */
 export function clientTlsOptions(tls: ClientTls, host: string | undefined): ConnectionOptions {
   if (tls.pskFile !== undefined) {
-    const identity = tls.username ?? userInfo().username;
+    const identity = tls.username ?? loginName();
     const keys = parsePskFile(read(tls.pskFile, 'the PSK file').toString('utf8'), tls.pskFile);
     const psk = keys.get(identity);
     if (psk === undefined) {

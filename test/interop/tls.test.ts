@@ -318,6 +318,21 @@ h.shutdown()`,
     });
   });
 
+  describe('--tls=off', () => {
+    it('refuses STARTTLS (ERR_POLICY): an nbds:// client stops, it never falls back to plaintext', async () => {
+      const srv = await startServer([`disk=${image}`, '-r']);
+      try {
+        const u = `nbds://127.0.0.1:${srv.port}/disk?tls-certificates=${fx.clientDir}`;
+        expect(refused(await run('nbdinfo', [u], { timeoutMs: 30_000 }), 'nbdinfo nbds:// to plaintext')).toMatch(
+          /nbd_connect_uri|starttls|TLS/i,
+        );
+        await expect(NbdClient.open(u)).rejects.toThrow(/refused TLS \(STARTTLS\): TLS is not enabled/);
+      } finally {
+        await stopQuietly(srv);
+      }
+    });
+  });
+
   describe('--tls=on', () => {
     it('serves plaintext and TLS clients side by side', async () => {
       const srv = await startServer([`disk=${image}`, '-r', '--tls=on', `--tls-certificates=${fx.serverDir}`]);
