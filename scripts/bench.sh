@@ -17,6 +17,9 @@
 #   scale     (scripts/bench-scale.sh) a 15 TiB sparse origin, 6 snapshots, 20,000 scattered first
 #             writes: `nbdinfo --map` of snapshots vs the origin, journal growth over snapshot
 #             create/write/delete cycles, peak RSS; restart and heap per copy at 1,000,000 copies.
+#   tls       (scripts/bench-tls.sh) nbdcopy read and write over TLS (certificates), vs
+#             `nbdkit --tls=require file` on the same image. Not in the default list: run it with
+#             BENCH_SECTIONS=tls (needs certtool, from gnutls-bin).
 #
 # Medians of the repetitions are reported (and as JSON when BENCH_JSON is set).
 #
@@ -346,6 +349,8 @@ section_io() {
 . "$ROOT/scripts/bench-backup.sh"
 # shellcheck source=scripts/bench-scale.sh
 . "$ROOT/scripts/bench-scale.sh"
+# shellcheck source=scripts/bench-tls.sh
+. "$ROOT/scripts/bench-tls.sh"
 
 # ------------------------------------------------------------------ main
 for wl in $WORKLOADS; do declare -F "wl_$wl" >/dev/null || die "unknown workload $wl"; done

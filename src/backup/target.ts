@@ -55,7 +55,7 @@ export interface TargetInfo {
   size: number;
 }
 
-export const isNbdUri = (spec: string): boolean => /^nbd(\+unix)?:\/\//.test(spec);
+export const isNbdUri = (spec: string): boolean => /^nbds?(\+unix)?:\/\//.test(spec);
 
 /** What the target is and how big, without changing it. */
 export async function probeTarget(spec: string): Promise<TargetInfo> {

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import type { Argv, Options } from 'yargs';
 import { NbdsnapError } from '../errors.ts';
 import { errorText, LOG_LEVELS, type LogLevel } from '../log.ts';
+import { checkTlsSettings, TLS_MODES, type TlsMode } from '../server/tls.ts';
 import { checkServeOptions, type ImageSpec, parsePort, parseSize } from './args.ts';
 import { defineCommand } from './command.ts';
 import { demo } from './demo.ts';
@@ -45,6 +46,10 @@ export const SERVE_OPTIONS: Record<string, OptionSpec> = {
   'low-space': { kind: 'number', default: 10, describe: 'low-space event below this % free' },
   fork: { kind: 'boolean', default: false, describe: 'run in the background once serving (after --pid-file)' },
   'exit-with-parent': { kind: 'boolean', default: false, describe: 'stop when the process that started it exits' },
+  tls: { kind: 'choice', choices: TLS_MODES, default: 'off', describe: 'STARTTLS: off, on (optional), require' },
+  'tls-certificates': { kind: 'string', describe: 'DIR with ca-cert.pem, server-cert.pem, server-key.pem' },
+  'tls-verify-peer': { kind: 'boolean', default: false, describe: 'require client certificates signed by the CA' },
+  'tls-psk': { kind: 'string', describe: "pre-shared keys FILE (psktool's identity:hexkey lines)" },
 };
 
 function yargsOption(spec: OptionSpec): Options {
@@ -205,6 +210,12 @@ export const serveCommand = defineCommand({
       readOnly: a['read-only'] === true,
       pidFile: optString(a['pid-file']),
       logLevel: a['log-level'] as LogLevel,
+      tls: {
+        mode: a.tls as TlsMode,
+        certificates: optString(a['tls-certificates']),
+        verifyPeer: a['tls-verify-peer'] === true,
+        psk: optString(a['tls-psk']),
+      },
     };
     const specs = checkServeOptions(opts);
     if (opts.fork && opts.exitWithParent) {
@@ -231,6 +242,7 @@ export const serveCommand = defineCommand({
       }
       opts.descriptions = { [(specs[0] as ImageSpec).name]: String(a.description) };
     }
+    if (opts.tls !== undefined) checkTlsSettings(opts.tls);
     return opts;
   },
   run: serve,

@@ -13,6 +13,7 @@ import { ControlServer } from '../control/server.ts';
 import { Logger, type LogLevel } from '../log.ts';
 import { ExportRegistry } from '../server/exports.ts';
 import { type ListenSpec, NbdServer, socketActivationFds } from '../server/server.ts';
+import { loadServerTls, plaintextWarning, type TlsSettings } from '../server/tls.ts';
 import { SnapshotManager } from '../snapshot/manager.ts';
 import { StoreSpace } from '../store/space.ts';
 import { checkServeOptions, type ImageSpec, parsePort } from './args.ts';
@@ -44,6 +45,8 @@ export interface ServeOptions {
   lowSpacePercent?: number | undefined;
   /** Change-tracking block size in bytes; 0 turns tracking off (default 64 KiB). */
   cbtBlockSize?: number | undefined;
+  /** --tls, --tls-certificates, --tls-verify-peer, --tls-psk (default off). */
+  tls?: TlsSettings | undefined;
   /** Run once the server is up (the demo takes its snapshot here); may print more lines. */
   afterStart?: (manager: SnapshotManager) => Promise<string[]>;
 }
@@ -53,6 +56,10 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const log = new Logger(opts.logLevel);
   const specs = checkServeOptions(opts);
   if (opts.pidFile !== undefined) checkPidFile(opts.pidFile);
+  const tls = loadServerTls(opts.tls ?? { mode: 'off' });
+  const tcp = opts.port !== undefined || opts.socket === undefined;
+  const exposed = tcp ? plaintextWarning(opts.bind, tls?.mode ?? 'off') : undefined;
+  if (exposed !== undefined) log.warn(exposed);
   const storeRanges = (opts.store ?? []).map((s) => StoreSpace.resolve(s));
   // The same storage under two names (a loop device over the origin, a partition of a store
   // disk) is refused before anything is opened; each open then claims what it uses.
@@ -87,7 +94,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const control = opts.control === undefined ? undefined : new ControlServer(manager, log);
   if (control !== undefined) await control.listen(opts.control as string);
 
-  const server = new NbdServer(registry, log);
+  const server = new NbdServer(registry, log, tls);
   // A refused listener (a live server's -k socket, a port in use) leaves no control socket behind.
   const where = await server.listen(listenSpecs(opts)).catch(async (err: unknown) => {
     await control?.close();
@@ -143,20 +150,20 @@ function listenSpecs(opts: ServeOptions): ListenSpec[] {
 /** The lines printed on start: one URI per export, and the client commands to try. */
 export function connectHelp(where: string[], registry: ExportRegistry): string[] {
   const lines: string[] = [];
-  const tcp = where.find((w) => w.startsWith('nbd://'));
+  const tcp = where.find((w) => /^nbds?:\/\//.test(w));
   for (const entry of registry.list()) {
     for (const w of where) {
-      if (w.startsWith('nbd://')) lines.push(`nbdsnap: export "${entry.name}" at ${w}${uriName(entry.name)}`);
-      else if (w.startsWith('nbd+unix'))
+      if (/^nbds?:\/\//.test(w)) lines.push(`nbdsnap: export "${entry.name}" at ${w}${uriName(entry.name)}`);
+      else if (/^nbds?\+unix/.test(w))
         lines.push(`nbdsnap: export "${entry.name}" at ${w.replace('/?', `/${uriName(entry.name)}?`)}`);
     }
   }
   const first = registry.list()[0];
   if (tcp !== undefined && first !== undefined) {
     const uri = `${tcp}${uriName(first.name)}`;
-    const m = /^nbd:\/\/(.*):(\d+)\/$/.exec(tcp);
-    lines.push(`nbdsnap: try: nbdinfo ${uri}`);
-    lines.push(`nbdsnap: try: qemu-img info -f raw ${uri}`);
+    const m = /^nbd:\/\/(.*):(\d+)\/$/.exec(tcp); // under TLS, qemu and nbd-client need credential flags
+    lines.push(`nbdsnap: try: nbdinfo ${uri}${m === null ? '?tls-certificates=DIR' : ''}`);
+    if (m !== null) lines.push(`nbdsnap: try: qemu-img info -f raw ${uri}`);
     if (m !== null)
       lines.push(`nbdsnap: try: nbd-client ${m[1]} ${m[2]} /dev/nbd0 -N ${first.name}   (after modprobe nbd)`);
   }

@@ -2,7 +2,8 @@
  * nbdsnap's own NBD client, on top of the protocol package: fixed-newstyle handshake (structured
  * replies, metadata contexts, NBD_OPT_GO with block sizes), then pipelined requests matched to
  * their replies by cookie. Used by `nbdsnap backup` to read snapshots over NBD (so it works
- * against a remote server), and by tests to send requests ordinary clients do not.
+ * against a remote server), and by tests to send requests ordinary clients do not. nbds:// and
+ * nbds+unix:// URIs (libnbd's conventions, see tls.ts) make it STARTTLS before anything else.
  */
 import { connect, type Socket } from 'node:net';
 import { NbdsnapError } from '../errors.ts';
@@ -21,6 +22,7 @@ import {
   type ServerMessage,
   serialize,
 } from '../nbd-protocol/index.ts';
+import { type ClientTls, clientTlsOptions, startClientTls, tlsErrorText, tlsFromUri } from './tls.ts';
 
 export type Endpoint = { host: string; port: number } | { path: string };
 
@@ -35,6 +37,8 @@ export interface ConnectOptions {
    * the server lists end up in `listedContexts`. An empty array lists every context.
    */
   listMetaContexts?: string[];
+  /** STARTTLS first, and refuse to go on without TLS (what nbds:// asks for). */
+  tls?: ClientTls;
 }
 
 interface Pending {
@@ -48,19 +52,34 @@ interface Pending {
   reject: (e: unknown) => void;
 }
 
-/** Parse nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH. */
-export function parseNbdUri(uri: string): { endpoint: Endpoint; exportName: string } {
-  const u = new URL(uri);
-  const exportName = decodeURIComponent(u.pathname.replace(/^\//, ''));
-  if (u.protocol === 'nbd:')
-    return { endpoint: { host: u.hostname || '127.0.0.1', port: Number(u.port || 10809) }, exportName };
-  if (u.protocol === 'nbd+unix:') {
-    const path = u.searchParams.get('socket');
-    if (path !== null) return { endpoint: { path }, exportName };
+/**
+ * Parse nbd[s]://[USER@]HOST[:PORT]/EXPORT or nbd[s]+unix:///EXPORT?socket=PATH; the nbds forms
+ * carry TLS settings in the query (tls-certificates, tls-psk-file, tls-username).
+ */
+export function parseNbdUri(uri: string): { endpoint: Endpoint; exportName: string; tls?: ClientTls } {
+  let u: URL | undefined;
+  try {
+    u = new URL(uri);
+  } catch {
+    u = undefined;
+  }
+  if (u !== undefined) {
+    const exportName = decodeURIComponent(u.pathname.replace(/^\//, ''));
+    const secure = u.protocol === 'nbds:' || u.protocol === 'nbds+unix:';
+    const tls = secure ? { tls: tlsFromUri(u) } : {};
+    if (u.protocol === 'nbd:' || u.protocol === 'nbds:') {
+      // URL keeps an IPv6 literal's brackets, which connect() does not take.
+      const host = u.hostname.replace(/^\[(.*)\]$/, '$1') || '127.0.0.1';
+      return { endpoint: { host, port: Number(u.port || 10809) }, exportName, ...tls };
+    }
+    if (u.protocol === 'nbd+unix:' || u.protocol === 'nbds+unix:') {
+      const path = u.searchParams.get('socket');
+      if (path !== null) return { endpoint: { path }, exportName, ...tls };
+    }
   }
   throw new NbdsnapError(
     'BAD_ARGUMENT',
-    `not an NBD URI: ${uri} (nbd://HOST:PORT/EXPORT or nbd+unix:///EXPORT?socket=PATH)`,
+    `not an NBD URI: ${uri} (nbd[s]://HOST:PORT/EXPORT or nbd[s]+unix:///EXPORT?socket=PATH)`,
   );
 }
 
@@ -72,12 +91,13 @@ export class NbdClient {
   readonly contexts = new Map<number, string>();
   /** Context names the server listed for `listMetaContexts` (empty if not asked or refused). */
   readonly listedContexts: string[] = [];
-  private readonly socket: Socket;
+  /** The connection: the plain socket, then the TLSSocket over it after STARTTLS. */
+  private socket: Socket;
   private readonly pending = new Map<bigint, Pending>();
   private readonly parser: ClientParser;
   private nextCookie = 1n;
   private failure: Error | undefined;
-  private handshakeWaiter: ((m: ServerMessage) => void) | undefined;
+  private handshakeWaiter: { resolve: (m: ServerMessage) => void; reject: (e: Error) => void } | undefined;
   private queued: ServerMessage[] = [];
 
   private constructor(socket: Socket) {
@@ -88,11 +108,24 @@ export class NbdClient {
         return p?.type === Command.READ ? p.length : undefined;
       },
     });
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', (err) =>
-      this.fail(new NbdsnapError('EIO', `connection to the server lost: ${err.message}`, { cause: err })),
-    );
-    socket.on('close', () => this.fail(new NbdsnapError('EIO', 'connection closed by the server')));
+    this.attach(socket);
+  }
+
+  private readonly onDataBound = (chunk: Buffer) => this.onData(chunk);
+  private readonly onErrorBound = (err: Error) =>
+    this.fail(new NbdsnapError('EIO', `connection to the server lost: ${tlsErrorText(err)}`, { cause: err }));
+  private readonly onCloseBound = () => this.fail(new NbdsnapError('EIO', 'connection closed by the server'));
+
+  private attach(socket: Socket): void {
+    socket.on('data', this.onDataBound);
+    socket.on('error', this.onErrorBound);
+    socket.on('close', this.onCloseBound);
+  }
+
+  private detach(socket: Socket): void {
+    socket.off('data', this.onDataBound);
+    socket.off('error', this.onErrorBound);
+    socket.off('close', this.onCloseBound);
   }
 
   static async connect(endpoint: Endpoint, opts: ConnectOptions = {}): Promise<NbdClient> {
@@ -104,17 +137,18 @@ export class NbdClient {
     });
     const client = new NbdClient(socket);
     try {
-      await client.handshake(opts);
+      await client.handshake(opts, 'host' in endpoint ? endpoint.host : undefined);
     } catch (err) {
-      socket.destroy(); // a failed handshake must not leave the socket (and the process) alive
+      client.socket.destroy(); // a failed handshake must not leave the socket (and the process) alive
+      socket.destroy();
       throw err;
     }
     return client;
   }
 
   static async open(uri: string, opts: Omit<ConnectOptions, 'exportName'> = {}): Promise<NbdClient> {
-    const { endpoint, exportName } = parseNbdUri(uri);
-    return NbdClient.connect(endpoint, { ...opts, exportName });
+    const { endpoint, exportName, tls } = parseNbdUri(uri);
+    return NbdClient.connect(endpoint, { ...opts, exportName, ...(tls === undefined ? {} : { tls }) });
   }
 
   /**
@@ -145,7 +179,7 @@ export class NbdClient {
     if (this.handshakeWaiter !== undefined) {
       const w = this.handshakeWaiter;
       this.handshakeWaiter = undefined;
-      w(m);
+      w.resolve(m);
     } else this.queued.push(m);
   }
 
@@ -153,8 +187,8 @@ export class NbdClient {
     const q = this.queued.shift();
     if (q !== undefined) return Promise.resolve(q);
     if (this.failure !== undefined) return Promise.reject(this.failure);
-    return new Promise((resolve) => {
-      this.handshakeWaiter = resolve;
+    return new Promise((resolve, reject) => {
+      this.handshakeWaiter = { resolve, reject };
     });
   }
 
@@ -172,13 +206,29 @@ export class NbdClient {
     }
   }
 
-  private async handshake(opts: ConnectOptions): Promise<void> {
+  /** STARTTLS, then the TLS handshake on the same socket; every later option goes over TLS. */
+  private async startTls(tls: ClientTls, host: string | undefined): Promise<void> {
+    const options = clientTlsOptions(tls, host); // a missing key file fails before anything is sent
+    const r = await this.option(Option.STARTTLS, serialize.option(Option.STARTTLS));
+    const last = r[r.length - 1];
+    if (last?.reply !== 'ACK') {
+      const why = last?.reply === 'ERROR' ? last.message || `error 0x${last.type.toString(16)}` : 'no reply';
+      throw new NbdsnapError('EIO', `the server refused TLS (STARTTLS): ${why}`);
+    }
+    const plain = this.socket;
+    this.detach(plain);
+    this.socket = await startClientTls(plain, options);
+    this.attach(this.socket);
+  }
+
+  private async handshake(opts: ConnectOptions, host: string | undefined): Promise<void> {
     const g = await this.nextMessage();
     if (g.kind !== 'greeting' || (g.handshakeFlags & HandshakeFlag.FIXED_NEWSTYLE) === 0) {
       throw new NbdsnapError('EIO', 'server does not speak fixed newstyle NBD');
     }
     const noZeroes = (g.handshakeFlags & HandshakeFlag.NO_ZEROES) !== 0;
     this.socket.write(serialize.clientFlags(ClientFlag.FIXED_NEWSTYLE | (noZeroes ? ClientFlag.NO_ZEROES : 0)));
+    if (opts.tls !== undefined) await this.startTls(opts.tls, host);
     const name = opts.exportName ?? '';
     if (opts.structured !== false) {
       const r = await this.option(Option.STRUCTURED_REPLY, serialize.option(Option.STRUCTURED_REPLY));
@@ -223,6 +273,8 @@ export class NbdClient {
     this.failure ??= err;
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
+    // A connection lost during the handshake (a TLS alert, a server hanging up) ends it too.
+    this.handshakeWaiter?.reject(err);
     this.handshakeWaiter = undefined;
   }
 

@@ -24,6 +24,7 @@ import {
 } from '../nbd-protocol/index.ts';
 import type { ExportRegistry } from './exports.ts';
 import { Negotiator, type Session } from './handshake.ts';
+import { type ServerTls, startServerTls } from './tls.ts';
 import { Transmission } from './transmission.ts';
 import { MAX_IO } from './validate.ts';
 
@@ -33,8 +34,12 @@ const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 
 export class Connection {
   readonly id: number;
-  private readonly socket: Socket;
+  /** The client's socket: the accepted one, then the TLSSocket over it once STARTTLS is done. */
+  private socket: Socket;
   private readonly log: Logger;
+  private readonly tls: ServerTls | undefined;
+  /** Between the STARTTLS ACK and the end of the TLS handshake: nothing is read or written. */
+  private upgrading = false;
   private readonly parser = new ServerParser({ maxPayload: MAX_IO, allocate: pool.take });
   private readonly negotiator: Negotiator;
   private transmission: Transmission | undefined;
@@ -48,20 +53,29 @@ export class Connection {
   private idle: (() => void) | undefined;
   readonly closed: Promise<void>;
 
-  constructor(id: number, socket: Socket, registry: ExportRegistry, log: Logger) {
+  constructor(id: number, socket: Socket, registry: ExportRegistry, log: Logger, tls?: ServerTls) {
     this.id = id;
     this.socket = socket;
     this.log = log;
-    this.negotiator = new Negotiator(registry, () => this.shuttingDown);
+    this.tls = tls;
+    this.negotiator = new Negotiator(registry, () => this.shuttingDown, tls?.mode ?? 'off');
+    // The accepted socket closes last, also under TLS (the TLSSocket's close closes it).
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => this.updateFlow());
-    socket.on('error', (err) => this.log.debug('socket error', { err: err.message }));
+    this.attach(socket);
     socket.once('close', () => {
       this.closing = true;
       this.log.info('disconnected', { export: this.session?.entry.name });
     });
     socket.write(serialize.greeting(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES));
+  }
+
+  private readonly onDataBound = (chunk: Buffer) => this.onData(chunk);
+  private readonly onDrainBound = () => this.updateFlow();
+
+  private attach(socket: Socket): void {
+    socket.on('data', this.onDataBound);
+    socket.on('drain', this.onDrainBound);
+    socket.on('error', (err) => this.log.debug('socket error', { err: err.message }));
   }
 
   /** The export this connection is attached to, once transmission started. */
@@ -72,6 +86,10 @@ export class Connection {
   /** Graceful stop: refuse new work, finish what is in flight, flush, then hard-disconnect. */
   async shutdown(): Promise<void> {
     this.shuttingDown = true;
+    if (this.upgrading) {
+      this.destroy(); // mid TLS handshake: nothing negotiated, nothing to flush
+      return this.closed;
+    }
     if (this.session !== undefined) {
       await this.drain();
       try {
@@ -112,8 +130,12 @@ export class Connection {
           }
         } else if (msg.kind === 'option') {
           const step = this.negotiator.handle(msg);
-          this.writeReply(step.replies);
           const out = step.outcome;
+          if (out.next === 'starttls') {
+            this.startTls(step.replies);
+            return;
+          }
+          this.writeReply(step.replies);
           if (out.next === 'close') {
             this.finish(out.reason);
             return;
@@ -127,6 +149,56 @@ export class Connection {
       if (!(err instanceof NbdProtocolError)) throw err;
       this.abandon(err.message);
     }
+  }
+
+  /**
+   * STARTTLS was accepted: the ACK goes out in plaintext, then the TLS handshake runs on the same
+   * socket, and option haggling resumes over TLS with the negotiated state reset. A failed
+   * handshake (wrong CA, no client certificate, unknown PSK identity) ends this connection only.
+   */
+  private startTls(ack: Buffer[]): void {
+    const tls = this.tls;
+    if (tls === undefined) throw new Error('STARTTLS accepted without TLS settings');
+    if (this.parser.buffered > 0) {
+      this.abandon('data sent after STARTTLS before its reply');
+      return;
+    }
+    const plain = this.socket;
+    this.upgrading = true;
+    plain.pause();
+    plain.off('data', this.onDataBound);
+    plain.off('drain', this.onDrainBound);
+    if (this.corked) {
+      this.corked = false;
+      plain.uncork();
+    }
+    plain.write(Buffer.concat(ack), (err) => {
+      if (err != null || this.closing) return;
+      startServerTls(plain, tls).then(
+        (secure) => {
+          this.upgrading = false;
+          if (this.closing) {
+            secure.destroy();
+            return;
+          }
+          this.socket = secure;
+          this.attach(secure);
+          this.negotiator.tlsStarted();
+          this.log.debug('TLS established', {
+            protocol: secure.getProtocol(),
+            cipher: secure.getCipher().name,
+            ...(tls.kind === 'psk' ? {} : { peerCertificate: secure.getPeerCertificate().subject?.CN }),
+          });
+          this.readPaused = false;
+          this.pump();
+        },
+        (err: unknown) => {
+          this.upgrading = false;
+          this.closing = true;
+          this.log.warn('TLS handshake failed', { err: errorMessage(err) });
+        },
+      );
+    });
   }
 
   private begin(session: Session): void {

@@ -6,6 +6,10 @@
  *
  * Every unknown or unsupported option gets NBD_REP_ERR_UNSUP with its data consumed (the parser
  * already framed it); malformed data gets NBD_REP_ERR_INVALID; the client may then try again.
+ *
+ * TLS: under `--tls=require` every option before STARTTLS but ABORT is NBD_REP_ERR_TLS_REQD (and
+ * EXPORT_NAME a close); an accepted STARTTLS is the outcome `starttls`, after which connection.ts
+ * runs the TLS handshake and calls `tlsStarted()`. See README.md.
  */
 import {
   ClientFlag,
@@ -25,6 +29,9 @@ import { listContexts, selectContexts, wellFormedQuery } from './meta-contexts.t
 /** Advertised in NBD_INFO_BLOCK_SIZE: any alignment, 4 KiB preferred, 32 MiB payloads. */
 export const BLOCK_SIZES = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 } as const;
 
+/** The server's TLS mode: off (STARTTLS refused), on (optional), require (nothing before it). */
+export type TlsPolicy = 'off' | 'on' | 'require';
+
 /** What transmission needs from the handshake. */
 export interface Session {
   readonly entry: ExportEntry;
@@ -36,6 +43,8 @@ export interface Session {
 
 export type Outcome =
   | { next: 'continue' }
+  /** STARTTLS accepted: write the ACK, then the TLS handshake; options continue over TLS. */
+  | { next: 'starttls' }
   | { next: 'close'; reason: string }
   | { next: 'transmission'; session: Session };
 
@@ -49,20 +58,35 @@ const CONTINUE: Outcome = { next: 'continue' };
 export class Negotiator {
   private readonly registry: ExportRegistry;
   private readonly isShuttingDown: () => boolean;
+  private readonly tls: TlsPolicy;
+  private tlsActive = false;
   private noZeroes = false;
   private structured = false;
   /** The last SET_META_CONTEXT: for which export, and what it selected. */
   private selection: { exportName: string; contexts: MetaContextSource[] } | undefined;
 
-  constructor(registry: ExportRegistry, isShuttingDown: () => boolean = () => false) {
+  constructor(registry: ExportRegistry, isShuttingDown: () => boolean = () => false, tls: TlsPolicy = 'off') {
     this.registry = registry;
     this.isShuttingDown = isShuttingDown;
+    this.tls = tls;
+  }
+
+  /**
+   * The TLS handshake after a STARTTLS succeeded: what was negotiated in plaintext is forgotten
+   * (the spec's MUST), and options continue over TLS.
+   */
+  tlsStarted(): void {
+    this.tlsActive = true;
+    this.structured = false;
+    this.selection = undefined;
   }
 
   /** The client's flags; returns an error text if they must end the session. */
   clientFlags(flags: number): string | undefined {
     const known = ClientFlag.FIXED_NEWSTYLE | ClientFlag.NO_ZEROES;
     if ((flags & ~known) !== 0) return `client flags 0x${flags.toString(16)} have unknown bits`;
+    // Without fixed newstyle a client cannot STARTTLS (nor be told it must).
+    if (this.tls === 'require' && (flags & ClientFlag.FIXED_NEWSTYLE) === 0) return 'TLS is required';
     this.noZeroes = (flags & ClientFlag.NO_ZEROES) !== 0;
     return undefined;
   }
@@ -72,6 +96,11 @@ export class Negotiator {
     if (this.isShuttingDown() && code !== Option.ABORT) {
       if (code === Option.EXPORT_NAME) return close('server is shutting down');
       return one(serialize.optionError(code, Reply.ERR_SHUTDOWN, 'server is shutting down'));
+    }
+    if (this.tls === 'require' && !this.tlsActive && code !== Option.STARTTLS && code !== Option.ABORT) {
+      // Nothing but the refusal in plaintext: no names, no list, not even a parse error.
+      if (code === Option.EXPORT_NAME) return close('EXPORT_NAME before STARTTLS: TLS is required');
+      return one(serialize.optionError(code, Reply.ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS'));
     }
     let opt: ParsedOption;
     try {
@@ -95,7 +124,11 @@ export class Negotiator {
           outcome: CONTINUE,
         };
       case 'STARTTLS':
-        return one(serialize.optionError(code, Reply.ERR_POLICY, 'TLS is not supported by this server'));
+        if (this.tls === 'off') {
+          return one(serialize.optionError(code, Reply.ERR_POLICY, 'TLS is not enabled on this server'));
+        }
+        if (this.tlsActive) return one(serialize.optionError(code, Reply.ERR_INVALID, 'TLS is already active'));
+        return { replies: [serialize.ack(code)], outcome: { next: 'starttls' } };
       case 'STRUCTURED_REPLY':
         if (this.structured) {
           return one(serialize.optionError(code, Reply.ERR_INVALID, 'structured replies already negotiated'));

@@ -8,6 +8,7 @@ import { NbdsnapError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { Connection } from './connection.ts';
 import type { ExportRegistry } from './exports.ts';
+import type { ServerTls } from './tls.ts';
 import { takeSocketPath } from './unix-socket.ts';
 
 export type ListenSpec = { tcp: { host: string; port: number } } | { unix: string } | { fd: number };
@@ -30,15 +31,22 @@ export class NbdServer {
   private readonly connections = new Set<Connection>();
   private nextId = 1;
   private stopping: Promise<void> | undefined;
+  /** STARTTLS on every listener (TCP, Unix socket, socket activation) when set. */
+  private readonly tls: ServerTls | undefined;
 
-  constructor(registry: ExportRegistry, log: Logger) {
+  constructor(registry: ExportRegistry, log: Logger, tls?: ServerTls) {
     this.registry = registry;
     this.log = log;
+    this.tls = tls;
   }
 
-  /** Start listening; resolves with a URI-ish description of each listener once all accept. */
+  /**
+   * Start listening; resolves with a URI-ish description of each listener once all accept
+   * (nbds:// and nbds+unix:// when TLS is on).
+   */
   async listen(specs: ListenSpec[]): Promise<string[]> {
     const where: string[] = [];
+    const scheme = this.tls === undefined ? 'nbd' : 'nbds';
     for (const spec of specs) {
       const server = createServer((socket) => this.accept(socket));
       if ('unix' in spec) await takeSocketPath(spec.unix, 'the NBD socket');
@@ -55,9 +63,9 @@ export class NbdServer {
       const addr = server.address();
       if ('tcp' in spec && addr !== null && typeof addr === 'object') {
         const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-        where.push(`nbd://${host}:${addr.port}/`);
+        where.push(`${scheme}://${host}:${addr.port}/`);
       } else if ('unix' in spec) {
-        where.push(`nbd+unix:///?socket=${spec.unix}`);
+        where.push(`${scheme}+unix:///?socket=${spec.unix}`);
       } else {
         where.push(`fd ${'fd' in spec ? spec.fd : '?'}`);
       }
@@ -79,7 +87,7 @@ export class NbdServer {
     const peer = socket.remoteAddress === undefined ? 'unix' : `${socket.remoteAddress}:${socket.remotePort}`;
     const log = this.log.child({ conn: id, peer });
     log.info('connected');
-    const conn = new Connection(id, socket, this.registry, log);
+    const conn = new Connection(id, socket, this.registry, log, this.tls);
     this.connections.add(conn);
     void conn.closed.then(() => this.connections.delete(conn));
   }
