@@ -15,7 +15,8 @@ import type { CbtTracker } from './tracker.ts';
 
 /**
  * The tracking state, part of the snapshot catalog: only the records given to `RecordSink`
- * change it (CBT_GEN starts a tracker, CBT marks blocks, SNAPSHOT adds a point).
+ * change it (CBT_GEN starts a tracker, CBT marks blocks, SNAPSHOT adds a point, FORGET removes
+ * a deleted snapshot's point and the eras only it needed).
  */
 export interface CbtState {
   /** Trackers by device id. */
@@ -116,7 +117,7 @@ export class CbtControl {
     if (seq === undefined)
       throw new NbdsnapError(
         'NOT_FOUND',
-        `no snapshot ${device}@${name} in change-tracking generation ${this.tracker(d).generation} (unknown, or taken before tracking was reset): take a full backup`,
+        `no change-tracking point ${device}@${name} in generation ${this.tracker(d).generation} (no such snapshot, a deleted one whose point was forgotten (--cbt-keep-deleted, cbt forget), or one taken before tracking was reset): take a full backup`,
       );
     return seq;
   }

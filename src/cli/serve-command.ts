@@ -37,6 +37,11 @@ export const SERVE_OPTIONS: Record<string, OptionSpec> = {
   transient: { kind: 'boolean', default: false, describe: 'keep snapshot maps in memory only (gone at exit)' },
   control: { kind: 'string', describe: 'control socket path (created mode 0600)' },
   'cbt-block-size': { kind: 'size', default: '64K', describe: 'change-tracking block; 0 turns tracking off' },
+  'cbt-keep-deleted': {
+    kind: 'number',
+    default: 1,
+    describe: 'points of deleted snapshots kept per device for backup --since (newest first)',
+  },
   'low-space': { kind: 'number', default: 10, describe: 'low-space event below this % free' },
 };
 
@@ -173,6 +178,7 @@ export const serveCommand = defineCommand({
       control: optString(a.control),
       lowSpacePercent: a['low-space'] as number,
       cbtBlockSize: parseSize(String(a['cbt-block-size']), 'cbt block size'),
+      cbtKeepDeleted: a['cbt-keep-deleted'] as number,
       exportName: optString(a['export-name']),
       description: optString(a.description),
       port: a.port === undefined ? undefined : parsePort(a.port),

@@ -35,6 +35,8 @@ export interface ServeOptions {
   lowSpacePercent?: number | undefined;
   /** Change-tracking block size in bytes; 0 turns tracking off (default 64 KiB). */
   cbtBlockSize?: number | undefined;
+  /** Points of deleted snapshots kept per device for `--since` (default 1). */
+  cbtKeepDeleted?: number | undefined;
   /** Run once the server is up (the demo takes its snapshot here); may print more lines. */
   afterStart?: (manager: SnapshotManager) => Promise<string[]>;
 }
@@ -67,6 +69,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     lowSpacePercent: opts.lowSpacePercent ?? 10,
     readOnlyOrigins: opts.readOnly,
     cbtBlockSize: opts.cbtBlockSize ?? 64 * 1024,
+    cbtKeepDeleted: opts.cbtKeepDeleted,
   });
   await manager.start();
   const control = opts.control === undefined ? undefined : new ControlServer(manager, log);
