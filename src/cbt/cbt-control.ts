@@ -155,7 +155,11 @@ export class CbtControl {
     return { generation: tracker.generation, blockSize: tracker.blockSize };
   }
 
-  /** `qemu:dirty-bitmap:FROM` for every earlier snapshot point FROM of the device, on export TO. */
+  /**
+   * `qemu:dirty-bitmap:FROM` for every earlier snapshot point FROM of the device, on export TO.
+   * A connection keeps the contexts it negotiated: once FROM is forgotten (its eras dropped or
+   * merged), its block status answers EIO rather than a bitmap the eras no longer hold.
+   */
   dirtyContexts(device: string, toSeq: number): MetaContextSource[] {
     const d = this.devices.get(device);
     if (d === undefined) return [];
@@ -163,8 +167,11 @@ export class CbtControl {
       .filter(([, seq]) => seq < toSeq)
       .map(([name, seq]) => ({
         name: `${QEMU_DIRTY_BITMAP_PREFIX}${name}`,
-        extents: async (offset: number, length: number) =>
-          dirtyExtents(this.tracker(d), seq, toSeq, d.size, offset, length),
+        extents: async (offset: number, length: number) => {
+          if (this.marks(d).get(name) !== seq)
+            throw new NbdsnapError('EIO', `change-tracking point ${device}@${name} was forgotten: take a full backup`);
+          return dirtyExtents(this.tracker(d), seq, toSeq, d.size, offset, length);
+        },
       }));
   }
 }

@@ -3,9 +3,9 @@
  * snapshots are taken and deleted with writes in between (the first block, the short last block,
  * a writable snapshot's own writes); after each step every query between the points kept answers
  * exactly as a model says, through `nbdinfo --map=qemu:dirty-bitmap:FROM` on snapshot exports
- * and through `cbt.changed`; a forgotten point is refused by name (control, CLI and backup), as
- * is forgetting a snapshot that exists or an unknown point; and all of it survives a clean stop
- * and a SIGKILL.
+ * and through `cbt.changed`; a forgotten point is refused by name (control, CLI and backup, and
+ * the block status of a connection that negotiated its bitmap before), as is forgetting a
+ * snapshot that exists or an unknown point; and all of it survives a clean stop and a SIGKILL.
  */
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -177,9 +177,14 @@ describe.skipIf(!haveNbdinfo)('forgetting change-tracking points (--cbt-keep-del
       's4',
     ]);
     await check();
+    // a connection that negotiated s2's bitmap before s2 was forgotten
+    const held = await rig.open('disk@s4', ['qemu:dirty-bitmap:s2']);
+    expect((await held.blockStatus(0, SIZE)).get('qemu:dirty-bitmap:s2')?.length).toBeGreaterThan(0);
     await remove('s3', ['s2']);
     await check();
     await refused('s2', 's4');
+    // its block status now fails, never answering from the merged eras
+    await expect(held.blockStatus(0, SIZE)).rejects.toThrow(/EIO: change-tracking point disk@s2 was forgotten/);
   });
 
   it('refuses a forgotten point in nbdsnap cbt and backup --since, naming it', async () => {
