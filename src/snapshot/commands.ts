@@ -1,8 +1,9 @@
 /**
  * The control commands that change snapshots and the store, run one at a time (`Serial`): take
- * a snapshot (one device or a consistency group), delete one, start or schedule a merge, append a
- * store range. Each builds its records and hands them to the recorder (commit, apply, act on the
- * effects); none changes the catalog itself.
+ * a snapshot (one device or a consistency group), delete one (with the FORGET records of the
+ * change-tracking points now beyond `--cbt-keep-deleted`, in the same batch), forget a point,
+ * start or schedule a merge, append a store range. Each builds its records and hands them to the
+ * recorder (commit, apply, act on the effects); none changes the catalog itself.
  *
  * Taking a snapshot: hold new writes on every member, drain the writes in flight, flush the
  * origins (so what the snapshot shows is on disk), record the snapshot durably, release.
