@@ -121,7 +121,6 @@ describe('listings and sizes', () => {
       ['merge', 'status'],
       ['cbt', 'disk@a'],
       ['cbt', 'disk@a', 'disk@b'],
-      ['cbt', 'points', 'disk'],
     ];
     const outputs = await Promise.all(commands.map((c) => rig.cli(c)));
     for (const [i, r] of outputs.entries()) {
