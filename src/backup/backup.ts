@@ -124,7 +124,8 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
         throw new NbdsnapError(
           'NOT_FOUND',
           `the server tracks no changes from ${device}@${base?.name} to ${device}@${snapshot} ` +
-            `(no ${dirtyName}); FROM must be an earlier snapshot of ${device}, else take a full backup`,
+            `(no ${dirtyName}); FROM must be an earlier snapshot of ${device}, or a deleted one whose point the ` +
+            `server still keeps (nbdsnap cbt points ${device}), else take a full backup`,
         );
       throw err;
     }

@@ -15,7 +15,8 @@ import type { CbtTracker } from './tracker.ts';
 
 /**
  * The tracking state, part of the snapshot catalog: only the records given to `RecordSink`
- * change it (CBT_GEN starts a tracker, CBT marks blocks, SNAPSHOT adds a point).
+ * change it (CBT_GEN starts a tracker, CBT marks blocks, SNAPSHOT adds a point, FORGET removes
+ * a deleted snapshot's point and the eras only it needed).
  */
 export interface CbtState {
   /** Trackers by device id. */
@@ -116,7 +117,7 @@ export class CbtControl {
     if (seq === undefined)
       throw new NbdsnapError(
         'NOT_FOUND',
-        `no snapshot ${device}@${name} in change-tracking generation ${this.tracker(d).generation} (unknown, or taken before tracking was reset): take a full backup`,
+        `no change-tracking point ${device}@${name} in generation ${this.tracker(d).generation} (no such snapshot, a deleted one whose point was forgotten (--cbt-keep-deleted, cbt forget), or one taken before tracking was reset): take a full backup`,
       );
     return seq;
   }
@@ -154,7 +155,11 @@ export class CbtControl {
     return { generation: tracker.generation, blockSize: tracker.blockSize };
   }
 
-  /** `qemu:dirty-bitmap:FROM` for every earlier snapshot point FROM of the device, on export TO. */
+  /**
+   * `qemu:dirty-bitmap:FROM` for every earlier snapshot point FROM of the device, on export TO.
+   * A connection keeps the contexts it negotiated: once FROM is forgotten (its eras dropped or
+   * merged), its block status answers EIO rather than a bitmap the eras no longer hold.
+   */
   dirtyContexts(device: string, toSeq: number): MetaContextSource[] {
     const d = this.devices.get(device);
     if (d === undefined) return [];
@@ -162,8 +167,11 @@ export class CbtControl {
       .filter(([, seq]) => seq < toSeq)
       .map(([name, seq]) => ({
         name: `${QEMU_DIRTY_BITMAP_PREFIX}${name}`,
-        extents: async (offset: number, length: number) =>
-          dirtyExtents(this.tracker(d), seq, toSeq, d.size, offset, length),
+        extents: async (offset: number, length: number) => {
+          if (this.marks(d).get(name) !== seq)
+            throw new NbdsnapError('EIO', `change-tracking point ${device}@${name} was forgotten: take a full backup`);
+          return dirtyExtents(this.tracker(d), seq, toSeq, d.size, offset, length);
+        },
       }));
   }
 }

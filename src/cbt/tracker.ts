@@ -16,6 +16,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { Bitset } from './bitset.ts';
+import { compactEras } from './compact.ts';
 import { type BlockRuns, type BlockSet, RunSet, unionOf } from './runs.ts';
 
 /**
@@ -94,6 +95,15 @@ export class CbtTracker {
     const sets: BlockSet[] = [];
     for (const [era, runs] of this.eras) if (era > from && era <= to) sets.push(runs);
     return unionOf(sets, first, Math.min(first + count, this.blockCount));
+  }
+
+  /**
+   * After a snapshot point was forgotten: drop the eras no query between the remaining `points`
+   * (seqs) can ask for, and merge those between two adjacent points (compact.ts). `nextSeq`: the
+   * era of a write made now.
+   */
+  forget(points: readonly number[], nextSeq: number): void {
+    compactEras(this.eras, points, nextSeq, this.blockCount, BLOCKS_PER_RUN_BEFORE_DENSE);
   }
 
   /** Eras kept as runs and as bit sets, and the bytes of their storage: for measurements. */

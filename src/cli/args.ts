@@ -86,5 +86,10 @@ export function checkServeOptions(opts: ServeOptions): ImageSpec[] {
   }
   if (opts.port !== undefined) parsePort(opts.port);
   if (opts.lowSpacePercent !== undefined) parsePercent(opts.lowSpacePercent, '--low-space');
+  const keep = opts.cbtKeepDeleted;
+  if (keep !== undefined && (typeof keep !== 'number' || !Number.isSafeInteger(keep) || keep < 0)) {
+    const given = typeof keep === 'number' && Number.isNaN(keep) ? '' : ` ${String(keep)}`;
+    throw new NbdsnapError('BAD_ARGUMENT', `--cbt-keep-deleted${given} must be a whole number, 0 or more`);
+  }
   return specs;
 }

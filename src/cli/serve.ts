@@ -47,6 +47,8 @@ export interface ServeOptions {
   cbtBlockSize?: number | undefined;
   /** --tls, --tls-certificates, --tls-verify-peer, --tls-psk (default off). */
   tls?: TlsSettings | undefined;
+  /** Points of deleted snapshots kept per device for `--since` (default 1). */
+  cbtKeepDeleted?: number | undefined;
   /** Run once the server is up (the demo takes its snapshot here); may print more lines. */
   afterStart?: (manager: SnapshotManager) => Promise<string[]>;
 }
@@ -89,6 +91,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     lowSpacePercent: opts.lowSpacePercent ?? 10,
     readOnlyOrigins: opts.readOnly,
     cbtBlockSize: opts.cbtBlockSize ?? 64 * 1024,
+    cbtKeepDeleted: opts.cbtKeepDeleted,
   });
   await manager.start();
   const control = opts.control === undefined ? undefined : new ControlServer(manager, log);

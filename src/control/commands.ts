@@ -60,6 +60,8 @@ export function commandTable(manager: SnapshotManager): Map<string, Command> {
   add('cbt.markDirty', ['device', 'offset', 'length'], async (a) =>
     manager.markDirty(name(a.device, 'device'), count(a.offset, 'offset', 0), count(a.length, 'length', 1)),
   );
+  add('cbt.points', ['device'], async (a) => manager.cbtPoints(name(a.device, 'device')));
+  add('cbt.forget', ['device', 'name'], async (a) => manager.cbtForget(name(a.device, 'device'), name(a.name, 'name')));
   add('events', [], async (_a, ctx) => {
     const off = manager.events.subscribe((event) => ctx.emit(event));
     try {

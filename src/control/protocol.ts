@@ -25,6 +25,8 @@ export interface Commands {
   'merge.status': Record<string, never>;
   'cbt.changed': { device: string; from: string; to?: string };
   'cbt.markDirty': { device: string; offset: number; length: number };
+  'cbt.points': { device: string };
+  'cbt.forget': { device: string; name: string };
 }
 
 export type CommandName = keyof Commands;

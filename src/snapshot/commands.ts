@@ -1,15 +1,18 @@
 /**
  * The control commands that change snapshots and the store, run one at a time (`Serial`): take
- * a snapshot (one device or a consistency group), delete one, start or schedule a merge, append a
- * store range. Each builds its records and hands them to the recorder (commit, apply, act on the
- * effects); none changes the catalog itself.
+ * a snapshot (one device or a consistency group), delete one (with the FORGET records of the
+ * change-tracking points now beyond `--cbt-keep-deleted`, in the same batch), forget a point,
+ * start or schedule a merge, append a store range. Each builds its records and hands them to the
+ * recorder (commit, apply, act on the effects); none changes the catalog itself.
  *
  * Taking a snapshot: hold new writes on every member, drain the writes in flight, flush the
  * origins (so what the snapshot shows is on disk), record the snapshot durably, release.
  * Constant time whatever the device size.
  */
 import { type OriginUse, refuseAliases } from '../block/ownership.ts';
+import { beyondKeep, type PointInfo, pointList } from '../cbt/keep.ts';
 import { NbdsnapError } from '../errors.ts';
+import type { JournalRecord } from '../store/records.ts';
 import type { StoreRange } from '../store/space.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { Catalog } from './catalog.ts';
@@ -33,6 +36,8 @@ export interface CommandParts {
   serial: Serial;
   /** The served devices' images: a store range appended on the same storage is refused. */
   origins: OriginUse[];
+  /** Points of deleted snapshots kept per device for `--since` (`--cbt-keep-deleted`). */
+  keepDeleted: number;
 }
 
 const SNAPSHOT_NAME = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
@@ -109,8 +114,46 @@ export class Commands {
       const snap = this.find(device, name);
       if (snap.state === 'merging') throw new NbdsnapError('BUSY', `snapshot ${device}@${name} is merging`);
       requireStore(this.parts.store);
-      await this.parts.recorder.record([{ type: 'DELETE', snapshot: snap.id }]);
+      // The points now beyond --cbt-keep-deleted are forgotten in the same batch.
+      const records: JournalRecord[] = [{ type: 'DELETE', snapshot: snap.id }];
+      const { id } = snap.origin;
+      const marks = this.parts.catalog.bookmarks.get(id);
+      if (marks !== undefined) {
+        const live = this.liveNames(device);
+        live.delete(name);
+        for (const point of beyondKeep(marks, live, this.parts.keepDeleted))
+          records.push({ type: 'FORGET', device: id, name: point });
+      }
+      await this.parts.recorder.record(records);
       this.parts.events.emit({ type: 'snapshot-deleted', snapshot: exportName(snap) });
+    });
+  }
+
+  private liveNames(device: string): Set<string> {
+    return new Set(this.stack(device).state.snapshots.map((s) => s.name));
+  }
+
+  /** The change-tracking points of a device, oldest first: its snapshots and the deleted ones kept. */
+  points(device: string): PointInfo[] {
+    const marks = this.parts.catalog.bookmarks.get(this.stack(device).state.id) ?? new Map<string, number>();
+    return pointList(marks, this.liveNames(device));
+  }
+
+  /** `cbt forget DEVICE NAME`: forget the point of a deleted snapshot (`--since NAME` is refused after). */
+  forgetPoint(device: string, name: string): Promise<void> {
+    return this.parts.serial.run(async () => {
+      const { id } = this.stack(device).state;
+      if (this.liveNames(device).has(name))
+        throw new NbdsnapError(
+          'EXISTS',
+          `${device}@${name} is a snapshot that exists: its point is kept while it does (delete the snapshot first)`,
+        );
+      if (this.parts.catalog.bookmarks.get(id)?.has(name) !== true)
+        throw new NbdsnapError(
+          'NOT_FOUND',
+          `no change-tracking point ${device}@${name} (see nbdsnap cbt points ${device})`,
+        );
+      await this.parts.recorder.record([{ type: 'FORGET', device: id, name }]);
     });
   }
 

@@ -41,6 +41,8 @@ export interface ManagerOptions {
   readOnlyOrigins: boolean;
   /** Change-tracking block size; 0 turns tracking off. */
   cbtBlockSize: number;
+  /** Points of deleted snapshots kept per device for `--since` (default 1). */
+  cbtKeepDeleted?: number | undefined;
 }
 
 /** The parts `start()` sets up. */
@@ -162,6 +164,7 @@ export class SnapshotManager {
       lowSpace,
       serial,
       origins,
+      keepDeleted: opts.cbtKeepDeleted ?? 1,
     });
     this.running = { store, catalog, stacks, cbt, merges, commands, damage };
     await merges.resume(served);
@@ -202,6 +205,16 @@ export class SnapshotManager {
 
   appendStore(range: StoreRange): Promise<void> {
     return this.parts.commands.appendStore(range);
+  }
+
+  /** `cbt points`: a device's change-tracking points, oldest first. */
+  cbtPoints(device: string) {
+    return this.parts.commands.points(device);
+  }
+
+  /** `cbt forget`: forget the point of a deleted snapshot. */
+  cbtForget(device: string, name: string): Promise<void> {
+    return this.parts.commands.forgetPoint(device, name);
   }
 
   /** `cbt mark-dirty`: record a range as changed now, as a write would. */

@@ -103,6 +103,9 @@ export function apply(cat: Catalog, rec: JournalRecord): Effects {
     case 'CBT':
       cat.trackers.get(rec.device)?.mark(rec.era, rec.block, rec.count);
       break;
+    case 'FORGET':
+      forgetPoint(cat, rec.device, rec.name);
+      break;
     default:
       // COMMIT closes a batch; other records do not concern the catalog.
       break;
@@ -146,6 +149,22 @@ function takeSnapshots(cat: Catalog, rec: Extract<JournalRecord, { type: 'SNAPSH
     cat.nextSeq = Math.max(cat.nextSeq, m.seq + 1);
     fx.created.push(snap);
   });
+}
+
+/**
+ * FORGET: the point leaves the bookmarks, then the tracker drops and merges the eras that no
+ * remaining point (a bookmark, or a snapshot that still exists) can ask for. The point of a
+ * snapshot that still exists is kept (the command refuses it): its export asks for eras up to
+ * its seq. A CBT record applied on either side of a FORGET gives the same answers to every query
+ * between remaining points (only which era holds a mark may differ).
+ */
+function forgetPoint(cat: Catalog, device: number, name: string): void {
+  const marks = cat.bookmarks.get(device);
+  const live = cat.origins.get(device)?.snapshots ?? [];
+  if (marks === undefined || !marks.has(name) || live.some((s) => s.name === name)) return;
+  marks.delete(name);
+  const points = [...marks.values(), ...live.map((s) => s.seq)];
+  cat.trackers.get(device)?.forget(points, cat.nextSeq);
 }
 
 /** DELETE (`reason` undefined) or INVALID: free what only this snapshot needed. */

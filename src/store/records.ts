@@ -32,6 +32,7 @@ export const RecordType = {
   CBT_GEN: 11,
   CLEAN: 12,
   LOST: 13,
+  FORGET: 16,
 } as const;
 
 export type JournalRecord =
@@ -53,6 +54,11 @@ export type JournalRecord =
   | { type: 'MERGED'; snapshot: number; chunk: number; count: number }
   /** Blocks [block, block+count) of a device were first written in `era`. */
   | { type: 'CBT'; device: number; era: number; block: number; count: number }
+  /**
+   * The snapshot point `name` of a device (a deleted snapshot's) is forgotten: `--since name` is
+   * refused from now on, and the eras no remaining point needs are dropped or merged.
+   */
+  | { type: 'FORGET'; device: number; name: string }
   /** Change tracking of a device (re)started: block size and a new generation id. */
   | { type: 'CBT_GEN'; device: number; blockSize: number; generation: string }
   /**
@@ -164,6 +170,8 @@ function encodePayload(rec: JournalRecord): Buffer {
     }
     case 'CBT_GEN':
       return Buffer.concat([u32s(rec.device, rec.blockSize), Buffer.from(rec.generation, 'utf8')]);
+    case 'FORGET':
+      return Buffer.concat([u32s(rec.device), Buffer.from(rec.name, 'utf8')]);
     case 'COMMIT': {
       const b = Buffer.alloc(16);
       b.writeBigUInt64LE(BigInt(rec.firstSeq), 0);
@@ -253,6 +261,8 @@ function decodePayload(type: keyof typeof RecordType, p: Buffer): JournalRecord 
         blockSize: p.readUInt32LE(4),
         generation: p.subarray(8).toString('utf8'),
       };
+    case 'FORGET':
+      return { type, device: p.readUInt32LE(0), name: p.subarray(4).toString('utf8') };
     case 'COMMIT':
       return { type, firstSeq: Number(p.readBigUInt64LE(0)), count: p.readUInt32LE(8), chain: p.readUInt32LE(12) };
     case 'CLEAN':

@@ -5,7 +5,7 @@
  * never as `undefined` or `NaN`.
  */
 import { describe, expect, it } from 'vitest';
-import { cbtHuman } from '../../src/cli/cbt-command.ts';
+import { cbtHuman, pointsHuman } from '../../src/cli/cbt-command.ts';
 import {
   mergeLine,
   type SnapInfo,
@@ -86,5 +86,19 @@ describe('human listings', () => {
     });
     for (const l of lines) clean(l);
     expect(lines).toEqual(['# disk@a -> (origin now): 0 ranges, 0 bytes changed, block 65536, generation g1']);
+  });
+
+  it('cbt points: a table oldest first, or a line when there is none', () => {
+    const lines = pointsHuman('disk', [
+      { name: 'mon', seq: 3, snapshot: false },
+      { name: 'daily-2026-12-01', seq: 12, snapshot: true },
+    ]);
+    for (const l of lines) clean(l);
+    expect(lines).toEqual([
+      'NAME               POINT  KIND',
+      'mon                    3  deleted',
+      'daily-2026-12-01      12  snapshot',
+    ]);
+    expect(pointsHuman('disk', [])).toEqual(['# disk: no change-tracking points']);
   });
 });
