@@ -114,7 +114,7 @@ function checkHistogram(f: Family): void {
 }
 
 /** The value of one sample (labels must match exactly, `le` aside for _bucket), or undefined. */
-export function valueOf(
+export function sampleValue(
   families: Map<string, Family>,
   name: string,
   labels: Record<string, string> = {},

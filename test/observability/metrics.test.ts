@@ -11,7 +11,7 @@ import { NbdClient } from '../../src/client/nbd-client.ts';
 import { background, hasTool, MiB, nbdsh, ok, pattern, stopQuietly } from '../helpers/clients.ts';
 import { freshPort, type RunningServer, startServer, tempDir } from '../helpers/server.ts';
 import { makeImage, makeSparse, nbdsnap } from '../helpers/snapshots.ts';
-import { type Family, parseExposition, valueOf } from './exposition.ts';
+import { type Family, parseExposition, sampleValue } from './exposition.ts';
 
 const SIZE = 64 * MiB;
 const CHUNK = 64 * 1024;
@@ -28,8 +28,9 @@ describe.skipIf(!hasTool('nbdcopy') || !hasTool('nbdsh'))('metrics endpoint', ()
     expect(res.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
     return parseExposition(await res.text());
   };
-  const read = (f: Map<string, Family>) => valueOf(f, 'nbdsnap_read_bytes_total', { export: 'disk' });
-  const reads = (f: Map<string, Family>) => valueOf(f, 'nbdsnap_requests_total', { export: 'disk', command: 'read' });
+  const read = (f: Map<string, Family>) => sampleValue(f, 'nbdsnap_read_bytes_total', { export: 'disk' });
+  const reads = (f: Map<string, Family>) =>
+    sampleValue(f, 'nbdsnap_requests_total', { export: 'disk', command: 'read' });
 
   beforeAll(async () => {
     makeImage(join(dir.path, 'disk.img'), pattern(SIZE, 7));
@@ -55,14 +56,14 @@ describe.skipIf(!hasTool('nbdcopy') || !hasTool('nbdsh'))('metrics endpoint', ()
     const f = await scrape();
     expect(read(f)).toBe(0);
     expect(reads(f)).toBe(0);
-    expect(valueOf(f, 'nbdsnap_requests_in_flight', { export: 'disk' })).toBe(0);
-    expect(valueOf(f, 'nbdsnap_open_connections')).toBe(0);
-    expect(valueOf(f, 'nbdsnap_store_used_bytes')).toBe(0);
-    expect(valueOf(f, 'nbdsnap_store_size_bytes')).toBeGreaterThan(0);
-    expect(valueOf(f, 'nbdsnap_store_free_bytes')).toBeGreaterThan(0);
-    expect(valueOf(f, 'nbdsnap_store_journal_bytes')).toBeGreaterThan(0);
-    expect(valueOf(f, 'nbdsnap_store_failed')).toBe(0);
-    expect(valueOf(f, 'nbdsnap_scrub_running')).toBe(0);
+    expect(sampleValue(f, 'nbdsnap_requests_in_flight', { export: 'disk' })).toBe(0);
+    expect(sampleValue(f, 'nbdsnap_open_connections')).toBe(0);
+    expect(sampleValue(f, 'nbdsnap_store_used_bytes')).toBe(0);
+    expect(sampleValue(f, 'nbdsnap_store_size_bytes')).toBeGreaterThan(0);
+    expect(sampleValue(f, 'nbdsnap_store_free_bytes')).toBeGreaterThan(0);
+    expect(sampleValue(f, 'nbdsnap_store_journal_bytes')).toBeGreaterThan(0);
+    expect(sampleValue(f, 'nbdsnap_store_failed')).toBe(0);
+    expect(sampleValue(f, 'nbdsnap_scrub_running')).toBe(0);
     expect(f.get('nbdsnap_process_resident_memory_bytes')?.samples.length).toBe(1);
   });
 
@@ -72,11 +73,11 @@ describe.skipIf(!hasTool('nbdcopy') || !hasTool('nbdsh'))('metrics endpoint', ()
     try {
       for (let at = 0; at < 4 * MiB; at += MiB) await c.read(at, MiB);
       const mid = await scrape();
-      expect(valueOf(mid, 'nbdsnap_open_connections')).toBe(1);
+      expect(sampleValue(mid, 'nbdsnap_open_connections')).toBe(1);
       expect((read(mid) ?? 0) - (read(before) ?? 0)).toBe(4 * MiB);
       expect((reads(mid) ?? 0) - (reads(before) ?? 0)).toBe(4);
       const count = 'nbdsnap_request_duration_seconds_count';
-      expect(valueOf(mid, count, { export: 'disk', command: 'read' })).toBe(reads(mid));
+      expect(sampleValue(mid, count, { export: 'disk', command: 'read' })).toBe(reads(mid));
     } finally {
       await c.close();
     }
@@ -84,7 +85,7 @@ describe.skipIf(!hasTool('nbdcopy') || !hasTool('nbdsh'))('metrics endpoint', ()
 
   it('counts exactly what nbdcopy reads, scraped all along its run', async () => {
     const before = await scrape();
-    const accepted = valueOf(before, 'nbdsnap_accepted_connections_total') ?? 0;
+    const accepted = sampleValue(before, 'nbdsnap_accepted_connections_total') ?? 0;
     // One connection, no extents (every byte is read), 1 MiB requests: 64 READs of 1 MiB.
     const copy = background('nbdcopy', [
       '--no-extents',
@@ -113,26 +114,26 @@ describe.skipIf(!hasTool('nbdcopy') || !hasTool('nbdsh'))('metrics endpoint', ()
     const after = await scrape();
     expect((read(after) ?? 0) - (read(before) ?? 0)).toBe(SIZE);
     expect((reads(after) ?? 0) - (reads(before) ?? 0)).toBe(SIZE / MiB);
-    expect(valueOf(after, 'nbdsnap_accepted_connections_total')).toBe(accepted + 1);
-    expect(valueOf(after, 'nbdsnap_requests_in_flight', { export: 'disk' })).toBe(0);
-    expect(valueOf(after, 'nbdsnap_request_errors_total', { export: 'disk', errno: 'EIO' })).toBeUndefined();
+    expect(sampleValue(after, 'nbdsnap_accepted_connections_total')).toBe(accepted + 1);
+    expect(sampleValue(after, 'nbdsnap_requests_in_flight', { export: 'disk' })).toBe(0);
+    expect(sampleValue(after, 'nbdsnap_request_errors_total', { export: 'disk', errno: 'EIO' })).toBeUndefined();
   });
 
   it('counts one copy-on-write copy after the first write under a snapshot, none after the second', async () => {
     ok(await nbdsnap(['snapshot', 'create', 'disk', 'before', '--control', control]), 'snapshot create');
     const before = await scrape();
-    expect(valueOf(before, 'nbdsnap_cow_copies_total', { device: 'disk' })).toBeUndefined();
-    expect(valueOf(before, 'nbdsnap_snapshots', { device: 'disk', state: 'valid' })).toBe(1);
-    expect(valueOf(before, 'nbdsnap_events_total', { type: 'snapshot-created' })).toBe(1);
-    expect(valueOf(before, 'nbdsnap_read_bytes_total', { export: 'disk@before' })).toBe(0);
+    expect(sampleValue(before, 'nbdsnap_cow_copies_total', { device: 'disk' })).toBeUndefined();
+    expect(sampleValue(before, 'nbdsnap_snapshots', { device: 'disk', state: 'valid' })).toBe(1);
+    expect(sampleValue(before, 'nbdsnap_events_total', { type: 'snapshot-created' })).toBe(1);
+    expect(sampleValue(before, 'nbdsnap_read_bytes_total', { export: 'disk@before' })).toBe(0);
     // Two 4 KiB writes into the same 64 KiB chunk: the first copies it, the second finds it copied.
     await nbdsh(`h.pwrite(b'x' * 4096, 0)\nh.pwrite(b'y' * 4096, 8192)`, srv.uri('disk'));
     const after = await scrape();
-    expect(valueOf(after, 'nbdsnap_cow_copies_total', { device: 'disk' })).toBe(1);
-    expect(valueOf(after, 'nbdsnap_cow_copied_bytes_total', { device: 'disk' })).toBe(CHUNK);
-    expect(valueOf(after, 'nbdsnap_cow_copy_duration_seconds_count', { device: 'disk' })).toBe(1);
-    expect(valueOf(after, 'nbdsnap_store_used_bytes')).toBe(CHUNK);
-    const written = (f: Map<string, Family>) => valueOf(f, 'nbdsnap_written_bytes_total', { export: 'disk' }) ?? 0;
+    expect(sampleValue(after, 'nbdsnap_cow_copies_total', { device: 'disk' })).toBe(1);
+    expect(sampleValue(after, 'nbdsnap_cow_copied_bytes_total', { device: 'disk' })).toBe(CHUNK);
+    expect(sampleValue(after, 'nbdsnap_cow_copy_duration_seconds_count', { device: 'disk' })).toBe(1);
+    expect(sampleValue(after, 'nbdsnap_store_used_bytes')).toBe(CHUNK);
+    const written = (f: Map<string, Family>) => sampleValue(f, 'nbdsnap_written_bytes_total', { export: 'disk' }) ?? 0;
     expect(written(after) - written(before)).toBe(8192);
   });
 
@@ -144,19 +145,19 @@ describe.skipIf(!hasTool('nbdcopy') || !hasTool('nbdsh'))('metrics endpoint', ()
     );
     expect(out.w).toBe('EPERM');
     const f = await scrape();
-    expect(valueOf(f, 'nbdsnap_request_errors_total', { export: 'disk@before', errno: 'EPERM' })).toBe(1);
-    expect(valueOf(f, 'nbdsnap_requests_total', { export: 'disk@before', command: 'write' })).toBe(1);
-    expect(valueOf(f, 'nbdsnap_written_bytes_total', { export: 'disk@before' })).toBe(0);
+    expect(sampleValue(f, 'nbdsnap_request_errors_total', { export: 'disk@before', errno: 'EPERM' })).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_requests_total', { export: 'disk@before', command: 'write' })).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_written_bytes_total', { export: 'disk@before' })).toBe(0);
   });
 
   it('counts a scrub and its copies', async () => {
     ok(await nbdsnap(['store', 'scrub', '--control', control]), 'store scrub');
     const f = await scrape();
-    expect(valueOf(f, 'nbdsnap_scrubs_total')).toBe(1);
-    expect(valueOf(f, 'nbdsnap_scrub_running')).toBe(0);
-    expect(valueOf(f, 'nbdsnap_scrub_checked_copies')).toBe(1);
-    expect(valueOf(f, 'nbdsnap_scrub_copies')).toBe(1);
-    expect(valueOf(f, 'nbdsnap_scrub_damaged_copies')).toBe(0);
+    expect(sampleValue(f, 'nbdsnap_scrubs_total')).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_scrub_running')).toBe(0);
+    expect(sampleValue(f, 'nbdsnap_scrub_checked_copies')).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_scrub_copies')).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_scrub_damaged_copies')).toBe(0);
   });
 
   it('serves /metrics only', async () => {

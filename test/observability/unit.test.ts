@@ -9,7 +9,7 @@ import { parseMetricsAddress } from '../../src/metrics/endpoint.ts';
 import { defineFamilies, type Sources } from '../../src/metrics/families.ts';
 import { Buckets, CopyStats, ExportStats } from '../../src/metrics/stats.ts';
 import { Command, NbdError } from '../../src/nbd-protocol/index.ts';
-import { parseExposition, valueOf } from './exposition.ts';
+import { parseExposition, sampleValue } from './exposition.ts';
 
 describe('Buckets', () => {
   it('counts each observation in the first bucket whose bound holds it, bounds inclusive', () => {
@@ -85,37 +85,37 @@ describe('metric families', () => {
     const { sources, disk } = fakeSources();
     defineFamilies(registry, sources);
     const f = parseExposition(await registry.metrics());
-    expect(valueOf(f, 'nbdsnap_requests_total', { export: 'disk', command: 'read' })).toBe(1);
-    expect(valueOf(f, 'nbdsnap_requests_total', { export: 'disk', command: 'write' })).toBe(1);
-    expect(valueOf(f, 'nbdsnap_requests_total', { export: 'disk', command: 'disc' })).toBeUndefined();
-    expect(valueOf(f, 'nbdsnap_request_errors_total', { export: 'disk', errno: 'ENOSPC' })).toBe(1);
-    expect(valueOf(f, 'nbdsnap_read_bytes_total', { export: 'disk' })).toBe(65536);
-    expect(valueOf(f, 'nbdsnap_written_bytes_total', { export: 'disk' })).toBe(0);
-    expect(valueOf(f, 'nbdsnap_read_bytes_total', { export: 'disk@a "quoted"\\name' })).toBe(0);
-    expect(valueOf(f, 'nbdsnap_requests_in_flight', { export: 'disk' })).toBe(1);
-    expect(valueOf(f, 'nbdsnap_request_duration_seconds_count', { export: 'disk', command: 'read' })).toBe(1);
-    expect(valueOf(f, 'nbdsnap_open_connections')).toBe(2);
-    expect(valueOf(f, 'nbdsnap_accepted_connections_total')).toBe(7);
-    expect(valueOf(f, 'nbdsnap_cow_copies_total', { device: 'disk' })).toBe(3);
-    expect(valueOf(f, 'nbdsnap_cow_copied_bytes_total', { device: 'disk' })).toBe(3 * 65536);
-    expect(valueOf(f, 'nbdsnap_cow_copy_duration_seconds_bucket', { device: 'disk', le: '0.0025' })).toBe(1);
-    expect(valueOf(f, 'nbdsnap_cow_copy_duration_seconds_bucket', { device: 'disk', le: '0.001' })).toBe(0);
-    expect(valueOf(f, 'nbdsnap_store_used_bytes')).toBe(300);
-    expect(valueOf(f, 'nbdsnap_store_free_bytes')).toBe(600);
-    expect(valueOf(f, 'nbdsnap_store_journal_bytes')).toBe(100);
-    expect(valueOf(f, 'nbdsnap_store_size_bytes')).toBe(1000);
-    expect(valueOf(f, 'nbdsnap_snapshots', { device: 'disk', state: 'valid' })).toBe(2);
-    expect(valueOf(f, 'nbdsnap_merge_progress_ratio', { snapshot: 'disk@m' })).toBe(0.25);
-    expect(valueOf(f, 'nbdsnap_merge_state', { snapshot: 'disk@m', state: 'merging' })).toBe(1);
-    expect(valueOf(f, 'nbdsnap_scrub_progress_ratio')).toBe(0.25);
-    expect(valueOf(f, 'nbdsnap_scrubs_total')).toBe(2);
-    expect(valueOf(f, 'nbdsnap_events_total', { type: 'snapshot-created' })).toBe(5);
+    expect(sampleValue(f, 'nbdsnap_requests_total', { export: 'disk', command: 'read' })).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_requests_total', { export: 'disk', command: 'write' })).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_requests_total', { export: 'disk', command: 'disc' })).toBeUndefined();
+    expect(sampleValue(f, 'nbdsnap_request_errors_total', { export: 'disk', errno: 'ENOSPC' })).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_read_bytes_total', { export: 'disk' })).toBe(65536);
+    expect(sampleValue(f, 'nbdsnap_written_bytes_total', { export: 'disk' })).toBe(0);
+    expect(sampleValue(f, 'nbdsnap_read_bytes_total', { export: 'disk@a "quoted"\\name' })).toBe(0);
+    expect(sampleValue(f, 'nbdsnap_requests_in_flight', { export: 'disk' })).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_request_duration_seconds_count', { export: 'disk', command: 'read' })).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_open_connections')).toBe(2);
+    expect(sampleValue(f, 'nbdsnap_accepted_connections_total')).toBe(7);
+    expect(sampleValue(f, 'nbdsnap_cow_copies_total', { device: 'disk' })).toBe(3);
+    expect(sampleValue(f, 'nbdsnap_cow_copied_bytes_total', { device: 'disk' })).toBe(3 * 65536);
+    expect(sampleValue(f, 'nbdsnap_cow_copy_duration_seconds_bucket', { device: 'disk', le: '0.0025' })).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_cow_copy_duration_seconds_bucket', { device: 'disk', le: '0.001' })).toBe(0);
+    expect(sampleValue(f, 'nbdsnap_store_used_bytes')).toBe(300);
+    expect(sampleValue(f, 'nbdsnap_store_free_bytes')).toBe(600);
+    expect(sampleValue(f, 'nbdsnap_store_journal_bytes')).toBe(100);
+    expect(sampleValue(f, 'nbdsnap_store_size_bytes')).toBe(1000);
+    expect(sampleValue(f, 'nbdsnap_snapshots', { device: 'disk', state: 'valid' })).toBe(2);
+    expect(sampleValue(f, 'nbdsnap_merge_progress_ratio', { snapshot: 'disk@m' })).toBe(0.25);
+    expect(sampleValue(f, 'nbdsnap_merge_state', { snapshot: 'disk@m', state: 'merging' })).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_scrub_progress_ratio')).toBe(0.25);
+    expect(sampleValue(f, 'nbdsnap_scrubs_total')).toBe(2);
+    expect(sampleValue(f, 'nbdsnap_events_total', { type: 'snapshot-created' })).toBe(5);
     for (const name of f.keys()) expect(name).toMatch(/^nbdsnap_/);
     // Figures are read at each scrape: a later change shows in the next one.
     disk.end(Command.READ, 512, 0, disk.begin());
     const again = parseExposition(await registry.metrics());
-    expect(valueOf(again, 'nbdsnap_read_bytes_total', { export: 'disk' })).toBe(65536 + 512);
-    expect(valueOf(again, 'nbdsnap_request_duration_seconds_count', { export: 'disk', command: 'read' })).toBe(2);
+    expect(sampleValue(again, 'nbdsnap_read_bytes_total', { export: 'disk' })).toBe(65536 + 512);
+    expect(sampleValue(again, 'nbdsnap_request_duration_seconds_count', { export: 'disk', command: 'read' })).toBe(2);
   });
 
   it('the strict reader refuses what Prometheus would', () => {
