@@ -4,13 +4,14 @@
  * scrub figures are read from the snapshot manager at scrape time. `close()` unsets the probes
  * and stops the endpoint.
  */
-import { collectDefaultMetrics, Registry } from 'prom-client';
+import { Registry } from 'prom-client';
 import type { Logger } from '../log.ts';
 import type { ExportRegistry } from '../server/exports.ts';
 import type { SnapshotManager } from '../snapshot/manager.ts';
 import { type MetricsEndpoint, parseMetricsAddress, serveMetrics } from './endpoint.ts';
 import { defineFamilies, type MergeFigures, type ScrubFigures, type Sources } from './families.ts';
 import { probes } from './probes.ts';
+import { defineProcessFamilies } from './process.ts';
 import { CopyStats, ExportStats } from './stats.ts';
 
 /** What the metrics read from the NBD server (NbdServer has both). */
@@ -122,7 +123,7 @@ export async function startMetrics(spec: string, parts: MetricsParts): Promise<M
   const at = parseMetricsAddress(spec);
   const figures = new ServerFigures(parts);
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'nbdsnap_' });
+  defineProcessFamilies(registry);
   defineFamilies(registry, figures.sources());
   const scrape = () => {
     figures.refresh();
