@@ -161,6 +161,17 @@ describe.skipIf(!hasTool('nbdcopy') || !hasTool('nbdsh'))('metrics endpoint', ()
     expect(sampleValue(f, 'nbdsnap_scrub_damaged_copies')).toBe(0);
   });
 
+  it("counts a merge by its events, and the merged snapshot's series go", async () => {
+    ok(await nbdsnap(['merge', 'disk@before', '--wait', '--control', control]), 'merge --wait');
+    const f = await scrape();
+    expect(sampleValue(f, 'nbdsnap_events_total', { type: 'merge-started' })).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_events_total', { type: 'merge-finished' })).toBe(1);
+    expect(sampleValue(f, 'nbdsnap_snapshots', { device: 'disk', state: 'valid' })).toBeUndefined();
+    expect(sampleValue(f, 'nbdsnap_merge_state', { snapshot: 'disk@before', state: 'merging' })).toBeUndefined();
+    expect(sampleValue(f, 'nbdsnap_read_bytes_total', { export: 'disk@before' })).toBeUndefined();
+    expect(sampleValue(f, 'nbdsnap_store_used_bytes')).toBe(0);
+  });
+
   it('serves /metrics only', async () => {
     expect((await fetch(`http://127.0.0.1:${metricsPort}/`)).status).toBe(404);
     expect((await fetch(`http://127.0.0.1:${metricsPort}/metrics`, { method: 'POST' })).status).toBe(404);
