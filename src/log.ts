@@ -1,50 +1,76 @@
 /**
- * Structured logging: one JSON object per line on stderr (stdout stays free for URIs and
- * machine-readable output). `child()` adds fields, e.g. one logger per connection. Levels:
+ * Structured logging through pino: one JSON object per line on stderr (stdout stays free for URIs
+ * and machine-readable output), or the same records as readable text lines (`--log-format=text`,
+ * log-text.ts). `child()` adds fields, e.g. one logger per connection. Levels:
  * error < warn < info < debug < trace; request detail is logged at debug only.
+ *
+ * The Logger class is a thin wrapper that keeps the project's call shape, `log.info(msg, fields)`,
+ * over pino's `info(fields, msg)`. A JSON line reads
+ *   {"level":"info","time":"2026-12-01T14:46:20.123Z","conn":1,"peer":"127.0.0.1:40000",...,"msg":"connected"}
+ * Writes are synchronous, so nothing is lost when the process exits right after a line.
  */
-export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
-const RANK: Record<LogLevel, number> = { silent: 0, error: 1, warn: 2, info: 3, debug: 4, trace: 5 };
+import pino, { type DestinationStream, type Logger as PinoLogger } from 'pino';
+import { formatText } from './log-text.ts';
 
-export const LOG_LEVELS = Object.keys(RANK) as LogLevel[];
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+export const LOG_LEVELS: LogLevel[] = ['silent', 'error', 'warn', 'info', 'debug', 'trace'];
+
+export type LogFormat = 'json' | 'text';
+export const LOG_FORMATS: LogFormat[] = ['json', 'text'];
+
+export interface LoggerOptions {
+  /** `json` (default) or `text`. */
+  format?: LogFormat | undefined;
+  /** Where finished lines go (each ends with a newline); stderr by default. */
+  sink?: ((line: string) => void) | undefined;
+}
+
+function destination(opts: LoggerOptions): DestinationStream {
+  const format = opts.format ?? 'json';
+  if (opts.sink === undefined && format === 'json') return pino.destination({ dest: 2, sync: true });
+  const sink = opts.sink ?? ((line: string) => process.stderr.write(line));
+  if (format === 'json') return { write: sink };
+  const color = opts.sink === undefined && process.stderr.isTTY === true && process.env.NO_COLOR === undefined;
+  return { write: (line: string) => sink(formatText(line, color)) };
+}
 
 export class Logger {
-  private readonly rank: number;
-  private readonly fields: Record<string, unknown>;
-  private readonly sink: (line: string) => void;
+  private readonly pino: PinoLogger;
 
-  constructor(level: LogLevel = 'info', fields: Record<string, unknown> = {}, sink?: (line: string) => void) {
-    this.rank = RANK[level];
-    this.fields = fields;
-    this.sink = sink ?? ((line) => process.stderr.write(line));
+  constructor(level: LogLevel = 'info', opts: LoggerOptions | PinoLogger = {}) {
+    this.pino =
+      'child' in opts
+        ? opts
+        : pino(
+            {
+              level,
+              base: null,
+              timestamp: pino.stdTimeFunctions.isoTime,
+              formatters: { level: (label) => ({ level: label }) },
+            },
+            destination(opts),
+          );
   }
 
   child(fields: Record<string, unknown>): Logger {
-    const level = (Object.keys(RANK) as LogLevel[]).find((l) => RANK[l] === this.rank) ?? 'info';
-    return new Logger(level, { ...this.fields, ...fields }, this.sink);
+    return new Logger('info', this.pino.child(fields));
   }
 
   enabled(level: LogLevel): boolean {
-    return RANK[level] <= this.rank;
+    return level !== 'silent' && this.pino.isLevelEnabled(level);
   }
 
   error(msg: string, extra?: Record<string, unknown>): void {
-    this.write('error', msg, extra);
+    this.pino.error(extra, msg);
   }
   warn(msg: string, extra?: Record<string, unknown>): void {
-    this.write('warn', msg, extra);
+    this.pino.warn(extra, msg);
   }
   info(msg: string, extra?: Record<string, unknown>): void {
-    this.write('info', msg, extra);
+    this.pino.info(extra, msg);
   }
   debug(msg: string, extra?: Record<string, unknown>): void {
-    this.write('debug', msg, extra);
-  }
-
-  private write(level: LogLevel, msg: string, extra?: Record<string, unknown>): void {
-    if (RANK[level] > this.rank) return;
-    const record = { time: new Date().toISOString(), level, msg, ...this.fields, ...extra };
-    this.sink(`${JSON.stringify(record, (_k, v) => (typeof v === 'bigint' ? v.toString() : v))}\n`);
+    this.pino.debug(extra, msg);
   }
 }
 

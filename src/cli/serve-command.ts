@@ -6,7 +6,8 @@
 import { readFileSync } from 'node:fs';
 import type { Argv, Options } from 'yargs';
 import { NbdsnapError } from '../errors.ts';
-import { errorText, LOG_LEVELS, type LogLevel } from '../log.ts';
+import { errorText, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log.ts';
+import { parseMetricsAddress } from '../metrics/endpoint.ts';
 import { checkTlsSettings, TLS_MODES, type TlsMode } from '../server/tls.ts';
 import { checkServeOptions, type ImageSpec, parsePort, parseSize } from './args.ts';
 import { defineCommand } from './command.ts';
@@ -38,6 +39,13 @@ export const SERVE_OPTIONS: Record<string, OptionSpec> = {
   'read-only': { kind: 'boolean', alias: 'r', default: false, describe: 'refuse writes' },
   'pid-file': { kind: 'string', alias: 'P', describe: 'write the PID once serving' },
   'log-level': { kind: 'choice', choices: LOG_LEVELS, default: 'info', describe: 'error, warn, info, debug' },
+  'log-format': {
+    kind: 'choice',
+    choices: LOG_FORMATS,
+    default: 'json',
+    describe: 'log lines on stderr: json or text',
+  },
+  metrics: { kind: 'string', describe: 'serve Prometheus metrics at ADDR:PORT (GET /metrics)' },
   store: { kind: 'strings', describe: 'difference store range PATH[:START+COUNT] (sectors); repeatable' },
   'chunk-size': { kind: 'size', describe: "copy-on-write chunk, 4K..1M [default: 64K, or the store's]" },
   transient: { kind: 'boolean', default: false, describe: 'keep snapshot maps in memory only (gone at exit)' },
@@ -222,6 +230,8 @@ export const serveCommand = defineCommand({
         verifyPeer: a['tls-verify-peer'] === true,
         psk: optString(a['tls-psk']),
       },
+      logFormat: a['log-format'] as LogFormat,
+      metrics: optString(a.metrics),
     };
     const specs = checkServeOptions(opts);
     if (opts.fork && opts.exitWithParent) {
@@ -249,6 +259,7 @@ export const serveCommand = defineCommand({
       opts.descriptions = { [(specs[0] as ImageSpec).name]: String(a.description) };
     }
     if (opts.tls !== undefined) checkTlsSettings(opts.tls);
+    if (opts.metrics !== undefined) parseMetricsAddress(opts.metrics); // a usage error, before anything opens
     return opts;
   },
   run: serve,

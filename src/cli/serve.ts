@@ -10,7 +10,8 @@ import { MemoryDevice } from '../block/memory-device.ts';
 import { native } from '../block/native.ts';
 import { lockingAvailable, refuseAliases } from '../block/ownership.ts';
 import { ControlServer } from '../control/server.ts';
-import { Logger, type LogLevel } from '../log.ts';
+import { type LogFormat, Logger, type LogLevel } from '../log.ts';
+import { startMetrics } from '../metrics/metrics.ts';
 import { ExportRegistry } from '../server/exports.ts';
 import { type ListenSpec, NbdServer, socketActivationFds } from '../server/server.ts';
 import { loadServerTls, plaintextWarning, type TlsSettings } from '../server/tls.ts';
@@ -38,6 +39,10 @@ export interface ServeOptions {
   readOnly: boolean;
   pidFile?: string | undefined;
   logLevel: LogLevel;
+  /** `json` (default) or `text`. */
+  logFormat?: LogFormat | undefined;
+  /** ADDR:PORT to serve Prometheus metrics on (src/metrics/README.md). */
+  metrics?: string | undefined;
   store?: string[] | undefined;
   chunkSize?: number | undefined;
   transient?: boolean | undefined;
@@ -55,7 +60,7 @@ export interface ServeOptions {
 
 export async function serve(opts: ServeOptions): Promise<void> {
   if (opts.fork === true && !isForkChild()) await forkServer();
-  const log = new Logger(opts.logLevel);
+  const log = new Logger(opts.logLevel, { format: opts.logFormat });
   const specs = checkServeOptions(opts);
   if (opts.pidFile !== undefined) checkPidFile(opts.pidFile);
   const tls = loadServerTls(opts.tls ?? { mode: 'off' });
@@ -98,9 +103,16 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (control !== undefined) await control.listen(opts.control as string);
 
   const server = new NbdServer(registry, log, tls);
+  const metrics = await (opts.metrics === undefined
+    ? undefined
+    : startMetrics(opts.metrics, { manager, exports: registry, server, log }).catch(async (err: unknown) => {
+        await control?.close();
+        throw err;
+      }));
   // A refused listener (a live server's -k socket, a port in use) leaves no control socket behind.
   const where = await server.listen(listenSpecs(opts)).catch(async (err: unknown) => {
     await control?.close();
+    await metrics?.close();
     throw err;
   });
   const extra = (await opts.afterStart?.(manager)) ?? [];
@@ -128,6 +140,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     process.on('SIGINT', onSignal);
   });
   await control?.close();
+  await metrics?.close();
   await manager.beforeStop();
   await Promise.all(devices.map((d) => d.device.flush().then(() => d.device.close())));
   await manager.close();

@@ -50,6 +50,7 @@ export class Connection {
   private corked = false;
   private closing = false;
   private shuttingDown = false;
+  private announced = false;
   private idle: (() => void) | undefined;
   readonly closed: Promise<void>;
 
@@ -64,7 +65,8 @@ export class Connection {
     this.attach(socket);
     socket.once('close', () => {
       this.closing = true;
-      this.log.info('disconnected', { export: this.session?.entry.name });
+      this.announce({ ended: 'in the handshake' });
+      this.log.debug('disconnected', { export: this.session?.entry.name });
     });
     socket.write(serialize.greeting(HandshakeFlag.FIXED_NEWSTYLE | HandshakeFlag.NO_ZEROES));
   }
@@ -205,11 +207,22 @@ export class Connection {
     this.session = session;
     this.transmission = new Transmission(session, (bufs) => this.writeReply(bufs), this.log);
     this.parser.startTransmission();
-    this.log.info('transmission', {
-      export: session.entry.name,
+    this.announce({
       structured: session.structured,
       contexts: [...session.contexts.values()].map((c) => c.name),
     });
+  }
+
+  /**
+   * The one info line of a connection: when it attaches to an export, or when it closes without
+   * ever attaching (a `--list`, an ABORT, a refused name). Client address and connection number
+   * come from the logger (server.ts).
+   */
+  private announce(extra: Record<string, unknown>): void {
+    if (this.announced) return;
+    this.announced = true;
+    const tls = (this.socket as { encrypted?: boolean }).encrypted === true;
+    this.log.info('connected', { export: this.session?.entry.name ?? null, tls, ...extra });
   }
 
   private dispatch(req: RequestMessage): void {

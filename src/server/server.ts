@@ -77,6 +77,11 @@ export class NbdServer {
     return this.connections.size;
   }
 
+  /** Connections accepted since the start (the metrics' total). */
+  get acceptedCount(): number {
+    return this.nextId - 1;
+  }
+
   private accept(socket: Socket): void {
     if (this.stopping !== undefined) {
       socket.destroy();
@@ -86,7 +91,7 @@ export class NbdServer {
     const id = this.nextId++;
     const peer = socket.remoteAddress === undefined ? 'unix' : `${socket.remoteAddress}:${socket.remotePort}`;
     const log = this.log.child({ conn: id, peer });
-    log.info('connected');
+    log.debug('accepted'); // the one info line per connection comes once its handshake ends (connection.ts)
     const conn = new Connection(id, socket, this.registry, log, this.tls);
     this.connections.add(conn);
     void conn.closed.then(() => this.connections.delete(conn));

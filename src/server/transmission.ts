@@ -11,6 +11,8 @@
 import type { BlockDevice } from '../block/device.ts';
 import { errorMessage, toNbdError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { probes } from '../metrics/probes.ts';
+import type { ExportStats } from '../metrics/stats.ts';
 import {
   CommandFlag as CF,
   Command,
@@ -35,16 +37,32 @@ export class Transmission {
   private readonly device: BlockDevice;
   private readonly send: ReplySink;
   private readonly log: Logger;
+  /** This export's figures, when metrics are served (looked up once per connection). */
+  private readonly stats: ExportStats | undefined;
 
   constructor(session: Session, send: ReplySink, log: Logger) {
     this.session = session;
     this.device = session.entry.device;
     this.send = send;
     this.log = log;
+    this.stats = probes.exportStats?.(session.entry.name);
   }
 
-  /** Serve one request to completion. Never throws: every failure becomes an error reply. */
-  async serve(req: RequestMessage): Promise<void> {
+  /**
+   * Serve one request to completion. Never rejects: every failure becomes an error reply. Resolves
+   * with the NBD errno sent (0 on success), once the reply is queued.
+   */
+  serve(req: RequestMessage): Promise<number> {
+    const stats = this.stats;
+    if (stats === undefined) return this.run(req);
+    const started = stats.begin();
+    return this.run(req).then((error) => {
+      stats.end(req.type, req.length, error, started);
+      return error;
+    });
+  }
+
+  private async run(req: RequestMessage): Promise<number> {
     if (this.log.enabled('debug')) {
       this.log.debug('request', {
         cmd: commandName(req.type),
@@ -56,20 +74,23 @@ export class Transmission {
     const rejected = validateRequest(req, this.session);
     if (rejected !== undefined) {
       this.replyError(req, rejected.error, rejected.message);
-      return;
+      return rejected.error;
     }
     try {
       await this.execute(req);
+      return 0;
     } catch (err) {
       const error = this.errnoFor(req, err);
       if (error === NbdError.EIO)
         this.log.warn('I/O error', { cmd: commandName(req.type), offset: req.offset, err: errorMessage(err) });
       this.replyError(req, error, errorMessage(err));
+      return error;
     }
   }
 
   /** Answer a request with an error without running it (e.g. while shutting down). */
   refuse(req: RequestMessage, error: number, message: string): void {
+    this.stats?.refused(req.type, error);
     this.replyError(req, error, message);
   }
 

@@ -24,6 +24,7 @@
 import * as pool from '../block/buffer-pool.ts';
 import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
+import { probes } from '../metrics/probes.ts';
 import { checksum } from '../store/checksum.ts';
 import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
@@ -153,6 +154,7 @@ export class CowOrigin extends Layer {
       await guard.readersDone(chunk);
       return;
     }
+    const started = performance.now();
     let crc: number;
     try {
       const data = await this.next.read(chunk * this.state.chunkSize, this.state.chunkLength(chunk));
@@ -166,6 +168,7 @@ export class CowOrigin extends Layer {
       return;
     }
     await this.hooks.record([{ type: 'EXCEPTION', device: this.state.id, seq, chunk, slot, crc }]);
+    probes.cowCopied?.(this.state.name, this.state.chunkLength(chunk), started);
     await guard.readersDone(chunk);
   }
 }

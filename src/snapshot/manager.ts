@@ -13,6 +13,7 @@ import type { BlockDevice } from '../block/device.ts';
 import { CbtControl } from '../cbt/cbt-control.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { Logger } from '../log.ts';
+import { probes } from '../metrics/probes.ts';
 import type { ExportRegistry } from '../server/exports.ts';
 import type { StoreRange } from '../store/space.ts';
 import { DiffStore } from '../store/store.ts';
@@ -233,7 +234,13 @@ export class SnapshotManager {
   /** `store scrub`: read every live copy in the store and record the damaged ones. */
   scrub(onProgress: (p: ScrubProgress) => void) {
     requireStore(this.store);
-    return this.parts.damage.scrub([...this.parts.catalog.origins.values()], onProgress);
+    const progress = (p: ScrubProgress) => {
+      probes.scrub?.(p);
+      onProgress(p);
+    };
+    return this.parts.damage
+      .scrub([...this.parts.catalog.origins.values()], progress)
+      .finally(() => probes.scrub?.(undefined));
   }
 
   storeStatus() {
