@@ -103,6 +103,27 @@ export function apply(cat: Catalog, rec: JournalRecord): Effects {
     case 'CBT':
       cat.trackers.get(rec.device)?.mark(rec.era, rec.block, rec.count);
       break;
+    case 'CHECKPOINT':
+      // A journal that starts with the state (checkpoint.ts): the counters deleted snapshots advanced.
+      cat.nextSnapshotId = Math.max(cat.nextSnapshotId, rec.nextSnapshotId);
+      cat.nextSeq = Math.max(cat.nextSeq, rec.nextSeq);
+      break;
+    case 'BOOKMARK': {
+      const marks = cat.bookmarks.get(rec.device) ?? new Map<string, number>();
+      marks.set(rec.name, rec.seq);
+      cat.bookmarks.set(rec.device, marks);
+      break;
+    }
+    case 'MERGE_PLAN': {
+      // The chunk list fixed at a merge's MERGE, recorded before it: that MERGE keeps it.
+      const snap = cat.snapshots.get(rec.snapshot);
+      if (snap === undefined || snap.state === 'invalid') break;
+      const m = cat.merges.get(rec.snapshot) ?? { deferred: false, merged: new Set<number>(), chunks: [] };
+      const chunks = m.chunks ?? [];
+      for (const [chunk, count] of rec.runs) for (let c = chunk; c < chunk + count; c++) chunks.push(c);
+      cat.merges.set(rec.snapshot, { ...m, chunks });
+      break;
+    }
     default:
       // COMMIT closes a batch; other records do not concern the catalog.
       break;

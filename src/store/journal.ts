@@ -44,6 +44,8 @@ export interface JournalOpenOptions {
   verifyLastBatch?: (batch: JournalRecord[], before: JournalRecord[]) => Promise<boolean>;
   /** Write nothing (no zeroing of a torn tail): for an offline check. The journal takes no records. */
   readOnly?: boolean;
+  /** The journal's generation (range 0's label `journalGeneration`; 0 when absent). */
+  generation?: number;
 }
 
 /** What replay found (for `store check`); damage is never reported here: it is a CORRUPT error. */
@@ -83,16 +85,19 @@ export class Journal {
   private committing: Promise<void> | undefined;
   /** Why the journal takes no more records: closed, read-only, or a batch that failed. */
   private refusal: NbdsnapError | undefined;
-  /** Slots holding journal blocks (never reused). */
+  /** Slots holding journal blocks (released only when a checkpoint replaces the journal). */
   readonly slots: number[];
+  /** The generation every block of this journal carries. */
+  private gen: number;
 
   /** The sequence number the next record will take. */
   get nextSeq(): number {
     return this.seq;
   }
 
-  private constructor(space: StoreSpace, at: ScanPoint, slots: number[]) {
+  private constructor(space: StoreSpace, at: ScanPoint, slots: number[], generation: number) {
     this.space = space;
+    this.gen = generation;
     this.block = at.block.buf;
     this.blockSlot = at.block.slot;
     this.blockIndex = at.block.index;
@@ -115,7 +120,7 @@ export class Journal {
     await space.writeSlot(next, Buffer.alloc(space.chunkSize)); // nothing stale where the chain goes next
     await space.sync();
     const at = { block: { index: 0, slot: first, buf, next }, offset: BLOCK_HEADER, seq: 1, chain: 0 };
-    return new Journal(space, at, [first, next]);
+    return new Journal(space, at, [first, next], 0);
   }
 
   /**
@@ -140,7 +145,8 @@ export class Journal {
         });
       }
     };
-    const scan = await scanJournal(read, firstSlot);
+    const generation = opts.generation ?? 0;
+    const scan = await scanJournal(read, firstSlot, generation);
     let { end, records, batches } = scan;
     let torn = scan.tail.torn ? scan.tail.why : undefined;
     const cleanStop = !scan.tail.torn && scan.last?.clean === true;
@@ -176,9 +182,49 @@ export class Journal {
       stop: { block: end.block.index, slot: end.block.slot, offset: end.offset, seq: end.seq },
       ...(torn === undefined ? {} : { torn }),
     };
-    const journal = new Journal(space, end, slots);
+    const journal = new Journal(space, end, slots, generation);
     if (opts.readOnly === true) journal.refusal = new NbdsnapError('EPERM', 'the journal was opened read-only');
     return { journal, records, report };
+  }
+
+  get generation(): number {
+    return this.gen;
+  }
+
+  /** No batch being written and none queued (a checkpoint may replace the journal). */
+  get idle(): boolean {
+    return this.committing === undefined && this.queue.length === 0;
+  }
+
+  /** Why the journal takes no records (closed, read-only, failed), if it does not. */
+  get refused(): NbdsnapError | undefined {
+    return this.refusal;
+  }
+
+  /**
+   * Continue in another journal (a checkpoint's, once range 0's label names it): from `at`, its
+   * blocks in `slots`, under `generation`. Returns the slots of the journal replaced (the caller
+   * releases them). Only while idle.
+   */
+  adopt(at: ScanPoint, slots: number[], generation: number): number[] {
+    if (!this.idle) throw new NbdsnapError('EINVAL', 'the journal is busy: it cannot be replaced now');
+    this.block = at.block.buf;
+    this.blockSlot = at.block.slot;
+    this.blockIndex = at.block.index;
+    this.nextSlot = at.block.next;
+    this.tail = at.offset;
+    this.seq = at.seq;
+    this.chain = at.chain;
+    this.gen = generation;
+    return this.slots.splice(0, this.slots.length, ...slots);
+  }
+
+  /**
+   * Stop taking records for good (a checkpoint whose label write failed: which journal the next
+   * start reads is unknown, both describe the same state).
+   */
+  fail(why: string): void {
+    this.refusal = new NbdsnapError('EIO', `the journal failed earlier: ${why}`);
   }
 
   /** Append records durably (group commit). Resolves once they and the data before them are on disk. */
@@ -268,7 +314,7 @@ export class Journal {
     this.blockIndex += 1;
     this.nextSlot = next;
     this.block = Buffer.alloc(this.space.chunkSize);
-    encodeBlockHeader({ index: this.blockIndex, next, firstSeq: this.seq }).copy(this.block, 0);
+    encodeBlockHeader({ index: this.blockIndex, next, firstSeq: this.seq, generation: this.gen }).copy(this.block, 0);
     this.tail = BLOCK_HEADER;
   }
 }
