@@ -59,7 +59,7 @@ export async function writeCheckpoint(
     let index = 0;
     let slot = take();
     let next = take();
-    let block = Buffer.alloc(size);
+    const block = Buffer.alloc(size);
     let tail = BLOCK_HEADER;
     let seq = 1;
     const startBlock = () => {

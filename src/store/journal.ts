@@ -53,6 +53,9 @@ export interface JournalReport {
   /** Journal blocks kept: the chain up to the end, and the zeroed block it continues in. */
   blocks: number;
   slots: number[];
+  /** The journal's generation (range 0's label); it starts with a CHECKPOINT record. */
+  generation: number;
+  checkpoint: boolean;
   /** Whole batches replayed (a CLEAN batch included) and the state records they hold. */
   batches: number;
   records: number;
@@ -175,6 +178,8 @@ export class Journal {
     const report: JournalReport = {
       blocks: slots.length,
       slots,
+      generation,
+      checkpoint: records[0]?.type === 'CHECKPOINT',
       batches,
       records: records.length,
       cleanStop,
