@@ -64,7 +64,10 @@ export function apply(cat: Catalog, rec: JournalRecord): Effects {
         break;
       }
       origin.table.add(rec.chunk, rec.seq, rec.slot, rec.crc);
-      origin.table.pruneChunk(rec.chunk, origin.readers, (slot) => fx.freed.push(slot));
+      // The usual case, cheaply: the newest copy of the chunk, read by a snapshot, so kept, and
+      // the older copies' readers are unchanged. Otherwise the chunk is pruned as a whole.
+      if (!newestAndRead(origin, rec.chunk, rec.seq, rec.slot))
+        origin.table.pruneChunk(rec.chunk, origin.readers, (slot) => fx.freed.push(slot));
       break;
     }
     case 'PRIVATE': {
@@ -129,6 +132,21 @@ export function apply(cat: Catalog, rec: JournalRecord): Effects {
       break;
   }
   return fx;
+}
+
+/**
+ * Whether the copy in `slot` (just added with `seq`) is the newest copy of `chunk` and some
+ * snapshot reads it (the one with the largest seq <= `seq` resolves to it): then pruning the
+ * chunk would keep everything.
+ */
+function newestAndRead(origin: OriginState, chunk: number, seq: number, slot: number): boolean {
+  if (origin.table.latest(chunk) !== seq) return false;
+  const readers = origin.readers;
+  for (let i = readers.length - 1; i >= 0; i--) {
+    const s = readers[i] as Snapshot;
+    if (s.seq <= seq) return origin.table.find(chunk, s.seq)?.slot === slot;
+  }
+  return false;
 }
 
 /** The catalog a journal describes: `apply` folded over its records. */

@@ -133,7 +133,9 @@ export async function scanJournal(read: ReadBlock, firstSlot: number, generation
   let expected = 1;
   let start: ScanPoint = { block, offset: pos, seq: 1, chain: 0 };
   let pending: JournalRecord[] = [];
-  let raws: Buffer[] = [];
+  // The batch's chain value, folded in over its bytes as they are passed (block by block).
+  let value = chainStart(0);
+  let segment = pos;
   let last: ScanResult['last'];
   let batches = 0;
   let stop: Stop;
@@ -141,12 +143,10 @@ export async function scanJournal(read: ReadBlock, firstSlot: number, generation
     const r = recordAt(block.buf, pos);
     if (!('bad' in r)) {
       if (r.seq !== expected) throw damage(block, pos, `record ${r.seq} is where record ${expected} belongs`);
-      const raw = block.buf.subarray(pos, pos + r.size);
       pos += r.size;
       expected += 1;
       if (r.record.type !== 'COMMIT') {
         pending.push(r.record);
-        raws.push(raw);
         continue;
       }
       const c = r.record;
@@ -158,15 +158,16 @@ export async function scanJournal(read: ReadBlock, firstSlot: number, generation
           `COMMIT ${r.seq} closes ${c.count} records from ${c.firstSeq}, the batch holds ${pending.length} from ${start.seq}`,
         );
       }
-      if (c.chain !== chainValue(start.chain, raws))
-        throw damage(block, at, `COMMIT ${r.seq}: chained checksum mismatch`);
+      if (at > segment) value = checksum(block.buf.subarray(segment, at), value);
+      if (c.chain !== value) throw damage(block, at, `COMMIT ${r.seq}: chained checksum mismatch`);
       const clean = pending.length === 1 && pending[0]?.type === 'CLEAN';
       const state = pending.filter((x) => x.type !== 'CLEAN');
       for (const x of state) records.push(x);
       last = { start, records: state, clean };
       batches += 1;
       pending = [];
-      raws = [];
+      value = chainStart(c.chain);
+      segment = pos;
       start = { block, offset: pos, seq: expected, chain: c.chain };
       continue;
     }
@@ -178,6 +179,8 @@ export async function scanJournal(read: ReadBlock, firstSlot: number, generation
       if (nh !== undefined && nh.index === block.index + 1 && nh.firstSeq === expected && nh.generation === generation) {
         if (!gapIntact(block.buf, pos)) throw damage(block, pos, 'the unused end of the block is damaged');
         checkHeaderPad(next, nh.index, block.next);
+        if (pos > segment) value = checksum(block.buf.subarray(segment, pos), value);
+        segment = BLOCK_HEADER;
         block = { index: nh.index, slot: block.next, buf: next, next: nh.next };
         slots.push(block.slot);
         pos = BLOCK_HEADER;

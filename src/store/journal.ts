@@ -31,7 +31,7 @@
  */
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import { chainValue, FILL, type ReadBlock, type ScanPoint, scanJournal } from './journal-scan.ts';
-import { BLOCK_HEADER, encodeBlockHeader, encodeRecord, type JournalRecord } from './records.ts';
+import { BLOCK_HEADER, decodeBlockHeader, encodeBlockHeader, encodeRecord, type JournalRecord } from './records.ts';
 import type { StoreSpace } from './space.ts';
 
 export interface JournalOpenOptions {
@@ -136,7 +136,7 @@ export class Journal {
     firstSlot: number,
     opts: JournalOpenOptions = {},
   ): Promise<{ journal: Journal; records: JournalRecord[]; report: JournalReport }> {
-    const read: ReadBlock = async (slot, index) => {
+    const readOne = async (slot: number, index: number): Promise<Buffer> => {
       if (!Number.isInteger(slot) || slot < 0 || slot >= space.totalSlots) {
         throw new NbdsnapError('CORRUPT', `journal block ${index} would be in store slot ${slot}, beyond the store`);
       }
@@ -147,6 +147,19 @@ export class Journal {
           cause: err,
         });
       }
+    };
+    // Read ahead: while a block is decoded, the one its header points to is being read.
+    let ahead: { slot: number; index: number; buf: Promise<Buffer> } | undefined;
+    const read: ReadBlock = async (slot, index) => {
+      const got = ahead !== undefined && ahead.slot === slot && ahead.index === index ? ahead.buf : readOne(slot, index);
+      ahead = undefined;
+      const buf = await got;
+      const h = decodeBlockHeader(buf);
+      if (h !== undefined && h.index === index && Number.isInteger(h.next) && h.next < space.totalSlots) {
+        ahead = { slot: h.next, index: index + 1, buf: readOne(h.next, index + 1) };
+        ahead.buf.catch(() => {}); // reported when (if) it is asked for
+      }
+      return buf;
     };
     const generation = opts.generation ?? 0;
     const scan = await scanJournal(read, firstSlot, generation);

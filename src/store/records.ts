@@ -44,7 +44,19 @@ const TYPE_NAMES: (keyof typeof RecordType | undefined)[] = [];
 for (const [name, code] of Object.entries(RecordType)) TYPE_NAMES[code] = name as keyof typeof RecordType;
 /** Chunk runs per MERGE_PLAN record: 12 bytes each, so a payload stays far below the u16 limit. */
 export const MERGE_PLAN_RUNS = 2048;
-const ZERO4 = Buffer.alloc(4);
+/** CRC-32 (IEEE, reflected) byte table, to continue a checksum over the 4 zero bytes of a record's CRC field. */
+const CRC_TABLE = Uint32Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+/** crc32(4 zero bytes, crc): in JS, cheaper than a call into zlib. */
+function crcZero4(crc: number): number {
+  let c = ~crc >>> 0;
+  for (let i = 0; i < 4; i++) c = ((CRC_TABLE[c & 0xff] as number) ^ (c >>> 8)) >>> 0;
+  return ~c >>> 0;
+}
 
 export type JournalRecord =
   | { type: 'DEVICE'; device: number; size: number; name: string }
@@ -115,13 +127,12 @@ export function decodeRecord(buf: Buffer, offset: number): DecodeResult {
   const seq = Number(buf.readBigUInt64LE(offset + 8));
   const stored = buf.readUInt32LE(offset + 16);
   // The CRC covers the header with its CRC field as zeros, then the payload: no copy needed.
-  let crc = crc32(buf.subarray(offset, offset + 16));
-  crc = crc32(ZERO4, crc);
-  if (crc32(buf.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + len), crc) !== stored)
+  const payload = buf.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + len);
+  if (crc32(payload, crcZero4(crc32(buf.subarray(offset, offset + 16)))) !== stored)
     return { bad: 'checksum mismatch' };
   const type = TYPE_NAMES[typeCode];
   if (type === undefined) return { bad: `unknown record type ${typeCode}` };
-  const record = decodePayload(type, buf.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + len));
+  const record = decodePayload(type, payload);
   return { record, seq, size: pad8(RECORD_HEADER + len) };
 }
 
@@ -267,7 +278,7 @@ function decodePayload(type: keyof typeof RecordType, p: Buffer): JournalRecord 
         type,
         device: p.readUInt32LE(0),
         seq: p.readUInt32LE(4),
-        chunk: Number(p.readBigUInt64LE(8)),
+        chunk: u64(p, 8),
         slot: p.readUInt32LE(16),
         crc: p.readUInt32LE(20),
       };
@@ -288,7 +299,7 @@ function decodePayload(type: keyof typeof RecordType, p: Buffer): JournalRecord 
         type,
         device: p.readUInt32LE(0),
         era: p.readUInt32LE(4),
-        block: Number(p.readBigUInt64LE(8)),
+        block: u64(p, 8),
         count: p.readUInt32LE(16),
       };
     case 'CBT_GEN':
@@ -323,6 +334,11 @@ function decodePayload(type: keyof typeof RecordType, p: Buffer): JournalRecord 
       return { type, snapshot: p.readUInt32LE(0), runs };
     }
   }
+}
+
+/** A u64 as a number (exact below 2^53), without a BigInt. */
+function u64(p: Buffer, at: number): number {
+  return p.readUInt32LE(at) + p.readUInt32LE(at + 4) * 0x100000000;
 }
 
 function u32s(...values: number[]): Buffer {
