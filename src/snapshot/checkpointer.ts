@@ -11,8 +11,8 @@
  * A checkpoint that fails before the label names it changes nothing (a warning; the journal goes
  * on). One whose label write fails leaves the store failed (DiffStore): later commits fail.
  *
- * Test tuning: `NBDSNAP_CHECKPOINT_BYTES=N` makes the threshold N bytes, fixed (tiny values
- * checkpoint after nearly every batch: crash tests).
+ * Test tuning: `NBDSNAP_CHECKPOINT_BYTES=N` replaces the minimum (a few blocks) by N bytes, so a
+ * tiny N checkpoints as soon as the journal is 1.5 times the last checkpoint (crash tests).
  */
 import { errorMessage } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -29,7 +29,7 @@ export class Checkpointer {
   private readonly catalog: Catalog;
   private readonly store: DiffStore;
   private readonly log: Logger;
-  private readonly fixed: number | undefined;
+  private readonly min: number;
   /** Bytes the last checkpoint wrote (or its estimate at start). */
   private last = 0;
   private gate: Promise<void> | undefined;
@@ -41,12 +41,12 @@ export class Checkpointer {
     this.store = store;
     this.log = log;
     const env = process.env.NBDSNAP_CHECKPOINT_BYTES;
-    this.fixed = env !== undefined && /^\d+$/.test(env) ? Number(env) : undefined;
+    this.min = env !== undefined && /^\d+$/.test(env) ? Number(env) : MIN_BLOCKS * store.chunkSize;
   }
 
   /** Journal bytes above which a checkpoint is taken. */
   get threshold(): number {
-    return this.fixed ?? Math.max(MIN_BLOCKS * this.store.chunkSize, FACTOR * this.last);
+    return Math.max(this.min, FACTOR * this.last);
   }
 
   /**

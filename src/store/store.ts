@@ -66,7 +66,7 @@ export class DiffStore {
   private readonly slotsPerRange: number[] = [];
   private failedReason: string | undefined;
   private closing = false;
-  /** Slots of the journal the last checkpoint replaced (test kill point `checkpoint:old-reused`). */
+  /** Slots of journals replaced by checkpoints (only for the test kill point `checkpoint:old-reused`). */
   private replaced: number[] = [];
 
   private constructor(space: StoreSpace, journal: Journal | undefined, record: Superblock, slots: number[]) {
@@ -309,7 +309,7 @@ export class DiffStore {
     killPoint('checkpoint:label-written');
     const old = journal.adopt(written.at, written.slots, generation);
     for (const slot of old) this.space.release(slot);
-    this.replaced = process.env.NBDSNAP_TEST_KILL_AT === 'checkpoint:old-reused' ? old : [];
+    if (process.env.NBDSNAP_TEST_KILL_AT?.startsWith('checkpoint:old-reused') === true) this.replaced.push(...old);
     killPoint('checkpoint:old-released');
     return written;
   }
