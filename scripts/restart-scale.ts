@@ -30,7 +30,9 @@ import { StoreSpace } from '../src/store/space.ts';
 import { DiffStore } from '../src/store/store.ts';
 
 const CHUNK = 64 * 1024;
-const [mode, arg, dirArg] = process.argv[2]?.startsWith('--') ? process.argv.slice(2) : ['--all', ...process.argv.slice(2)];
+const [mode, arg, dirArg] = process.argv[2]?.startsWith('--')
+  ? process.argv.slice(2)
+  : ['--all', ...process.argv.slice(2)];
 const COPIES = Number(mode === '--child' ? process.env.COPIES : (arg ?? 1_000_000));
 const ORIGIN_CHUNKS = 2 ** Math.ceil(Math.log2(COPIES + 1));
 const ORIGIN = ORIGIN_CHUNKS * CHUNK;
@@ -51,7 +53,12 @@ async function build(dir: string): Promise<void> {
   const crc = checksum(Buffer.alloc(CHUNK)); // the slots read as zeros: the copies check
   await s.commit([
     { type: 'DEVICE', device: 1, size: ORIGIN, name: 'disk' },
-    { type: 'SNAPSHOT', created: Date.now(), name: 's', members: [{ snapshot: 1, device: 1, seq: 1, writable: false }] },
+    {
+      type: 'SNAPSHOT',
+      created: Date.now(),
+      name: 's',
+      members: [{ snapshot: 1, device: 1, seq: 1, writable: false }],
+    },
   ]);
   const BATCH = 5000;
   for (let i = 0; i < COPIES; i += BATCH) {

@@ -113,7 +113,8 @@ export class CbtTracker {
         for (let i = 0; i < out.length; i += 2) {
           const a = out[i] as number;
           const b = out[i + 1] as number;
-          if (a === end) end = b; // a run cut by the window's edge
+          if (a === end)
+            end = b; // a run cut by the window's edge
           else {
             if (end > start) yield [era, start, end];
             start = a;

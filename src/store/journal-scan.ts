@@ -176,7 +176,12 @@ export async function scanJournal(read: ReadBlock, firstSlot: number, generation
       // This block's records may end here: the chain goes on if the next block starts with `expected`.
       const next = await read(block.next, block.index + 1);
       const nh = decodeBlockHeader(next);
-      if (nh !== undefined && nh.index === block.index + 1 && nh.firstSeq === expected && nh.generation === generation) {
+      if (
+        nh !== undefined &&
+        nh.index === block.index + 1 &&
+        nh.firstSeq === expected &&
+        nh.generation === generation
+      ) {
         if (!gapIntact(block.buf, pos)) throw damage(block, pos, 'the unused end of the block is damaged');
         checkHeaderPad(next, nh.index, block.next);
         if (pos > segment) value = checksum(block.buf.subarray(segment, pos), value);

@@ -151,7 +151,8 @@ export class Journal {
     // Read ahead: while a block is decoded, the one its header points to is being read.
     let ahead: { slot: number; index: number; buf: Promise<Buffer> } | undefined;
     const read: ReadBlock = async (slot, index) => {
-      const got = ahead !== undefined && ahead.slot === slot && ahead.index === index ? ahead.buf : readOne(slot, index);
+      const got =
+        ahead !== undefined && ahead.slot === slot && ahead.index === index ? ahead.buf : readOne(slot, index);
       ahead = undefined;
       const buf = await got;
       const h = decodeBlockHeader(buf);

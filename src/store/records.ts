@@ -327,10 +327,10 @@ function decodePayload(type: keyof typeof RecordType, p: Buffer): JournalRecord 
     case 'MERGE_PLAN': {
       const count = p.readUInt32LE(4);
       if (8 + 12 * count !== p.length) throw new RangeError('MERGE_PLAN length');
-      const runs = Array.from(
-        { length: count },
-        (_, i): [number, number] => [Number(p.readBigUInt64LE(8 + 12 * i)), p.readUInt32LE(16 + 12 * i)],
-      );
+      const runs = Array.from({ length: count }, (_, i): [number, number] => [
+        Number(p.readBigUInt64LE(8 + 12 * i)),
+        p.readUInt32LE(16 + 12 * i),
+      ]);
       return { type, snapshot: p.readUInt32LE(0), runs };
     }
   }

@@ -51,7 +51,7 @@ const random = (n: number) => {
 };
 
 /** What the test knows across crashes. */
-let origin: Buffer = stampedImage(SIZE, 0);
+const origin: Buffer = stampedImage(SIZE, 0);
 /** Every acknowledged write's blocks, in order (change tracking's model). */
 const writes: number[][] = [];
 /** Live snapshots, oldest first: their bytes, and how many writes came before each. */
@@ -73,8 +73,7 @@ const changedBlocks = async (from: string, to?: string) => {
   return [...new Set(c.ranges.flatMap((r) => blocksOf(r.offset, r.length)))].sort((a, b) => a - b);
 };
 /** The blocks of the writes [from, to) of the model. */
-const written = (from: number, to = writes.length) =>
-  [...new Set(writes.slice(from, to).flat())].sort((a, b) => a - b);
+const written = (from: number, to = writes.length) => [...new Set(writes.slice(from, to).flat())].sort((a, b) => a - b);
 
 function countCheckpoints(): void {
   checkpoints += (rig.server?.stderr() ?? '').split('journal checkpoint"').length - 1;
@@ -85,7 +84,10 @@ async function restartAndCheck(what: string): Promise<void> {
   delete process.env[KILL_ENV];
   await rig.start();
   const list = await rig.list();
-  expect(list.map((s) => `${s.name}:${s.state}`), what).toEqual(snaps.map((s) => `${s.name}:valid`));
+  expect(
+    list.map((s) => `${s.name}:${s.state}`),
+    what,
+  ).toEqual(snaps.map((s) => `${s.name}:valid`));
   for (const s of snaps) assertSame(await rig.readAll(`disk@${s.name}`), s.model, `disk@${s.name} ${what}`);
   const now = await rig.readAll('disk');
   if (inFlight !== undefined) {
@@ -160,31 +162,29 @@ async function workload(stop: () => boolean, maxWrites: number): Promise<boolean
   }
 }
 
-it.each([
-  'checkpoint:blocks-written',
-  'checkpoint:label-written',
-  'checkpoint:old-released',
-  'checkpoint:old-reused',
-])('SIGKILL at %s: every snapshot and every era exact after restart', async (point) => {
-  if (rig.server === undefined) await restartAndCheck(`before ${point}`);
-  await rig.stop('SIGTERM');
-  // Not the checkpoint at start (no writes yet in this run): one taken while writes go on.
-  process.env[KILL_ENV] = point === 'checkpoint:old-reused' ? point : `${point}@3`;
-  let died: boolean;
-  try {
-    await rig.start();
-    const server = rig.server;
-    died = await workload(() => false, 4000);
-    expect(died, `the server reached ${point}`).toBe(true);
-    expect(await server?.stop('SIGKILL')).toBe('SIGKILL'); // it killed itself: already gone
-  } catch (err) {
-    // Killed during the checkpoint at start (the journal had grown past the threshold).
-    if (!/exited \(SIGKILL\) before ready/.test(String(err))) throw err;
-  }
-  await rig.stop('SIGKILL');
-  await restartAndCheck(`after a kill at ${point}`);
-  countCheckpoints();
-});
+it.each(['checkpoint:blocks-written', 'checkpoint:label-written', 'checkpoint:old-released', 'checkpoint:old-reused'])(
+  'SIGKILL at %s: every snapshot and every era exact after restart',
+  async (point) => {
+    if (rig.server === undefined) await restartAndCheck(`before ${point}`);
+    await rig.stop('SIGTERM');
+    // Not the checkpoint at start (no writes yet in this run): one taken while writes go on.
+    process.env[KILL_ENV] = point === 'checkpoint:old-reused' ? point : `${point}@3`;
+    let died: boolean;
+    try {
+      await rig.start();
+      const server = rig.server;
+      died = await workload(() => false, 4000);
+      expect(died, `the server reached ${point}`).toBe(true);
+      expect(await server?.stop('SIGKILL')).toBe('SIGKILL'); // it killed itself: already gone
+    } catch (err) {
+      // Killed during the checkpoint at start (the journal had grown past the threshold).
+      if (!/exited \(SIGKILL\) before ready/.test(String(err))) throw err;
+    }
+    await rig.stop('SIGKILL');
+    await restartAndCheck(`after a kill at ${point}`);
+    countCheckpoints();
+  },
+);
 
 it.each([1, 2, 3, 4])('SIGKILL at a random time while checkpoints are taken (run %i)', async (run) => {
   if (rig.server === undefined) await restartAndCheck(`before random kill ${run}`);

@@ -128,7 +128,9 @@ describe('checkpoint records', () => {
       [
         { type: 'DEVICE', device: 1, size: 2000 * CHUNK, name: 'a' },
         { type: 'SNAPSHOT', created: 1, name: 's', members: [{ snapshot: 1, device: 1, seq: 1, writable: false }] },
-        ...chunks.map((chunk, i): JournalRecord => ({ type: 'EXCEPTION', device: 1, seq: 1, chunk, slot: 10 + i, crc: 0 })),
+        ...chunks.map(
+          (chunk, i): JournalRecord => ({ type: 'EXCEPTION', device: 1, seq: 1, chunk, slot: 10 + i, crc: 0 }),
+        ),
         { type: 'MERGE', snapshot: 1, deferred: false },
         // A copy made after the merge began (for a newer snapshot) is not merged.
         { type: 'SNAPSHOT', created: 2, name: 't', members: [{ snapshot: 2, device: 1, seq: 2, writable: false }] },
