@@ -41,9 +41,11 @@ export function noEffects(): Effects {
   return { freed: [], created: [], removed: [], invalidated: [], merging: [] };
 }
 
-/** Apply one journal record to the catalog. Unknown record types change nothing. */
-export function apply(cat: Catalog, rec: JournalRecord): Effects {
-  const fx = noEffects();
+/**
+ * Apply one journal record to the catalog. Unknown record types change nothing. The effects are
+ * added to `fx` (a new set by default).
+ */
+export function apply(cat: Catalog, rec: JournalRecord, fx: Effects = noEffects()): Effects {
   switch (rec.type) {
     case 'DEVICE':
       if (cat.origins.has(rec.device))
@@ -152,7 +154,17 @@ function newestAndRead(origin: OriginState, chunk: number, seq: number, slot: nu
 /** The catalog a journal describes: `apply` folded over its records. */
 export function replay(records: Iterable<JournalRecord>, chunkSize: number): Catalog {
   const cat = new Catalog(chunkSize);
-  for (const rec of records) apply(cat, rec);
+  const fx = noEffects(); // dropped: one set of arrays, emptied, for every record
+  for (const rec of records) {
+    apply(cat, rec, fx);
+    if (fx.freed.length + fx.created.length + fx.removed.length + fx.invalidated.length + fx.merging.length > 0) {
+      fx.freed.length = 0;
+      fx.created.length = 0;
+      fx.removed.length = 0;
+      fx.invalidated.length = 0;
+      fx.merging.length = 0;
+    }
+  }
   return cat;
 }
 

@@ -18,7 +18,7 @@ import { NbdsnapError } from '../errors.ts';
 import { checksum } from './checksum.ts';
 import { chainStart, FILL, type ScanPoint } from './journal-scan.ts';
 import { killPoint } from './kill-point.ts';
-import { BLOCK_HEADER, encodeBlockHeader, encodeRecord, type JournalRecord } from './records.ts';
+import { BLOCK_HEADER, encodeBlockHeader, encodeRecordInto, type JournalRecord } from './records.ts';
 import type { StoreSpace } from './space.ts';
 
 /** Records per batch of a checkpoint (each batch closed by a COMMIT). */
@@ -67,10 +67,10 @@ export async function writeCheckpoint(
       tail = BLOCK_HEADER;
     };
     startBlock();
-    const put = async (bytes: Buffer): Promise<void> => {
-      if (bytes.length > size - BLOCK_HEADER)
-        throw new NbdsnapError('EINVAL', `a journal record of ${bytes.length} bytes exceeds a block`);
-      if (tail + bytes.length > size) {
+    /** Encode `rec` into the block (the next one when it does not fit); returns its bytes there. */
+    const put = async (rec: JournalRecord): Promise<Buffer> => {
+      let n = encodeRecordInto(block, tail, rec, seq);
+      if (n === 0) {
         block.fill(FILL, tail); // the writer moved on from here
         await space.writeSlot(slot, block);
         slot = next;
@@ -78,10 +78,13 @@ export async function writeCheckpoint(
         index += 1;
         block.fill(0);
         startBlock();
+        n = encodeRecordInto(block, tail, rec, seq);
+        if (n === 0) throw new NbdsnapError('EINVAL', `a journal record (${rec.type}) exceeds a block`);
       }
-      bytes.copy(block, tail);
-      tail += bytes.length;
+      const bytes = block.subarray(tail, tail + n);
+      tail += n;
       seq += 1;
+      return bytes;
     };
     let chain = 0;
     let batchFirst = 1;
@@ -89,16 +92,14 @@ export async function writeCheckpoint(
     let value = chainStart(chain);
     let count = 0;
     const close = async (): Promise<void> => {
-      await put(encodeRecord({ type: 'COMMIT', firstSeq: batchFirst, count: batchCount, chain: value }, seq));
+      await put({ type: 'COMMIT', firstSeq: batchFirst, count: batchCount, chain: value });
       chain = value;
       value = chainStart(chain);
       batchFirst = seq;
       batchCount = 0;
     };
     for (const rec of records) {
-      const bytes = encodeRecord(rec, seq);
-      value = checksum(bytes, value);
-      await put(bytes);
+      value = checksum(await put(rec), value);
       batchCount += 1;
       count += 1;
       if (batchCount >= BATCH_RECORDS) await close();

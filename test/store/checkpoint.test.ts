@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { checkHuman, checkStore } from '../../src/store/check.ts';
 import { writeCheckpoint } from '../../src/store/checkpoint-writer.ts';
 import { chainValue } from '../../src/store/journal-scan.ts';
-import { encodeBlockHeader, encodeRecord, type JournalRecord } from '../../src/store/records.ts';
+import { encodeBlockHeader, encodeRecord, encodeRecordInto, type JournalRecord } from '../../src/store/records.ts';
 import { StoreSpace } from '../../src/store/space.ts';
 import { DiffStore } from '../../src/store/store.ts';
 import { tempDir } from '../helpers/server.ts';
@@ -112,6 +112,25 @@ describe('a checkpoint', () => {
     await expect(store.checkpoint(state)).rejects.toMatchObject({ code: 'EINVAL' });
     await commit;
     await store.close();
+  });
+});
+
+describe('encoding into a block', () => {
+  it('gives the bytes encodeRecord gives, and 0 when the record does not fit', () => {
+    const records: JournalRecord[] = [
+      { type: 'EXCEPTION', device: 3, seq: 7, chunk: 2 ** 40 + 5, slot: 123456, crc: 0xfedcba98 },
+      { type: 'EXCEPTION', device: 1, seq: 0xffffffff, chunk: 0, slot: 0, crc: -5 },
+      { type: 'CBT', device: 2, era: 9, block: 2 ** 35 + 1, count: 0xffffffff },
+      { type: 'SNAPSHOT', created: 5, name: 'x', members: [{ snapshot: 1, device: 1, seq: 1, writable: true }] },
+      { type: 'COMMIT', firstSeq: 4, count: 2, chain: 77 },
+    ];
+    for (const [i, rec] of records.entries()) {
+      const want = encodeRecord(rec, 1000 + i);
+      const block = Buffer.alloc(want.length + 16);
+      expect(encodeRecordInto(block, 16, rec, 1000 + i)).toBe(want.length);
+      expect(block.subarray(16)).toEqual(want);
+      expect(encodeRecordInto(Buffer.alloc(want.length + 15), 16, rec, 1)).toBe(0);
+    }
   });
 });
 
