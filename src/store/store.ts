@@ -68,6 +68,8 @@ export class DiffStore {
   private closing = false;
   /** Slots of journals replaced by checkpoints (only for the test kill point `checkpoint:old-reused`). */
   private replaced: number[] = [];
+  /** Label updates that read and rewrite the record run one at a time (`exclusive`). */
+  private labelTurn: Promise<void> = Promise.resolve();
 
   private constructor(space: StoreSpace, journal: Journal | undefined, record: Superblock, slots: number[]) {
     this.space = space;
@@ -187,7 +189,24 @@ export class DiffStore {
    * it, and only then are its slots handed out (a crash in between must not leave mappings to
    * slots the recorded store does not have). If either write fails the range is not added.
    */
-  async append(range: StoreRange): Promise<void> {
+  append(range: StoreRange): Promise<void> {
+    return this.exclusive(() => this.appendNow(range));
+  }
+
+  /**
+   * Run `fn` after every label update begun before it (append, checkpoint): each reads the record
+   * and writes it back, so two at once could write back a record without the other's change.
+   */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.labelTurn.then(fn);
+    this.labelTurn = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  private async appendNow(range: StoreRange): Promise<void> {
     if (range.length < LABEL_AREA + this.chunkSize) {
       throw new NbdsnapError(
         'BAD_ARGUMENT',
@@ -287,7 +306,11 @@ export class DiffStore {
    * journals are durable then and describe the same state, so whichever the label names at the
    * next start is right. Returns undefined for a transient store.
    */
-  async checkpoint(records: Iterable<JournalRecord>): Promise<WrittenCheckpoint | undefined> {
+  checkpoint(records: Iterable<JournalRecord>): Promise<WrittenCheckpoint | undefined> {
+    return this.exclusive(() => this.checkpointNow(records));
+  }
+
+  private async checkpointNow(records: Iterable<JournalRecord>): Promise<WrittenCheckpoint | undefined> {
     const journal = this.journal;
     if (journal === undefined) return undefined;
     if (this.closing) throw new NbdsnapError('ESHUTDOWN', 'the difference store is closed');
