@@ -28,6 +28,11 @@
  * including the last one and its COMMIT, is a CORRUPT error and the server refuses to start; a
  * torn tail is dropped and zeroed. A read error (EIO, short read) is an error naming the block,
  * never the end of the journal: the end is recognised only from the content.
+ *
+ * Checkpoints (checkpoint-writer.ts, store.ts): a new journal of the next generation holding the
+ * state is written beside this one; once range 0's label names it, `adopt()` continues there and
+ * hands back this journal's slots for release. Every block header carries the generation, and
+ * replay follows only blocks of the label's generation.
  */
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import { chainValue, FILL, type ReadBlock, type ScanPoint, scanJournal } from './journal-scan.ts';
