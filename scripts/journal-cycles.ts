@@ -35,7 +35,7 @@ const originPath = sparse('origin.img', ORIGIN);
 const storePath = sparse('store.img', STORE);
 let seed = 7;
 const random = () => {
-  seed = (seed * 1103515245 + 12345) >>> 0;
+  seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
   return seed / 2 ** 32;
 };
 

@@ -46,7 +46,7 @@ afterAll(async () => {
 
 let seed = SEED;
 const random = (n: number) => {
-  seed = (seed * 1103515245 + 12345) >>> 0;
+  seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
   return Math.floor((seed / 2 ** 32) * n);
 };
 
