@@ -106,6 +106,36 @@ export class CbtTracker {
     compactEras(this.eras, points, nextSeq, this.blockCount, BLOCKS_PER_RUN_BEFORE_DENSE);
   }
 
+  /**
+   * Every era's blocks as maximal runs [era, start, end), era by era (in the order eras were
+   * first marked), runs ascending: what a journal checkpoint records (CBT records). Reads a
+   * window of blocks at a time, so the memory is one window's runs, not the era's.
+   */
+  *eraRuns(): IterableIterator<[number, number, number]> {
+    const window = 1 << 20;
+    const out: number[] = [];
+    for (const [era, set] of this.eras) {
+      let start = -1;
+      let end = -1;
+      for (let lo = 0; lo < this.blockCount; lo += window) {
+        out.length = 0;
+        set.collect(lo, Math.min(lo + window, this.blockCount), out);
+        for (let i = 0; i < out.length; i += 2) {
+          const a = out[i] as number;
+          const b = out[i + 1] as number;
+          if (a === end)
+            end = b; // a run cut by the window's edge
+          else {
+            if (end > start) yield [era, start, end];
+            start = a;
+            end = b;
+          }
+        }
+      }
+      if (end > start) yield [era, start, end];
+    }
+  }
+
   /** Eras kept as runs and as bit sets, and the bytes of their storage: for measurements. */
   footprint(): { sparse: number; dense: number; bytes: number } {
     let sparse = 0;

@@ -18,6 +18,7 @@ import type { ExportRegistry } from '../server/exports.ts';
 import type { StoreRange } from '../store/space.ts';
 import { DiffStore } from '../store/store.ts';
 import type { Catalog } from './catalog.ts';
+import { Checkpointer } from './checkpointer.ts';
 import { Commands, requireStore } from './commands.ts';
 import { DamageLog, type ScrubProgress } from './damage.ts';
 import { DeviceStack } from './device-stack.ts';
@@ -65,6 +66,7 @@ export class SnapshotManager {
   private running: Parts | undefined;
   /** Set as soon as the store is open (closed by `close()` even if `start()` fails later). */
   private opened: DiffStore | undefined;
+  private checkpoints: Checkpointer | undefined;
 
   constructor(registry: ExportRegistry, log: Logger, opts: ManagerOptions) {
     this.registry = registry;
@@ -105,7 +107,9 @@ export class SnapshotManager {
     const stacks = new Map<string, DeviceStack>();
     const publisher = new ExportPublisher(this.registry, stacks);
     const lowSpace = new LowSpaceWatch(this.events, opts.lowSpacePercent);
-    const recorder = new Recorder(catalog, { store, publisher, events: this.events, lowSpace });
+    const checkpoints = store === undefined || store.transient ? undefined : new Checkpointer(catalog, store, this.log);
+    this.checkpoints = checkpoints;
+    const recorder = new Recorder(catalog, { store, publisher, events: this.events, lowSpace, checkpoints });
     if (store?.failedBefore !== undefined) await this.invalidateAfterFailure(store, catalog, recorder);
     const cbt = new CbtControl(catalog, recorder, store !== undefined && !store.transient);
     const damage = new DamageLog(store, recorder, this.events, this.log);
@@ -168,6 +172,7 @@ export class SnapshotManager {
       keepDeleted: opts.cbtKeepDeleted ?? 1,
     });
     this.running = { store, catalog, stacks, cbt, merges, commands, damage };
+    await checkpoints?.atStart(); // a long journal replayed: start the next one from the state
     await merges.resume(served);
     if (store !== undefined) lowSpace.check(store);
   }
@@ -269,6 +274,7 @@ export class SnapshotManager {
   }
 
   async close(): Promise<void> {
+    await this.checkpoints?.settled();
     await this.store?.close();
   }
 }

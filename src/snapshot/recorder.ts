@@ -13,6 +13,7 @@ import { errorMessage, NbdsnapError } from '../errors.ts';
 import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { Catalog } from './catalog.ts';
+import type { Checkpointer } from './checkpointer.ts';
 import type { EventBus, LowSpaceWatch } from './events.ts';
 import { exportName } from './model.ts';
 import type { ExportPublisher } from './publisher.ts';
@@ -28,6 +29,8 @@ export interface RecorderParts {
   publisher: ExportPublisher;
   events: EventBus;
   lowSpace: LowSpaceWatch;
+  /** Journal checkpoints: holds records back while one is written (checkpointer.ts). */
+  checkpoints?: Checkpointer | undefined;
 }
 
 export class Recorder implements RecordSink {
@@ -41,6 +44,18 @@ export class Recorder implements RecordSink {
 
   /** Commit `records` durably, apply them in order, act on their effects; returns the effects. */
   async record(records: JournalRecord[]): Promise<Effects> {
+    const gate = this.parts.checkpoints;
+    if (gate === undefined) return this.commitAndApply(records);
+    const wait = gate.enter(); // a checkpoint being written holds records back
+    if (wait !== undefined) await wait;
+    try {
+      return await this.commitAndApply(records);
+    } finally {
+      gate.leave();
+    }
+  }
+
+  private async commitAndApply(records: JournalRecord[]): Promise<Effects> {
     const store = this.parts.store;
     if (store !== undefined) {
       try {

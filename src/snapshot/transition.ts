@@ -41,9 +41,11 @@ export function noEffects(): Effects {
   return { freed: [], created: [], removed: [], invalidated: [], merging: [] };
 }
 
-/** Apply one journal record to the catalog. Unknown record types change nothing. */
-export function apply(cat: Catalog, rec: JournalRecord): Effects {
-  const fx = noEffects();
+/**
+ * Apply one journal record to the catalog. Unknown record types change nothing. The effects are
+ * added to `fx` (a new set by default).
+ */
+export function apply(cat: Catalog, rec: JournalRecord, fx: Effects = noEffects()): Effects {
   switch (rec.type) {
     case 'DEVICE':
       if (cat.origins.has(rec.device))
@@ -64,7 +66,10 @@ export function apply(cat: Catalog, rec: JournalRecord): Effects {
         break;
       }
       origin.table.add(rec.chunk, rec.seq, rec.slot, rec.crc);
-      origin.table.pruneChunk(rec.chunk, origin.readers, (slot) => fx.freed.push(slot));
+      // The usual case, cheaply: the newest copy of the chunk, read by a snapshot, so kept, and
+      // the older copies' readers are unchanged. Otherwise the chunk is pruned as a whole.
+      if (!newestAndRead(origin, rec.chunk, rec.seq, rec.slot))
+        origin.table.pruneChunk(rec.chunk, origin.readers, (slot) => fx.freed.push(slot));
       break;
     }
     case 'PRIVATE': {
@@ -106,6 +111,27 @@ export function apply(cat: Catalog, rec: JournalRecord): Effects {
     case 'FORGET':
       forgetPoint(cat, rec.device, rec.name);
       break;
+    case 'CHECKPOINT':
+      // A journal that starts with the state (checkpoint.ts): the counters deleted snapshots advanced.
+      cat.nextSnapshotId = Math.max(cat.nextSnapshotId, rec.nextSnapshotId);
+      cat.nextSeq = Math.max(cat.nextSeq, rec.nextSeq);
+      break;
+    case 'BOOKMARK': {
+      const marks = cat.bookmarks.get(rec.device) ?? new Map<string, number>();
+      marks.set(rec.name, rec.seq);
+      cat.bookmarks.set(rec.device, marks);
+      break;
+    }
+    case 'MERGE_PLAN': {
+      // The chunk list fixed at a merge's MERGE, recorded before it: that MERGE keeps it.
+      const snap = cat.snapshots.get(rec.snapshot);
+      if (snap === undefined || snap.state === 'invalid') break;
+      const m = cat.merges.get(rec.snapshot) ?? { deferred: false, merged: new Set<number>(), chunks: [] };
+      const chunks = m.chunks ?? [];
+      for (const [chunk, count] of rec.runs) for (let c = chunk; c < chunk + count; c++) chunks.push(c);
+      cat.merges.set(rec.snapshot, { ...m, chunks });
+      break;
+    }
     default:
       // COMMIT closes a batch; other records do not concern the catalog.
       break;
@@ -113,10 +139,35 @@ export function apply(cat: Catalog, rec: JournalRecord): Effects {
   return fx;
 }
 
+/**
+ * Whether the copy in `slot` (just added with `seq`) is the newest copy of `chunk` and some
+ * snapshot reads it (the one with the largest seq <= `seq` resolves to it): then pruning the
+ * chunk would keep everything.
+ */
+function newestAndRead(origin: OriginState, chunk: number, seq: number, slot: number): boolean {
+  if (origin.table.latest(chunk) !== seq) return false;
+  const readers = origin.readers;
+  for (let i = readers.length - 1; i >= 0; i--) {
+    const s = readers[i] as Snapshot;
+    if (s.seq <= seq) return origin.table.find(chunk, s.seq)?.slot === slot;
+  }
+  return false;
+}
+
 /** The catalog a journal describes: `apply` folded over its records. */
 export function replay(records: Iterable<JournalRecord>, chunkSize: number): Catalog {
   const cat = new Catalog(chunkSize);
-  for (const rec of records) apply(cat, rec);
+  const fx = noEffects(); // dropped: one set of arrays, emptied, for every record
+  for (const rec of records) {
+    apply(cat, rec, fx);
+    if (fx.freed.length + fx.created.length + fx.removed.length + fx.invalidated.length + fx.merging.length > 0) {
+      fx.freed.length = 0;
+      fx.created.length = 0;
+      fx.removed.length = 0;
+      fx.invalidated.length = 0;
+      fx.merging.length = 0;
+    }
+  }
   return cat;
 }
 

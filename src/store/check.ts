@@ -170,7 +170,10 @@ export function checkHuman(r: CheckReport): string {
     );
   const problem = r.journal.problem ?? '';
   const j = r.journal.report;
-  const stop = j === undefined ? '' : `, ${j.batches} batches, ended ${j.reason}${j.torn ? ` (${j.torn})` : ''}`;
+  const stop =
+    j === undefined
+      ? ''
+      : `, ${j.batches} batches in ${j.blocks} blocks (generation ${j.generation}${j.checkpoint ? ', starts with a checkpoint' : ''}), ended ${j.reason}${j.torn ? ` (${j.torn})` : ''}`;
   lines.push(
     r.journal.ok
       ? `journal: ${r.journal.records} records${stop}, ok`

@@ -102,17 +102,30 @@ interface Stop {
 }
 
 /** The chain value of a batch: checksum(previous chain, u32 LE || the batch's records as encoded). */
-export function chainValue(previous: number, encoded: Buffer[]): number {
-  const prev = Buffer.alloc(4);
-  prev.writeUInt32LE(previous >>> 0, 0);
-  return checksum(Buffer.concat([prev, ...encoded]));
+export function chainValue(previous: number, encoded: readonly Buffer[]): number {
+  let value = chainStart(previous);
+  for (const b of encoded) value = checksum(b, value);
+  return value;
 }
 
-/** Replay the journal whose block 0 is in `firstSlot`. Throws CORRUPT on damage. */
-export async function scanJournal(read: ReadBlock, firstSlot: number): Promise<ScanResult> {
+/** The chain computed incrementally: start from the previous chain, then `checksum(record, value)` per record. */
+export function chainStart(previous: number): number {
+  const prev = Buffer.alloc(4);
+  prev.writeUInt32LE(previous >>> 0, 0);
+  return checksum(prev);
+}
+
+/**
+ * Replay the journal whose block 0 is in `firstSlot` and whose blocks carry `generation` (range
+ * 0's label: a block of another generation, the leftover of an older journal, is never followed
+ * and is damage where this journal's block belongs). Throws CORRUPT on damage.
+ */
+export async function scanJournal(read: ReadBlock, firstSlot: number, generation = 0): Promise<ScanResult> {
   const firstBuf = await read(firstSlot, 0);
   const h0 = blockHeader(firstBuf, 0, firstSlot);
   let block: JournalBlock = { index: 0, slot: firstSlot, buf: firstBuf, next: h0.next };
+  if (h0.generation !== generation)
+    throw damage(block, 0, `block 0 is of journal generation ${h0.generation}, the store's label says ${generation}`);
   if (h0.firstSeq !== 1) throw damage(block, 0, `block 0 starts at record ${h0.firstSeq}`);
   const slots = [firstSlot];
   const records: JournalRecord[] = [];
@@ -120,7 +133,9 @@ export async function scanJournal(read: ReadBlock, firstSlot: number): Promise<S
   let expected = 1;
   let start: ScanPoint = { block, offset: pos, seq: 1, chain: 0 };
   let pending: JournalRecord[] = [];
-  let raws: Buffer[] = [];
+  // The batch's chain value, folded in over its bytes as they are passed (block by block).
+  let value = chainStart(0);
+  let segment = pos;
   let last: ScanResult['last'];
   let batches = 0;
   let stop: Stop;
@@ -128,12 +143,10 @@ export async function scanJournal(read: ReadBlock, firstSlot: number): Promise<S
     const r = recordAt(block.buf, pos);
     if (!('bad' in r)) {
       if (r.seq !== expected) throw damage(block, pos, `record ${r.seq} is where record ${expected} belongs`);
-      const raw = block.buf.subarray(pos, pos + r.size);
       pos += r.size;
       expected += 1;
       if (r.record.type !== 'COMMIT') {
         pending.push(r.record);
-        raws.push(raw);
         continue;
       }
       const c = r.record;
@@ -145,15 +158,16 @@ export async function scanJournal(read: ReadBlock, firstSlot: number): Promise<S
           `COMMIT ${r.seq} closes ${c.count} records from ${c.firstSeq}, the batch holds ${pending.length} from ${start.seq}`,
         );
       }
-      if (c.chain !== chainValue(start.chain, raws))
-        throw damage(block, at, `COMMIT ${r.seq}: chained checksum mismatch`);
+      if (at > segment) value = checksum(block.buf.subarray(segment, at), value);
+      if (c.chain !== value) throw damage(block, at, `COMMIT ${r.seq}: chained checksum mismatch`);
       const clean = pending.length === 1 && pending[0]?.type === 'CLEAN';
       const state = pending.filter((x) => x.type !== 'CLEAN');
       for (const x of state) records.push(x);
       last = { start, records: state, clean };
       batches += 1;
       pending = [];
-      raws = [];
+      value = chainStart(c.chain);
+      segment = pos;
       start = { block, offset: pos, seq: expected, chain: c.chain };
       continue;
     }
@@ -162,9 +176,16 @@ export async function scanJournal(read: ReadBlock, firstSlot: number): Promise<S
       // This block's records may end here: the chain goes on if the next block starts with `expected`.
       const next = await read(block.next, block.index + 1);
       const nh = decodeBlockHeader(next);
-      if (nh !== undefined && nh.index === block.index + 1 && nh.firstSeq === expected) {
+      if (
+        nh !== undefined &&
+        nh.index === block.index + 1 &&
+        nh.firstSeq === expected &&
+        nh.generation === generation
+      ) {
         if (!gapIntact(block.buf, pos)) throw damage(block, pos, 'the unused end of the block is damaged');
         checkHeaderPad(next, nh.index, block.next);
+        if (pos > segment) value = checksum(block.buf.subarray(segment, pos), value);
+        segment = BLOCK_HEADER;
         block = { index: nh.index, slot: block.next, buf: next, next: nh.next };
         slots.push(block.slot);
         pos = BLOCK_HEADER;
@@ -176,8 +197,8 @@ export async function scanJournal(read: ReadBlock, firstSlot: number): Promise<S
   }
   const result = { slots, records, batches, end: start, ...(last === undefined ? {} : { last }) };
   if (tailEmpty(stop, start)) return { ...result, tail: { torn: false } };
-  const why = classify(stop, start, expected);
-  await noLaterBatch(read, stop, start);
+  const why = classify(stop, start, expected, generation);
+  await noLaterBatch(read, stop, start, generation);
   return { ...result, tail: { torn: true, why } };
 }
 
@@ -193,7 +214,7 @@ function tailEmpty(stop: Stop, start: ScanPoint): boolean {
 }
 
 /** Rules 2a–2c at the stop point Q: why the tail is torn, or a CORRUPT error. */
-function classify(stop: Stop, start: ScanPoint, expected: number): string {
+function classify(stop: Stop, start: ScanPoint, expected: number, generation: number): string {
   const { block, pos } = stop;
   const buf = block.buf;
   // Pieces start at P in P's block; later blocks were written whole by the torn batch.
@@ -218,21 +239,23 @@ function classify(stop: Stop, start: ScanPoint, expected: number): string {
       return `record ${expected} was not completely written`;
     }
     case 'zero':
-      checkNext(stop, expected, true);
+      checkNext(stop, expected, true, generation);
       return `record ${expected} was not written`;
     default:
-      checkNext(stop, expected, false);
+      checkNext(stop, expected, false, generation);
       return `the batch from record ${start.seq} went on in block ${block.index + 1}, which was not written`;
   }
 }
 
 /** Rule 2c: the next block's first sector reads as zeros, or its header fits the torn batch. */
-function checkNext(stop: Stop, expected: number, later: boolean): void {
+function checkNext(stop: Stop, expected: number, later: boolean, generation: number): void {
   const next = stop.next as Buffer;
   if (allZero(next, 0, SECTOR)) return;
   const where = `block ${stop.block.index + 1} (store slot ${stop.block.next})`;
   const h = decodeBlockHeader(next);
   if (h === undefined) throw damage(stop.block, stop.pos, `the header of ${where} is damaged`);
+  if (h.generation !== generation)
+    throw damage(stop.block, stop.pos, `${where} is a block of journal generation ${h.generation}, not ${generation}`);
   if (h.index !== stop.block.index + 1 || h.firstSeq < expected || (h.firstSeq > expected && !later)) {
     throw damage(
       stop.block,
@@ -243,7 +266,7 @@ function checkNext(stop: Stop, expected: number, later: boolean): void {
 }
 
 /** Rule 2d: no record after Q belongs to an earlier batch, no COMMIT to a later one. */
-async function noLaterBatch(read: ReadBlock, stop: Stop, start: ScanPoint): Promise<void> {
+async function noLaterBatch(read: ReadBlock, stop: Stop, start: ScanPoint, generation: number): Promise<void> {
   const check = (buf: Buffer, from: number, index: number) => {
     for (let pos = from; pos + RECORD_HEADER <= buf.length; pos += 8) {
       if (buf.readUInt32LE(pos) !== RECORD_MAGIC) continue;
@@ -265,7 +288,7 @@ async function noLaterBatch(read: ReadBlock, stop: Stop, start: ScanPoint): Prom
   for (;;) {
     check(buf, BLOCK_HEADER, index);
     const h = decodeBlockHeader(buf);
-    if (h === undefined || h.index !== index) return;
+    if (h === undefined || h.index !== index || h.generation !== generation) return;
     index += 1;
     buf = await read(h.next, index);
   }

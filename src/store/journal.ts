@@ -28,10 +28,15 @@
  * including the last one and its COMMIT, is a CORRUPT error and the server refuses to start; a
  * torn tail is dropped and zeroed. A read error (EIO, short read) is an error naming the block,
  * never the end of the journal: the end is recognised only from the content.
+ *
+ * Checkpoints (checkpoint-writer.ts, store.ts): a new journal of the next generation holding the
+ * state is written beside this one; once range 0's label names it, `adopt()` continues there and
+ * hands back this journal's slots for release. Every block header carries the generation, and
+ * replay follows only blocks of the label's generation.
  */
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import { chainValue, FILL, type ReadBlock, type ScanPoint, scanJournal } from './journal-scan.ts';
-import { BLOCK_HEADER, encodeBlockHeader, encodeRecord, type JournalRecord } from './records.ts';
+import { BLOCK_HEADER, decodeBlockHeader, encodeBlockHeader, encodeRecord, type JournalRecord } from './records.ts';
 import type { StoreSpace } from './space.ts';
 
 export interface JournalOpenOptions {
@@ -44,6 +49,8 @@ export interface JournalOpenOptions {
   verifyLastBatch?: (batch: JournalRecord[], before: JournalRecord[]) => Promise<boolean>;
   /** Write nothing (no zeroing of a torn tail): for an offline check. The journal takes no records. */
   readOnly?: boolean;
+  /** The journal's generation (range 0's label `journalGeneration`; 0 when absent). */
+  generation?: number;
 }
 
 /** What replay found (for `store check`); damage is never reported here: it is a CORRUPT error. */
@@ -51,6 +58,9 @@ export interface JournalReport {
   /** Journal blocks kept: the chain up to the end, and the zeroed block it continues in. */
   blocks: number;
   slots: number[];
+  /** The journal's generation (range 0's label); it starts with a CHECKPOINT record. */
+  generation: number;
+  checkpoint: boolean;
   /** Whole batches replayed (a CLEAN batch included) and the state records they hold. */
   batches: number;
   records: number;
@@ -83,16 +93,19 @@ export class Journal {
   private committing: Promise<void> | undefined;
   /** Why the journal takes no more records: closed, read-only, or a batch that failed. */
   private refusal: NbdsnapError | undefined;
-  /** Slots holding journal blocks (never reused). */
+  /** Slots holding journal blocks (released only when a checkpoint replaces the journal). */
   readonly slots: number[];
+  /** The generation every block of this journal carries. */
+  private gen: number;
 
   /** The sequence number the next record will take. */
   get nextSeq(): number {
     return this.seq;
   }
 
-  private constructor(space: StoreSpace, at: ScanPoint, slots: number[]) {
+  private constructor(space: StoreSpace, at: ScanPoint, slots: number[], generation: number) {
     this.space = space;
+    this.gen = generation;
     this.block = at.block.buf;
     this.blockSlot = at.block.slot;
     this.blockIndex = at.block.index;
@@ -115,7 +128,7 @@ export class Journal {
     await space.writeSlot(next, Buffer.alloc(space.chunkSize)); // nothing stale where the chain goes next
     await space.sync();
     const at = { block: { index: 0, slot: first, buf, next }, offset: BLOCK_HEADER, seq: 1, chain: 0 };
-    return new Journal(space, at, [first, next]);
+    return new Journal(space, at, [first, next], 0);
   }
 
   /**
@@ -128,7 +141,7 @@ export class Journal {
     firstSlot: number,
     opts: JournalOpenOptions = {},
   ): Promise<{ journal: Journal; records: JournalRecord[]; report: JournalReport }> {
-    const read: ReadBlock = async (slot, index) => {
+    const readOne = async (slot: number, index: number): Promise<Buffer> => {
       if (!Number.isInteger(slot) || slot < 0 || slot >= space.totalSlots) {
         throw new NbdsnapError('CORRUPT', `journal block ${index} would be in store slot ${slot}, beyond the store`);
       }
@@ -140,7 +153,22 @@ export class Journal {
         });
       }
     };
-    const scan = await scanJournal(read, firstSlot);
+    // Read ahead: while a block is decoded, the one its header points to is being read.
+    let ahead: { slot: number; index: number; buf: Promise<Buffer> } | undefined;
+    const read: ReadBlock = async (slot, index) => {
+      const got =
+        ahead !== undefined && ahead.slot === slot && ahead.index === index ? ahead.buf : readOne(slot, index);
+      ahead = undefined;
+      const buf = await got;
+      const h = decodeBlockHeader(buf);
+      if (h !== undefined && h.index === index && Number.isInteger(h.next) && h.next < space.totalSlots) {
+        ahead = { slot: h.next, index: index + 1, buf: readOne(h.next, index + 1) };
+        ahead.buf.catch(() => {}); // reported when (if) it is asked for
+      }
+      return buf;
+    };
+    const generation = opts.generation ?? 0;
+    const scan = await scanJournal(read, firstSlot, generation);
     let { end, records, batches } = scan;
     let torn = scan.tail.torn ? scan.tail.why : undefined;
     const cleanStop = !scan.tail.torn && scan.last?.clean === true;
@@ -169,6 +197,8 @@ export class Journal {
     const report: JournalReport = {
       blocks: slots.length,
       slots,
+      generation,
+      checkpoint: records[0]?.type === 'CHECKPOINT',
       batches,
       records: records.length,
       cleanStop,
@@ -176,9 +206,49 @@ export class Journal {
       stop: { block: end.block.index, slot: end.block.slot, offset: end.offset, seq: end.seq },
       ...(torn === undefined ? {} : { torn }),
     };
-    const journal = new Journal(space, end, slots);
+    const journal = new Journal(space, end, slots, generation);
     if (opts.readOnly === true) journal.refusal = new NbdsnapError('EPERM', 'the journal was opened read-only');
     return { journal, records, report };
+  }
+
+  get generation(): number {
+    return this.gen;
+  }
+
+  /** No batch being written and none queued (a checkpoint may replace the journal). */
+  get idle(): boolean {
+    return this.committing === undefined && this.queue.length === 0;
+  }
+
+  /** Why the journal takes no records (closed, read-only, failed), if it does not. */
+  get refused(): NbdsnapError | undefined {
+    return this.refusal;
+  }
+
+  /**
+   * Continue in another journal (a checkpoint's, once range 0's label names it): from `at`, its
+   * blocks in `slots`, under `generation`. Returns the slots of the journal replaced (the caller
+   * releases them). Only while idle.
+   */
+  adopt(at: ScanPoint, slots: number[], generation: number): number[] {
+    if (!this.idle) throw new NbdsnapError('EINVAL', 'the journal is busy: it cannot be replaced now');
+    this.block = at.block.buf;
+    this.blockSlot = at.block.slot;
+    this.blockIndex = at.block.index;
+    this.nextSlot = at.block.next;
+    this.tail = at.offset;
+    this.seq = at.seq;
+    this.chain = at.chain;
+    this.gen = generation;
+    return this.slots.splice(0, this.slots.length, ...slots);
+  }
+
+  /**
+   * Stop taking records for good (a checkpoint whose label write failed: which journal the next
+   * start reads is unknown, both describe the same state).
+   */
+  fail(why: string): void {
+    this.refusal = new NbdsnapError('EIO', `the journal failed earlier: ${why}`);
   }
 
   /** Append records durably (group commit). Resolves once they and the data before them are on disk. */
@@ -268,7 +338,7 @@ export class Journal {
     this.blockIndex += 1;
     this.nextSlot = next;
     this.block = Buffer.alloc(this.space.chunkSize);
-    encodeBlockHeader({ index: this.blockIndex, next, firstSeq: this.seq }).copy(this.block, 0);
+    encodeBlockHeader({ index: this.blockIndex, next, firstSeq: this.seq, generation: this.gen }).copy(this.block, 0);
     this.tail = BLOCK_HEADER;
   }
 }

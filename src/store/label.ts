@@ -12,7 +12,7 @@
  * range's own random identity (two ranges of one store never share it); `first` is where range 0
  * was when this range was labelled (a hint for messages). Range 0's label also holds the store's
  * record (what the version-1 superblock held): `ranges` (path, start, length, id per index),
- * `firstJournalSlot` (persistent stores) and `failed?` (see superblock.ts).
+ * `firstJournalSlot` and `journalGeneration?` (persistent stores) and `failed?` (see superblock.ts).
  *
  * Pure: no I/O here.
  */
@@ -61,6 +61,12 @@ export interface Label {
    * stop lost its end (a lost or zeroed write), which replay alone would take for a crash.
    */
   cleanAt?: number;
+  /**
+   * Range 0 of a persistent store: the journal's generation (absent: 0). Every block of the
+   * journal carries it; a checkpoint writes a new journal under the next generation, then this
+   * label switches to it (records.ts, checkpoint-writer.ts).
+   */
+  journalGeneration?: number;
 }
 
 /** One copy: LABEL_COPY bytes. */
@@ -137,6 +143,8 @@ function checkFields(l: Label): string | undefined {
     if (!Array.isArray(l.ranges) || l.ranges.length === 0 || !l.ranges.every(isRange)) return 'no range record';
     if (l.kind === 'persistent' && !isCount(l.firstJournalSlot)) return 'no journal';
     if (l.cleanAt !== undefined && !isCount(l.cleanAt)) return 'bad clean-stop mark';
+    if (l.journalGeneration !== undefined && !(isCount(l.journalGeneration) && l.journalGeneration <= 0xffffffff))
+      return 'bad journal generation';
   }
   return undefined;
 }

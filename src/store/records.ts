@@ -7,9 +7,11 @@
  *          closed by a COMMIT record naming the batch's first seq and size and chaining a
  *          checksum across batches: replay applies whole batches only (see journal.ts).
  * Block:   the journal lives in store slots chained together. Each block starts with
- *          u32 magic "NSJB" | u32 index | u32 next slot | u32 0 | u64 first seq | u32 crc | pad,
- *          32 bytes; records follow. The next block is allocated when a block is started, so the
- *          chain is on disk before it is needed.
+ *          u32 magic "NSJB" | u32 index | u32 next slot | u32 generation | u64 first seq |
+ *          u32 crc | pad, 32 bytes; records follow. The next block is allocated when a block is
+ *          started, so the chain is on disk before it is needed. `generation` is the journal's
+ *          (range 0's label `journalGeneration`, 0 before the first checkpoint): a block of an
+ *          older journal is never taken for one of the current journal.
  */
 import { crc32 } from 'node:zlib';
 
@@ -33,7 +35,29 @@ export const RecordType = {
   CLEAN: 12,
   LOST: 13,
   FORGET: 16,
+  CHECKPOINT: 14,
+  BOOKMARK: 15,
+  MERGE_PLAN: 17,
 } as const;
+
+/** Record type names by type code (decoding without a search). */
+const TYPE_NAMES: (keyof typeof RecordType | undefined)[] = [];
+for (const [name, code] of Object.entries(RecordType)) TYPE_NAMES[code] = name as keyof typeof RecordType;
+/** Chunk runs per MERGE_PLAN record: 12 bytes each, so a payload stays far below the u16 limit. */
+export const MERGE_PLAN_RUNS = 2048;
+/** CRC-32 (IEEE, reflected) byte table, to continue a checksum over the 4 zero bytes of a record's CRC field. */
+const CRC_TABLE = Uint32Array.from({ length: 256 }, (_, n) => {
+  let c = n;
+  for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+  return c >>> 0;
+});
+
+/** crc32(4 zero bytes, crc): in JS, cheaper than a call into zlib. */
+function crcZero4(crc: number): number {
+  let c = ~crc >>> 0;
+  for (let i = 0; i < 4; i++) c = ((CRC_TABLE[c & 0xff] as number) ^ (c >>> 8)) >>> 0;
+  return ~c >>> 0;
+}
 
 export type JournalRecord =
   | { type: 'DEVICE'; device: number; size: number; name: string }
@@ -67,7 +91,19 @@ export type JournalRecord =
    */
   | { type: 'COMMIT'; firstSeq: number; count: number; chain: number }
   /** A graceful stop (milliseconds since the epoch), written as a batch of its own. */
-  | { type: 'CLEAN'; at: number };
+  | { type: 'CLEAN'; at: number }
+  /**
+   * The first record of a checkpoint (a journal that starts with the state, not the history):
+   * the catalog's counters, and when it was written (ms since the epoch).
+   */
+  | { type: 'CHECKPOINT'; nextSnapshotId: number; nextSeq: number; at: number }
+  /** A change-tracking point kept after its snapshot was deleted (written by checkpoints). */
+  | { type: 'BOOKMARK'; device: number; name: string; seq: number }
+  /**
+   * Part of the chunk list of a merge, as fixed at its MERGE (written by checkpoints, before that
+   * MERGE): runs [chunk, chunk + count). Several records append to one list.
+   */
+  | { type: 'MERGE_PLAN'; snapshot: number; runs: [number, number][] };
 
 const pad8 = (n: number): number => (n + 7) & ~7;
 
@@ -85,6 +121,50 @@ export function encodeRecord(rec: JournalRecord, seq: number): Buffer {
   return b;
 }
 
+/**
+ * Encode `rec` straight into `target` at `offset`, whose bytes there must be zeros (a block being
+ * filled): the same bytes as `encodeRecord`, without allocating for the common fixed-size types.
+ * Returns the bytes taken, or 0 when they do not fit before `target`'s end (nothing written).
+ */
+export function encodeRecordInto(target: Buffer, offset: number, rec: JournalRecord, seq: number): number {
+  let len: number;
+  if (rec.type === 'EXCEPTION') len = 24;
+  else if (rec.type === 'CBT') len = 20;
+  else {
+    const b = encodeRecord(rec, seq);
+    if (offset + b.length > target.length) return 0;
+    b.copy(target, offset);
+    return b.length;
+  }
+  const total = pad8(RECORD_HEADER + len);
+  if (offset + total > target.length) return 0;
+  target.writeUInt32LE(RECORD_MAGIC, offset);
+  target.writeUInt16LE(RecordType[rec.type], offset + 4);
+  target.writeUInt16LE(len, offset + 6);
+  writeU64(target, offset + 8, seq);
+  const p = offset + RECORD_HEADER;
+  if (rec.type === 'EXCEPTION') {
+    target.writeUInt32LE(rec.device, p);
+    target.writeUInt32LE(rec.seq, p + 4);
+    writeU64(target, p + 8, rec.chunk);
+    target.writeUInt32LE(rec.slot, p + 16);
+    target.writeUInt32LE(rec.crc >>> 0, p + 20);
+  } else {
+    target.writeUInt32LE(rec.device, p);
+    target.writeUInt32LE(rec.era, p + 4);
+    writeU64(target, p + 8, rec.block);
+    target.writeUInt32LE(rec.count, p + 16);
+  }
+  target.writeUInt32LE(crc32(target.subarray(offset, p + len)), offset + 16);
+  return total;
+}
+
+function writeU64(b: Buffer, at: number, n: number): void {
+  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`${n} is not a u64 the journal can hold`);
+  b.writeUInt32LE(n % 0x100000000, at);
+  b.writeUInt32LE(Math.floor(n / 0x100000000), at + 4);
+}
+
 export type DecodeResult = { record: JournalRecord; seq: number; size: number } | { bad: string };
 
 /** Decode the record at `offset` of a journal block; `bad` says why it is not a valid record. */
@@ -96,12 +176,13 @@ export function decodeRecord(buf: Buffer, offset: number): DecodeResult {
   if (offset + RECORD_HEADER + len > buf.length) return { bad: 'record runs past its block' };
   const seq = Number(buf.readBigUInt64LE(offset + 8));
   const stored = buf.readUInt32LE(offset + 16);
-  const copy = Buffer.from(buf.subarray(offset, offset + RECORD_HEADER + len));
-  copy.writeUInt32LE(0, 16);
-  if (crc32(copy) !== stored) return { bad: 'checksum mismatch' };
-  const type = (Object.keys(RecordType) as (keyof typeof RecordType)[]).find((k) => RecordType[k] === typeCode);
+  // The CRC covers the header with its CRC field as zeros, then the payload: no copy needed.
+  const payload = buf.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + len);
+  if (crc32(payload, crcZero4(crc32(buf.subarray(offset, offset + 16)))) !== stored)
+    return { bad: 'checksum mismatch' };
+  const type = TYPE_NAMES[typeCode];
   if (type === undefined) return { bad: `unknown record type ${typeCode}` };
-  const record = decodePayload(type, buf.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + len));
+  const record = decodePayload(type, payload);
   return { record, seq, size: pad8(RECORD_HEADER + len) };
 }
 
@@ -191,6 +272,25 @@ function encodePayload(rec: JournalRecord): Buffer {
       b.writeBigUInt64LE(BigInt(rec.chunk), 8);
       return b;
     }
+    case 'CHECKPOINT': {
+      const b = Buffer.alloc(16);
+      b.writeUInt32LE(rec.nextSnapshotId, 0);
+      b.writeUInt32LE(rec.nextSeq, 4);
+      b.writeBigUInt64LE(BigInt(rec.at), 8);
+      return b;
+    }
+    case 'BOOKMARK':
+      return Buffer.concat([u32s(rec.device, rec.seq), Buffer.from(rec.name, 'utf8')]);
+    case 'MERGE_PLAN': {
+      const b = Buffer.alloc(8 + 12 * rec.runs.length);
+      b.writeUInt32LE(rec.snapshot, 0);
+      b.writeUInt32LE(rec.runs.length, 4);
+      rec.runs.forEach(([chunk, count], i) => {
+        b.writeBigUInt64LE(BigInt(chunk), 8 + 12 * i);
+        b.writeUInt32LE(count, 16 + 12 * i);
+      });
+      return b;
+    }
   }
 }
 
@@ -230,7 +330,7 @@ function decodePayload(type: keyof typeof RecordType, p: Buffer): JournalRecord 
         type,
         device: p.readUInt32LE(0),
         seq: p.readUInt32LE(4),
-        chunk: Number(p.readBigUInt64LE(8)),
+        chunk: u64(p, 8),
         slot: p.readUInt32LE(16),
         crc: p.readUInt32LE(20),
       };
@@ -251,7 +351,7 @@ function decodePayload(type: keyof typeof RecordType, p: Buffer): JournalRecord 
         type,
         device: p.readUInt32LE(0),
         era: p.readUInt32LE(4),
-        block: Number(p.readBigUInt64LE(8)),
+        block: u64(p, 8),
         count: p.readUInt32LE(16),
       };
     case 'CBT_GEN':
@@ -269,7 +369,30 @@ function decodePayload(type: keyof typeof RecordType, p: Buffer): JournalRecord 
       return { type, at: Number(p.readBigUInt64LE(0)) };
     case 'MERGED':
       return { type, snapshot: p.readUInt32LE(0), count: p.readUInt32LE(4), chunk: Number(p.readBigUInt64LE(8)) };
+    case 'CHECKPOINT':
+      return {
+        type,
+        nextSnapshotId: p.readUInt32LE(0),
+        nextSeq: p.readUInt32LE(4),
+        at: Number(p.readBigUInt64LE(8)),
+      };
+    case 'BOOKMARK':
+      return { type, device: p.readUInt32LE(0), seq: p.readUInt32LE(4), name: p.subarray(8).toString('utf8') };
+    case 'MERGE_PLAN': {
+      const count = p.readUInt32LE(4);
+      if (8 + 12 * count !== p.length) throw new RangeError('MERGE_PLAN length');
+      const runs = Array.from({ length: count }, (_, i): [number, number] => [
+        Number(p.readBigUInt64LE(8 + 12 * i)),
+        p.readUInt32LE(16 + 12 * i),
+      ]);
+      return { type, snapshot: p.readUInt32LE(0), runs };
+    }
   }
+}
+
+/** A u64 as a number (exact below 2^53), without a BigInt. */
+function u64(p: Buffer, at: number): number {
+  return p.readUInt32LE(at) + p.readUInt32LE(at + 4) * 0x100000000;
 }
 
 function u32s(...values: number[]): Buffer {
@@ -282,13 +405,16 @@ export interface BlockHeader {
   index: number;
   next: number;
   firstSeq: number;
+  /** The journal's generation (0 before the first checkpoint). */
+  generation: number;
 }
 
-export function encodeBlockHeader(h: BlockHeader): Buffer {
+export function encodeBlockHeader(h: Omit<BlockHeader, 'generation'> & { generation?: number }): Buffer {
   const b = Buffer.alloc(BLOCK_HEADER);
   b.writeUInt32LE(BLOCK_MAGIC, 0);
   b.writeUInt32LE(h.index, 4);
   b.writeUInt32LE(h.next, 8);
+  b.writeUInt32LE((h.generation ?? 0) >>> 0, 12);
   b.writeBigUInt64LE(BigInt(h.firstSeq), 16);
   b.writeUInt32LE(crc32(b.subarray(0, 24)), 24);
   return b;
@@ -297,5 +423,10 @@ export function encodeBlockHeader(h: BlockHeader): Buffer {
 export function decodeBlockHeader(b: Buffer): BlockHeader | undefined {
   if (b.length < BLOCK_HEADER || b.readUInt32LE(0) !== BLOCK_MAGIC) return undefined;
   if (crc32(b.subarray(0, 24)) !== b.readUInt32LE(24)) return undefined;
-  return { index: b.readUInt32LE(4), next: b.readUInt32LE(8), firstSeq: Number(b.readBigUInt64LE(16)) };
+  return {
+    index: b.readUInt32LE(4),
+    next: b.readUInt32LE(8),
+    firstSeq: Number(b.readBigUInt64LE(16)),
+    generation: b.readUInt32LE(12),
+  };
 }

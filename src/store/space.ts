@@ -176,6 +176,11 @@ export class StoreSpace {
     return undefined;
   }
 
+  /** Whether `slot` is allocated. */
+  isUsed(slot: number): boolean {
+    return this.used[slot] === 1;
+  }
+
   /** Mark a slot used (replay). */
   claim(slot: number): void {
     if (slot >= this.used.length)

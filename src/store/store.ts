@@ -19,7 +19,9 @@ import { randomUUID } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { claimStorage } from '../block/ownership.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
+import { type WrittenCheckpoint, writeCheckpoint } from './checkpoint-writer.ts';
 import { Journal, type JournalReport } from './journal.ts';
+import { killPoint } from './kill-point.ts';
 import { copyOffset, encodeLabel, encodeLabelPair, LABEL_AREA, rangeSpec, type StoreKind } from './label.ts';
 import { checkAppend, planCheck, planOpen, planTransient } from './open.ts';
 import { probeRange, type RangeContent } from './probe.ts';
@@ -64,6 +66,10 @@ export class DiffStore {
   private readonly slotsPerRange: number[] = [];
   private failedReason: string | undefined;
   private closing = false;
+  /** Slots of journals replaced by checkpoints (only for the test kill point `checkpoint:old-reused`). */
+  private replaced: number[] = [];
+  /** Label updates that read and rewrite the record run one at a time (`exclusive`). */
+  private labelTurn: Promise<void> = Promise.resolve();
 
   private constructor(space: StoreSpace, journal: Journal | undefined, record: Superblock, slots: number[]) {
     this.space = space;
@@ -116,6 +122,7 @@ export class DiffStore {
     try {
       opened = await Journal.open(space, record.firstJournalSlot ?? 0, {
         readOnly,
+        generation: record.journalGeneration ?? 0,
         // After a crash, the last batch's data is checked against its records' checksums (one
         // sync per batch); `before` gives the device sizes and what is still in use (verify.ts).
         // The batch is never dropped: its sync may have returned (then origin writes went ahead
@@ -182,7 +189,24 @@ export class DiffStore {
    * it, and only then are its slots handed out (a crash in between must not leave mappings to
    * slots the recorded store does not have). If either write fails the range is not added.
    */
-  async append(range: StoreRange): Promise<void> {
+  append(range: StoreRange): Promise<void> {
+    return this.exclusive(() => this.appendNow(range));
+  }
+
+  /**
+   * Run `fn` after every label update begun before it (append, checkpoint): each reads the record
+   * and writes it back, so two at once could write back a record without the other's change.
+   */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.labelTurn.then(fn);
+    this.labelTurn = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  private async appendNow(range: StoreRange): Promise<void> {
     if (range.length < LABEL_AREA + this.chunkSize) {
       throw new NbdsnapError(
         'BAD_ARGUMENT',
@@ -261,6 +285,56 @@ export class DiffStore {
       await this.markFailed((err as Error).message);
       throw err;
     }
+    if (this.replaced.length > 0 && this.replaced.some((slot) => this.space.isUsed(slot))) {
+      this.replaced = [];
+      killPoint('checkpoint:old-reused');
+    }
+  }
+
+  /** Bytes of journal blocks (0 for a transient store). */
+  get journalBytes(): number {
+    return (this.journal?.slots.length ?? 0) * this.chunkSize;
+  }
+
+  /**
+   * Replace the journal by a checkpoint: `records` (the state, as records that rebuild it from
+   * nothing) written as a new journal of the next generation (checkpoint-writer.ts), then range
+   * 0's label switched to it, then the old journal's slots released. Only while no commit is in
+   * flight (the caller holds new ones back). A failure before the label write leaves the old
+   * journal in use and throws (nothing depended on the new one; a store too full is ENOSPC). A
+   * failed label write is fail-stop, like a failed commit: the store refuses later commits. Both
+   * journals are durable then and describe the same state, so whichever the label names at the
+   * next start is right. Returns undefined for a transient store.
+   */
+  checkpoint(records: Iterable<JournalRecord>): Promise<WrittenCheckpoint | undefined> {
+    return this.exclusive(() => this.checkpointNow(records));
+  }
+
+  private async checkpointNow(records: Iterable<JournalRecord>): Promise<WrittenCheckpoint | undefined> {
+    const journal = this.journal;
+    if (journal === undefined) return undefined;
+    if (this.closing) throw new NbdsnapError('ESHUTDOWN', 'the difference store is closed');
+    if (this.failure !== undefined) throw new NbdsnapError('EIO', `difference store failed earlier: ${this.failure}`);
+    if (journal.refused !== undefined) throw journal.refused;
+    if (!journal.idle) throw new NbdsnapError('EINVAL', 'a checkpoint needs the journal idle');
+    const generation = (journal.generation + 1) % 0x100000000;
+    const written = await writeCheckpoint(this.space, records, generation, JOURNAL_RESERVE);
+    const before = this.record;
+    this.record = { ...before, firstJournalSlot: written.slots[0] as number, journalGeneration: generation };
+    try {
+      await this.writeRecord();
+    } catch (err) {
+      const why = `the label naming a checkpoint could not be written: ${errorMessage(err)}`;
+      journal.fail(why);
+      await this.markFailed(why);
+      throw new NbdsnapError('EIO', why, { cause: err });
+    }
+    killPoint('checkpoint:label-written');
+    const old = journal.adopt(written.at, written.slots, generation);
+    for (const slot of old) this.space.release(slot);
+    if (process.env.NBDSNAP_TEST_KILL_AT?.startsWith('checkpoint:old-reused') === true) this.replaced.push(...old);
+    killPoint('checkpoint:old-released');
+    return written;
   }
 
   /** Why the store failed (a commit could not be made durable), if it did since this start. */
@@ -310,7 +384,7 @@ export class DiffStore {
 
   status(): StoreStatus {
     const cs = this.chunkSize;
-    const journalSlots = this.journal?.slots.length ?? 0;
+    const journalSlots = this.journal?.slots.length ?? 0; // the current journal only
     const total = this.space.totalSlots;
     return {
       chunkSize: cs,
