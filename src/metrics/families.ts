@@ -191,46 +191,20 @@ export function defineFamilies(registry: Registry, src: Sources): void {
     },
   );
 
-  // The difference store.
-  const store = (pick: (s: StoreFigures) => number) => (emit: Emit) => {
-    const s = src.store();
-    if (s !== undefined) emit({}, pick(s));
-  };
-  gauge(
-    registry,
-    'nbdsnap_store_size_bytes',
-    'Difference store size, all ranges',
-    [],
-    store((s) => s.totalBytes),
-  );
-  gauge(
-    registry,
-    'nbdsnap_store_used_bytes',
-    'Difference store bytes holding copies',
-    [],
-    store((s) => s.usedBytes),
-  );
-  gauge(
-    registry,
-    'nbdsnap_store_free_bytes',
-    'Difference store bytes free for copies',
-    [],
-    store((s) => s.freeBytes),
-  );
-  gauge(
-    registry,
-    'nbdsnap_store_journal_bytes',
-    'Difference store bytes holding the journal',
-    [],
-    store((s) => s.journalBytes),
-  );
-  gauge(
-    registry,
-    'nbdsnap_store_failed',
-    '1 when the store refuses commits after a failure',
-    [],
-    store((s) => (s.failed ? 1 : 0)),
-  );
+  // The difference store: one unlabelled gauge per figure.
+  const storeGauges: [string, string, (s: StoreFigures) => number][] = [
+    ['nbdsnap_store_size_bytes', 'Difference store size, all ranges', (s) => s.totalBytes],
+    ['nbdsnap_store_used_bytes', 'Difference store bytes holding copies', (s) => s.usedBytes],
+    ['nbdsnap_store_free_bytes', 'Difference store bytes free for copies', (s) => s.freeBytes],
+    ['nbdsnap_store_journal_bytes', 'Difference store bytes holding the journal', (s) => s.journalBytes],
+    ['nbdsnap_store_failed', '1 when the store refuses commits after a failure', (s) => (s.failed ? 1 : 0)],
+  ];
+  for (const [name, help, pick] of storeGauges) {
+    gauge(registry, name, help, [], (emit) => {
+      const s = src.store();
+      if (s !== undefined) emit({}, pick(s));
+    });
+  }
   gauge(
     registry,
     'nbdsnap_snapshots',
@@ -271,41 +245,18 @@ export function defineFamilies(registry: Registry, src: Sources): void {
 
   // Scrub (`nbdsnap store scrub`): the one running, else the last one.
   const scrub = (pick: (s: ScrubFigures) => number) => (emit: Emit) => emit({}, pick(src.scrub()));
-  gauge(
-    registry,
-    'nbdsnap_scrub_running',
-    '1 while a store scrub runs',
-    [],
-    scrub((s) => (s.running ? 1 : 0)),
-  );
-  gauge(
-    registry,
-    'nbdsnap_scrub_checked_copies',
-    'Copies the running (or last) scrub has checked',
-    [],
-    scrub((s) => s.checked),
-  );
-  gauge(
-    registry,
-    'nbdsnap_scrub_copies',
-    'Copies the running (or last) scrub checks in all',
-    [],
-    scrub((s) => s.total),
-  );
-  gauge(
-    registry,
-    'nbdsnap_scrub_damaged_copies',
-    'Damaged copies the running (or last) scrub found',
-    [],
-    scrub((s) => s.damaged),
-  );
-  gauge(
-    registry,
-    'nbdsnap_scrub_progress_ratio',
-    'Part of the running (or last) scrub done, 0 to 1',
-    [],
-    scrub((s) => (s.total > 0 ? s.checked / s.total : s.finished > 0 && !s.running ? 1 : 0)),
-  );
+  const scrubGauges: [string, string, (s: ScrubFigures) => number][] = [
+    ['nbdsnap_scrub_running', '1 while a store scrub runs', (s) => (s.running ? 1 : 0)],
+    ['nbdsnap_scrub_checked_copies', 'Copies the running (or last) scrub has checked', (s) => s.checked],
+    ['nbdsnap_scrub_copies', 'Copies the running (or last) scrub checks in all', (s) => s.total],
+    ['nbdsnap_scrub_damaged_copies', 'Damaged copies the running (or last) scrub found', (s) => s.damaged],
+    [
+      'nbdsnap_scrub_progress_ratio',
+      'Part of the running (or last) scrub done, 0 to 1',
+      (s) => (s.total > 0 ? s.checked / s.total : s.finished > 0 && !s.running ? 1 : 0),
+    ],
+  ];
+  for (const [name, help, pick] of scrubGauges) gauge(registry, name, help, [], scrub(pick));
   counter(
     registry,
     'nbdsnap_scrubs_total',
