@@ -21,6 +21,8 @@ export const PACKAGES = [
   { name: 'qemu-system-x86', tools: ['qemu-system-x86_64'] },
   { name: 'busybox-static', tools: ['busybox'] },
   { name: 'cpio', tools: ['cpio'] },
+  // TLS tests make their CA, certificates and PSK files with these.
+  { name: 'gnutls-bin', tools: ['certtool', 'psktool'] },
   // node-gyp builds the native helper (src/native/fsx.c) with these at `npm ci`.
   { name: 'python3', tools: ['python3'] },
   { name: 'make', tools: ['make'] },
