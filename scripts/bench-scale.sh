@@ -166,7 +166,8 @@ section_scale() {
   rm -f "$d/disk.img" "$d/store.img"
 
   scale_script restart-scale copies=restart_copies:chunks:- 'restartSeconds|seconds=restart_seconds:s:snap<5' \
-    journalBytes=restart_journal_bytes:B:- 'peakRss|rss=restart_peak_rss:-:-'
+    journalBytes=restart_journal_bytes:B:- 'peakRssMiB=restart_peak_rss:MiB:-' \
+    checkpointSeconds=restart_checkpoint_seconds:s:- checkpointBytes=restart_checkpoint_bytes:B:-
   scale_script extable-scale 'bytesPerCopy|bytesPerChunk|perCopy|perChunk=heap_per_copied_chunk:B:snap<=32'
 }
 

@@ -143,7 +143,7 @@ async function serve(dir: string): Promise<Record<string, unknown>> {
   const hwm = /VmHWM:\s+(\d+) kB/.exec(status)?.[1];
   p.kill('SIGTERM');
   await new Promise((r) => p.on('exit', r));
-  return { step: 'serve', copies: COPIES, restartSeconds: seconds, peakRss: `${Math.round(Number(hwm) / 1024)} MiB` };
+  return { step: 'serve', copies: COPIES, restartSeconds: seconds, peakRssMiB: Math.round(Number(hwm) / 1024) };
 }
 
 if (mode === '--build') {
@@ -165,8 +165,27 @@ if (mode === '--build') {
           encoding: 'utf8',
         }).trim(),
       );
-    for (const step of ['store', 'manager', 'checkpoint', 'store', 'manager']) console.log(JSON.stringify(run(step)));
-    console.log(JSON.stringify(await serve(dir)));
+    const runs: Record<string, unknown>[] = [];
+    for (const step of ['store', 'manager', 'checkpoint', 'store', 'manager']) {
+      runs.push(run(step));
+      console.log(JSON.stringify(runs.at(-1)));
+    }
+    const served = await serve(dir);
+    console.log(JSON.stringify(served));
+    // Last line, for the benchmark: `nbdsnap serve` until listening, and the figures beside it.
+    const [store, manager, checkpoint] = runs as Record<string, number>[];
+    console.log(
+      JSON.stringify({
+        copies: COPIES,
+        restartSeconds: served.restartSeconds,
+        storeOpenSeconds: store?.restartSeconds,
+        managerStartSeconds: manager?.restartSeconds,
+        journalBytes: store?.journalBytes,
+        checkpointSeconds: checkpoint?.checkpointSeconds,
+        checkpointBytes: checkpoint?.checkpointBytes,
+        peakRssMiB: served.peakRssMiB,
+      }),
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
