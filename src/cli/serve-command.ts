@@ -73,7 +73,7 @@ export const SERVE_OPTIONS: Record<string, OptionSpec> = {
     default: 10,
     describe: 'seconds a client has to finish the handshake; 0 for no limit',
   },
-  'max-connections': { kind: 'number', default: 1024, describe: 'clients served at once; more are closed at accept' },
+  'max-connections': { kind: 'number', default: 4096, describe: 'clients served at once; more are closed at accept' },
 };
 
 function yargsOption(spec: OptionSpec): Options {

@@ -28,7 +28,7 @@ export interface ServerLimits {
 export const DEFAULT_LIMITS: ServerLimits = {
   maxBuffer: DEFAULT_MAX_BUFFER,
   handshakeTimeoutMs: 10_000,
-  maxConnections: 1024,
+  maxConnections: 4096,
 };
 
 export type ListenSpec = { tcp: { host: string; port: number } } | { unix: string } | { fd: number };
