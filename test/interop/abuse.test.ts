@@ -142,7 +142,10 @@ out['ok'] = ok
     const h = hostile(srv.port, ['--handshake', '40']);
     await h.ready();
     await h.until((s) => s.closed.handshake === 40);
-    const lines = srv.stderr().split('\n').filter((l) => l.includes('handshake timeout'));
+    const lines = srv
+      .stderr()
+      .split('\n')
+      .filter((l) => l.includes('handshake timeout'));
     expect(lines.length).toBe(40);
     h.stop();
   }, 120_000);
@@ -154,7 +157,11 @@ out['ok'] = ok
     const extra = hostile(srv.port, ['--handshake', '3']);
     await extra.until((s) => s.closed.handshake === 3);
     expect(held.status?.closed.handshake).toBe(0);
-    const refusals = () => srv.stderr().split('\n').filter((l) => l.includes('connection limit reached'));
+    const refusals = () =>
+      srv
+        .stderr()
+        .split('\n')
+        .filter((l) => l.includes('connection limit reached'));
     expect(refusals().length).toBe(1);
     held.stop();
     extra.stop();
