@@ -20,6 +20,9 @@
 #   tls       (scripts/bench-tls.sh) nbdcopy read and write over TLS (certificates), vs
 #             `nbdkit --tls=require file` on the same image. Not in the default list: run it with
 #             BENCH_SECTIONS=tls (needs certtool, from gnutls-bin).
+#   abuse     (scripts/bench-abuse.sh) hostile clients (stalled 32 MiB WRITEs, unread 32 MiB READs,
+#             idle handshakes) against nbdsnap, nbdkit and qemu-nbd: peak RSS, and a good client's
+#             copies meanwhile. Not in the default list: BENCH_SECTIONS=abuse.
 #
 # Medians of the repetitions are reported (and as JSON when BENCH_JSON is set).
 #
@@ -351,6 +354,8 @@ section_io() {
 . "$ROOT/scripts/bench-scale.sh"
 # shellcheck source=scripts/bench-tls.sh
 . "$ROOT/scripts/bench-tls.sh"
+# shellcheck source=scripts/bench-abuse.sh
+. "$ROOT/scripts/bench-abuse.sh"
 
 # ------------------------------------------------------------------ main
 for wl in $WORKLOADS; do declare -F "wl_$wl" >/dev/null || die "unknown workload $wl"; done

@@ -63,6 +63,17 @@ export const SERVE_OPTIONS: Record<string, OptionSpec> = {
   'tls-certificates': { kind: 'string', describe: 'DIR with ca-cert.pem, server-cert.pem, server-key.pem' },
   'tls-verify-peer': { kind: 'boolean', default: false, describe: 'require client certificates signed by the CA' },
   'tls-psk': { kind: 'string', describe: "pre-shared keys FILE (psktool's identity:hexkey lines)" },
+  'max-buffer': {
+    kind: 'size',
+    default: '64M',
+    describe: 'memory for request payloads and unsent replies, all clients together; reading waits beyond it',
+  },
+  'handshake-timeout': {
+    kind: 'number',
+    default: 10,
+    describe: 'seconds a client has to finish the handshake; 0 for no limit',
+  },
+  'max-connections': { kind: 'number', default: 4096, describe: 'clients served at once; more are closed at accept' },
 };
 
 function yargsOption(spec: OptionSpec): Options {
@@ -232,6 +243,7 @@ export const serveCommand = defineCommand({
       },
       logFormat: a['log-format'] as LogFormat,
       metrics: optString(a.metrics),
+      limits: serverLimits(a),
     };
     const specs = checkServeOptions(opts);
     if (opts.fork && opts.exitWithParent) {
@@ -264,6 +276,21 @@ export const serveCommand = defineCommand({
   },
   run: serve,
 });
+
+/** --max-buffer, --handshake-timeout and --max-connections, checked. */
+function serverLimits(a: ServeArgs): ServeOptions['limits'] {
+  const maxBuffer = parseSize(String(a['max-buffer']), 'max buffer');
+  if (maxBuffer < 1024 * 1024) throw new NbdsnapError('BAD_ARGUMENT', '--max-buffer must be at least 1M');
+  const timeout = a['handshake-timeout'] as number;
+  if (!Number.isFinite(timeout) || timeout < 0) {
+    throw new NbdsnapError('BAD_ARGUMENT', '--handshake-timeout must be a number of seconds (0 for none)');
+  }
+  const maxConnections = a['max-connections'] as number;
+  if (!Number.isSafeInteger(maxConnections) || maxConnections < 1) {
+    throw new NbdsnapError('BAD_ARGUMENT', '--max-connections must be a whole number, at least 1');
+  }
+  return { maxBuffer, handshakeTimeoutMs: Math.round(timeout * 1000), maxConnections };
+}
 
 export const demoCommand = defineCommand({
   command: 'demo',

@@ -13,7 +13,7 @@ import { ControlServer } from '../control/server.ts';
 import { type LogFormat, Logger, type LogLevel } from '../log.ts';
 import { startMetrics } from '../metrics/metrics.ts';
 import { ExportRegistry } from '../server/exports.ts';
-import { type ListenSpec, NbdServer, socketActivationFds } from '../server/server.ts';
+import { type ListenSpec, NbdServer, type ServerLimits, socketActivationFds } from '../server/server.ts';
 import { loadServerTls, plaintextWarning, type TlsSettings } from '../server/tls.ts';
 import { SnapshotManager } from '../snapshot/manager.ts';
 import { StoreSpace } from '../store/space.ts';
@@ -54,6 +54,8 @@ export interface ServeOptions {
   tls?: TlsSettings | undefined;
   /** Points of deleted snapshots kept per device for `--since` (default 1). */
   cbtKeepDeleted?: number | undefined;
+  /** --max-buffer, --handshake-timeout (ms here), --max-connections (defaults: DEFAULT_LIMITS). */
+  limits?: Partial<ServerLimits> | undefined;
   /** Run once the server is up (the demo takes its snapshot here); may print more lines. */
   afterStart?: (manager: SnapshotManager) => Promise<string[]>;
 }
@@ -102,7 +104,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const control = opts.control === undefined ? undefined : new ControlServer(manager, log);
   if (control !== undefined) await control.listen(opts.control as string);
 
-  const server = new NbdServer(registry, log, tls);
+  const server = new NbdServer(registry, log, tls, opts.limits);
   const metrics = await (opts.metrics === undefined
     ? undefined
     : startMetrics(opts.metrics, { manager, exports: registry, server, log }).catch(async (err: unknown) => {

@@ -2,8 +2,12 @@
  * One client of the control socket. Reads request lines (each at most MAX_REQUEST_LINE bytes:
  * a longer one is answered with an error and the connection closed), runs up to MAX_IN_FLIGHT
  * requests at a time (reading pauses beyond that, and while the client does not read its
- * answers), and answers each by id. `stop()` is the graceful end: streams (`events`) end with a
- * final response, requests in flight are answered, then the socket is closed.
+ * answers), and answers each by id. Back-pressure: no request is started while more than
+ * MAX_UNSENT bytes of answers wait to be sent, and reading waits until every request read has
+ * started, so a client that sends without reading holds at most one read's worth of request
+ * lines, MAX_IN_FLIGHT requests and MAX_UNSENT bytes of answers. `stop()` is the graceful end:
+ * streams (`events`) end with a final response, requests in flight are answered, then the socket
+ * is closed.
  */
 import type { Socket } from 'node:net';
 import { errorMessage, NbdsnapError } from '../errors.ts';
@@ -15,6 +19,8 @@ import { LineReader, MAX_REQUEST_LINE, parseRequest, type Response } from './pro
 const MAX_IN_FLIGHT = 16;
 /** An events client that leaves this much unread is cut off rather than buffered for. */
 const MAX_UNREAD = 4 * 1024 * 1024;
+/** Answers queued for the client beyond which no further request is started. */
+const MAX_UNSENT = 1024 * 1024;
 
 export class ControlConnection {
   readonly closed: Promise<void>;
@@ -79,11 +85,16 @@ export class ControlConnection {
   }
 
   /**
-   * Start waiting requests while fewer than MAX_IN_FLIGHT run; read more only once none wait and
-   * the client reads its answers.
+   * Start waiting requests while fewer than MAX_IN_FLIGHT run and the client reads its answers;
+   * read more only once none wait and the answers are flushed below the socket's mark.
    */
   private flow(): void {
-    while (this.waiting.length > 0 && this.inFlight < MAX_IN_FLIGHT && !this.stopping) {
+    while (
+      this.waiting.length > 0 &&
+      this.inFlight < MAX_IN_FLIGHT &&
+      !this.stopping &&
+      this.socket.writableLength <= MAX_UNSENT
+    ) {
       void this.handle(this.waiting.shift() as string);
     }
     if (this.stopping || this.socket.destroyed) return;

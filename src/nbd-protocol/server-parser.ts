@@ -66,6 +66,15 @@ export class ServerParser {
     return this.input.length;
   }
 
+  /**
+   * The payload length of the WRITE whose header has been read and whose payload is still
+   * arriving (0 when none, or when it is being skipped): the bytes the owner will hold once it is
+   * complete, so that it can reserve them (or stop reading) before they are read.
+   */
+  get awaiting(): number {
+    return this.pending !== undefined && this.skipLeft === 0 ? this.pending.length : 0;
+  }
+
   push(chunk: Buffer): void {
     this.input.push(chunk);
   }

@@ -6,6 +6,11 @@
  * - Requests are started as soon as they are parsed (pipelined) and may finish in any order.
  * - Back-pressure: reading pauses while too many requests or bytes are in flight, or while the
  *   socket's send buffer is full, so a fast client cannot make the server buffer without bound.
+ * - Memory budget (memory-budget.ts, shared by all connections): a WRITE's payload is reserved
+ *   once its header is read and before the payload is, a READ's reply before it is produced;
+ *   a refused reservation pauses reading until bytes come back. WRITE bytes come back when the
+ *   request is done, READ bytes once the reply has been handed to the kernel.
+ * - Handshake timeout: a client that has not reached transmission in time is disconnected.
  * - A fatal protocol fault (bad magic, unknown client flags) closes this connection only.
  * - shutdown(): new requests get ESHUTDOWN, in-flight ones finish, the device is flushed, close.
  */
@@ -24,6 +29,7 @@ import {
 } from '../nbd-protocol/index.ts';
 import type { ExportRegistry } from './exports.ts';
 import { Negotiator, type Session } from './handshake.ts';
+import type { MemoryBudget } from './memory-budget.ts';
 import { type ServerTls, startServerTls } from './tls.ts';
 import { Transmission } from './transmission.ts';
 import { MAX_IO } from './validate.ts';
@@ -31,6 +37,16 @@ import { MAX_IO } from './validate.ts';
 const MAX_INFLIGHT_REQUESTS = 256;
 /** Bytes of requests in flight before reading pauses: bounds memory (nbdcopy keeps 64 MiB in flight). */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
+/** READ replies at least this large keep their reservation until flushed; smaller ones until queued. */
+const FLUSH_TRACKED = 64 * 1024;
+const EMPTY = Buffer.alloc(0);
+
+export interface ConnectionLimits {
+  /** Memory shared by all connections of the server. */
+  budget: MemoryBudget;
+  /** Milliseconds from accept to the end of option haggling; 0 for none. */
+  handshakeTimeoutMs: number;
+}
 
 export class Connection {
   readonly id: number;
@@ -52,19 +68,48 @@ export class Connection {
   private shuttingDown = false;
   private announced = false;
   private idle: (() => void) | undefined;
+  private readonly budget: MemoryBudget;
+  /** Bytes this connection has reserved in the budget. */
+  private held = 0;
+  /** Part of `held` reserved for the WRITE whose payload is arriving (the parser's `awaiting`). */
+  private payloadReserved = 0;
+  /** A parsed request waiting for its reservation (reading is paused meanwhile). */
+  private blocked: RequestMessage | undefined;
+  private budgetWait = false;
+  private handshakeTimer: NodeJS.Timeout | undefined;
   readonly closed: Promise<void>;
 
-  constructor(id: number, socket: Socket, registry: ExportRegistry, log: Logger, tls?: ServerTls) {
+  constructor(
+    id: number,
+    socket: Socket,
+    registry: ExportRegistry,
+    log: Logger,
+    limits: ConnectionLimits,
+    tls?: ServerTls,
+  ) {
     this.id = id;
     this.socket = socket;
     this.log = log;
     this.tls = tls;
+    this.budget = limits.budget;
+    if (limits.handshakeTimeoutMs > 0) {
+      this.handshakeTimer = setTimeout(() => {
+        this.handshakeTimer = undefined;
+        if (this.session !== undefined || this.closing) return;
+        this.announce({ ended: `handshake timeout (${limits.handshakeTimeoutMs / 1000} s)` });
+        this.destroy();
+      }, limits.handshakeTimeoutMs);
+      this.handshakeTimer.unref();
+    }
     this.negotiator = new Negotiator(registry, () => this.shuttingDown, tls?.mode ?? 'off');
     // The accepted socket closes last, also under TLS (the TLSSocket's close closes it).
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
     this.attach(socket);
     socket.once('close', () => {
       this.closing = true;
+      clearTimeout(this.handshakeTimer);
+      this.budget.cancel(this.retryBound);
+      this.release(this.held);
       this.announce({ ended: 'in the handshake' });
       this.log.debug('disconnected', { export: this.session?.entry.name });
     });
@@ -73,6 +118,7 @@ export class Connection {
 
   private readonly onDataBound = (chunk: Buffer) => this.onData(chunk);
   private readonly onDrainBound = () => this.updateFlow();
+  private readonly retryBound = () => this.retry();
 
   private attach(socket: Socket): void {
     socket.on('data', this.onDataBound);
@@ -91,6 +137,12 @@ export class Connection {
     if (this.upgrading) {
       this.destroy(); // mid TLS handshake: nothing negotiated, nothing to flush
       return this.closed;
+    }
+    if (this.blocked !== undefined) {
+      this.budget.cancel(this.retryBound);
+      this.budgetWait = false;
+      this.transmission?.refuse(this.blocked, NbdError.ESHUTDOWN, 'server is shutting down');
+      this.blocked = undefined;
     }
     if (this.session !== undefined) {
       await this.drain();
@@ -122,8 +174,12 @@ export class Connection {
   private pump(): void {
     try {
       while (!this.closing && !this.readPaused) {
+        if (this.blocked !== undefined && !this.admit(this.blocked)) return;
         const msg = this.parser.next();
-        if (msg === undefined) return;
+        if (msg === undefined) {
+          this.reservePayload();
+          return;
+        }
         if (msg.kind === 'clientFlags') {
           const problem = this.negotiator.clientFlags(msg.flags);
           if (problem !== undefined) {
@@ -144,7 +200,7 @@ export class Connection {
           }
           if (out.next === 'transmission') this.begin(out.session);
         } else {
-          this.dispatch(msg);
+          this.admit(msg);
         }
       }
     } catch (err) {
@@ -204,6 +260,8 @@ export class Connection {
   }
 
   private begin(session: Session): void {
+    clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = undefined;
     this.session = session;
     this.transmission = new Transmission(session, (bufs) => this.writeReply(bufs), this.log);
     this.parser.startTransmission();
@@ -225,7 +283,86 @@ export class Connection {
     this.log.info('connected', { export: this.session?.entry.name ?? null, tls, ...extra });
   }
 
-  private dispatch(req: RequestMessage): void {
+  /**
+   * A WRITE's header has been read and its payload is still arriving: reserve the payload before
+   * reading it, or stop reading until the budget has room.
+   */
+  private reservePayload(): void {
+    const need = this.parser.awaiting;
+    if (need === 0 || this.payloadReserved > 0 || this.shuttingDown) return;
+    if (this.reserve(need)) this.payloadReserved = need;
+    else this.waitForBudget();
+  }
+
+  /** Dispatch `req` if its bytes can be reserved (or were, as its payload arrived); else wait. */
+  private admit(req: RequestMessage): boolean {
+    let cost = 0;
+    if (req.type === Command.WRITE) cost = req.data?.length ?? 0;
+    else if (req.type === Command.READ && req.length <= MAX_IO) cost = req.length;
+    if (this.shuttingDown || req.type === Command.DISC) cost = 0; // refused or closing: nothing held
+    if (req.type === Command.WRITE && this.payloadReserved > 0) {
+      // Reserved while its payload arrived (the payload is complete once yielded).
+      const reserved = this.payloadReserved;
+      this.payloadReserved = 0;
+      if (reserved !== cost) this.release(reserved - cost);
+    } else if (cost > 0 && !this.reserve(cost)) {
+      this.blocked = req;
+      this.waitForBudget();
+      return false;
+    }
+    this.blocked = undefined;
+    this.dispatch(req, cost);
+    return true;
+  }
+
+  private reserve(n: number): boolean {
+    if (!this.budget.tryTake(n)) return false;
+    this.held += n;
+    return true;
+  }
+
+  private release(n: number): void {
+    const k = Math.min(n, this.held);
+    if (k <= 0) return;
+    this.held -= k;
+    this.budget.give(k);
+  }
+
+  private waitForBudget(): void {
+    if (this.budgetWait) return;
+    this.budgetWait = true;
+    this.budget.wait(this.retryBound);
+    this.updateFlow();
+  }
+
+  /** Called by the budget as bytes come back: true once this connection no longer waits. */
+  private retry(): boolean {
+    if (this.closing) return true;
+    const need = this.blocked !== undefined ? 0 : this.parser.awaiting;
+    if (this.blocked === undefined && need === 0) return this.stopWaiting();
+    if (!this.budget.fits(this.blocked !== undefined ? this.blockedCost() : need)) return false;
+    this.stopWaiting();
+    return true;
+  }
+
+  private blockedCost(): number {
+    const req = this.blocked as RequestMessage;
+    return req.type === Command.WRITE ? (req.data?.length ?? 0) : req.length;
+  }
+
+  /** Resume: pump() takes the reservation (a race lost to another connection waits again). */
+  private stopWaiting(): boolean {
+    this.budgetWait = false;
+    // Outside the budget's wake loop: pump() reserves, which must not re-enter it.
+    queueMicrotask(() => {
+      if (this.budgetWait || this.closing) return;
+      this.updateFlow();
+      if (!this.readPaused) this.pump();
+    });
+    return true;
+  }
+
+  private dispatch(req: RequestMessage, cost: number): void {
     const tx = this.transmission as Transmission;
     if (req.type === Command.DISC) {
       this.closing = true; // nothing after DISC is read
@@ -244,6 +381,13 @@ export class Connection {
       pool.give(req.data); // the payload is no longer referenced once the request is done
       this.inflight -= 1;
       this.inflightBytes -= bytes;
+      if (req.type === Command.READ && cost >= FLUSH_TRACKED && !this.socket.destroyed) {
+        // The reply is queued: its bytes come back once the kernel has taken them (callbacks run
+        // in order, so this one runs after the reply's own writes).
+        this.socket.write(EMPTY, () => this.release(cost));
+      } else {
+        this.release(cost);
+      }
       if (this.inflight === 0) this.idle?.();
       this.updateFlow();
     });
@@ -252,6 +396,7 @@ export class Connection {
   /** Pause reading while too much is in flight or queued for sending; resume when it clears. */
   private updateFlow(): void {
     const busy =
+      this.budgetWait ||
       this.inflight >= MAX_INFLIGHT_REQUESTS ||
       this.inflightBytes >= MAX_INFLIGHT_BYTES ||
       this.socket.writableNeedDrain;

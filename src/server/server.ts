@@ -2,14 +2,34 @@
  * The NBD server: listening sockets (TCP, a Unix socket, or descriptors passed by systemd
  * socket activation) feeding Connections that serve the exports of one ExportRegistry.
  * `close()` is the graceful stop: no new connections, every connection drained and flushed.
+ *
+ * Limits against careless and hostile clients: one memory budget shared by every connection
+ * (memory-budget.ts), a handshake timeout, and a maximum number of connections, beyond which new
+ * ones are closed at accept (logged once per burst of refusals).
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { NbdsnapError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { Connection } from './connection.ts';
 import type { ExportRegistry } from './exports.ts';
+import { DEFAULT_MAX_BUFFER, MemoryBudget } from './memory-budget.ts';
 import type { ServerTls } from './tls.ts';
 import { takeSocketPath } from './unix-socket.ts';
+
+export interface ServerLimits {
+  /** Bytes of request payloads and unsent replies held for all connections together. */
+  maxBuffer: number;
+  /** Milliseconds a client has to finish option haggling; 0 for no limit. */
+  handshakeTimeoutMs: number;
+  /** Connections served at once; more are closed at accept. */
+  maxConnections: number;
+}
+
+export const DEFAULT_LIMITS: ServerLimits = {
+  maxBuffer: DEFAULT_MAX_BUFFER,
+  handshakeTimeoutMs: 10_000,
+  maxConnections: 4096,
+};
 
 export type ListenSpec = { tcp: { host: string; port: number } } | { unix: string } | { fd: number };
 
@@ -33,11 +53,18 @@ export class NbdServer {
   private stopping: Promise<void> | undefined;
   /** STARTTLS on every listener (TCP, Unix socket, socket activation) when set. */
   private readonly tls: ServerTls | undefined;
+  private readonly limits: ServerLimits;
+  readonly budget: MemoryBudget;
+  /** Connections refused at accept in the current burst (since the last one accepted). */
+  private refusedInBurst = 0;
+  private refusedTotal = 0;
 
-  constructor(registry: ExportRegistry, log: Logger, tls?: ServerTls) {
+  constructor(registry: ExportRegistry, log: Logger, tls?: ServerTls, limits: Partial<ServerLimits> = {}) {
     this.registry = registry;
     this.log = log;
     this.tls = tls;
+    this.limits = { ...DEFAULT_LIMITS, ...limits };
+    this.budget = new MemoryBudget(this.limits.maxBuffer);
   }
 
   /**
@@ -82,17 +109,45 @@ export class NbdServer {
     return this.nextId - 1;
   }
 
+  /** Connections closed at accept because --max-connections was reached. */
+  get refusedCount(): number {
+    return this.refusedTotal;
+  }
+
   private accept(socket: Socket): void {
     if (this.stopping !== undefined) {
       socket.destroy();
       return;
+    }
+    if (this.connections.size >= this.limits.maxConnections) {
+      // One line per burst of refusals, not one per socket: a flood must not flood the log too.
+      if (this.refusedInBurst === 0) {
+        this.log.warn('connection limit reached, refusing new connections', {
+          maxConnections: this.limits.maxConnections,
+        });
+      }
+      this.refusedInBurst += 1;
+      this.refusedTotal += 1;
+      socket.destroy();
+      return;
+    }
+    if (this.refusedInBurst > 0) {
+      this.log.info('accepting connections again', { refused: this.refusedInBurst });
+      this.refusedInBurst = 0;
     }
     if (socket.remoteFamily !== undefined) socket.setNoDelay(true);
     const id = this.nextId++;
     const peer = socket.remoteAddress === undefined ? 'unix' : `${socket.remoteAddress}:${socket.remotePort}`;
     const log = this.log.child({ conn: id, peer });
     log.debug('accepted'); // the one info line per connection comes once its handshake ends (connection.ts)
-    const conn = new Connection(id, socket, this.registry, log, this.tls);
+    const conn = new Connection(
+      id,
+      socket,
+      this.registry,
+      log,
+      { budget: this.budget, handshakeTimeoutMs: this.limits.handshakeTimeoutMs },
+      this.tls,
+    );
     this.connections.add(conn);
     void conn.closed.then(() => this.connections.delete(conn));
   }
