@@ -29,7 +29,9 @@ process.on('exit', () => {
   for (const c of live) c.kill('SIGKILL');
 });
 
-let nextPort = 20000 + (process.pid % 200) * 50;
+// Below Linux's ephemeral range (32768 and up), so no client socket takes one; a random block of
+// 50 per test file, and a start that still finds its port taken tries another (startServer, Rig).
+let nextPort = 20000 + Math.floor(Math.random() * 250) * 50;
 /** A loopback port unlikely to clash between parallel test files. */
 export function freshPort(): number {
   nextPort += 1;
@@ -46,7 +48,22 @@ export function tempDir(prefix = 'nbdsnap-test-'): { path: string; cleanup(): vo
  * any other flags (e.g. ['disk=/tmp/x.img', '-r']).
  */
 export async function startServer(args: string[], opts: { port?: number } = {}): Promise<RunningServer> {
-  const port = opts.port ?? freshPort();
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startServerOn(args, opts.port ?? freshPort());
+    } catch (err) {
+      // Another process (a parallel test file) took the port first: another one, unless it was asked for.
+      if (opts.port !== undefined || attempt >= 5 || !isPortTaken(err)) throw err;
+    }
+  }
+}
+
+/** A start that failed because its TCP port was in use. */
+export function isPortTaken(err: unknown): boolean {
+  return err instanceof Error && /cannot listen on .*address already in use/.test(err.message);
+}
+
+async function startServerOn(args: string[], port: number): Promise<RunningServer> {
   const dir = tempDir('nbdsnap-pid-');
   const pidFile = join(dir.path, 'pid');
   const child = spawn(

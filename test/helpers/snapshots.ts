@@ -11,7 +11,7 @@ import { native } from '../../src/block/native.ts';
 import { NbdClient } from '../../src/client/nbd-client.ts';
 import { call } from '../../src/control/client.ts';
 import { type Background, background, type RunResult, run } from './clients.ts';
-import { CLI, freshPort, type RunningServer, startServer, tempDir } from './server.ts';
+import { CLI, freshPort, isPortTaken, type RunningServer, startServer, tempDir } from './server.ts';
 import { diffImages } from './stamps.ts';
 
 /** The file backend punches holes for TRIM (native helper built): trimmed bytes read as zeroes. */
@@ -46,7 +46,7 @@ export interface SnapshotInfo {
 export class Rig {
   readonly control: string;
   readonly args: string[];
-  readonly port = freshPort();
+  port = freshPort();
   server: RunningServer | undefined;
   private readonly clients = new Set<NbdClient>();
 
@@ -65,8 +65,16 @@ export class Rig {
   }
 
   async start(): Promise<RunningServer> {
-    this.server = await startServer(this.args, { port: this.port });
-    return this.server;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        this.server = await startServer(this.args, { port: this.port });
+        return this.server;
+      } catch (err) {
+        // The port was taken by another process meanwhile: this rig moves to another one.
+        if (attempt >= 5 || !isPortTaken(err)) throw err;
+        this.port = freshPort();
+      }
+    }
   }
 
   /**
