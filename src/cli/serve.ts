@@ -54,6 +54,8 @@ export interface ServeOptions {
   tls?: TlsSettings | undefined;
   /** Points of deleted snapshots kept per device for `--since` (default 1). */
   cbtKeepDeleted?: number | undefined;
+  /** Default merge rate limit in bytes per second (0, the default: none). */
+  mergeSpeed?: number | undefined;
   /** Run once the server is up (the demo takes its snapshot here); may print more lines. */
   afterStart?: (manager: SnapshotManager) => Promise<string[]>;
 }
@@ -97,6 +99,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     readOnlyOrigins: opts.readOnly,
     cbtBlockSize: opts.cbtBlockSize ?? 64 * 1024,
     cbtKeepDeleted: opts.cbtKeepDeleted,
+    mergeSpeed: opts.mergeSpeed,
   });
   await manager.start();
   const control = opts.control === undefined ? undefined : new ControlServer(manager, log);

@@ -33,6 +33,7 @@ import type { CowOrigin } from './cow-origin.ts';
 import { damagedCopyError } from './damage.ts';
 import type { Copy } from './exception-table.ts';
 import type { Snapshot } from './model.ts';
+import { TokenBucket } from './rate-limit.ts';
 
 /** Chunks merged per run (bounded so client writes never wait long). */
 const RUN_CHUNKS = 16;
@@ -114,10 +115,22 @@ export class MergeJob {
   private bytesSinceStart = 0;
   private running: Promise<void> | undefined;
   private readonly hooks: MergeHooks;
+  /** The rate limit of the background runs (client-write merges are not held back by it). */
+  private readonly bucket: TokenBucket;
+  /** Ends the sleep between runs early (the speed changed). */
+  private wake: (() => void) | undefined;
 
   /** `progress`: the chunks to merge, fixed at the MERGE record (see `mergeChunks`), and those merged. */
-  constructor(snapshot: Snapshot, cow: CowOrigin, store: DiffStore, progress: MergeProgress, hooks: MergeHooks) {
+  constructor(
+    snapshot: Snapshot,
+    cow: CowOrigin,
+    store: DiffStore,
+    progress: MergeProgress,
+    hooks: MergeHooks,
+    speed = 0,
+  ) {
     this.snapshot = snapshot;
+    this.bucket = new TokenBucket(speed, () => performance.now());
     this.cow = cow;
     this.store = store;
     this.chunks = [...progress.chunks].sort((a, b) => a - b);
@@ -150,6 +163,17 @@ export class MergeJob {
     return undefined;
   }
 
+  /** The rate limit in bytes per second (0: none), as qemu's block-job speed. */
+  get speed(): number {
+    return this.bucket.speed;
+  }
+
+  /** Change the rate limit; applies to the next run (a sleep between runs ends early). */
+  set speed(bytesPerSecond: number) {
+    this.bucket.speed = bytesPerSecond;
+    this.wake?.();
+  }
+
   progress() {
     const seconds = (Date.now() - this.started) / 1000;
     return {
@@ -158,6 +182,7 @@ export class MergeJob {
       merged: this.merged.size,
       total: this.chunks.length,
       bytesPerSecond: seconds > 0 ? Math.round(this.bytesSinceStart / seconds) : 0,
+      speed: this.bucket.speed,
       ...(this.failure === undefined ? {} : { failedChunk: this.failure.chunk, error: this.failure.error }),
     };
   }
@@ -196,6 +221,7 @@ export class MergeJob {
           run.push(c);
         }
         try {
+          await this.pace();
           await this.mergeRun(run);
         } catch (err) {
           this.state = 'failed';
@@ -215,6 +241,21 @@ export class MergeJob {
     }
     this.state = 'done';
     await this.hooks.done(this);
+  }
+
+  /** Sleeps between runs while the rate limit says so (woken early by a change of speed). */
+  private async pace(): Promise<void> {
+    for (let ms = this.bucket.delay(); ms > 0; ms = this.bucket.delay()) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, ms);
+        timer.unref();
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+    }
   }
 
   /** Merge one chunk now, for a client write (waits for a run in progress that holds it). */
@@ -261,7 +302,9 @@ export class MergeJob {
         ? [{ type: 'MERGED' as const, snapshot: this.snapshot.id, chunk: first, count: todo.length }]
         : todo.map((c) => ({ type: 'MERGED' as const, snapshot: this.snapshot.id, chunk: c, count: 1 }));
       await forChunk(first, () => this.hooks.record(records));
-      this.bytesSinceStart += parts.reduce((n, p) => n + p.length, 0);
+      const bytes = parts.reduce((n, p) => n + p.length, 0);
+      this.bytesSinceStart += bytes;
+      this.bucket.take(bytes);
     } finally {
       for (const r of releases) r();
     }
