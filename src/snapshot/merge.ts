@@ -192,17 +192,22 @@ export class MergeJob {
     for (;;) {
       const todo = this.chunks.filter((c) => this.pending(c));
       if (todo.length === 0) break;
-      const runs = this.runsOf(todo);
       const busy: Promise<void>[] = [];
       let ahead: PreparedRun | undefined;
-      for (let r = 0; r < runs.length; r++) {
-        const run = runs[r] as number[];
+      let i = 0;
+      const cut = (): number[] | undefined => {
+        const run = this.runFrom(todo, i);
+        i += run.length;
+        return run.length === 0 ? undefined : run;
+      };
+      for (let run = cut(); run !== undefined; ) {
+        let next: number[] | undefined;
         try {
           if (ahead === undefined) await this.pace();
           const cur = ahead ?? this.prepare(run);
           ahead = undefined;
           // No limit: read the next run from the store while this one is written and synced.
-          const next = runs[r + 1];
+          next = cut();
           if (next !== undefined && this.bucket.speed === 0) ahead = this.prepare(next);
           await this.commit(cur);
         } catch (err) {
@@ -222,6 +227,7 @@ export class MergeJob {
           const p = this.guard.inProgress(c);
           if (p !== undefined) busy.push(p);
         }
+        run = next;
       }
       await Promise.all(busy);
     }
@@ -229,21 +235,24 @@ export class MergeJob {
     await this.hooks.done(this);
   }
 
-  /** `todo` (ascending) cut into runs of consecutive chunks of at most RUN_BYTES. */
-  private runsOf(todo: readonly number[]): number[][] {
-    const most = Math.max(1, Math.min(RUN_CHUNKS, Math.floor(RUN_BYTES / this.snapshot.origin.chunkSize)));
-    const runs: number[][] = [];
-    let run: number[] = [];
-    for (const c of todo) {
+  /**
+   * The run of `todo` (ascending) from index `i`: consecutive chunks, at most RUN_BYTES, and with
+   * a rate limit about a thirtieth of a second's worth (short pauses, spread evenly, so client
+   * I/O meanwhile sees small interruptions rather than long bursts).
+   */
+  private runFrom(todo: readonly number[], i: number): number[] {
+    const cs = this.snapshot.origin.chunkSize;
+    const speed = this.bucket.speed;
+    const bytes = speed === 0 ? RUN_BYTES : Math.min(RUN_BYTES, Math.floor(speed / 30));
+    const most = Math.max(1, Math.min(RUN_CHUNKS, Math.floor(bytes / cs)));
+    const run: number[] = [];
+    for (; i < todo.length && run.length < most; i++) {
+      const c = todo[i] as number;
       const prev = run[run.length - 1];
-      if (run.length >= most || (prev !== undefined && c !== prev + 1)) {
-        runs.push(run);
-        run = [];
-      }
+      if (prev !== undefined && c !== prev + 1) break;
       run.push(c);
     }
-    if (run.length > 0) runs.push(run);
-    return runs;
+    return run;
   }
 
   /** Sleeps between runs while the rate limit says so (woken early by a change of speed). */
