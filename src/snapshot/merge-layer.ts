@@ -42,6 +42,15 @@ export class MergeLayer extends Layer {
   private async mixedRead(job: MergeJob, offset: number, length: number): Promise<Buffer> {
     const origin = job.snapshot.origin;
     const chunks = origin.chunksOf(offset, length);
+    if (chunks.length === 1) {
+      // Within one chunk (most reads): the part of the verified copy, with no second buffer.
+      const c = chunks[0] as number;
+      const src = origin.table.resolve(c, job.snapshot);
+      if (src.from !== 'store') return this.next.read(offset, length);
+      const data = await readCopy(job.store, c, src.copy, origin.chunkLength(c), job.damaged);
+      const at = offset - c * origin.chunkSize;
+      return data.subarray(at, at + length);
+    }
     const out = Buffer.allocUnsafe(length);
     await Promise.all(
       chunks.map(async (c) => {
