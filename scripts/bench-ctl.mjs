@@ -3,15 +3,15 @@
 // allows (`nbdsnap merge --wait` polls once a second). Speaks the JSON-lines protocol of
 // src/control/README.md directly, on one connection.
 //
-//   node scripts/bench-ctl.mjs merge CONTROL DEVICE SNAP [POLL_MS]
-//     start merging DEVICE@SNAP, poll merge.status every POLL_MS (10) until the merge is gone;
+//   node scripts/bench-ctl.mjs merge CONTROL DEVICE SNAP [POLL_MS [SPEED]]
+//     start merging DEVICE@SNAP (at SPEED bytes/s if given, the merge rate limit), poll merge.status every POLL_MS (10) until the merge is gone;
 //     prints {"start": epoch ms, "end": epoch ms, "seconds", "chunks", "bytes"} on stdout.
 //     Exit 1 if the merge fails.
 import { connect } from 'node:net';
 
-const [cmd, path, device, name, pollArg] = process.argv.slice(2);
+const [cmd, path, device, name, pollArg, speedArg] = process.argv.slice(2);
 if (cmd !== 'merge' || !path || !device || !name) {
-  console.error('usage: bench-ctl.mjs merge CONTROL DEVICE SNAP [POLL_MS]');
+  console.error('usage: bench-ctl.mjs merge CONTROL DEVICE SNAP [POLL_MS [SPEED]]');
   process.exit(2);
 }
 const pollMs = Number(pollArg ?? 10);
@@ -50,7 +50,8 @@ try {
   const chunkSize = status.devices.find((d) => d.name === device)?.chunkSize ?? status.store.chunkSize;
   const snapshot = `${device}@${name}`;
   const start = Date.now();
-  const started = await call('merge.start', { device, name, onNextStart: false });
+  const speed = speedArg === undefined ? {} : { speed: Number(speedArg) };
+  const started = await call('merge.start', { device, name, onNextStart: false, ...speed });
   const chunks = started.total ?? 0;
   for (;;) {
     const p = (await call('merge.status')).find((x) => x.snapshot === snapshot);

@@ -39,6 +39,7 @@
 #   BENCH_FW_CAP=60        time cap (s) of the size-based first-write runs (one pass over the chunks)
 #   BENCH_FW_ROUNDS=2      4 KiB first-write passes per server, each on a fresh snapshot / overlay
 #   BENCH_MERGE_SIZE=256M  changed data merged back (merge section)
+#   BENCH_MERGE_SPEED=32M  merge rate limit (`merge --speed`) of the merge timed under origin reads
 #   BENCH_BACKUP_PCT=5     percentage of 64 KiB blocks changed before the incremental backup
 #   BENCH_BACKUP_FULL=1    0: do not also time a full `nbdsnap backup` of the snapshot
 #   BENCH_CBT_ROUNDS=3     fresh-era 4 KiB write passes per change-tracking setting

@@ -55,6 +55,8 @@ export interface MergeInfo {
   merged?: number;
   total?: number;
   bytesPerSecond?: number;
+  /** The rate limit, bytes per second (0: none). */
+  speed?: number;
   failedChunk?: number;
   error?: string;
 }
@@ -121,6 +123,7 @@ export function mergeLine(p: MergeInfo): string {
   const parts = [`${p.snapshot}: ${p.state}`];
   if (isNumber(p.merged) && isNumber(p.total)) parts.push(`${p.merged}/${p.total} chunks merged`);
   if (isNumber(p.bytesPerSecond) && p.state === 'merging') parts.push(`${mib(p.bytesPerSecond)}/s`);
+  if (isNumber(p.speed) && p.speed > 0) parts.push(`limit ${mib(p.speed)}/s`);
   if (p.state === 'failed') {
     parts.push(
       `${isNumber(p.failedChunk) ? `stopped at chunk ${p.failedChunk}` : 'stopped'}${p.error ? `: ${p.error}` : ''}`,

@@ -1,5 +1,7 @@
 /**
- * `nbdsnap merge DEVICE@SNAP [--wait] [--on-next-start]` and `nbdsnap merge status`.
+ * `nbdsnap merge DEVICE@SNAP [--wait] [--on-next-start] [--speed SPEED]`, `nbdsnap merge status`
+ * and `nbdsnap merge speed DEVICE@SNAP SPEED` (the rate limit of a merge in progress, bytes per
+ * second with K/M/G suffixes, 0 for none).
  * With --wait, progress goes to stderr: a bar redrawn in place on a terminal, plain lines
  * otherwise; the exit status says whether the merge finished (0) or failed (1).
  */
@@ -7,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Argv } from 'yargs';
 import { call, controlPath } from '../control/client.ts';
 import { NbdsnapError } from '../errors.ts';
+import { parseSize } from './args.ts';
 import { defineCommand, withControl } from './command.ts';
 import { type MergeInfo, mergeLine, parseSnapshotRef } from './control-commands.ts';
 
@@ -14,27 +17,51 @@ interface MergeOptions {
   path: string;
   /** undefined: `merge status`. */
   ref: { device: string; name: string } | undefined;
+  /** --speed, or the SPEED of `merge speed`. */
+  speed: number | undefined;
+  /** `merge speed DEVICE@SNAP SPEED`. */
+  setSpeed: boolean;
   wait: boolean;
   onNextStart: boolean;
   json: boolean;
 }
 
 export const mergeCommand = defineCommand({
-  command: 'merge <snapshot>',
-  describe: 'roll DEVICE@SNAP back into its origin ("merge status" lists merges)',
+  command: 'merge <snapshot> [args..]',
+  describe: 'roll DEVICE@SNAP back into its origin ("merge status" lists merges, "merge speed DEVICE@SNAP SPEED")',
   builder: (y: Argv) =>
     withControl(y)
-      .positional('snapshot', { type: 'string', demandOption: true, describe: 'DEVICE@SNAP, or "status"' })
+      .positional('snapshot', { type: 'string', demandOption: true, describe: 'DEVICE@SNAP, "status" or "speed"' })
+      .positional('args', { type: 'string', array: true, describe: 'after "speed": DEVICE@SNAP SPEED' })
       .option('wait', { type: 'boolean', default: false, describe: 'wait for the end, showing progress' })
-      .option('on-next-start', { type: 'boolean', default: false, describe: 'begin when the server next starts' }),
+      .option('on-next-start', { type: 'boolean', default: false, describe: 'begin when the server next starts' })
+      .option('speed', {
+        type: 'string',
+        describe: 'rate limit, bytes/s (e.g. 64M); 0: none [default: serve --merge-speed]',
+      }),
   parse: (a): MergeOptions => {
     const snapshot = String(a.snapshot);
-    if (snapshot === 'status' && (a.wait || a['on-next-start'])) {
-      throw new NbdsnapError('BAD_ARGUMENT', 'merge status takes neither --wait nor --on-next-start');
+    const rest = (a.args ?? []).map(String);
+    const setSpeed = snapshot === 'speed';
+    if (setSpeed) {
+      if (rest.length !== 2 || a.speed !== undefined)
+        throw new NbdsnapError('BAD_ARGUMENT', 'merge speed takes DEVICE@SNAP SPEED (e.g. merge speed disk@a 32M)');
+    } else if (rest.length > 0) {
+      throw new NbdsnapError('BAD_ARGUMENT', `merge takes one DEVICE@SNAP (not "${rest.join(' ')}")`);
     }
+    if ((snapshot === 'status' || setSpeed) && (a.wait || a['on-next-start'])) {
+      throw new NbdsnapError('BAD_ARGUMENT', `merge ${snapshot} takes neither --wait nor --on-next-start`);
+    }
+    if (snapshot === 'status' && a.speed !== undefined)
+      throw new NbdsnapError('BAD_ARGUMENT', 'merge status takes no --speed');
+    if (a['on-next-start'] && a.speed !== undefined)
+      throw new NbdsnapError('BAD_ARGUMENT', "a merge at the next start runs at serve's --merge-speed");
+    const speedText = setSpeed ? rest[1] : a.speed;
     return {
       path: controlPath(a.control),
-      ref: snapshot === 'status' ? undefined : parseSnapshotRef(snapshot),
+      ref: snapshot === 'status' ? undefined : parseSnapshotRef(setSpeed ? (rest[0] as string) : snapshot),
+      speed: speedText === undefined ? undefined : parseSize(String(speedText), 'merge speed'),
+      setSpeed,
       wait: a.wait,
       onNextStart: a['on-next-start'],
       json: a.json,
@@ -54,7 +81,13 @@ async function merge(o: MergeOptions): Promise<void> {
     return;
   }
   const label = `${o.ref.device}@${o.ref.name}`;
-  const started = (await call(o.path, 'merge.start', { ...o.ref, onNextStart: o.onNextStart })) as MergeInfo;
+  if (o.setSpeed) {
+    const p = (await call(o.path, 'merge.speed', { ...o.ref, speed: o.speed })) as MergeInfo;
+    process.stdout.write(o.json ? `${JSON.stringify(p)}\n` : `merge ${mergeLine(p)}\n`);
+    return;
+  }
+  const speed = o.speed === undefined ? {} : { speed: o.speed };
+  const started = (await call(o.path, 'merge.start', { ...o.ref, onNextStart: o.onNextStart, ...speed })) as MergeInfo;
   if (!o.wait || o.onNextStart) {
     process.stdout.write(o.json ? `${JSON.stringify(started)}\n` : `merge ${mergeLine(started)}\n`);
     return;

@@ -56,6 +56,8 @@ export interface ServeOptions {
   cbtKeepDeleted?: number | undefined;
   /** --max-buffer, --handshake-timeout (ms here), --max-connections (defaults: DEFAULT_LIMITS). */
   limits?: Partial<ServerLimits> | undefined;
+  /** Default merge rate limit in bytes per second (0, the default: none). */
+  mergeSpeed?: number | undefined;
   /** Run once the server is up (the demo takes its snapshot here); may print more lines. */
   afterStart?: (manager: SnapshotManager) => Promise<string[]>;
 }
@@ -99,6 +101,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     readOnlyOrigins: opts.readOnly,
     cbtBlockSize: opts.cbtBlockSize ?? 64 * 1024,
     cbtKeepDeleted: opts.cbtKeepDeleted,
+    mergeSpeed: opts.mergeSpeed,
   });
   await manager.start();
   const control = opts.control === undefined ? undefined : new ControlServer(manager, log);

@@ -46,8 +46,16 @@ export function commandTable(manager: SnapshotManager): Map<string, Command> {
   add('store.append', ['range'], async (a) => manager.appendStore(StoreSpace.resolve(text(a.range, 'range'))));
   add('store.status', [], async () => manager.storeStatus());
   add('store.scrub', [], async (_a, ctx) => manager.scrub((p) => ctx.emit({ type: 'scrub-progress', ...p })));
-  add('merge.start', ['device', 'name', 'onNextStart'], async (a) =>
-    manager.startMerge(name(a.device, 'device'), name(a.name, 'name'), bool(a.onNextStart, 'onNextStart')),
+  add('merge.start', ['device', 'name', 'onNextStart', 'speed'], async (a) =>
+    manager.startMerge(
+      name(a.device, 'device'),
+      name(a.name, 'name'),
+      bool(a.onNextStart, 'onNextStart'),
+      a.speed === undefined ? undefined : count(a.speed, 'speed', 0),
+    ),
+  );
+  add('merge.speed', ['device', 'name', 'speed'], async (a) =>
+    manager.mergeSpeed(name(a.device, 'device'), name(a.name, 'name'), count(a.speed, 'speed', 0)),
   );
   add('merge.status', [], async () => manager.mergeStatus());
   add('cbt.changed', ['device', 'from', 'to'], async (a) =>

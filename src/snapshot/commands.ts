@@ -158,11 +158,16 @@ export class Commands {
   }
 
   /** `merge DEVICE@SNAP`: roll the origin back to the snapshot (now or at the next start). */
-  startMerge(device: string, name: string, onNextStart: boolean) {
+  startMerge(device: string, name: string, onNextStart: boolean, speed?: number) {
     return this.parts.serial.run(async () => {
-      const job = await this.parts.merges.start(this.find(device, name), onNextStart);
+      const job = await this.parts.merges.start(this.find(device, name), onNextStart, speed);
       return job?.progress() ?? { snapshot: `${device}@${name}`, state: 'scheduled for next start' };
     });
+  }
+
+  /** `merge speed DEVICE@SNAP SPEED`: the rate limit of a merge in progress. */
+  async mergeSpeed(device: string, name: string, speed: number) {
+    return this.parts.merges.setSpeed(this.find(device, name), speed).progress();
   }
 
   appendStore(range: StoreRange): Promise<void> {

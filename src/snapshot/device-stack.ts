@@ -22,7 +22,7 @@ import { type CowHooks, CowOrigin } from './cow-origin.ts';
 import type { DamageLog } from './damage.ts';
 import type { EventBus } from './events.ts';
 import type { Copy } from './exception-table.ts';
-import { MergeLayer } from './merge.ts';
+import { MergeLayer } from './merge-layer.ts';
 import type { OriginState, Snapshot } from './model.ts';
 import { exportName } from './model.ts';
 import type { Recorder } from './recorder.ts';

@@ -45,6 +45,8 @@ export interface ManagerOptions {
   cbtBlockSize: number;
   /** Points of deleted snapshots kept per device for `--since` (default 1). */
   cbtKeepDeleted?: number | undefined;
+  /** Default merge rate limit, bytes per second (0, the default: none). */
+  mergeSpeed?: number | undefined;
 }
 
 /** The parts `start()` sets up. */
@@ -157,6 +159,7 @@ export class SnapshotManager {
       publisher,
       serial,
       damage,
+      defaultSpeed: this.opts.mergeSpeed,
     });
     const origins = opts.devices.map((d) => ({ name: d.name, path: d.path, readOnly: opts.readOnlyOrigins }));
     const commands = new Commands({
@@ -205,8 +208,12 @@ export class SnapshotManager {
     return this.parts.commands.deleteSnapshot(device, name);
   }
 
-  startMerge(device: string, name: string, onNextStart: boolean) {
-    return this.parts.commands.startMerge(device, name, onNextStart);
+  startMerge(device: string, name: string, onNextStart: boolean, speed?: number) {
+    return this.parts.commands.startMerge(device, name, onNextStart, speed);
+  }
+
+  mergeSpeed(device: string, name: string, speed: number) {
+    return this.parts.commands.mergeSpeed(device, name, speed);
   }
 
   appendStore(range: StoreRange): Promise<void> {

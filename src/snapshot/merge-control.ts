@@ -16,6 +16,7 @@ import type { Copy } from './exception-table.ts';
 import { type MergeHooks, MergeJob, mergeChunks } from './merge.ts';
 import type { Snapshot } from './model.ts';
 import type { ExportPublisher } from './publisher.ts';
+import { checkSpeed } from './rate-limit.ts';
 import type { Recorder } from './recorder.ts';
 import type { Serial } from './serial.ts';
 
@@ -30,6 +31,11 @@ export interface MergeParts {
   serial: Serial;
   /** Records a copy found damaged (damage.ts). */
   damage: DamageLog;
+  /**
+   * serve's --merge-speed: the rate limit (bytes per second, 0 none) of a merge started without
+   * one, and of every merge resumed or begun at a start (a speed is not recorded in the journal).
+   */
+  defaultSpeed?: number | undefined;
 }
 
 const label = (s: Snapshot): string => `${s.origin.name}@${s.name}`;
@@ -75,13 +81,23 @@ export class MergeControl implements MergeHooks {
     return stack;
   }
 
-  /** `merge DEVICE@SNAP`: start now, schedule for the next start, or retry a failed merge. */
-  async start(snap: Snapshot, onNextStart: boolean): Promise<MergeJob | undefined> {
+  /**
+   * `merge DEVICE@SNAP`: start now, schedule for the next start, or retry a failed merge.
+   * `speed` (bytes per second, 0 none): the rate limit, also changed on a merge already running.
+   */
+  async start(snap: Snapshot, onNextStart: boolean, speed?: number): Promise<MergeJob | undefined> {
+    if (speed !== undefined) checkSpeed(speed);
     const existing = this.jobs.get(snap);
     if (existing !== undefined) {
+      if (speed !== undefined) existing.speed = speed;
       if (existing.state === 'failed') void existing.run();
       return existing;
     }
+    if (onNextStart && speed !== undefined)
+      throw new NbdsnapError(
+        'BAD_ARGUMENT',
+        "a merge at the next start runs at serve's --merge-speed (a speed is not recorded)",
+      );
     const other = snap.origin.snapshots.find(
       (s) => s !== snap && (s.state === 'merging' || (s.mergeScheduled === true && s.state === 'valid')),
     );
@@ -111,10 +127,19 @@ export class MergeControl implements MergeHooks {
         this.parts.publisher.unfence(snap);
         throw err;
       }
-      return this.begin(snap);
+      return this.begin(snap, speed);
     } finally {
       cow.release();
     }
+  }
+
+  /** `merge speed DEVICE@SNAP SPEED`: change the rate limit of a merge in progress. */
+  setSpeed(snap: Snapshot, speed: number): MergeJob {
+    checkSpeed(speed);
+    const job = this.jobs.get(snap);
+    if (job === undefined) throw new NbdsnapError('NOT_FOUND', `no merge of ${label(snap)} in progress`);
+    job.speed = speed;
+    return job;
   }
 
   /** After replay: continue recorded merges, and start the ones scheduled for this start. */
@@ -129,11 +154,11 @@ export class MergeControl implements MergeHooks {
   }
 
   /** A job for a snapshot whose MERGE record is applied (the catalog holds its chunks). */
-  private begin(snap: Snapshot): MergeJob {
+  private begin(snap: Snapshot, speed = this.parts.defaultSpeed ?? 0): MergeJob {
     const entry = this.parts.catalog.merges.get(snap.id);
     const progress = { merged: entry?.merged ?? new Set<number>(), chunks: entry?.chunks ?? mergeChunks(snap) };
     const { cow, merge } = this.stack(snap);
-    const job = new MergeJob(snap, cow, this.store(), progress, this);
+    const job = new MergeJob(snap, cow, this.store(), progress, this, speed);
     this.jobs.set(snap, job);
     merge.job = job;
     this.parts.events.emit({ type: 'merge-started', snapshot: label(snap) });

@@ -22,20 +22,31 @@
  * snapshot, and that copy (the snapshot's old data) resolves for the merged snapshot too:
  * merging it would roll back the client's write.
  */
-import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
-import { errorMessage, NbdsnapError } from '../errors.ts';
-import type { Extent } from '../nbd-protocol/index.ts';
+import { errorMessage } from '../errors.ts';
 import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
-import { readVerified } from '../store/verify.ts';
 import { ChunkGuard } from './chunk-guard.ts';
 import type { CowOrigin } from './cow-origin.ts';
-import { damagedCopyError } from './damage.ts';
 import type { Copy } from './exception-table.ts';
+import { failedChunk, forChunk, readRun } from './merge-read.ts';
 import type { Snapshot } from './model.ts';
+import { TokenBucket } from './rate-limit.ts';
 
-/** Chunks merged per run (bounded so client writes never wait long). */
-const RUN_CHUNKS = 16;
+/**
+ * Bytes merged per run: each run costs two syncs (the origin, then the MERGED record), so runs
+ * are large; bounded so a client write to a chunk of the run in progress never waits long, and
+ * so the memory of the two runs held (one written, the next read ahead) stays small.
+ */
+const RUN_BYTES = 8 * 1024 * 1024;
+/** And chunks per run (small chunks): one claim each, all waited for by a write to any of them. */
+const RUN_CHUNKS = 128;
+
+/** A run claimed and being read from the store (`parts`), not yet written to the origin. */
+interface PreparedRun {
+  chunks: number[];
+  parts: Promise<Buffer[]>;
+  release(): void;
+}
 
 export type MergeState = 'merging' | 'failed' | 'done';
 
@@ -70,35 +81,6 @@ export function mergeChunks(snapshot: Snapshot): number[] {
   return out;
 }
 
-/**
- * A chunk's store copy, whole and verified: a damaged copy is never written into the origin.
- * A mismatch is recorded (`damaged`) before the EIO.
- */
-async function readCopy(
-  store: DiffStore,
-  chunk: number,
-  copy: Copy,
-  length: number,
-  damaged: (chunk: number, copy: Copy) => Promise<void>,
-): Promise<Buffer> {
-  const data = copy.lost ? undefined : await readVerified(store, copy.slot, copy.crc, length);
-  if (data === undefined) throw await damagedCopyError('', chunk, copy, damaged);
-  return data;
-}
-
-/** The chunk whose merge threw each error (the error itself is passed on unchanged). */
-const failedChunk = new WeakMap<object, number>();
-
-/** Runs `work` for `chunk`, noting the chunk against what it throws. */
-async function forChunk<T>(chunk: number, work: () => Promise<T>): Promise<T> {
-  try {
-    return await work();
-  } catch (err) {
-    if (typeof err === 'object' && err !== null && !failedChunk.has(err)) failedChunk.set(err, chunk);
-    throw err;
-  }
-}
-
 export class MergeJob {
   readonly snapshot: Snapshot;
   state: MergeState = 'merging';
@@ -114,10 +96,22 @@ export class MergeJob {
   private bytesSinceStart = 0;
   private running: Promise<void> | undefined;
   private readonly hooks: MergeHooks;
+  /** The rate limit of the background runs (client-write merges are not held back by it). */
+  private readonly bucket: TokenBucket;
+  /** Ends the sleep between runs early (the speed changed). */
+  private wake: (() => void) | undefined;
 
   /** `progress`: the chunks to merge, fixed at the MERGE record (see `mergeChunks`), and those merged. */
-  constructor(snapshot: Snapshot, cow: CowOrigin, store: DiffStore, progress: MergeProgress, hooks: MergeHooks) {
+  constructor(
+    snapshot: Snapshot,
+    cow: CowOrigin,
+    store: DiffStore,
+    progress: MergeProgress,
+    hooks: MergeHooks,
+    speed = 0,
+  ) {
     this.snapshot = snapshot;
+    this.bucket = new TokenBucket(speed, () => performance.now());
     this.cow = cow;
     this.store = store;
     this.chunks = [...progress.chunks].sort((a, b) => a - b);
@@ -150,6 +144,17 @@ export class MergeJob {
     return undefined;
   }
 
+  /** The rate limit in bytes per second (0: none), as qemu's block-job speed. */
+  get speed(): number {
+    return this.bucket.speed;
+  }
+
+  /** Change the rate limit; applies to the next run (a sleep between runs ends early). */
+  set speed(bytesPerSecond: number) {
+    this.bucket.speed = bytesPerSecond;
+    this.wake?.();
+  }
+
   progress() {
     const seconds = (Date.now() - this.started) / 1000;
     return {
@@ -158,6 +163,7 @@ export class MergeJob {
       merged: this.merged.size,
       total: this.chunks.length,
       bytesPerSecond: seconds > 0 ? Math.round(this.bytesSinceStart / seconds) : 0,
+      speed: this.bucket.speed,
       ...(this.failure === undefined ? {} : { failedChunk: this.failure.chunk, error: this.failure.error }),
     };
   }
@@ -187,17 +193,28 @@ export class MergeJob {
       const todo = this.chunks.filter((c) => this.pending(c));
       if (todo.length === 0) break;
       const busy: Promise<void>[] = [];
-      for (let i = 0; i < todo.length; ) {
-        const run: number[] = [];
-        for (; i < todo.length && run.length < RUN_CHUNKS; i++) {
-          const c = todo[i] as number;
-          const prev = run[run.length - 1];
-          if (prev !== undefined && c !== prev + 1) break;
-          run.push(c);
-        }
+      let ahead: PreparedRun | undefined;
+      let i = 0;
+      const cut = (): number[] | undefined => {
+        const run = this.runFrom(todo, i);
+        i += run.length;
+        return run.length === 0 ? undefined : run;
+      };
+      for (let run = cut(); run !== undefined; ) {
+        let next: number[] | undefined;
         try {
-          await this.mergeRun(run);
+          if (ahead === undefined) await this.pace();
+          const cur = ahead ?? this.prepare(run);
+          ahead = undefined;
+          // No limit: read the next run from the store while this one is written and synced.
+          next = cut();
+          if (next !== undefined && this.bucket.speed === 0) ahead = this.prepare(next);
+          await this.commit(cur);
         } catch (err) {
+          if (ahead !== undefined) {
+            await ahead.parts.catch(() => undefined);
+            ahead.release();
+          }
           this.state = 'failed';
           this.failure = {
             chunk: (typeof err === 'object' && err !== null ? failedChunk.get(err) : undefined) ?? (run[0] as number),
@@ -210,11 +227,47 @@ export class MergeJob {
           const p = this.guard.inProgress(c);
           if (p !== undefined) busy.push(p);
         }
+        run = next;
       }
       await Promise.all(busy);
     }
     this.state = 'done';
     await this.hooks.done(this);
+  }
+
+  /**
+   * The run of `todo` (ascending) from index `i`: consecutive chunks, at most RUN_BYTES, and with
+   * a rate limit about a thirtieth of a second's worth (short pauses, spread evenly, so client
+   * I/O meanwhile sees small interruptions rather than long bursts).
+   */
+  private runFrom(todo: readonly number[], i: number): number[] {
+    const cs = this.snapshot.origin.chunkSize;
+    const speed = this.bucket.speed;
+    const bytes = speed === 0 ? RUN_BYTES : Math.min(RUN_BYTES, Math.floor(speed / 30));
+    const most = Math.max(1, Math.min(RUN_CHUNKS, Math.floor(bytes / cs)));
+    const run: number[] = [];
+    for (; i < todo.length && run.length < most; i++) {
+      const c = todo[i] as number;
+      const prev = run[run.length - 1];
+      if (prev !== undefined && c !== prev + 1) break;
+      run.push(c);
+    }
+    return run;
+  }
+
+  /** Sleeps between runs while the rate limit says so (woken early by a change of speed). */
+  private async pace(): Promise<void> {
+    for (let ms = this.bucket.delay(); ms > 0; ms = this.bucket.delay()) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, ms);
+        timer.unref();
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.wake = undefined;
+    }
   }
 
   /** Merge one chunk now, for a client write (waits for a run in progress that holds it). */
@@ -226,143 +279,63 @@ export class MergeJob {
     }
   }
 
-  private async mergeRun(run: number[]): Promise<void> {
-    const todo = run.filter((c) => this.pending(c) && this.guard.inProgress(c) === undefined);
-    if (todo.length === 0) return;
-    const releases = todo.map((c) => this.guard.claim(c));
+  private mergeRun(run: number[]): Promise<void> {
+    return this.commit(this.prepare(run));
+  }
+
+  /** Claim the chunks of `run` still to merge (and not merging for a write) and start reading them. */
+  private prepare(run: number[]): PreparedRun {
+    const chunks = run.filter((c) => this.pending(c) && this.guard.inProgress(c) === undefined);
+    const releases = chunks.map((c) => this.guard.claim(c));
+    const parts = chunks.length === 0 ? Promise.resolve([]) : readRun(this.store, this.snapshot, chunks, this.damaged);
+    parts.catch(() => undefined); // awaited by `commit` (or by the loop, after a failure)
+    return {
+      chunks,
+      parts,
+      release: () => {
+        for (const r of releases) r();
+      },
+    };
+  }
+
+  /** Write a prepared run to the origin, sync it, then record it MERGED; releases its chunks. */
+  private async commit(p: PreparedRun): Promise<void> {
     try {
+      const todo = p.chunks;
+      if (todo.length === 0) return;
+      const parts = await p.parts;
       const origin = this.snapshot.origin;
-      // Consecutive chunks: one read per chunk from the store, one write to the origin.
+      const cs = origin.chunkSize;
       const first = todo[0] as number;
-      const parts = await Promise.all(
-        todo.map((c) =>
-          forChunk(c, async () => {
-            const src = origin.table.resolve(c, this.snapshot);
-            if (src.from !== 'store') throw new NbdsnapError('EIO', `chunk ${c} lost its store copy during the merge`);
-            return readCopy(this.store, c, src.copy, origin.chunkLength(c), this.damaged);
-          }),
-        ),
-      );
       const contiguous = todo.every((c, k) => c === first + k);
+      // Chunk k at k * chunkSize (only the device's last chunk is short, and it comes last).
+      const data = parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts);
       const one = (k: number) =>
         forChunk(todo[k] as number, () =>
-          this.cow.write((todo[k] as number) * origin.chunkSize, parts[k] as Buffer, false),
+          this.cow.write(
+            (todo[k] as number) * cs,
+            data.subarray(k * cs, k * cs + origin.chunkLength(todo[k] as number)),
+            false,
+          ),
         );
       try {
-        if (contiguous) await this.cow.write(first * origin.chunkSize, Buffer.concat(parts), false);
+        if (contiguous) await this.cow.write(first * cs, data, false);
         else await Promise.all(todo.map((_, k) => one(k)));
       } catch {
         // Again chunk by chunk, in order: the error then names the chunk that fails (writing
         // the others again is harmless: no client write reaches a chunk being merged).
         for (let k = 0; k < todo.length; k++) await one(k);
       }
+      // Durable in the origin before the record that says so.
       await forChunk(first, () => this.cow.base.flush());
       const records = contiguous
         ? [{ type: 'MERGED' as const, snapshot: this.snapshot.id, chunk: first, count: todo.length }]
         : todo.map((c) => ({ type: 'MERGED' as const, snapshot: this.snapshot.id, chunk: c, count: 1 }));
       await forChunk(first, () => this.hooks.record(records));
-      this.bytesSinceStart += parts.reduce((n, p) => n + p.length, 0);
+      this.bytesSinceStart += data.length;
+      this.bucket.take(data.length);
     } finally {
-      for (const r of releases) r();
-    }
-  }
-}
-
-/** The origin export's top layer: passes through, except while a merge runs on the device. */
-export class MergeLayer extends Layer {
-  job: MergeJob | undefined;
-  private storeReads = 0;
-  private idleWaiters: (() => void)[] = [];
-
-  constructor(next: BlockDevice) {
-    super(next);
-  }
-
-  /** Resolves once no read that started from the store is in flight (before freeing its slots). */
-  idle(): Promise<void> {
-    if (this.storeReads === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
-  }
-
-  override async read(offset: number, length: number): Promise<Buffer> {
-    const job = this.job;
-    if (job === undefined) return this.next.read(offset, length);
-    const origin = job.snapshot.origin;
-    const chunks = origin.chunksOf(offset, length);
-    if (!chunks.some((c) => job.pending(c))) return this.next.read(offset, length);
-    this.storeReads += 1;
-    try {
-      return await this.mixedRead(job, offset, length);
-    } finally {
-      this.storeReads -= 1;
-      if (this.storeReads === 0) for (const w of this.idleWaiters.splice(0)) w();
-    }
-  }
-
-  /** Chunk by chunk, from the snapshot's copy where the merge has not got to yet. */
-  private async mixedRead(job: MergeJob, offset: number, length: number): Promise<Buffer> {
-    const origin = job.snapshot.origin;
-    const chunks = origin.chunksOf(offset, length);
-    const out = Buffer.allocUnsafe(length);
-    await Promise.all(
-      chunks.map(async (c) => {
-        const start = Math.max(offset, c * origin.chunkSize);
-        const end = Math.min(offset + length, (c + 1) * origin.chunkSize);
-        const src = origin.table.resolve(c, job.snapshot);
-        if (job.pending(c) && src.from === 'store') {
-          const data = await readCopy(job.store, c, src.copy, origin.chunkLength(c), job.damaged);
-          const at = start - c * origin.chunkSize;
-          data.copy(out, start - offset, at, at + end - start);
-        } else (await this.next.read(start, end - start)).copy(out, start - offset);
-      }),
-    );
-    return out;
-  }
-
-  override async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    await this.mergeFirst(offset, data.length);
-    return this.next.write(offset, data, fua);
-  }
-
-  override async writeZeroes(offset: number, length: number, options: ZeroOptions): Promise<void> {
-    await this.mergeFirst(offset, length);
-    return this.next.writeZeroes(offset, length, options);
-  }
-
-  override async trim(offset: number, length: number, fua: boolean): Promise<void> {
-    await this.mergeFirst(offset, length);
-    return this.next.trim(offset, length, fua);
-  }
-
-  override async extents(offset: number, length: number) {
-    const job = this.job;
-    if (job === undefined) return this.next.extents(offset, length);
-    // While merging, chunks still in the store are data; elsewhere the origin's own view, but
-    // only up to the next chunk still to merge (the origin may have a hole where the snapshot
-    // has data: reporting it would let a client skip that data as zeroes).
-    const origin = job.snapshot.origin;
-    const cs = origin.chunkSize;
-    const first = Math.floor(offset / cs);
-    const end = Math.min(origin.size, offset + length);
-    if (job.pending(first)) return [{ length: Math.min(end, (first + 1) * cs) - offset, flags: 0 }];
-    const next = job.nextPending(first + 1);
-    const stop = next === undefined ? end : Math.min(end, next * cs);
-    const out: Extent[] = [];
-    let covered = 0;
-    for (const e of await this.next.extents(offset, stop - offset)) {
-      const take = Math.min(e.length, stop - offset - covered);
-      if (take <= 0) break;
-      out.push({ length: take, flags: e.flags });
-      covered += take;
-    }
-    return out;
-  }
-
-  private async mergeFirst(offset: number, length: number): Promise<void> {
-    const job = this.job;
-    if (job === undefined) return;
-    for (const c of job.snapshot.origin.chunksOf(offset, length)) {
-      if (job.pending(c)) await job.mergeChunk(c);
+      p.release();
     }
   }
 }

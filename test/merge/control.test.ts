@@ -63,7 +63,7 @@ describe('merge commands', () => {
     // A usage error (exit status 2): the error, then the command's usage.
     expect([r.code, r.stderr.trim()]).toEqual([
       2,
-      'nbdsnap: error: "disk" is not DEVICE@SNAPSHOT\nnbdsnap: usage: nbdsnap merge <snapshot>; see nbdsnap merge --help',
+      'nbdsnap: error: "disk" is not DEVICE@SNAPSHOT\nnbdsnap: usage: nbdsnap merge <snapshot> [args..]; see nbdsnap merge --help',
     ]);
     expect(await outcome(startMerge(rig, 'disk', 'nope'))).toBe('NOT_FOUND');
     expect(await mergeStatus(rig)).toEqual([]);

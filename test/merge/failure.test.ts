@@ -128,7 +128,7 @@ async function until(s: Setup, test: (p: MergeProgress[]) => boolean): Promise<M
   }
 }
 
-/** Holds the merge in its first run (its reads of whole chunks from the store) until `go()`. */
+/** Holds the merge in its first run (its reads of whole chunks, or runs of them, from the store) until `go()`. */
 function holdMerge(s: Setup): { reached: Promise<void>; go(): void } {
   const readSlot = s.store.readSlot.bind(s.store);
   let go!: () => void;
@@ -140,7 +140,7 @@ function holdMerge(s: Setup): { reached: Promise<void>; go(): void } {
     reached = r;
   });
   s.store.readSlot = async (slot: number, length: number, offset = 0) => {
-    if (length === CHUNK && offset === 0) {
+    if (length >= CHUNK && offset === 0) {
       reached();
       await held;
     }
@@ -174,7 +174,9 @@ describe('errors during a merge', () => {
     const readSlot = s.store.readSlot.bind(s.store);
     let broken = true;
     s.store.readSlot = async (slot: number, length: number, offset = 0) => {
-      if (broken && slot === src.slot) throw new NbdsnapError('EIO', 'injected store read error');
+      // A read error on every read that covers the copy's slot (the merge reads neighbouring slots at once).
+      if (broken && slot <= src.slot && src.slot < slot + Math.ceil((offset + length) / CHUNK))
+        throw new NbdsnapError('EIO', 'injected store read error');
       return readSlot(slot, length, offset);
     };
     await s.manager.startMerge('disk', 'm', false);
