@@ -79,6 +79,13 @@ export class Commands {
       for (const m of members) {
         if (m.state.snapshots.some((s) => s.name === name))
           throw new NbdsnapError('EXISTS', `snapshot ${m.name}@${name} already exists`);
+        // A kept change-tracking point of a deleted snapshot: the same name for a new point would
+        // make `backup --since` a backup taken at the old one quietly miss what changed between.
+        if (this.parts.catalog.trackers.has(m.state.id) && this.parts.catalog.bookmarks.get(m.state.id)?.has(name))
+          throw new NbdsnapError(
+            'EXISTS',
+            `${m.name}@${name} is still the change-tracking point of a deleted snapshot (kept for backup --since): forget it first (nbdsnap cbt forget ${m.name} ${name}) or choose another name`,
+          );
         if (m.state.snapshots.some((s) => s.state === 'merging'))
           throw new NbdsnapError('BUSY', `device ${m.name} is merging`);
       }

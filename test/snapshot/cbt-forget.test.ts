@@ -244,6 +244,18 @@ describe.skipIf(!haveNbdinfo)('forgetting change-tracking points (--cbt-keep-del
     expect(model.list().map((p) => p.name)).toEqual(['s5', 's6']);
   });
 
+  it('refuses a new snapshot named as a kept point of a deleted one, until that point is forgotten', async () => {
+    // Reusing the name would let `backup --since s5` of a backup taken at the old s5 miss changes.
+    await expect(rig.createSnapshot('disk', 's5')).rejects.toThrow(
+      /disk@s5 is still the change-tracking point of a deleted snapshot .*cbt forget disk s5/,
+    );
+    await check();
+    expect((await rig.cli(['cbt', 'forget', 'disk', 's5'])).code).toBe(0);
+    model.points.delete('s5');
+    await snapshot('s5');
+    await check();
+  });
+
   it('--cbt-keep-deleted must be a whole number', async () => {
     const r = await nbdsnap(['serve', disk, '--cbt-keep-deleted', '-1']);
     expect(r.code).toBe(2);
