@@ -47,7 +47,18 @@ export async function demo(opts: { dir?: string | undefined; port: number; logLe
     logLevel: opts.logLevel,
     description: 'nbdsnap demo device',
     afterStart: async (manager) => {
-      if (manager.list().length === 0) await manager.createSnapshot(['demo'], 'initial', false);
+      if (manager.list().length === 0) {
+        // `initial`, or `initial-2`, ... when an earlier `initial` was deleted and its change-tracking
+        // point is still kept (a new snapshot may not take that name).
+        for (let n = 1; ; n++) {
+          try {
+            await manager.createSnapshot(['demo'], n === 1 ? 'initial' : `initial-${n}`, false);
+            break;
+          } catch (err) {
+            if ((err as { code?: string }).code !== 'EXISTS' || n >= 100) throw err;
+          }
+        }
+      }
       return [
         `nbdsnap: control socket ${control}; try: NBDSNAP_CONTROL=${control} npx nbdsnap snapshot list`,
         `nbdsnap: try: qemu-io -f raw -c 'write -P 0x55 0 1M' nbd://127.0.0.1:${opts.port}/demo   (the snapshot keeps the old data)`,
