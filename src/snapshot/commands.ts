@@ -10,9 +10,8 @@
  * Constant time whatever the device size.
  */
 import { type OriginUse, refuseAliases } from '../block/ownership.ts';
-import { beyondKeep, type PointInfo, pointList } from '../cbt/keep.ts';
+import { type PointInfo, pointList } from '../cbt/keep.ts';
 import { NbdsnapError } from '../errors.ts';
-import type { JournalRecord } from '../store/records.ts';
 import type { StoreRange } from '../store/space.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { Catalog } from './catalog.ts';
@@ -22,6 +21,7 @@ import type { EventBus, LowSpaceWatch } from './events.ts';
 import type { MergeControl } from './merge-control.ts';
 import type { Snapshot } from './model.ts';
 import { exportName } from './model.ts';
+import { releaseRecords } from './release.ts';
 import type { Recorder } from './recorder.ts';
 import type { Serial } from './serial.ts';
 
@@ -122,15 +122,7 @@ export class Commands {
       if (snap.state === 'merging') throw new NbdsnapError('BUSY', `snapshot ${device}@${name} is merging`);
       requireStore(this.parts.store);
       // The points now beyond --cbt-keep-deleted are forgotten in the same batch.
-      const records: JournalRecord[] = [{ type: 'DELETE', snapshot: snap.id }];
-      const { id } = snap.origin;
-      const marks = this.parts.catalog.bookmarks.get(id);
-      if (marks !== undefined) {
-        const live = this.liveNames(device);
-        live.delete(name);
-        for (const point of beyondKeep(marks, live, this.parts.keepDeleted))
-          records.push({ type: 'FORGET', device: id, name: point });
-      }
+      const records = releaseRecords(this.parts.catalog, snap, this.parts.keepDeleted);
       await this.parts.recorder.record(records);
       this.parts.events.emit({ type: 'snapshot-deleted', snapshot: exportName(snap) });
     });

@@ -160,6 +160,7 @@ export class SnapshotManager {
       serial,
       damage,
       defaultSpeed: this.opts.mergeSpeed,
+      keepDeleted: opts.cbtKeepDeleted ?? 1,
     });
     const origins = opts.devices.map((d) => ({ name: d.name, path: d.path, readOnly: opts.readOnlyOrigins }));
     const commands = new Commands({

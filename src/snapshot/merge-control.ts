@@ -18,6 +18,7 @@ import type { Snapshot } from './model.ts';
 import type { ExportPublisher } from './publisher.ts';
 import { checkSpeed } from './rate-limit.ts';
 import type { Recorder } from './recorder.ts';
+import { releaseRecords } from './release.ts';
 import type { Serial } from './serial.ts';
 
 export interface MergeParts {
@@ -36,6 +37,8 @@ export interface MergeParts {
    * one, and of every merge resumed or begun at a start (a speed is not recorded in the journal).
    */
   defaultSpeed?: number | undefined;
+  /** serve's --cbt-keep-deleted: a finished merge forgets the points beyond it, as a delete does. */
+  keepDeleted?: number | undefined;
 }
 
 const label = (s: Snapshot): string => `${s.origin.name}@${s.name}`;
@@ -185,8 +188,8 @@ export class MergeControl implements MergeHooks {
     merge.job = undefined;
     await merge.idle();
     try {
-      const id = snap.id;
-      await this.parts.serial.run(() => this.parts.recorder.record([{ type: 'DELETE', snapshot: id }]));
+      const { catalog, keepDeleted } = this.parts;
+      await this.parts.serial.run(() => this.parts.recorder.record(releaseRecords(catalog, snap, keepDeleted ?? 1)));
     } catch (err) {
       // Every chunk is merged, the origin is right: only the release is left, tried again by a
       // retry (`merge` again) or at the next start.

@@ -11,6 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { hasTool } from '../helpers/clients.ts';
+import { startMerge, waitMergeDone } from '../helpers/merge.ts';
 import { KiB, MiB, makeSparse, nbdsnap, Rig, tempDir } from '../helpers/snapshots.ts';
 
 const BS = 64 * KiB;
@@ -254,6 +255,26 @@ describe.skipIf(!haveNbdinfo)('forgetting change-tracking points (--cbt-keep-del
     model.points.delete('s5');
     await snapshot('s5');
     await check();
+  });
+
+  it('a finished merge forgets the points beyond the keep, as a delete does', async () => {
+    // points now: s6 and s5 (snapshots, s5 taken again); s7 is taken and deleted (the newest deleted)
+    await snapshot('s7');
+    await remove('s7', []);
+    expect((await rig.ctl<PointInfo[]>('cbt.points', { device: 'disk' })).map((p) => [p.name, p.snapshot])).toEqual([
+      ['s6', true],
+      ['s5', true],
+      ['s7', false],
+    ]);
+    // merging s6 deletes it when done: with s7 newer, keeping one deleted point forgets s6's
+    await startMerge(rig, 'disk', 's6');
+    await waitMergeDone(rig, 'disk@s6');
+    expect((await rig.ctl<PointInfo[]>('cbt.points', { device: 'disk' })).map((p) => [p.name, p.snapshot])).toEqual([
+      ['s5', true],
+      ['s7', false],
+    ]);
+    await rig.restart('SIGKILL');
+    expect((await rig.ctl<PointInfo[]>('cbt.points', { device: 'disk' })).map((p) => p.name)).toEqual(['s5', 's7']);
   });
 
   it('--cbt-keep-deleted must be a whole number', async () => {
