@@ -9,6 +9,7 @@ import { call, controlPath } from '../control/client.ts';
 import type { DamagedCopy, ScrubProgress, ScrubReport } from '../snapshot/damage.ts';
 import { checkHuman, checkStore } from '../store/check.ts';
 import { StoreSpace } from '../store/space.ts';
+import { parseSize } from './args.ts';
 import { defineCommand, withControl } from './command.ts';
 
 export const storeCheck = defineCommand({
@@ -34,8 +35,16 @@ export const storeCheck = defineCommand({
 export const storeScrub = defineCommand({
   command: 'scrub',
   describe: "read and verify every copy of a running server's store; exit 1 if damaged",
-  builder: (y: Argv) => withControl(y),
-  parse: (a) => ({ path: controlPath(a.control), json: a.json }),
+  builder: (y: Argv) =>
+    withControl(y).option('speed', {
+      type: 'string',
+      describe: 'rate limit, bytes/s read from the store (e.g. 64M); 0: none [default: 0]',
+    }),
+  parse: (a) => ({
+    path: controlPath(a.control),
+    json: a.json,
+    speed: a.speed === undefined ? 0 : parseSize(String(a.speed), 'scrub speed'),
+  }),
   run: async (o) => {
     const progress = (e: unknown) => {
       const p = e as ScrubProgress;
@@ -43,7 +52,7 @@ export const storeScrub = defineCommand({
         o.json ? `${JSON.stringify(p)}\n` : `scrub: ${p.checked}/${p.total} copies checked, ${p.damaged} damaged\n`,
       );
     };
-    const r = (await call(o.path, 'store.scrub', {}, progress)) as ScrubReport;
+    const r = (await call(o.path, 'store.scrub', { speed: o.speed }, progress)) as ScrubReport;
     const copy = (c: DamagedCopy) =>
       `damaged: ${c.device} chunk ${c.chunk} (slot ${c.slot}), read by ${c.snapshots.join(', ') || 'no snapshot'}`;
     const summary = `scrub: ${r.checked} copies (${r.bytes} bytes) checked, ${r.damaged} damaged, ${r.lostBefore} recorded lost before`;

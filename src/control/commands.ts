@@ -45,7 +45,12 @@ export function commandTable(manager: SnapshotManager): Map<string, Command> {
   );
   add('store.append', ['range'], async (a) => manager.appendStore(StoreSpace.resolve(text(a.range, 'range'))));
   add('store.status', [], async () => manager.storeStatus());
-  add('store.scrub', [], async (_a, ctx) => manager.scrub((p) => ctx.emit({ type: 'scrub-progress', ...p })));
+  add('store.scrub', ['speed'], async (a, ctx) =>
+    manager.scrub(
+      (p) => ctx.emit({ type: 'scrub-progress', ...p }),
+      a.speed === undefined ? 0 : count(a.speed, 'speed', 0),
+    ),
+  );
   add('merge.start', ['device', 'name', 'onNextStart', 'speed'], async (a) =>
     manager.startMerge(
       name(a.device, 'device'),

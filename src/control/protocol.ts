@@ -19,7 +19,7 @@ export interface Commands {
   'snapshot.delete': { device: string; name: string };
   'store.append': { range: string };
   'store.status': Record<string, never>;
-  'store.scrub': Record<string, never>;
+  'store.scrub': { speed?: number };
   events: Record<string, never>;
   'merge.start': { device: string; name: string; onNextStart?: boolean };
   'merge.status': Record<string, never>;

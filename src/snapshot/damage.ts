@@ -6,6 +6,7 @@
  * restart). Until then the copy still fails its checksum at every read. `DamageLog.scrub` reads every
  * live copy through the same check (`nbdsnap store scrub` on a running server).
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { DiffStore } from '../store/store.ts';
@@ -14,6 +15,7 @@ import type { EventBus } from './events.ts';
 import { type Copy, sameCopy } from './exception-table.ts';
 import type { OriginState } from './model.ts';
 import { exportName } from './model.ts';
+import { TokenBucket } from './rate-limit.ts';
 import type { RecordSink } from './recorder.ts';
 
 export interface DamagedCopy {
@@ -130,7 +132,11 @@ export class DamageLog {
   }
 
   /** Read every live copy of `origins` and record the damaged ones. */
-  async scrub(origins: readonly OriginState[], onProgress: (p: ScrubProgress) => void): Promise<ScrubReport> {
+  async scrub(
+    origins: readonly OriginState[],
+    onProgress: (p: ScrubProgress) => void,
+    speed = 0,
+  ): Promise<ScrubReport> {
     const store = this.store;
     const todo: { origin: OriginState; chunk: number; copy: Copy }[] = [];
     let lostBefore = 0;
@@ -146,11 +152,16 @@ export class DamageLog {
     if (store === undefined) return report;
     let next = 0;
     let reported = Date.now();
+    // --speed: the same token bucket as a merge's, shared by the readers
+    const bucket = new TokenBucket(speed, () => performance.now());
     const worker = async () => {
       while (next < todo.length) {
         const { origin, chunk, copy } = todo[next++] as (typeof todo)[number];
         const length = origin.chunkLength(chunk);
         if (!copy.lost && heldCopy(origin, chunk, copy)?.lost === false) {
+          const wait = bucket.delay();
+          if (wait > 0) await sleep(wait);
+          bucket.take(length);
           const data = await readVerified(store, copy.slot, copy.crc, length);
           // A copy freed while it was read may have been reused: not damage.
           if (data === undefined && heldCopy(origin, chunk, copy)?.lost === false) {

@@ -244,15 +244,15 @@ export class SnapshotManager {
     return this.parts.catalog.bySeq().map((s) => snapshotInfo(s, this.store));
   }
 
-  /** `store scrub`: read every live copy in the store and record the damaged ones. */
-  scrub(onProgress: (p: ScrubProgress) => void) {
+  /** `store scrub`: read every live copy in the store and record the damaged ones (`speed`: bytes/s, 0 none). */
+  scrub(onProgress: (p: ScrubProgress) => void, speed = 0) {
     requireStore(this.store);
     const progress = (p: ScrubProgress) => {
       probes.scrub?.(p);
       onProgress(p);
     };
     return this.parts.damage
-      .scrub([...this.parts.catalog.origins.values()], progress)
+      .scrub([...this.parts.catalog.origins.values()], progress, speed)
       .finally(() => probes.scrub?.(undefined));
   }
 

@@ -179,8 +179,11 @@ describe('a damaged copy is never read as data', () => {
     expect(r.stderr).toContain('"checked":4');
     expect(await outcome(snapRead(9 * CHUNK, 512))).toBe('EIO');
     expect((await rig.list()).map((s) => (s as { damaged?: number }).damaged)).toEqual([2]);
-    const again = await rig.cli(['store', 'scrub']);
+    // rate-limited (--speed, as a merge's): the same report
+    const again = await rig.cli(['store', 'scrub', '--speed', '256K']);
     expect(again.stdout).toContain('0 damaged, 2 recorded lost before');
+    const bad = await rig.cli(['store', 'scrub', '--speed', 'fast']);
+    expect([bad.code, bad.stderr]).toEqual([2, expect.stringMatching(/scrub speed/)]);
   });
 
   it('merge of a snapshot with chunks known lost is refused; the origin is untouched', async () => {
