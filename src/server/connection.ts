@@ -26,6 +26,7 @@ import {
   HandshakeFlag,
   NbdError,
   NbdProtocolError,
+  REQUEST_HEADER_SIZE,
   type RequestMessage,
   ServerParser,
   serialize,
@@ -78,6 +79,10 @@ export class Connection {
   private readonly share: Reservations;
   /** The reused read buffer, once reads go into buffers of ours (direct-read.ts). */
   private readBuffer: Buffer | undefined;
+  /** Its first bytes, for a read of one request header. */
+  private headerBuffer: Buffer | undefined;
+  /** A WRITE payload was just read into its own buffer. */
+  private afterPayload = false;
   private handshakeTimer: NodeJS.Timeout | undefined;
   readonly closed: Promise<void>;
 
@@ -306,28 +311,39 @@ export class Connection {
 
   /**
    * The buffer the next socket read goes into: the rest of the WRITE payload being received
-   * (once reserved), else the reused read buffer.
+   * (once reserved); right after such a payload, just a request header (the next request is
+   * likely another large WRITE, whose payload should not land here); else the reused buffer.
    */
   private nextReadBuffer(): Buffer {
-    const parser = this.parser;
-    const space = parser.payloadSpace();
+    const space = this.parser.payloadSpace() ?? this.receivePayload();
     if (space !== undefined && space.length > 0) return space;
-    if (this.share.payload > 0 && parser.awaiting > 0 && !this.closing) {
-      const rest = parser.receiveInto(pool.take(parser.awaiting));
-      if (rest.length > 0) return rest;
-    }
     this.readBuffer ??= Buffer.allocUnsafeSlow(READ_BUFFER);
+    if (this.afterPayload) {
+      this.afterPayload = false;
+      this.headerBuffer ??= this.readBuffer.subarray(0, REQUEST_HEADER_SIZE);
+      return this.headerBuffer;
+    }
     return this.readBuffer;
+  }
+
+  /** Once the awaited WRITE payload is reserved: receive it into its own buffer. */
+  private receivePayload(): Buffer | undefined {
+    const awaiting = this.parser.awaiting;
+    if (this.share.payload === 0 || awaiting === 0 || this.closing) return undefined;
+    if (this.parser.payloadSpace() !== undefined) return undefined; // received already, not yet taken
+    return this.parser.receiveInto(pool.take(awaiting));
   }
 
   private onRead(buffer: Buffer, n: number): void {
     if (this.closing) return;
-    if (buffer === this.readBuffer) {
+    if (buffer === this.readBuffer || buffer === this.headerBuffer) {
       this.parser.push(buffer.subarray(0, n), true);
       this.pump();
-      this.parser.detach(); // what is left of it is copied: the buffer is read into again
+      this.receivePayload(); // the payload bytes of this read go to their buffer, not a copy
+      this.parser.detach(); // what is left of the read buffer is copied: it is read into again
     } else {
       this.parser.payloadFilled(n);
+      this.afterPayload = this.parser.payloadSpace()?.length === 0;
       this.pump();
     }
   }
