@@ -6,10 +6,9 @@
  * - Requests are started as soon as they are parsed (pipelined) and may finish in any order.
  * - Back-pressure: reading pauses while too many requests or bytes are in flight, or while the
  *   socket's send buffer is full, so a fast client cannot make the server buffer without bound.
- * - Memory budget (memory-budget.ts, shared by all connections; this connection's share in
- *   reservations.ts): a WRITE's payload is reserved once its header is read and before the
- *   payload is, a READ's reply before it is produced; a refused reservation pauses reading until
- *   bytes come back. WRITE bytes come back when the request is done, READ bytes once the reply
+ * - Memory budget (memory-budget.ts; this connection's share: reservations.ts): a WRITE's payload
+ *   is reserved before it is read, a READ's reply before it is produced; a refused reservation
+ *   pauses reading. WRITE bytes come back when the request is done, READ bytes once the reply
  *   has been handed to the kernel.
  * - Reads (direct-read.ts, plain sockets in transmission): a WRITE's payload is read straight into
  *   its own buffer once reserved; headers and small requests into one reused buffer.
@@ -26,14 +25,13 @@ import {
   HandshakeFlag,
   NbdError,
   NbdProtocolError,
-  REQUEST_HEADER_SIZE,
   type RequestMessage,
   ServerParser,
   serialize,
 } from '../nbd-protocol/index.ts';
 import type { ExportRegistry } from './exports.ts';
 import { Negotiator, type Session } from './handshake.ts';
-import { readInto } from './direct-read.ts';
+import { PayloadReads, readInto } from './direct-read.ts';
 import type { MemoryBudget } from './memory-budget.ts';
 import { Reservations } from './reservations.ts';
 import { type ServerTls, startServerTls } from './tls.ts';
@@ -45,8 +43,6 @@ const MAX_INFLIGHT_REQUESTS = 256;
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 /** READ replies at least this large keep their reservation until flushed; smaller ones until queued. */
 const FLUSH_TRACKED = 64 * 1024;
-/** The reused buffer that headers and small requests are read into (Node's own read size). */
-const READ_BUFFER = 64 * 1024;
 const EMPTY = Buffer.alloc(0);
 
 export interface ConnectionLimits {
@@ -77,12 +73,6 @@ export class Connection {
   private announced = false;
   private idle: (() => void) | undefined;
   private readonly share: Reservations;
-  /** The reused read buffer, once reads go into buffers of ours (direct-read.ts). */
-  private readBuffer: Buffer | undefined;
-  /** Its first bytes, for a read of one request header. */
-  private headerBuffer: Buffer | undefined;
-  /** A WRITE payload was just read into its own buffer. */
-  private afterPayload = false;
   private handshakeTimer: NodeJS.Timeout | undefined;
   readonly closed: Promise<void>;
 
@@ -277,7 +267,12 @@ export class Connection {
     this.parser.startTransmission();
     const plain = (this.socket as { encrypted?: boolean }).encrypted !== true;
     if (plain && !this.readPaused) {
-      readInto(this.socket, { next: () => this.nextReadBuffer(), filled: (b, n) => this.onRead(b, n) });
+      readInto(
+        this.socket,
+        new PayloadReads(this.parser, this.share, () => {
+          if (!this.closing) this.pump();
+        }),
+      );
     }
     this.announce({
       structured: session.structured,
@@ -307,45 +302,6 @@ export class Connection {
     }
     this.dispatch(req, cost);
     return true;
-  }
-
-  /**
-   * The buffer the next socket read goes into: the rest of the WRITE payload being received
-   * (once reserved); right after such a payload, just a request header (the next request is
-   * likely another large WRITE, whose payload should not land here); else the reused buffer.
-   */
-  private nextReadBuffer(): Buffer {
-    const space = this.parser.payloadSpace() ?? this.receivePayload();
-    if (space !== undefined && space.length > 0) return space;
-    this.readBuffer ??= Buffer.allocUnsafeSlow(READ_BUFFER);
-    if (this.afterPayload) {
-      this.afterPayload = false;
-      this.headerBuffer ??= this.readBuffer.subarray(0, REQUEST_HEADER_SIZE);
-      return this.headerBuffer;
-    }
-    return this.readBuffer;
-  }
-
-  /** Once the awaited WRITE payload is reserved: receive it into its own buffer. */
-  private receivePayload(): Buffer | undefined {
-    const awaiting = this.parser.awaiting;
-    if (this.share.payload === 0 || awaiting === 0 || this.closing) return undefined;
-    if (this.parser.payloadSpace() !== undefined) return undefined; // received already, not yet taken
-    return this.parser.receiveInto(pool.take(awaiting));
-  }
-
-  private onRead(buffer: Buffer, n: number): void {
-    if (this.closing) return;
-    if (buffer === this.readBuffer || buffer === this.headerBuffer) {
-      this.parser.push(buffer.subarray(0, n), true);
-      this.pump();
-      this.receivePayload(); // the payload bytes of this read go to their buffer, not a copy
-      this.parser.detach(); // what is left of the read buffer is copied: it is read into again
-    } else {
-      this.parser.payloadFilled(n);
-      this.afterPayload = this.parser.payloadSpace()?.length === 0;
-      this.pump();
-    }
   }
 
   private dispatch(req: RequestMessage, cost: number): void {
@@ -399,10 +355,7 @@ export class Connection {
   private drain(): Promise<void> {
     if (this.inflight === 0) return Promise.resolve();
     return new Promise((resolve) => {
-      this.idle = () => {
-        this.idle = undefined;
-        resolve();
-      };
+      this.idle = resolve; // called again at the next idle moment: a no-op
     });
   }
 

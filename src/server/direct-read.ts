@@ -14,6 +14,12 @@
  * they are missing: the caller then keeps reading 'data' events. Not for TLS sockets.
  */
 import { Socket } from 'node:net';
+import * as pool from '../block/buffer-pool.ts';
+import { REQUEST_HEADER_SIZE, type ServerParser } from '../nbd-protocol/index.ts';
+import type { Reservations } from './reservations.ts';
+
+/** The reused buffer that headers and small requests are read into (Node's own read size). */
+const READ_BUFFER = 64 * 1024;
 
 export interface ReadTargets {
   /** The buffer the next read goes into (called after every read, and once at the start). */
@@ -68,4 +74,62 @@ export function readInto(socket: Socket, targets: ReadTargets): boolean {
   };
   handle.useUserBuffer(first);
   return true;
+}
+
+/**
+ * Where a connection's reads go: the rest of the WRITE payload being received, once its bytes are
+ * reserved in the budget (never before: reading is paused while a reservation waits); right after
+ * such a payload, one request header alone (the next request is likely another large WRITE, whose
+ * payload should not land in the shared buffer and be copied); else the reused read buffer, whose
+ * leftovers the parser copies (`detach`) before the next read overwrites it.
+ */
+export class PayloadReads implements ReadTargets {
+  private readonly parser: ServerParser;
+  private readonly share: Reservations;
+  /** Parse and dispatch whatever the bytes completed. */
+  private readonly pump: () => void;
+  private readBuffer: Buffer | undefined;
+  /** The first bytes of `readBuffer`, for a read of one request header. */
+  private headerBuffer: Buffer | undefined;
+  /** A WRITE payload was just read into its own buffer. */
+  private afterPayload = false;
+
+  constructor(parser: ServerParser, share: Reservations, pump: () => void) {
+    this.parser = parser;
+    this.share = share;
+    this.pump = pump;
+  }
+
+  next(): Buffer {
+    const space = this.parser.payloadSpace() ?? this.receivePayload();
+    if (space !== undefined && space.length > 0) return space;
+    this.readBuffer ??= Buffer.allocUnsafeSlow(READ_BUFFER);
+    if (this.afterPayload) {
+      this.afterPayload = false;
+      this.headerBuffer ??= this.readBuffer.subarray(0, REQUEST_HEADER_SIZE);
+      return this.headerBuffer;
+    }
+    return this.readBuffer;
+  }
+
+  filled(buffer: Buffer, n: number): void {
+    if (buffer === this.readBuffer || buffer === this.headerBuffer) {
+      this.parser.push(buffer.subarray(0, n), true);
+      this.pump();
+      this.receivePayload(); // the payload bytes of this read go to their buffer, not to a copy
+      this.parser.detach(); // what is left of the read buffer is copied: it is read into again
+    } else {
+      this.parser.payloadFilled(n);
+      this.afterPayload = this.parser.payloadSpace()?.length === 0;
+      this.pump();
+    }
+  }
+
+  /** Once the awaited WRITE payload is reserved: receive it into a buffer of its own. */
+  private receivePayload(): Buffer | undefined {
+    const awaiting = this.parser.awaiting;
+    if (this.share.payload === 0 || awaiting === 0) return undefined;
+    if (this.parser.payloadSpace() !== undefined) return undefined; // received, not yet taken
+    return this.parser.receiveInto(pool.take(awaiting));
+  }
 }
