@@ -267,12 +267,13 @@ export class Connection {
     this.parser.startTransmission();
     const plain = (this.socket as { encrypted?: boolean }).encrypted !== true;
     if (plain && !this.readPaused) {
-      readInto(
-        this.socket,
-        new PayloadReads(this.parser, this.share, () => {
-          if (!this.closing) this.pump();
-        }),
+      const reads = new PayloadReads(
+        this.parser,
+        this.share,
+        () => this.pump(),
+        () => !this.closing,
       );
+      readInto(this.socket, reads);
     }
     this.announce({
       structured: session.structured,

@@ -88,16 +88,19 @@ export class PayloadReads implements ReadTargets {
   private readonly share: Reservations;
   /** Parse and dispatch whatever the bytes completed. */
   private readonly pump: () => void;
+  /** False once the connection reads no more (after DISC): bytes are then dropped, not queued. */
+  private readonly active: () => boolean;
   private readBuffer: Buffer | undefined;
   /** The first bytes of `readBuffer`, for a read of one request header. */
   private headerBuffer: Buffer | undefined;
   /** A WRITE payload was just read into its own buffer. */
   private afterPayload = false;
 
-  constructor(parser: ServerParser, share: Reservations, pump: () => void) {
+  constructor(parser: ServerParser, share: Reservations, pump: () => void, active: () => boolean) {
     this.parser = parser;
     this.share = share;
     this.pump = pump;
+    this.active = active;
   }
 
   next(): Buffer {
@@ -113,6 +116,7 @@ export class PayloadReads implements ReadTargets {
   }
 
   filled(buffer: Buffer, n: number): void {
+    if (!this.active()) return;
     if (buffer === this.readBuffer || buffer === this.headerBuffer) {
       this.parser.push(buffer.subarray(0, n), true);
       this.pump();
