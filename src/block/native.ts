@@ -1,7 +1,7 @@
 /**
  * Loads the optional native helper (src/native/fsx.c, built by `npm install`): lseek with
  * SEEK_DATA / SEEK_HOLE / SEEK_END, fallocate hole punching, open file description locks and the
- * loop-device status, which Node does not expose.
+ * loop-device status, which Node does not expose, and batched writes on the thread pool.
  * Without it, `native` is undefined and callers fall back: block status reports all data, TRIM
  * is skipped (it is a hint), WRITE_ZEROES writes zero buffers and FAST_ZERO answers ENOTSUP;
  * images and store ranges are not locked (ownership.ts says so in a warning) and loop devices are
@@ -27,6 +27,14 @@ export interface NativeFs {
   ofdLock(fd: number, exclusive: boolean, start?: number, length?: number): number;
   /** LOOP_GET_STATUS64 of a loop device, or null when `fd` is not a bound loop device. */
   loopInfo(fd: number): LoopInfo | null;
+  /**
+   * Write each buffer at its offset, in order, on one thread of libuv's pool; `done` gets one
+   * entry per buffer: undefined when written, else an Error with the errno name as `code`.
+   * Absent from a helper built before it existed.
+   */
+  writeBatch?(fd: number, buffers: Buffer[], offsets: number[], done: (errors: (Error | undefined)[]) => void): void;
+  /** The same writes on the calling thread; returns what `writeBatch` passes to `done`. */
+  writeNow?(fd: number, buffers: Buffer[], offsets: number[]): (Error | undefined)[];
 }
 
 export interface LoopInfo {

@@ -36,7 +36,12 @@ export interface ScrubFigures {
 export interface Sources {
   exports(): Iterable<[string, ExportStats]>;
   copies(): Iterable<[string, CopyStats]>;
-  connections(): { open: number; accepted: number };
+  /** Connections, and the memory budget (`--max-buffer`) they share when the server has one. */
+  connections(): {
+    open: number;
+    accepted: number;
+    budget?: { used: number; limit: number; waiting: number } | undefined;
+  };
   store(): StoreFigures | undefined;
   snapshots(): { device: string; state: string }[];
   merges(): MergeFigures[];
@@ -162,6 +167,17 @@ export function defineFamilies(registry: Registry, src: Sources): void {
   counter(registry, 'nbdsnap_accepted_connections_total', 'NBD client connections accepted', [], (emit) =>
     emit({}, src.connections().accepted),
   );
+  const budget: [string, string, (b: { used: number; limit: number; waiting: number }) => number][] = [
+    ['nbdsnap_buffered_bytes', 'WRITE payloads and READ replies held in the memory budget now', (b) => b.used],
+    ['nbdsnap_buffer_limit_bytes', 'The memory budget of all connections (--max-buffer)', (b) => b.limit],
+    ['nbdsnap_buffer_waiting_connections', 'Connections not read until the budget has room', (b) => b.waiting],
+  ];
+  for (const [name, help, pick] of budget) {
+    gauge(registry, name, help, [], (emit) => {
+      const b = src.connections().budget;
+      if (b !== undefined) emit({}, pick(b));
+    });
+  }
 
   // Copy-on-write.
   counter(

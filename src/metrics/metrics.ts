@@ -18,6 +18,8 @@ import { CopyStats, ExportStats } from './stats.ts';
 export interface ConnectionCounts {
   readonly connectionCount: number;
   readonly acceptedCount: number;
+  /** The memory budget the connections share (NbdServer's). */
+  readonly budget?: { readonly used: number; readonly limit: number; readonly waiting: number };
 }
 
 export interface MetricsParts {
@@ -85,7 +87,11 @@ export class ServerFigures {
     return {
       exports: () => this.exportStats,
       copies: () => this.copyStats,
-      connections: () => ({ open: server.connectionCount, accepted: server.acceptedCount }),
+      connections: () => ({
+        open: server.connectionCount,
+        accepted: server.acceptedCount,
+        budget: server.budget,
+      }),
       store: () => {
         const store = manager.store;
         if (store === undefined) return undefined;

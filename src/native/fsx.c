@@ -19,6 +19,15 @@
  * All are metadata operations that return in microseconds, so they run synchronously on the
  * calling thread. Errors throw a JS Error whose `code` is the errno name (e.g. "EOPNOTSUPP"), so
  * callers can fall back to writing zeroes where the file system cannot punch.
+ *
+ *   writeBatch(fd, buffers, offsets, callback) -> undefined: writes every buffer at its offset
+ *                            on one thread of libuv's pool (one hand-off for the whole batch
+ *                            instead of one per write), in order, buffers that follow each other
+ *                            on the file joined into one pwritev; then callback(errors), errors[i]
+ *                            undefined or an Error (with `code`) for buffers[i]
+ *   writeNow(fd, buffers, offsets) -> errors: the same writes on the calling thread (for small
+ *                            batches to the page cache, where the hand-off costs more than the
+ *                            copy; the caller measures and goes back to writeBatch when slow)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -28,7 +37,9 @@
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
+#include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <node_api.h>
@@ -46,6 +57,11 @@ static const char *errno_name(int e) {
     case ESPIPE: return "ESPIPE";
     case ENOTTY: return "ENOTTY";
     case EACCES: return "EACCES";
+    case EROFS: return "EROFS";
+    case EDQUOT: return "EDQUOT";
+    case EFBIG: return "EFBIG";
+    case EAGAIN: return "EAGAIN";
+    case EINTR: return "EINTR";
     default: return "EUNKNOWN";
   }
 }
@@ -200,6 +216,194 @@ static napi_value loop_info(napi_env env, napi_callback_info info) {
   return v;
 }
 
+
+/* ---------------------------------------------------------------- writeBatch */
+
+typedef struct {
+  napi_async_work work;
+  napi_ref buffers; /* keeps the buffers alive while the pool thread writes them */
+  napi_ref callback;
+  int fd;
+  uint32_t count;
+  char **data;
+  size_t *length;
+  int64_t *offset;
+  int *err; /* errno per buffer, 0 when written */
+} write_batch;
+
+static void batch_free(napi_env env, write_batch *b) {
+  if (b->buffers != NULL) napi_delete_reference(env, b->buffers);
+  if (b->callback != NULL) napi_delete_reference(env, b->callback);
+  free(b->data);
+  free(b->length);
+  free(b->offset);
+  free(b->err);
+  free(b);
+}
+
+/* On a pool thread: runs of adjacent buffers go out as one pwritev, each looped until written. */
+static void batch_execute(napi_env env, void *arg) {
+  (void)env;
+  write_batch *b = arg;
+  struct iovec iov[64];
+  uint32_t i = 0;
+  while (i < b->count) {
+    uint32_t n = 1;
+    while (i + n < b->count && n < 64 && b->offset[i + n] == b->offset[i + n - 1] + (int64_t)b->length[i + n - 1]) n++;
+    size_t total = 0;
+    for (uint32_t k = 0; k < n; k++) {
+      iov[k].iov_base = b->data[i + k];
+      iov[k].iov_len = b->length[i + k];
+      total += b->length[i + k];
+    }
+    struct iovec *v = iov;
+    int left = (int)n;
+    int64_t at = b->offset[i];
+    size_t done = 0;
+    int e = 0;
+    while (done < total) {
+      ssize_t w = pwritev(b->fd, v, left, (off_t)at);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        e = errno;
+        break;
+      }
+      if (w == 0) {
+        e = EIO;
+        break;
+      }
+      done += (size_t)w;
+      at += w;
+      while (left > 0 && (size_t)w >= v->iov_len) {
+        w -= (ssize_t)v->iov_len;
+        v++;
+        left--;
+      }
+      if (left > 0 && w > 0) {
+        v->iov_base = (char *)v->iov_base + w;
+        v->iov_len -= (size_t)w;
+      }
+    }
+    for (uint32_t k = 0; k < n; k++) b->err[i + k] = e;
+    i += n;
+  }
+}
+
+/* One entry per buffer: undefined when written, else an Error whose code is the errno name. */
+static napi_value batch_errors(napi_env env, write_batch *b, napi_status status) {
+  napi_value errors, undef;
+  napi_get_undefined(env, &undef);
+  napi_create_array_with_length(env, b->count, &errors);
+  for (uint32_t i = 0; i < b->count; i++) {
+    int e = status == napi_ok ? b->err[i] : EIO;
+    napi_value item = undef;
+    if (e != 0) {
+      char msg[160];
+      napi_value code, text;
+      snprintf(msg, sizeof msg, "pwrite: %s", strerror(e));
+      napi_create_string_utf8(env, errno_name(e), NAPI_AUTO_LENGTH, &code);
+      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
+      napi_create_error(env, code, text, &item);
+    }
+    napi_set_element(env, errors, i, item);
+  }
+  return errors;
+}
+
+static void batch_complete(napi_env env, napi_status status, void *arg) {
+  write_batch *b = arg;
+  napi_value cb, global;
+  napi_get_global(env, &global);
+  napi_get_reference_value(env, b->callback, &cb);
+  napi_value errors = batch_errors(env, b, status);
+  napi_delete_async_work(env, b->work);
+  batch_free(env, b);
+  napi_call_function(env, global, cb, 1, &errors, NULL);
+}
+
+/* Reads (fd, buffers, offsets) into a new batch; NULL with a JS exception pending on bad input. */
+static write_batch *batch_parse(napi_env env, napi_value *argv) {
+  int64_t fd;
+  uint32_t count, ocount;
+  bool isarr;
+  if (napi_get_value_int64(env, argv[0], &fd) != napi_ok || napi_is_array(env, argv[1], &isarr) != napi_ok || !isarr ||
+      napi_get_array_length(env, argv[1], &count) != napi_ok ||
+      napi_get_array_length(env, argv[2], &ocount) != napi_ok || ocount != count || count == 0) {
+    napi_throw_type_error(env, "EINVAL", "writeBatch/writeNow(fd, buffers, offsets, ...)");
+    return NULL;
+  }
+  write_batch *b = calloc(1, sizeof *b);
+  if (b == NULL) {
+    throw_errno(env, "writeBatch", ENOMEM);
+    return NULL;
+  }
+  b->fd = (int)fd;
+  b->count = count;
+  b->data = calloc(count, sizeof *b->data);
+  b->length = calloc(count, sizeof *b->length);
+  b->offset = calloc(count, sizeof *b->offset);
+  b->err = calloc(count, sizeof *b->err);
+  if (b->data == NULL || b->length == NULL || b->offset == NULL || b->err == NULL) {
+    batch_free(env, b);
+    throw_errno(env, "writeBatch", ENOMEM);
+    return NULL;
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    napi_value buf, off;
+    void *data;
+    size_t length;
+    if (napi_get_element(env, argv[1], i, &buf) != napi_ok || napi_get_buffer_info(env, buf, &data, &length) != napi_ok ||
+        napi_get_element(env, argv[2], i, &off) != napi_ok || napi_get_value_int64(env, off, &b->offset[i]) != napi_ok ||
+        b->offset[i] < 0) {
+      batch_free(env, b);
+      napi_throw_type_error(env, "EINVAL", "writeBatch: buffers must be Buffers, offsets non-negative numbers");
+      return NULL;
+    }
+    b->data[i] = data;
+    b->length[i] = length;
+  }
+  return b;
+}
+
+static napi_value write_batch_fn(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_valuetype cbtype;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4 ||
+      napi_typeof(env, argv[3], &cbtype) != napi_ok || cbtype != napi_function) {
+    napi_throw_type_error(env, "EINVAL", "writeBatch(fd, buffers, offsets, callback)");
+    return NULL;
+  }
+  write_batch *b = batch_parse(env, argv);
+  if (b == NULL) return NULL;
+  napi_value name;
+  napi_create_string_utf8(env, "fsx.writeBatch", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_reference(env, argv[1], 1, &b->buffers) != napi_ok ||
+      napi_create_reference(env, argv[3], 1, &b->callback) != napi_ok ||
+      napi_create_async_work(env, NULL, name, batch_execute, batch_complete, b, &b->work) != napi_ok ||
+      napi_queue_async_work(env, b->work) != napi_ok) {
+    batch_free(env, b);
+    napi_throw_error(env, "EIO", "writeBatch: cannot queue the work");
+    return NULL;
+  }
+  return NULL;
+}
+
+static napi_value write_now_fn(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3) {
+    napi_throw_type_error(env, "EINVAL", "writeNow(fd, buffers, offsets)");
+    return NULL;
+  }
+  write_batch *b = batch_parse(env, argv);
+  if (b == NULL) return NULL;
+  batch_execute(env, b);
+  napi_value errors = batch_errors(env, b, napi_ok);
+  batch_free(env, b);
+  return errors;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default_method, NULL},
@@ -210,6 +414,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default_method, NULL},
     {"ofdLock", NULL, ofd_lock, NULL, NULL, NULL, napi_default_method, NULL},
     {"loopInfo", NULL, loop_info, NULL, NULL, NULL, napi_default_method, NULL},
+    {"writeBatch", NULL, write_batch_fn, NULL, NULL, NULL, napi_default_method, NULL},
+    {"writeNow", NULL, write_now_fn, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

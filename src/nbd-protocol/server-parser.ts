@@ -7,6 +7,11 @@
  * `startTransmission()`) requests. Pulling one message at a time lets the owner switch phase
  * between two messages that arrived in the same chunk.
  *
+ * A WRITE payload can also be received in place: once its header is read (`awaiting` > 0), the
+ * owner may hand the parser the payload's buffer (`receiveInto`), then put the bytes that follow
+ * straight into `payloadSpace()` and report them with `payloadFilled(n)`; bytes pushed meanwhile
+ * are copied into the buffer. Either way the request comes out of `next()` with `data` complete.
+ *
  * Framing faults (a bad magic) throw a fatal NbdProtocolError: the stream cannot be resynced.
  * A WRITE whose payload exceeds `maxPayload` is not buffered: its payload is skipped as it
  * arrives and the request is yielded with `discarded: true`, so the server can answer it with an
@@ -49,6 +54,9 @@ export class ServerParser {
   /** A request whose header has been read and whose WRITE payload is still arriving. */
   private pending: RequestMessage | undefined;
   private skipLeft = 0;
+  /** The buffer the pending WRITE's payload is received into (`receiveInto`), and bytes in it. */
+  private target: Buffer | undefined;
+  private filled = 0;
 
   constructor(options: ServerParserOptions = {}) {
     this.phaseNow = options.phase ?? 'clientFlags';
@@ -63,7 +71,7 @@ export class ServerParser {
 
   /** Bytes received but not yet yielded as messages. */
   get buffered(): number {
-    return this.input.length;
+    return this.input.length + this.filled;
   }
 
   /**
@@ -75,8 +83,59 @@ export class ServerParser {
     return this.pending !== undefined && this.skipLeft === 0 ? this.pending.length : 0;
   }
 
-  push(chunk: Buffer): void {
-    this.input.push(chunk);
+  /**
+   * Bytes from the client. `transient`: the caller will reuse `chunk` (a read buffer), so
+   * nothing yielded refers to it and `detach()` must be called before it is reused.
+   */
+  push(chunk: Buffer, transient = false): void {
+    const target = this.target;
+    if (target !== undefined) {
+      // The payload being received in place: its bytes go to its buffer, the rest is queued.
+      const k = Math.min(chunk.length, target.length - this.filled);
+      chunk.copy(target, this.filled, 0, k);
+      this.filled += k;
+      if (k === chunk.length) return;
+      chunk = chunk.subarray(k);
+    }
+    this.input.push(chunk, transient);
+  }
+
+  /** Copy whatever is still queued from transient chunks, so that the caller may reuse them. */
+  detach(): number {
+    return this.input.detach();
+  }
+
+  /**
+   * Receive the payload of the WRITE being awaited (`awaiting` > 0) into `buffer` (exactly its
+   * length): the payload bytes already queued are copied into it. Returns the space left, where
+   * the owner may put the next bytes itself (then `payloadFilled`).
+   */
+  receiveInto(buffer: Buffer): Buffer {
+    const pending = this.pending;
+    if (pending === undefined || this.skipLeft > 0 || this.target !== undefined || buffer.length !== pending.length) {
+      throw new RangeError('receiveInto: no WRITE payload awaited, or a buffer of the wrong length');
+    }
+    // Fewer bytes than the payload are queued (else next() would have yielded the request).
+    const queued = this.input.length;
+    this.input.copyOut(queued, buffer);
+    this.input.skip(queued);
+    this.target = buffer;
+    this.filled = queued;
+    return buffer.subarray(queued);
+  }
+
+  /** Where the next payload bytes go when received in place (empty when none is). */
+  payloadSpace(): Buffer | undefined {
+    return this.target?.subarray(this.filled);
+  }
+
+  /** `n` bytes were put at the start of `payloadSpace()`. */
+  payloadFilled(n: number): void {
+    const target = this.target;
+    if (target === undefined || n < 0 || this.filled + n > target.length) {
+      throw new RangeError('payloadFilled: more bytes than the payload space');
+    }
+    this.filled += n;
   }
 
   /** Called by the owner once the handshake has ended successfully. */
@@ -129,9 +188,16 @@ export class ServerParser {
       return done;
     }
     if (this.pending !== undefined) {
-      if (this.input.length < this.pending.length) return undefined;
       const done = this.pending;
-      done.data = this.input.take(done.length, this.allocate);
+      if (this.target !== undefined) {
+        if (this.filled < done.length) return undefined;
+        done.data = this.target;
+        this.target = undefined;
+        this.filled = 0;
+      } else {
+        if (this.input.length < done.length) return undefined;
+        done.data = this.input.takeOwned(done.length, this.allocate);
+      }
       this.pending = undefined;
       return done;
     }

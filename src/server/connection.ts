@@ -6,10 +6,12 @@
  * - Requests are started as soon as they are parsed (pipelined) and may finish in any order.
  * - Back-pressure: reading pauses while too many requests or bytes are in flight, or while the
  *   socket's send buffer is full, so a fast client cannot make the server buffer without bound.
- * - Memory budget (memory-budget.ts, shared by all connections): a WRITE's payload is reserved
- *   once its header is read and before the payload is, a READ's reply before it is produced;
- *   a refused reservation pauses reading until bytes come back. WRITE bytes come back when the
- *   request is done, READ bytes once the reply has been handed to the kernel.
+ * - Memory budget (memory-budget.ts; this connection's share: reservations.ts): a WRITE's payload
+ *   is reserved before it is read, a READ's reply before it is produced; a refused reservation
+ *   pauses reading. WRITE bytes come back when the request is done, READ bytes once the reply
+ *   has been handed to the kernel.
+ * - Reads (direct-read.ts, plain sockets in transmission): a WRITE's payload is read straight into
+ *   its own buffer once reserved; headers and small requests into one reused buffer.
  * - Handshake timeout: a client that has not reached transmission in time is disconnected.
  * - A fatal protocol fault (bad magic, unknown client flags) closes this connection only.
  * - shutdown(): new requests get ESHUTDOWN, in-flight ones finish, the device is flushed, close.
@@ -29,7 +31,9 @@ import {
 } from '../nbd-protocol/index.ts';
 import type { ExportRegistry } from './exports.ts';
 import { Negotiator, type Session } from './handshake.ts';
+import { PayloadReads, readInto } from './direct-read.ts';
 import type { MemoryBudget } from './memory-budget.ts';
+import { Reservations } from './reservations.ts';
 import { type ServerTls, startServerTls } from './tls.ts';
 import { Transmission } from './transmission.ts';
 import { MAX_IO } from './validate.ts';
@@ -68,14 +72,7 @@ export class Connection {
   private shuttingDown = false;
   private announced = false;
   private idle: (() => void) | undefined;
-  private readonly budget: MemoryBudget;
-  /** Bytes this connection has reserved in the budget. */
-  private held = 0;
-  /** Part of `held` reserved for the WRITE whose payload is arriving (the parser's `awaiting`). */
-  private payloadReserved = 0;
-  /** A parsed request waiting for its reservation (reading is paused meanwhile). */
-  private blocked: RequestMessage | undefined;
-  private budgetWait = false;
+  private readonly share: Reservations;
   private handshakeTimer: NodeJS.Timeout | undefined;
   readonly closed: Promise<void>;
 
@@ -91,7 +88,14 @@ export class Connection {
     this.socket = socket;
     this.log = log;
     this.tls = tls;
-    this.budget = limits.budget;
+    this.share = new Reservations(
+      limits.budget,
+      () => this.parser.awaiting,
+      () => {
+        this.updateFlow();
+        if (!this.readPaused) this.pump();
+      },
+    );
     if (limits.handshakeTimeoutMs > 0) {
       this.handshakeTimer = setTimeout(() => {
         this.handshakeTimer = undefined;
@@ -108,8 +112,7 @@ export class Connection {
     socket.once('close', () => {
       this.closing = true;
       clearTimeout(this.handshakeTimer);
-      this.budget.cancel(this.retryBound);
-      this.release(this.held);
+      this.share.close();
       this.announce({ ended: 'in the handshake' });
       this.log.debug('disconnected', { export: this.session?.entry.name });
     });
@@ -118,7 +121,6 @@ export class Connection {
 
   private readonly onDataBound = (chunk: Buffer) => this.onData(chunk);
   private readonly onDrainBound = () => this.updateFlow();
-  private readonly retryBound = () => this.retry();
 
   private attach(socket: Socket): void {
     socket.on('data', this.onDataBound);
@@ -138,12 +140,8 @@ export class Connection {
       this.destroy(); // mid TLS handshake: nothing negotiated, nothing to flush
       return this.closed;
     }
-    if (this.blocked !== undefined) {
-      this.budget.cancel(this.retryBound);
-      this.budgetWait = false;
-      this.transmission?.refuse(this.blocked, NbdError.ESHUTDOWN, 'server is shutting down');
-      this.blocked = undefined;
-    }
+    const blocked = this.share.unblock();
+    if (blocked !== undefined) this.transmission?.refuse(blocked, NbdError.ESHUTDOWN, 'server is shutting down');
     if (this.session !== undefined) {
       await this.drain();
       try {
@@ -174,10 +172,12 @@ export class Connection {
   private pump(): void {
     try {
       while (!this.closing && !this.readPaused) {
-        if (this.blocked !== undefined && !this.admit(this.blocked)) return;
+        const blocked = this.share.blocked;
+        if (blocked !== undefined && !this.admit(blocked)) return;
         const msg = this.parser.next();
         if (msg === undefined) {
-          this.reservePayload();
+          if (!this.shuttingDown) this.share.reservePayload();
+          if (this.share.waiting) this.updateFlow();
           return;
         }
         if (msg.kind === 'clientFlags') {
@@ -265,6 +265,16 @@ export class Connection {
     this.session = session;
     this.transmission = new Transmission(session, (bufs) => this.writeReply(bufs), this.log);
     this.parser.startTransmission();
+    const plain = (this.socket as { encrypted?: boolean }).encrypted !== true;
+    if (plain && !this.readPaused) {
+      const reads = new PayloadReads(
+        this.parser,
+        this.share,
+        () => this.pump(),
+        () => !this.closing,
+      );
+      readInto(this.socket, reads);
+    }
     this.announce({
       structured: session.structured,
       contexts: [...session.contexts.values()].map((c) => c.name),
@@ -283,82 +293,15 @@ export class Connection {
     this.log.info('connected', { export: this.session?.entry.name ?? null, tls, ...extra });
   }
 
-  /**
-   * A WRITE's header has been read and its payload is still arriving: reserve the payload before
-   * reading it, or stop reading until the budget has room.
-   */
-  private reservePayload(): void {
-    const need = this.parser.awaiting;
-    if (need === 0 || this.payloadReserved > 0 || this.shuttingDown) return;
-    if (this.reserve(need)) this.payloadReserved = need;
-    else this.waitForBudget();
-  }
-
   /** Dispatch `req` if its bytes can be reserved (or were, as its payload arrived); else wait. */
   private admit(req: RequestMessage): boolean {
-    let cost = 0;
-    if (req.type === Command.WRITE) cost = req.data?.length ?? 0;
-    else if (req.type === Command.READ && req.length <= MAX_IO) cost = req.length;
-    if (this.shuttingDown || req.type === Command.DISC) cost = 0; // refused or closing: nothing held
-    if (req.type === Command.WRITE && this.payloadReserved > 0) {
-      // Reserved while its payload arrived (the payload is complete once yielded).
-      const reserved = this.payloadReserved;
-      this.payloadReserved = 0;
-      if (reserved !== cost) this.release(reserved - cost);
-    } else if (cost > 0 && !this.reserve(cost)) {
-      this.blocked = req;
-      this.waitForBudget();
+    // Refused or closing: nothing held.
+    const cost = this.shuttingDown || req.type === Command.DISC ? 0 : Reservations.cost(req);
+    if (!this.share.admit(req, cost)) {
+      this.updateFlow();
       return false;
     }
-    this.blocked = undefined;
     this.dispatch(req, cost);
-    return true;
-  }
-
-  private reserve(n: number): boolean {
-    if (!this.budget.tryTake(n)) return false;
-    this.held += n;
-    return true;
-  }
-
-  private release(n: number): void {
-    const k = Math.min(n, this.held);
-    if (k <= 0) return;
-    this.held -= k;
-    this.budget.give(k);
-  }
-
-  private waitForBudget(): void {
-    if (this.budgetWait) return;
-    this.budgetWait = true;
-    this.budget.wait(this.retryBound);
-    this.updateFlow();
-  }
-
-  /** Called by the budget as bytes come back: true once this connection no longer waits. */
-  private retry(): boolean {
-    if (this.closing) return true;
-    const need = this.blocked !== undefined ? 0 : this.parser.awaiting;
-    if (this.blocked === undefined && need === 0) return this.stopWaiting();
-    if (!this.budget.fits(this.blocked !== undefined ? this.blockedCost() : need)) return false;
-    this.stopWaiting();
-    return true;
-  }
-
-  private blockedCost(): number {
-    const req = this.blocked as RequestMessage;
-    return req.type === Command.WRITE ? (req.data?.length ?? 0) : req.length;
-  }
-
-  /** Resume: pump() takes the reservation (a race lost to another connection waits again). */
-  private stopWaiting(): boolean {
-    this.budgetWait = false;
-    // Outside the budget's wake loop: pump() reserves, which must not re-enter it.
-    queueMicrotask(() => {
-      if (this.budgetWait || this.closing) return;
-      this.updateFlow();
-      if (!this.readPaused) this.pump();
-    });
     return true;
   }
 
@@ -384,9 +327,9 @@ export class Connection {
       if (req.type === Command.READ && cost >= FLUSH_TRACKED && !this.socket.destroyed) {
         // The reply is queued: its bytes come back once the kernel has taken them (callbacks run
         // in order, so this one runs after the reply's own writes).
-        this.socket.write(EMPTY, () => this.release(cost));
+        this.socket.write(EMPTY, () => this.share.release(cost));
       } else {
-        this.release(cost);
+        this.share.release(cost);
       }
       if (this.inflight === 0) this.idle?.();
       this.updateFlow();
@@ -396,7 +339,7 @@ export class Connection {
   /** Pause reading while too much is in flight or queued for sending; resume when it clears. */
   private updateFlow(): void {
     const busy =
-      this.budgetWait ||
+      this.share.waiting ||
       this.inflight >= MAX_INFLIGHT_REQUESTS ||
       this.inflightBytes >= MAX_INFLIGHT_BYTES ||
       this.socket.writableNeedDrain;
@@ -413,10 +356,7 @@ export class Connection {
   private drain(): Promise<void> {
     if (this.inflight === 0) return Promise.resolve();
     return new Promise((resolve) => {
-      this.idle = () => {
-        this.idle = undefined;
-        resolve();
-      };
+      this.idle = resolve; // called again at the next idle moment: a no-op
     });
   }
 

@@ -65,7 +65,7 @@ function fakeSources(): { sources: Sources; disk: ExportStats } {
       ['disk@a "quoted"\\name', new ExportStats()],
     ],
     copies: () => [['disk', copies]],
-    connections: () => ({ open: 2, accepted: 7 }),
+    connections: () => ({ open: 2, accepted: 7, budget: { used: 4096, limit: 65536, waiting: 1 } }),
     store: () => ({ totalBytes: 1000, usedBytes: 300, freeBytes: 600, journalBytes: 100, failed: false }),
     snapshots: () => [
       { device: 'disk', state: 'valid' },
@@ -96,6 +96,9 @@ describe('metric families', () => {
     expect(sampleValue(f, 'nbdsnap_request_duration_seconds_count', { export: 'disk', command: 'read' })).toBe(1);
     expect(sampleValue(f, 'nbdsnap_open_connections')).toBe(2);
     expect(sampleValue(f, 'nbdsnap_accepted_connections_total')).toBe(7);
+    expect(sampleValue(f, 'nbdsnap_buffered_bytes')).toBe(4096);
+    expect(sampleValue(f, 'nbdsnap_buffer_limit_bytes')).toBe(65536);
+    expect(sampleValue(f, 'nbdsnap_buffer_waiting_connections')).toBe(1);
     expect(sampleValue(f, 'nbdsnap_cow_copies_total', { device: 'disk' })).toBe(3);
     expect(sampleValue(f, 'nbdsnap_cow_copied_bytes_total', { device: 'disk' })).toBe(3 * 65536);
     expect(sampleValue(f, 'nbdsnap_cow_copy_duration_seconds_bucket', { device: 'disk', le: '0.0025' })).toBe(1);
