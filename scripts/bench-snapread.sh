@@ -7,6 +7,7 @@
 #   scripts/bench-snapread.sh [SIZE=1G] [ROUNDS=2] [RUNTIME=3]
 #   SNAPREAD_NODE_FLAGS="--cpu-prof --cpu-prof-dir=DIR"   profile the server (written at exit)
 #   SNAPREAD_ARGS="..."                                   extra `nbdsnap serve` options
+#   SNAPREAD_PHASES="snap-4k ..."                         only these of origin-4k snap-4k origin-1m snap-1m
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SIZE=${1:-1G} ROUNDS=${2:-2} RUNTIME=${3:-3}
@@ -32,7 +33,8 @@ serve() {  # node-flags...: nbdsnap on the image and store (the store kept acros
   PID=$(cat "$PIDF")
 }
 stop() { kill -TERM "$PID"; while kill -0 "$PID" 2>/dev/null; do sleep 0.1; done; }
-serve
+# shellcheck disable=SC2086
+serve ${SNAPREAD_FIRST_FLAGS:-}
 U=nbd://127.0.0.1:$PORT/bench
 node "$ROOT/bin/nbdsnap.cjs" snapshot create bench s1 --control "$CTL" >/dev/null
 node -e '
@@ -46,14 +48,19 @@ node -e '
 fio --name=w --ioengine=nbd --uri="$U" --read_iolog="$WORK/w.iolog" --replay_no_stall=1 --iodepth=32 \
   --number_ios=$((BYTES / 65536)) --output-format=terse >/dev/null 2>&1
 sync
-# restarted, so that a profile (SNAPREAD_NODE_FLAGS) covers the reads only
-stop
-# shellcheck disable=SC2086
-serve ${SNAPREAD_NODE_FLAGS:-}
+# restarted (only with SNAPREAD_NODE_FLAGS), so that a profile covers the reads only; the bench's
+# snapshot section reads right after the copies, in the same process
+if [ -n "${SNAPREAD_NODE_FLAGS:-}" ]; then
+  stop
+  # shellcheck disable=SC2086
+  serve $SNAPREAD_NODE_FLAGS
+fi
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f\n", ($12 + $13) / hz }' "/proc/$PID/stat"; }
+PHASES=" ${SNAPREAD_PHASES:-origin-4k snap-4k origin-1m snap-1m} "
 run() {  # label uri fio-args...
   local label=$1 uri=$2 c0 c1 j
   shift 2
+  case $PHASES in *" $label "*) ;; *) return ;; esac
   c0=$(cpu)
   j=$(fio --name=r --ioengine=nbd --uri="$uri" --time_based --runtime="$RUNTIME" --ramp_time=1 --output-format=json "$@" 2>/dev/null | sed -n '/^{/,$p')
   c1=$(cpu)

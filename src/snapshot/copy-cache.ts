@@ -67,7 +67,7 @@ export class CopyCache {
   /** Bytes held now (data buffers, spare buffers, block-checksum arrays). */
   get bytes(): number {
     const spare = this.spare.reduce((n, b) => n + b.length, 0);
-    return this.dataBytes + spare + this.segments.length * SEGMENT * (this.blocks + 1) * 4;
+    return this.dataBytes + spare + this.segments.reduce((n, seg) => n + seg.byteLength, 0);
   }
 
   /** Chunks held: [data, block checksums]. */
@@ -137,7 +137,10 @@ export class CopyCache {
   private entry(i: number): Uint32Array {
     const width = this.blocks + 1;
     const s = Math.floor(i / SEGMENT);
-    while (this.segments.length <= s) this.segments.push(new Uint32Array(SEGMENT * width));
+    while (this.segments.length <= s) {
+      const entries = Math.min(SEGMENT, this.sumCapacity - this.segments.length * SEGMENT);
+      this.segments.push(new Uint32Array(entries * width));
+    }
     const at = (i % SEGMENT) * width;
     return (this.segments[s] as Uint32Array).subarray(at, at + width);
   }

@@ -26,7 +26,7 @@ import { native } from '../block/native.ts';
 import { NbdsnapError } from '../errors.ts';
 import { BLOCK, blockChecksums, checksum } from '../store/checksum.ts';
 import type { DiffStore } from '../store/store.ts';
-import { CopyCache, DEFAULT_COPY_CACHE } from './copy-cache.ts';
+import { CopyCache, DEFAULT_COPY_CACHE, type Token } from './copy-cache.ts';
 import type { Copy } from './exception-table.ts';
 
 /** A part of a request read from a store copy. */
@@ -50,18 +50,21 @@ export class CopyReader {
   private readonly store: DiffStore;
   private readonly fds = new Map<string, number>();
   private closed = false;
-  /** Pieces served from kept data, read by blocks, read with their whole chunk. */
-  readonly stats = { data: 0, blocks: 0, whole: 0 };
+  /** Pieces served from kept data, read by blocks, read with their whole chunk; chunks read with a neighbour. */
+  readonly stats = { data: 0, blocks: 0, whole: 0, joined: 0 };
 
   constructor(store: DiffStore, cacheBytes = DEFAULT_COPY_CACHE) {
     this.store = store;
     this.cache = new CopyCache(store.chunkSize, cacheBytes);
   }
 
-  /** Fill each piece's part of `out` from its verified copy; returns the pieces that did not check out. */
-  async read(pieces: readonly CopyPiece[], out: Buffer): Promise<CopyPiece[]> {
+  /**
+   * Fill each piece's part of `out` from its verified copy; the pieces that did not check out
+   * are returned. Synchronous (an array) when everything came from the cache or the page cache.
+   */
+  read(pieces: readonly CopyPiece[], out: Buffer): CopyPiece[] | Promise<CopyPiece[]> {
     const failed: CopyPiece[] = [];
-    const blockReads: Promise<void>[] = [];
+    const waits: Promise<void>[] = [];
     const whole: CopyPiece[] = [];
     for (const p of pieces) {
       if (p.copy.lost || this.closed) {
@@ -74,39 +77,49 @@ export class CopyReader {
         kept.copy(out, p.at, p.inChunk, p.inChunk + p.length);
         continue;
       }
-      const partial = p.length < p.chunkLength;
-      const sums = partial ? this.cache.getSums(p.copy.slot, p.copy.crc) : undefined;
-      if (sums !== undefined) this.stats.blocks += 1;
-      else this.stats.whole += 1;
-      if (sums !== undefined) blockReads.push(this.readBlocks(p, sums, out, failed));
-      else whole.push(p);
+      const sums = p.length < p.chunkLength ? this.cache.getSums(p.copy.slot, p.copy.crc) : undefined;
+      if (sums === undefined) {
+        this.stats.whole += 1;
+        whole.push(p);
+        continue;
+      }
+      this.stats.blocks += 1;
+      const done = this.readBlocks(p, sums, out);
+      if (done === false) whole.push(p);
+      else if (done !== true) waits.push(done.then((ok) => (ok ? undefined : this.readRun([p], out, failed))));
     }
-    const runs = this.runs(whole).map((run) => this.readRun(run, out, failed));
-    await Promise.all([...blockReads, ...runs]);
-    return failed;
+    for (const run of this.runs(whole)) {
+      const done = this.readRun(run, out, failed);
+      if (done !== undefined) waits.push(done);
+    }
+    return waits.length === 0 ? failed : Promise.all(waits).then(() => failed);
   }
 
-  /** Only the blocks of `p`, each checked against its kept block checksum; a mismatch reads the chunk whole. */
-  private async readBlocks(p: CopyPiece, sums: Uint32Array, out: Buffer, failed: CopyPiece[]): Promise<void> {
+  /**
+   * Only the blocks of `p`, each checked against its kept block checksum: true once in `out`,
+   * false if they do not check out (the chunk is then read whole); a promise of either when the
+   * blocks are not in the page cache.
+   */
+  private readBlocks(p: CopyPiece, sums: Uint32Array, out: Buffer): boolean | Promise<boolean> {
     const first = Math.floor(p.inChunk / BLOCK);
     const last = Math.ceil((p.inChunk + p.length) / BLOCK);
-    const want = sums.slice(first, last); // the kept entry may be reused while we read
     const start = first * BLOCK;
     const end = Math.min(p.chunkLength, last * BLOCK);
     const aligned = start === p.inChunk && end === p.inChunk + p.length;
     const buf = aligned ? out.subarray(p.at, p.at + p.length) : pool.take(end - start);
-    let ok = false;
-    try {
-      ok = await this.readAt(p.copy.slot, start, buf);
+    const check = (ok: boolean, want: Uint32Array): boolean => {
       for (let k = 0; ok && k < want.length; k++) {
         const from = k * BLOCK;
         ok = checksum(buf.subarray(from, Math.min(buf.length, from + BLOCK))) === want[k];
       }
       if (ok && !aligned) buf.copy(out, p.at, p.inChunk - start, p.inChunk - start + p.length);
-    } finally {
       if (!aligned) pool.give(buf);
-    }
-    if (!ok) await this.readRun([p], out, failed);
+      return ok;
+    };
+    const now = this.readNow(p.copy.slot, start, buf);
+    if (now) return check(true, sums.subarray(first, last));
+    const want = sums.slice(first, last); // the kept entry may be reused while we wait
+    return this.readLater(p.copy.slot, start, buf).then((ok) => check(ok, want));
   }
 
   /** Consecutive chunks whose copies sit in neighbouring slots of one file, in request order. */
@@ -132,54 +145,72 @@ export class CopyReader {
     return out;
   }
 
-  /** The chunks of `run` whole with one read, each checked against its recorded checksum. */
-  private async readRun(run: CopyPiece[], out: Buffer, failed: CopyPiece[]): Promise<void> {
+  /** The chunks of `run` whole with one read, each checked against its recorded checksum (undefined: done now). */
+  private readRun(run: CopyPiece[], out: Buffer, failed: CopyPiece[]): Promise<void> | undefined {
     const cs = this.store.chunkSize;
     const first = run[0] as CopyPiece;
     const last = run[run.length - 1] as CopyPiece;
     const length = (run.length - 1) * cs + last.chunkLength;
     // Straight into the reply when the request covers every chunk of the run whole.
     const direct = run.every((p) => p.inChunk === 0 && p.length === p.chunkLength);
+    if (run.length > 1) this.stats.joined += run.length;
     const buf = direct ? out.subarray(first.at, first.at + length) : pool.take(length);
     const tokens = run.map((p) => this.cache.begin(p.copy.slot));
-    try {
-      if (!(await this.readAt(first.copy.slot, 0, buf))) {
-        failed.push(...run);
-        return;
+    const finish = (ok: boolean): void => {
+      try {
+        if (ok) this.checkRun(run, buf, direct, tokens, out, failed);
+        else failed.push(...run);
+      } finally {
+        for (const [k, p] of run.entries()) this.cache.end(p.copy.slot, tokens[k] as Token);
+        if (!direct) pool.give(buf);
       }
-      const sums = new Uint32Array(this.cache.blocks);
-      for (const [k, p] of run.entries()) {
-        const data = buf.subarray(k * cs, k * cs + p.chunkLength);
-        const partial = p.length < p.chunkLength;
-        // Block checksums cost about 40% more hashing than the chunk's alone: only for a read of
-        // part of a chunk, which is where later reads of other parts of it come from.
-        const crc = partial ? blockChecksums(data, sums) : checksum(data);
-        if (crc !== p.copy.crc >>> 0) {
-          failed.push(p);
-          continue;
-        }
-        if (!direct) data.copy(out, p.at, p.inChunk, p.inChunk + p.length);
-        if (partial) {
-          const token = tokens[k] as (typeof tokens)[number];
-          this.cache.putSums(p.copy.slot, p.copy.crc, sums, token);
-          this.cache.putData(p.copy.slot, p.copy.crc, data, token);
-        }
+    };
+    if (this.readNow(first.copy.slot, 0, buf)) {
+      finish(true);
+      return undefined;
+    }
+    return this.readLater(first.copy.slot, 0, buf).then(finish);
+  }
+
+  private checkRun(run: CopyPiece[], buf: Buffer, direct: boolean, tokens: Token[], out: Buffer, failed: CopyPiece[]): void {
+    const cs = this.store.chunkSize;
+    const sums = new Uint32Array(this.cache.blocks);
+    for (const [k, p] of run.entries()) {
+      const data = buf.subarray(k * cs, k * cs + p.chunkLength);
+      const partial = p.length < p.chunkLength;
+      // Block checksums cost about 40% more hashing than the chunk's alone: only for a read of
+      // part of a chunk, which is where later reads of other parts of it come from.
+      const crc = partial ? blockChecksums(data, sums) : checksum(data);
+      if (crc !== p.copy.crc >>> 0) {
+        failed.push(p);
+        continue;
       }
-    } finally {
-      for (const [k, p] of run.entries()) this.cache.end(p.copy.slot, tokens[k] as (typeof tokens)[number]);
-      if (!direct) pool.give(buf);
+      if (!direct) data.copy(out, p.at, p.inChunk, p.inChunk + p.length);
+      if (partial) {
+        const token = tokens[k] as Token;
+        this.cache.putSums(p.copy.slot, p.copy.crc, sums, token);
+        this.cache.putData(p.copy.slot, p.copy.crc, data, token);
+      }
     }
   }
 
-  /** Fill `buf` from `slot` at `inSlot` (it may run on into the following slots); false on any error. */
-  private async readAt(slot: number, inSlot: number, buf: Buffer): Promise<boolean> {
+  /** Fill `buf` from `slot` at `inSlot` (it may run on into the following slots) from the page cache, on this thread. */
+  private readNow(slot: number, inSlot: number, buf: Buffer): boolean {
+    if (buf.length > NOWAIT_MAX || native?.readNowait === undefined) return false;
+    try {
+      const where = this.store.space.locate(slot);
+      return native.readNowait(this.fd(where.path), buf, where.offset + inSlot) === buf.length;
+    } catch {
+      return false; // the slow path reads again and reports
+    }
+  }
+
+  /** `readNow` through the thread pool; false on any error. */
+  private async readLater(slot: number, inSlot: number, buf: Buffer): Promise<boolean> {
     try {
       const where = this.store.space.locate(slot);
       const fd = this.fd(where.path);
       const position = where.offset + inSlot;
-      if (buf.length <= NOWAIT_MAX && native?.readNowait !== undefined) {
-        if (native.readNowait(fd, buf, position) === buf.length) return true;
-      }
       for (let done = 0; done < buf.length; ) {
         const n = await new Promise<number>((resolve, reject) =>
           read(fd, buf, done, buf.length - done, position + done, (err, bytes) => (err ? reject(err) : resolve(bytes))),

@@ -176,15 +176,17 @@ export class SnapshotDevice implements BlockDevice {
     if (fromStore.length > 0) {
       // Verified copies straight into `out` (copy-read.ts); what does not check out there is read
       // again whole against its recorded checksum here, which decides between bytes and EIO.
-      reads.push(
-        this.copies.read(fromStore, out).then((failed) =>
-          Promise.all(
-            failed.map((p) =>
-              this.readChunk(p.chunk, p.copy).then((b) => void b.copy(out, p.at, p.inChunk, p.inChunk + p.length)),
-            ),
-          ).then(() => undefined),
-        ),
-      );
+      const slow = (failed: CopyPiece[]): Promise<void> | undefined =>
+        failed.length === 0
+          ? undefined
+          : Promise.all(
+              failed.map((p) =>
+                this.readChunk(p.chunk, p.copy).then((b) => void b.copy(out, p.at, p.inChunk, p.inChunk + p.length)),
+              ),
+            ).then(() => undefined);
+      const got = this.copies.read(fromStore, out);
+      const rest = Array.isArray(got) ? slow(got) : got.then(slow);
+      if (rest !== undefined) reads.push(rest);
     }
     if (fromOrigin.length > 0) {
       // Registered before any await: a copy of these chunks now waits for this read.
@@ -206,7 +208,7 @@ export class SnapshotDevice implements BlockDevice {
         }),
       );
     }
-    await Promise.all(reads);
+    if (reads.length > 0) await Promise.all(reads);
     this.check(); // invalidated while reading: the data may be wrong
     return out;
   }
