@@ -8,9 +8,9 @@
  *   checked against its block checksum.
  * - Otherwise whole chunks are read, copies of consecutive chunks that sit in neighbouring slots
  *   of one store file with one read (straight into the reply when the request covers them
- *   whole), and each is checked against its recorded checksum (`blockChecksums`: the same pass
- *   gives its block checksums, which are kept). A chunk read for a part of it is kept whole too
- *   (the rest of it is what a sequential reader asks for next).
+ *   whole), and each is checked against its recorded checksum. A chunk read for a part of it is
+ *   hashed as 4 KiB blocks (`blockChecksums`: the same pass gives the chunk's checksum), and its
+ *   block checksums and data are kept (the rest of it is what a sequential reader asks for next).
  *
  * Anything that does not check out (a block or a chunk mismatch, a read error, a lost copy) is
  * handed back to the caller, whose slow path reads the chunk again whole against its recorded
