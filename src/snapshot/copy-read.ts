@@ -107,19 +107,36 @@ export class CopyReader {
     const end = Math.min(p.chunkLength, last * BLOCK);
     const aligned = start === p.inChunk && end === p.inChunk + p.length;
     const buf = aligned ? out.subarray(p.at, p.at + p.length) : pool.take(end - start);
-    const check = (ok: boolean, want: Uint32Array): boolean => {
-      for (let k = 0; ok && k < want.length; k++) {
-        const from = k * BLOCK;
-        ok = checksum(buf.subarray(from, Math.min(buf.length, from + BLOCK))) === want[k];
-      }
-      if (ok && !aligned) buf.copy(out, p.at, p.inChunk - start, p.inChunk - start + p.length);
-      if (!aligned) pool.give(buf);
-      return ok;
-    };
-    const now = this.readNow(p.copy.slot, start, buf);
-    if (now) return check(true, sums.subarray(first, last));
+    if (this.readNow(p.copy.slot, start, buf))
+      return this.checkBlocks(p, buf, aligned, start, sums.subarray(first, last), out);
     const want = sums.slice(first, last); // the kept entry may be reused while we wait
-    return this.readLater(p.copy.slot, start, buf).then((ok) => check(ok, want));
+    return this.readLater(p.copy.slot, start, buf).then((ok) =>
+      this.checkBlocks(p, buf, aligned, start, ok ? want : undefined, out),
+    );
+  }
+
+  /**
+   * Whether `buf` (the blocks of `p` from `start` in its chunk; `aligned`: a part of `out`)
+   * matches `want` (undefined: the read failed); copied into `out` if so.
+   */
+  private checkBlocks(
+    p: CopyPiece,
+    buf: Buffer,
+    aligned: boolean,
+    start: number,
+    want: Uint32Array | undefined,
+    out: Buffer,
+  ): boolean {
+    let ok = want !== undefined;
+    for (let k = 0; ok && k < (want as Uint32Array).length; k++) {
+      const from = k * BLOCK;
+      ok = checksum(buf.subarray(from, Math.min(buf.length, from + BLOCK))) === (want as Uint32Array)[k];
+    }
+    if (!aligned) {
+      if (ok) buf.copy(out, p.at, p.inChunk - start, p.inChunk - start + p.length);
+      pool.give(buf);
+    }
+    return ok;
   }
 
   /** Consecutive chunks whose copies sit in neighbouring slots of one file, in request order. */

@@ -175,17 +175,9 @@ export class SnapshotDevice implements BlockDevice {
     }
     if (fromStore.length > 0) {
       // Verified copies straight into `out` (copy-read.ts); what does not check out there is read
-      // again whole against its recorded checksum here, which decides between bytes and EIO.
-      const slow = (failed: CopyPiece[]): Promise<void> | undefined =>
-        failed.length === 0
-          ? undefined
-          : Promise.all(
-              failed.map((p) =>
-                this.readChunk(p.chunk, p.copy).then((b) => void b.copy(out, p.at, p.inChunk, p.inChunk + p.length)),
-              ),
-            ).then(() => undefined);
+      // again whole against its recorded checksum (`slowPieces`), which decides: bytes or EIO.
       const got = this.copies.read(fromStore, out);
-      const rest = Array.isArray(got) ? slow(got) : got.then(slow);
+      const rest = Array.isArray(got) ? this.slowPieces(got, out) : got.then((failed) => this.slowPieces(failed, out));
       if (rest !== undefined) reads.push(rest);
     }
     if (fromOrigin.length > 0) {
@@ -211,6 +203,16 @@ export class SnapshotDevice implements BlockDevice {
     if (reads.length > 0) await Promise.all(reads);
     this.check(); // invalidated while reading: the data may be wrong
     return out;
+  }
+
+  /** The pieces the fast path handed back, each from its whole chunk, verified (or EIO). */
+  private slowPieces(failed: CopyPiece[], out: Buffer): Promise<void> | undefined {
+    if (failed.length === 0) return undefined;
+    return Promise.all(
+      failed.map((p) =>
+        this.readChunk(p.chunk, p.copy).then((b) => void b.copy(out, p.at, p.inChunk, p.inChunk + p.length)),
+      ),
+    ).then(() => undefined);
   }
 
   /** The whole chunk from its store copy, verified against the copy's checksum. */
