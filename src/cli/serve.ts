@@ -58,6 +58,8 @@ export interface ServeOptions {
   limits?: Partial<ServerLimits> | undefined;
   /** Default merge rate limit in bytes per second (0, the default: none). */
   mergeSpeed?: number | undefined;
+  /** Memory for verified store copies kept for snapshot reads (default 32 MiB; 0: none). */
+  copyCache?: number | undefined;
   /** Run once the server is up (the demo takes its snapshot here); may print more lines. */
   afterStart?: (manager: SnapshotManager) => Promise<string[]>;
 }
@@ -102,6 +104,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
     cbtBlockSize: opts.cbtBlockSize ?? 64 * 1024,
     cbtKeepDeleted: opts.cbtKeepDeleted,
     mergeSpeed: opts.mergeSpeed,
+    copyCache: opts.copyCache,
   });
   await manager.start();
   const control = opts.control === undefined ? undefined : new ControlServer(manager, log);

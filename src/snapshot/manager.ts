@@ -18,6 +18,7 @@ import type { ExportRegistry } from '../server/exports.ts';
 import type { StoreRange } from '../store/space.ts';
 import { DiffStore } from '../store/store.ts';
 import type { Catalog } from './catalog.ts';
+import { closeCopyReader, copyReaderOf } from './copy-read.ts';
 import { Checkpointer } from './checkpointer.ts';
 import { Commands, requireStore } from './commands.ts';
 import { DamageLog, type ScrubProgress } from './damage.ts';
@@ -47,6 +48,8 @@ export interface ManagerOptions {
   cbtKeepDeleted?: number | undefined;
   /** Default merge rate limit, bytes per second (0, the default: none). */
   mergeSpeed?: number | undefined;
+  /** Memory for verified copies kept for snapshot reads (copy-cache.ts); 0: none. */
+  copyCache?: number | undefined;
 }
 
 /** The parts `start()` sets up. */
@@ -106,6 +109,7 @@ export class SnapshotManager {
     this.opened = store;
     const catalog = replay(opened?.records ?? [], store?.chunkSize ?? opts.chunkSize ?? 64 * 1024);
     if (store !== undefined) for (const slot of catalog.usedSlots()) store.claim(slot);
+    if (store !== undefined) copyReaderOf(store, opts.copyCache);
     const stacks = new Map<string, DeviceStack>();
     const publisher = new ExportPublisher(this.registry, stacks);
     const lowSpace = new LowSpaceWatch(this.events, opts.lowSpacePercent);
@@ -283,6 +287,7 @@ export class SnapshotManager {
 
   async close(): Promise<void> {
     await this.checkpoints?.settled();
+    if (this.store !== undefined) closeCopyReader(this.store);
     await this.store?.close();
   }
 }

@@ -14,6 +14,7 @@ import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { Catalog } from './catalog.ts';
 import type { Checkpointer } from './checkpointer.ts';
+import { forgetSlot } from './copy-read.ts';
 import type { EventBus, LowSpaceWatch } from './events.ts';
 import { exportName } from './model.ts';
 import type { ExportPublisher } from './publisher.ts';
@@ -86,7 +87,11 @@ export class Recorder implements RecordSink {
 
   private act(fx: Effects): void {
     const { store, publisher, events, lowSpace } = this.parts;
-    if (store !== undefined) for (const slot of fx.freed) store.release(slot);
+    if (store !== undefined)
+      for (const slot of fx.freed) {
+        forgetSlot(store, slot); // before the slot can be handed out again (copy-cache.ts)
+        store.release(slot);
+      }
     for (const s of fx.created) publisher.expose(s);
     for (const s of fx.removed) publisher.hide(s);
     for (const s of fx.merging) publisher.hide(s);

@@ -27,6 +27,7 @@ import { checksum } from '../store/checksum.ts';
 import type { DiffStore } from '../store/store.ts';
 import { readVerified } from '../store/verify.ts';
 import { ChunkGuard } from './chunk-guard.ts';
+import { type CopyPiece, type CopyReader, copyReaderOf } from './copy-read.ts';
 import { damagedCopyError } from './damage.ts';
 import { type Copy, sameCopy } from './exception-table.ts';
 import type { Snapshot } from './model.ts';
@@ -49,6 +50,8 @@ export class SnapshotDevice implements BlockDevice {
   private readonly track: (offset: number, length: number) => Promise<void>;
   private readonly sink: RecordSink;
   private readonly onDamaged: (chunk: number, copy: Copy) => Promise<void>;
+  /** Reads of the store's copies, with what was verified kept (copy-read.ts, copy-cache.ts). */
+  private readonly copies: CopyReader;
   /** Writes in flight, and who waits for there to be none (`quiesce`). */
   private writes = 0;
   private readonly quiesced: (() => void)[] = [];
@@ -75,6 +78,7 @@ export class SnapshotDevice implements BlockDevice {
     this.track = track;
     this.sink = sink;
     this.onDamaged = onDamaged;
+    this.copies = copyReaderOf(store);
   }
 
   get size(): number {
@@ -162,14 +166,19 @@ export class SnapshotDevice implements BlockDevice {
     // buffers are given back once copied, so reads make no garbage for the GC to catch up with.
     const out = pool.take(length);
     const fromOrigin: Piece[] = [];
+    const fromStore: CopyPiece[] = [];
     const reads: Promise<void>[] = [];
     for (const [i, p] of pieces.entries()) {
       const src = sources[i] as (typeof sources)[number];
       if (src.from === 'origin') fromOrigin.push(p);
-      else
-        reads.push(
-          this.readChunk(p.chunk, src.copy).then((b) => void b.copy(out, p.at, p.inChunk, p.inChunk + p.length)),
-        );
+      else fromStore.push({ ...p, copy: src.copy, chunkLength: this.snapshot.origin.chunkLength(p.chunk) });
+    }
+    if (fromStore.length > 0) {
+      // Verified copies straight into `out` (copy-read.ts); what does not check out there is read
+      // again whole against its recorded checksum (`slowPieces`), which decides: bytes or EIO.
+      const got = this.copies.read(fromStore, out);
+      const rest = Array.isArray(got) ? this.slowPieces(got, out) : got.then((failed) => this.slowPieces(failed, out));
+      if (rest !== undefined) reads.push(rest);
     }
     if (fromOrigin.length > 0) {
       // Registered before any await: a copy of these chunks now waits for this read.
@@ -191,9 +200,19 @@ export class SnapshotDevice implements BlockDevice {
         }),
       );
     }
-    await Promise.all(reads);
+    if (reads.length > 0) await Promise.all(reads);
     this.check(); // invalidated while reading: the data may be wrong
     return out;
+  }
+
+  /** The pieces the fast path handed back, each from its whole chunk, verified (or EIO). */
+  private slowPieces(failed: CopyPiece[], out: Buffer): Promise<void> | undefined {
+    if (failed.length === 0) return undefined;
+    return Promise.all(
+      failed.map((p) =>
+        this.readChunk(p.chunk, p.copy).then((b) => void b.copy(out, p.at, p.inChunk, p.inChunk + p.length)),
+      ),
+    ).then(() => undefined);
   }
 
   /** The whole chunk from its store copy, verified against the copy's checksum. */

@@ -1,0 +1,192 @@
+/**
+ * What a snapshot read has verified of the store's copies, kept in bounded memory so later reads
+ * need less I/O and hashing, never less checking. Two parts, both keyed by store slot and by the
+ * copy's recorded checksum (a lookup for another copy in the same slot misses):
+ *
+ * - **data**: whole chunks whose bytes matched their recorded checksum, least recently used
+ *   first out. A read served from here returns exactly the bytes that were verified; the disk
+ *   is not read again (damage made on disk since is found by the next read that misses, by
+ *   `store scrub` or `store check`).
+ * - **block checksums**: the checksum of each 4 KiB block of a verified chunk (computed while
+ *   verifying it, checksum.ts `blockChecksums`). A read of part of the chunk then reads only the
+ *   blocks it needs and checks each against its block checksum: the bytes served are checked on
+ *   every read, against a checksum derived from bytes that matched the recorded one. A block
+ *   that does not match sends the read back to the whole chunk and its recorded checksum
+ *   (damaged: EIO, LOST). Not a "verified" flag: nothing is served unchecked.
+ *
+ * A slot's entries are dropped when the slot is freed (`forget`, from the recorder, before the
+ * store may hand the slot out again); a read that was in flight across a `forget` of its slot
+ * does not insert what it read (`begin`/`end` tokens), so a reused slot never serves old bytes.
+ *
+ * Memory: at most `bytes` (`serve --copy-cache`, default 32 MiB): a quarter, at most 4 MiB, for
+ * block checksums (about 110 bytes a chunk of 64 KiB: 38,000 chunks, 2.4 GiB of copies), the
+ * rest for data (448 chunks of 64 KiB). 0 turns both off.
+ */
+import { BLOCK } from '../store/checksum.ts';
+
+export const DEFAULT_COPY_CACHE = 32 * 1024 * 1024;
+/** Bytes a block-checksum entry costs beyond its checksums (map entry, bookkeeping), estimated. */
+const SUM_OVERHEAD = 48;
+/** Block-checksum entries are kept in typed arrays of this many entries each, made as needed. */
+const SEGMENT = 1024;
+
+/** A read in flight over a slot: stale once the slot was freed meanwhile. */
+export interface Token {
+  stale: boolean;
+  n: number;
+}
+
+export class CopyCache {
+  readonly chunkSize: number;
+  /** Block checksums a chunk has (chunkSize / 4 KiB). */
+  readonly blocks: number;
+  readonly dataLimit: number;
+  readonly sumLimit: number;
+  /** slot -> the verified chunk (its chunk length) and the copy's checksum; Map order = LRU. */
+  private readonly data = new Map<number, { crc: number; buf: Buffer }>();
+  private dataBytes = 0;
+  /** Buffers of evicted entries, reused for the next inserts. */
+  private spare: Buffer[] = [];
+  /** slot -> entry index; an entry is [copy crc, block checksums...] in `segments`. Map order = LRU. */
+  private readonly sums = new Map<number, number>();
+  private readonly segments: Uint32Array[] = [];
+  private readonly freeEntries: number[] = [];
+  private entries = 0;
+  private readonly sumCapacity: number;
+  private readonly pending = new Map<number, Token>();
+
+  constructor(chunkSize: number, bytes = DEFAULT_COPY_CACHE) {
+    this.chunkSize = chunkSize;
+    this.blocks = Math.max(1, Math.ceil(chunkSize / BLOCK));
+    // Block checksums only help when a chunk holds more than one block.
+    this.sumLimit = this.blocks > 1 ? Math.min(4 * 1024 * 1024, Math.floor(bytes / 4)) : 0;
+    this.dataLimit = Math.max(0, bytes - this.sumLimit);
+    this.sumCapacity = Math.floor(this.sumLimit / ((this.blocks + 1) * 4 + SUM_OVERHEAD));
+  }
+
+  /** Bytes held now (data buffers, spare buffers, block-checksum arrays). */
+  get bytes(): number {
+    const spare = this.spare.reduce((n, b) => n + b.length, 0);
+    return this.dataBytes + spare + this.segments.reduce((n, seg) => n + seg.byteLength, 0);
+  }
+
+  /** Chunks held: [data, block checksums]. */
+  get counts(): [number, number] {
+    return [this.data.size, this.sums.size];
+  }
+
+  /** The verified chunk of `slot` if it holds the copy with checksum `crc` (a u32). */
+  getData(slot: number, crc: number): Buffer | undefined {
+    const e = this.data.get(slot);
+    if (e === undefined || e.crc !== crc >>> 0) return undefined;
+    this.data.delete(slot);
+    this.data.set(slot, e);
+    return e.buf;
+  }
+
+  /** Keep a copy of `bytes`, the verified chunk of `slot` (checksum `crc`), unless `token` went stale. */
+  putData(slot: number, crc: number, bytes: Uint8Array, token: Token): void {
+    if (token.stale || bytes.length > this.dataLimit) return;
+    const old = this.data.get(slot);
+    if (old !== undefined) {
+      this.data.delete(slot);
+      this.dataBytes -= old.buf.length;
+      this.spare.push(old.buf);
+    }
+    while (this.dataBytes + bytes.length > this.dataLimit) {
+      const [first, e] = this.data.entries().next().value as [number, { crc: number; buf: Buffer }];
+      this.data.delete(first);
+      this.dataBytes -= e.buf.length;
+      this.spare.push(e.buf);
+    }
+    let buf = this.spare.pop();
+    this.spare = []; // evicted buffers are reused once; the rest go to the collector
+    if (buf === undefined || buf.length !== bytes.length) buf = Buffer.allocUnsafeSlow(bytes.length);
+    buf.set(bytes);
+    this.data.set(slot, { crc: crc >>> 0, buf });
+    this.dataBytes += buf.length;
+  }
+
+  /** The block checksums of `slot` if it holds the copy with checksum `crc`: a view, valid until the next insert. */
+  getSums(slot: number, crc: number): Uint32Array | undefined {
+    const i = this.sums.get(slot);
+    if (i === undefined) return undefined;
+    const e = this.entry(i);
+    if (e[0] !== crc >>> 0) return undefined;
+    this.sums.delete(slot);
+    this.sums.set(slot, i);
+    return e.subarray(1);
+  }
+
+  /** Keep the block checksums `sums` of `slot` (copy checksum `crc`), unless `token` went stale. */
+  putSums(slot: number, crc: number, sums: Uint32Array, token: Token): void {
+    if (token.stale || this.sumCapacity === 0) return;
+    let i = this.sums.get(slot);
+    if (i !== undefined) this.sums.delete(slot);
+    else if (this.sums.size >= this.sumCapacity) {
+      const [first, j] = this.sums.entries().next().value as [number, number];
+      this.sums.delete(first);
+      i = j;
+    } else i = this.freeEntries.pop() ?? this.entries++;
+    const e = this.entry(i);
+    e[0] = crc >>> 0;
+    e.set(sums.subarray(0, this.blocks), 1);
+    this.sums.set(slot, i);
+  }
+
+  private entry(i: number): Uint32Array {
+    const width = this.blocks + 1;
+    const s = Math.floor(i / SEGMENT);
+    while (this.segments.length <= s) {
+      const entries = Math.min(SEGMENT, this.sumCapacity - this.segments.length * SEGMENT);
+      this.segments.push(new Uint32Array(entries * width));
+    }
+    const at = (i % SEGMENT) * width;
+    return (this.segments[s] as Uint32Array).subarray(at, at + width);
+  }
+
+  /** A read of `slot` starts: what it verifies may be kept unless the slot is freed before `end`. */
+  begin(slot: number): Token {
+    let t = this.pending.get(slot);
+    if (t === undefined) {
+      t = { stale: false, n: 0 };
+      this.pending.set(slot, t);
+    }
+    t.n += 1;
+    return t;
+  }
+
+  end(slot: number, token: Token): void {
+    token.n -= 1;
+    if (token.n === 0 && this.pending.get(slot) === token) this.pending.delete(slot);
+  }
+
+  /** `slot` was freed: drop what is kept of it, and what reads in flight would keep. */
+  forget(slot: number): void {
+    const t = this.pending.get(slot);
+    if (t !== undefined) {
+      t.stale = true;
+      this.pending.delete(slot);
+    }
+    const d = this.data.get(slot);
+    if (d !== undefined) {
+      this.data.delete(slot);
+      this.dataBytes -= d.buf.length;
+    }
+    const i = this.sums.get(slot);
+    if (i !== undefined) {
+      this.sums.delete(slot);
+      this.freeEntries.push(i);
+    }
+  }
+
+  clear(): void {
+    for (const t of this.pending.values()) t.stale = true;
+    this.pending.clear();
+    this.data.clear();
+    this.dataBytes = 0;
+    this.spare = [];
+    for (const i of this.sums.values()) this.freeEntries.push(i);
+    this.sums.clear();
+  }
+}

@@ -1,0 +1,109 @@
+/**
+ * The copy cache with a real server (`--copy-cache 256K`: three 64 KiB chunks of data, block
+ * checksums for the rest), judged by what a client reads:
+ * - a byte flipped in a copy on disk after the snapshot read it: while the chunk's data is kept
+ *   the reads are exact; once evicted (reads of other chunks), the read of the damaged part gets
+ *   EIO with a `damaged` event, and every later read of that chunk gets EIO (LOST);
+ * - slots freed and reused (snapshots deleted, a merge) never read as their old copies: rounds of
+ *   create / copy / partial reads / delete or merge on a small store, every snapshot read
+ *   compared with a model.
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { readAt, writeAt } from '../helpers/clients.ts';
+import { startMerge, waitMergeDone } from '../helpers/merge.ts';
+import { assertSame, KiB, MiB, makeImage, makeSparse, outcome, Rig, tempDir, watchEvents } from '../helpers/snapshots.ts';
+import { stampedData, stampedImage } from '../helpers/stamps.ts';
+
+const CHUNK = 64 * KiB;
+const SIZE = 32 * CHUNK;
+const dir = tempDir('nbdsnap-copycache-');
+afterAll(() => dir.cleanup());
+
+describe('damage on disk after a copy was read', () => {
+  const origin = stampedImage(SIZE, 0);
+  const disk = makeImage(join(dir.path, 'disk.img'), origin);
+  const store = makeSparse(join(dir.path, 'store.img'), 16 * MiB);
+  const rig = new Rig(dir.path, { devices: { disk }, stores: [store], extra: ['--copy-cache', '256K'] });
+  afterAll(() => rig.stop());
+
+  it('is served exactly while kept, and answers EIO once evicted', async () => {
+    await rig.start();
+    await rig.createSnapshot('disk', 's');
+    const o = await rig.open('disk');
+    for (let c = 0; c < 16; c++) await o.write(c * CHUNK + 512, stampedData(1 + c, c * CHUNK + 512, 1024));
+    await o.flush();
+    const snap = await rig.open('disk@s');
+    const part = (c: number, at: number, n: number) => snap.read(c * CHUNK + at, n);
+    // Chunk 3 read in part: its data and block checksums are kept.
+    assertSame(await part(3, 8 * KiB, 4 * KiB), origin.subarray(3 * CHUNK + 8 * KiB, 3 * CHUNK + 12 * KiB), 'chunk 3');
+    const at = readFileSync(store).indexOf(origin.subarray(3 * CHUNK, 4 * CHUNK));
+    expect(at).toBeGreaterThan(0);
+    const b = readAt(store, at + 9 * KiB, 1);
+    writeAt(store, at + 9 * KiB, Buffer.from([(b[0] as number) ^ 0x5a]));
+    // Still kept: the verified bytes.
+    assertSame(await part(3, 8 * KiB, 4 * KiB), origin.subarray(3 * CHUNK + 8 * KiB, 3 * CHUNK + 12 * KiB), 'kept');
+    // Evicted by reads of other chunks in part.
+    for (let c = 4; c < 16; c++) {
+      assertSame(await part(c, 0, 512), origin.subarray(c * CHUNK, c * CHUNK + 512), `chunk ${c}`);
+    }
+    const events = await watchEvents(rig, 'disk');
+    try {
+      expect(await outcome(part(3, 8 * KiB, 4 * KiB))).toBe('EIO');
+      expect(await events.waitFor('damaged')).toMatchObject({ chunk: 3, snapshots: ['disk@s'] });
+    } finally {
+      await events.stop();
+    }
+    // Lost: every part of it answers EIO now, the other chunks read exact.
+    expect(await outcome(part(3, 40 * KiB, 512))).toBe('EIO');
+    expect(await outcome(snap.read(2 * CHUNK, 3 * CHUNK))).toBe('EIO');
+    assertSame(await snap.read(4 * CHUNK, 12 * CHUNK), origin.subarray(4 * CHUNK, 16 * CHUNK), 'chunks 4-15');
+    expect((await rig.list()).map((s) => (s as { damaged?: number }).damaged)).toEqual([1]);
+  });
+});
+
+describe('slots freed and reused', () => {
+  const sub = join(dir.path, 'reuse');
+  mkdirSync(sub);
+  const origin = stampedImage(SIZE, 100);
+  const disk = makeImage(join(sub, 'disk.img'), origin);
+  // Room for about 60 copies: the rounds below reuse freed slots.
+  const store = makeSparse(join(sub, 'store.img'), 5 * MiB);
+  const rig = new Rig(sub, { devices: { disk }, stores: [store], extra: ['--copy-cache', '256K'] });
+  afterAll(() => rig.stop());
+
+  it('never read as their old copies, after deletes and merges', async () => {
+    await rig.start();
+    const model = Buffer.from(origin);
+    const o = await rig.open('disk');
+    for (let round = 0; round < 6; round++) {
+      const name = `r${round}`;
+      await rig.createSnapshot('disk', name);
+      const at = Buffer.from(model); // the snapshot's point in time
+      for (let k = 0; k < 24; k++) {
+        const c = (round * 7 + k * 5) % 32;
+        const off = c * CHUNK + ((k * 4096) % CHUNK);
+        const data = stampedData(round * 100 + k, off, 3000);
+        data.copy(model, off);
+        await o.write(off, data);
+      }
+      await o.flush();
+      const snap = await rig.open(`disk@${name}`);
+      // Partial reads (kept), then whole reads, all exact.
+      for (let c = 0; c < 32; c++) {
+        const off = c * CHUNK + ((c * 8192) % CHUNK);
+        assertSame(await snap.read(off, 4096), at.subarray(off, off + 4096), `${name} chunk ${c} part`);
+      }
+      assertSame(await rig.readAll(`disk@${name}`), at, `${name} whole`);
+      await snap.close();
+      if (round % 2 === 1) {
+        // Merge it back: the origin reads as the snapshot, its copies are freed.
+        await startMerge(rig, 'disk', name);
+        await waitMergeDone(rig, `disk@${name}`);
+        at.copy(model);
+        assertSame(await o.read(0, SIZE), model, `origin after merging ${name}`);
+      } else await rig.deleteSnapshot('disk', name);
+    }
+  });
+});
