@@ -37,6 +37,7 @@ import { Progress } from './progress.ts';
 import { BackupReader } from './reader.ts';
 import {
   BASE_ALLOCATION,
+  bitmapPointsNow,
   dirtyContext,
   mapContexts,
   type OpenedSnapshot,
@@ -134,6 +135,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     let fromPoint = 0;
     let fromCreated = 0;
     let from: OpenedSnapshot | undefined;
+    let bitmapPoint: number | undefined;
     if (base !== undefined) {
       if (to.facts.generation === '')
         throw new NbdsnapError('BAD_CONFIG', `the server does not track changes of ${device}: take a full backup`);
@@ -143,21 +145,23 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
           `change tracking of ${device} was reset since ${base.file} (generation ${base.generation}, now ` +
             `${to.facts.generation}): a full backup is needed`,
         );
+      // The point qemu:dirty-bitmap:FROM counts from (undefined from a server that does not say):
+      // FROM's snapshot may be gone and its name taken again since the file was written.
+      bitmapPoint = to.facts.bitmapPoints.get(base.name);
+      if (base.file !== undefined && bitmapPoint !== undefined && bitmapPoint !== base.point)
+        throw reusedName(device, base, bitmapPoint);
       from = await openSnapshot(uriFor(`${device}@${base.name}`), [], true);
       if (from !== undefined) {
         open.push(from);
         if (from.client.size !== size)
           throw new NbdsnapError('BAD_ARGUMENT', `${device}@${base.name} has another size`);
         if (base.file !== undefined && from.facts.point !== base.point)
-          throw new NbdsnapError(
-            'BAD_ARGUMENT',
-            `${device}@${base.name} is not the snapshot ${base.file} was taken from (point ${from.facts.point}, ` +
-              `the file has ${base.point}): the name was reused; a full backup is needed`,
-          );
+          throw reusedName(device, base, from.facts.point);
+        if (bitmapPoint !== undefined && from.facts.point !== bitmapPoint) throw movedName(device, base.name);
         fromPoint = from.facts.point;
         fromCreated = from.facts.created;
       } else {
-        fromPoint = base.point;
+        fromPoint = bitmapPoint ?? base.point;
         fromCreated = base.created;
       }
       if (fromPoint !== 0 && fromPoint >= to.facts.point)
@@ -174,6 +178,14 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       maps.get(BASE_ALLOCATION) ?? [],
       dirtyName === undefined ? undefined : maps.get(dirtyName),
     );
+    // The bitmap was bound when this connection selected it, after the facts were listed: still
+    // the same point now means it was then (a name only ever moves to a newer point).
+    if (
+      base !== undefined &&
+      bitmapPoint !== undefined &&
+      (await bitmapPointsNow(opts.source)).get(base.name) !== bitmapPoint
+    )
+      throw movedName(device, base.name);
     const header: BackupHeader = {
       version: FORMAT_VERSION,
       kind: base === undefined ? 'full' : 'incremental',
@@ -259,6 +271,21 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     await Promise.all(open.map((o) => closeQuietly(o.client)));
   }
 }
+
+function reusedName(device: string, base: Base, point: number): NbdsnapError {
+  return new NbdsnapError(
+    'BAD_ARGUMENT',
+    `${device}@${base.name} is not the snapshot ${base.file} was taken from (the server's point of that name is ` +
+      `${point}, the file's is ${base.point}): the name was taken again after its point was forgotten, so the ` +
+      'changes since the file cannot be told; take a full backup',
+  );
+}
+
+const movedName = (device: string, name: string): NbdsnapError =>
+  new NbdsnapError(
+    'BUSY',
+    `the change-tracking point ${device}@${name} moved while the backup started (forgotten and taken again): try again`,
+  );
 
 async function closeQuietly(c: NbdClient): Promise<void> {
   await c.close().catch(() => undefined);

@@ -18,15 +18,24 @@ export interface SnapshotFacts {
   /** '' when the server does not track changes for this device. */
   generation: string;
   blockSize: number;
+  /**
+   * The point each `qemu:dirty-bitmap:FROM` of this export counts from, by FROM
+   * (`x-nbdsnap:bitmap-point=FROM@SEQ`); empty from a server that does not list them.
+   */
+  bitmapPoints: Map<string, number>;
 }
 
 export function parseFacts(names: readonly string[]): Partial<SnapshotFacts> {
-  const out: Partial<SnapshotFacts> = {};
+  const out: Partial<SnapshotFacts> = { bitmapPoints: new Map() };
   for (const n of names) {
     const m = /^x-nbdsnap:([a-z-]+)=(.*)$/.exec(n);
     if (m === null) continue;
     const [, key, value] = m as unknown as [string, string, string];
-    if (key === 'point') out.point = Number(value);
+    const at = value.lastIndexOf('@');
+    if (key === 'bitmap-point' && at > 0) {
+      const seq = Number(value.slice(at + 1));
+      if (Number.isSafeInteger(seq) && seq > 0) out.bitmapPoints?.set(value.slice(0, at), seq);
+    } else if (key === 'point') out.point = Number(value);
     else if (key === 'created') out.created = Number(value);
     else if (key === 'generation') out.generation = value;
     else if (key === 'block-size') out.blockSize = Number(value);
@@ -83,8 +92,19 @@ export async function openSnapshot(
   }
   return {
     client,
-    facts: { point: f.point, created: f.created, generation: f.generation ?? '', blockSize: f.blockSize ?? 0 },
+    facts: {
+      point: f.point,
+      created: f.created,
+      generation: f.generation ?? '',
+      blockSize: f.blockSize ?? 0,
+      bitmapPoints: f.bitmapPoints ?? new Map(),
+    },
   };
+}
+
+/** The points the dirty bitmaps of an export count from, listed now (a fresh connection). */
+export async function bitmapPointsNow(uri: string): Promise<Map<string, number>> {
+  return parseFacts(await NbdClient.listMetaContexts(uri, [FACTS_QUERY])).bitmapPoints ?? new Map();
 }
 
 /** Block status for every context over the whole device, clipped and merged, ascending. */
