@@ -18,7 +18,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
-import type { NbdClient } from '../client/nbd-client.ts';
+import { NbdClient } from '../client/nbd-client.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import { TransmissionFlag } from '../nbd-protocol/index.ts';
 import {
@@ -31,17 +31,20 @@ import {
   RecordType,
   SECTOR,
 } from './format.ts';
-import { orderedMap } from './pipeline.ts';
+import { BufferPool, orderedMap } from './pipeline.ts';
 import { chooseSamples, type PlanItem, planRanges, trimUnchanged } from './plan.ts';
 import { Progress } from './progress.ts';
 import { BackupReader } from './reader.ts';
 import {
   BASE_ALLOCATION,
-  bitmapPointsNow,
   dirtyContext,
+  FACTS_QUERY,
   mapContexts,
   type OpenedSnapshot,
+  openReader,
   openSnapshot,
+  parseFacts,
+  type Reader,
   parseSnapshotUri,
 } from './source.ts';
 import { PendingFile } from './writer.ts';
@@ -53,8 +56,12 @@ export interface BackupOptions {
   /** A snapshot name (or DEVICE@NAME) of the same device, or a previous backup file. */
   since?: string | undefined;
   progress?: Progress | undefined;
-  /** Reads in flight (default 8). */
+  /** Reads in flight (default 16). */
   depth?: number | undefined;
+  /** Connections data is read over (default 2). */
+  connections?: number | undefined;
+  /** Hash the file on a worker thread from this many planned bytes (default 128 MiB). */
+  hashInWorkerFrom?: number | undefined;
   /** Unchanged blocks fingerprinted in an incremental (default 128). */
   samples?: number | undefined;
   signal?: AbortSignal | undefined;
@@ -71,6 +78,8 @@ export interface BackupResult {
 }
 
 const ZEROES = Buffer.alloc(PIECE);
+/** Backups of at least this many bytes are hashed on a worker thread. */
+const HASH_IN_WORKER_FROM = 128 * 1024 * 1024;
 /** Errors of the I/O kind get the "backup failed" prefix; refusals are clear as they are. */
 const ERRNO = new Set(['EPERM', 'EIO', 'ENOMEM', 'EINVAL', 'ENOSPC', 'EOVERFLOW', 'ENOTSUP', 'ESHUTDOWN']);
 const isZero = (b: Buffer): boolean => b.equals(ZEROES.subarray(0, b.length));
@@ -114,7 +123,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
   const base = opts.since === undefined ? undefined : await resolveSince(opts.since, device);
   const dirtyName = base === undefined ? undefined : dirtyContext(base.name);
   const contexts = dirtyName === undefined ? [BASE_ALLOCATION] : [BASE_ALLOCATION, dirtyName];
-  const open: OpenedSnapshot[] = [];
+  const open: { close(): Promise<void> }[] = [];
   let pending: PendingFile | undefined;
   try {
     let to: OpenedSnapshot;
@@ -130,7 +139,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
         );
       throw err;
     }
-    open.push(to);
+    open.push(to.client);
     const size = to.client.size;
     let fromPoint = 0;
     let fromCreated = 0;
@@ -152,7 +161,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
         throw reusedName(device, base, bitmapPoint);
       from = await openSnapshot(uriFor(`${device}@${base.name}`), [], true);
       if (from !== undefined) {
-        open.push(from);
+        open.push(from.client);
         if (from.client.size !== size)
           throw new NbdsnapError('BAD_ARGUMENT', `${device}@${base.name} has another size`);
         if (base.file !== undefined && from.facts.point !== base.point)
@@ -178,14 +187,27 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       maps.get(BASE_ALLOCATION) ?? [],
       dirtyName === undefined ? undefined : maps.get(dirtyName),
     );
-    // The bitmap was bound when this connection selected it, after the facts were listed: still
-    // the same point now means it was then (a name only ever moves to a newer point).
-    if (
-      base !== undefined &&
-      bitmapPoint !== undefined &&
-      (await bitmapPointsNow(opts.source)).get(base.name) !== bitmapPoint
-    )
+    // Data is read over connections of its own, without structured replies (one copy less per
+    // byte, no zero-filled reply buffers), spread over `connections`.
+    const readers: Reader[] = [];
+    for (let i = 0; i < Math.max(1, opts.connections ?? 2); i++) {
+      const c = await openReader(opts.source);
+      open.push(c);
+      readers.push(c);
+      if (c.size !== size)
+        throw new NbdsnapError('BUSY', `${device}@${snapshot} changed size while the backup started`);
+    }
+    // The bitmap and the readers were bound after the facts were listed: the same points listed
+    // again now mean they were bound to them (a name only ever moves to a newer point).
+    const now = parseFacts(await NbdClient.listMetaContexts(opts.source, [FACTS_QUERY]));
+    if (now.point !== to.facts.point)
+      throw new NbdsnapError('BUSY', `${device}@${snapshot} was replaced while the backup started: try again`);
+    if (base !== undefined && bitmapPoint !== undefined && now.bitmapPoints?.get(base.name) !== bitmapPoint)
       throw movedName(device, base.name);
+    let turn = 0;
+    const readTo = (offset: number, length: number, into?: Buffer) =>
+      (readers[turn++ % readers.length] as Reader).read(offset, length, into);
+    const pool = new BufferPool(PIECE);
     const header: BackupHeader = {
       version: FORMAT_VERSION,
       kind: base === undefined ? 'full' : 'incremental',
@@ -204,19 +226,24 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       generation: to.facts.generation,
       source: opts.source,
     };
-    pending = await PendingFile.create(opts.file, BACKUP_MAGIC);
+    pending = await PendingFile.create(
+      opts.file,
+      BACKUP_MAGIC,
+      plan.totalBytes >= (opts.hashInWorkerFrom ?? HASH_IN_WORKER_FROM),
+    );
     const w = pending.writer;
     await w.add({ type: RecordType.HEAD, offset: 0, length: size, payload: encodeHeader(header) });
 
-    const depth = opts.depth ?? 8;
+    const depth = opts.depth ?? 16;
     if (base !== undefined) {
       const picks = chooseSamples(plan.clean, to.facts.blockSize || 65536, size, opts.samples ?? 128);
-      const client = to.client;
-      for await (const s of orderedMap(picks, depth, async (p) => ({
-        ...p,
-        data: await client.read(p.offset, p.length),
-      }))) {
+      const sample = async (p: { offset: number; length: number }) => {
+        const piece = p.length <= PIECE ? pool.take() : undefined;
+        return { ...p, piece, data: await readTo(p.offset, p.length, piece) };
+      };
+      for await (const s of orderedMap(picks, depth, sample)) {
         const sha = createHash('sha256').update(s.data).digest();
+        if (s.piece !== undefined) pool.give(s.piece);
         await w.add({ type: RecordType.SMPL, offset: s.offset, length: s.length, payload: sha });
       }
     }
@@ -224,16 +251,18 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     progress.start('backup', plan.totalBytes, { source: opts.source, file: opts.file, kind: header.kind });
     let trimmedBytes = 0;
     const read = async (item: PlanItem) => {
-      if (item.kind !== 'data') return { item, now: undefined, before: undefined };
+      if (item.kind !== 'data') return { item, now: undefined, before: undefined, piece: undefined };
+      const piece = pool.take();
       const [now, before] = await Promise.all([
-        to.client.read(item.offset, item.length),
+        readTo(item.offset, item.length, piece),
         // FROM unreadable (e.g. invalidated by a full store): no trimming, nothing else lost
         trimBase?.client.read(item.offset, item.length).catch(() => undefined),
       ]);
-      return { item, now, before };
+      return { item, now, before, piece };
     };
-    for await (const { item, now, before } of orderedMap(plan.items, depth, read)) {
+    for await (const { item, now, before, piece } of orderedMap(plan.items, depth, read)) {
       opts.signal?.throwIfAborted();
+      pool.release(w.written);
       if (item.kind === 'zero' || item.kind === 'disc') {
         const type = item.kind === 'zero' ? RecordType.ZERO : RecordType.DISC;
         await w.add({ type, offset: item.offset, length: item.length, payload: Buffer.alloc(0) });
@@ -244,6 +273,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
           const t = trimUnchanged(item.offset, now, before);
           trimmedBytes += item.length - (t === undefined ? 0 : t.end - t.start);
           if (t === undefined) {
+            if (piece !== undefined) pool.give(piece);
             progress.add(item.length);
             continue;
           }
@@ -252,6 +282,8 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
         }
         if (isZero(data)) await w.add({ type: RecordType.ZERO, offset, length: data.length, payload: Buffer.alloc(0) });
         else await w.add({ type: RecordType.DATA, offset, length: data.length, payload: data });
+        // the piece is free again once the writer has written this record
+        if (piece !== undefined) pool.hold(piece, w.position);
       }
       progress.add(item.length);
     }
@@ -268,7 +300,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     if (err instanceof NbdsnapError && !ERRNO.has(err.code)) throw err;
     throw new NbdsnapError(err instanceof NbdsnapError ? err.code : 'EIO', `${what}: ${errorMessage(err)}`);
   } finally {
-    await Promise.all(open.map((o) => closeQuietly(o.client)));
+    await Promise.all(open.map(closeQuietly));
   }
 }
 
@@ -287,6 +319,6 @@ const movedName = (device: string, name: string): NbdsnapError =>
     `the change-tracking point ${device}@${name} moved while the backup started (forgotten and taken again): try again`,
   );
 
-async function closeQuietly(c: NbdClient): Promise<void> {
+async function closeQuietly(c: { close(): Promise<void> }): Promise<void> {
   await c.close().catch(() => undefined);
 }

@@ -6,6 +6,7 @@
  */
 import { NbdClient, parseNbdUri } from '../client/nbd-client.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
+import { FastReader } from './fast-reader.ts';
 import type { AbsExtent } from './plan.ts';
 
 export const FACTS_QUERY = 'x-nbdsnap:';
@@ -102,11 +103,6 @@ export async function openSnapshot(
   };
 }
 
-/** The points the dirty bitmaps of an export count from, listed now (a fresh connection). */
-export async function bitmapPointsNow(uri: string): Promise<Map<string, number>> {
-  return parseFacts(await NbdClient.listMetaContexts(uri, [FACTS_QUERY])).bitmapPoints ?? new Map();
-}
-
 /** Block status for every context over the whole device, clipped and merged, ascending. */
 export async function mapContexts(client: NbdClient, names: string[]): Promise<Map<string, AbsExtent[]>> {
   const out = new Map<string, AbsExtent[]>(names.map((n) => [n, []]));
@@ -142,4 +138,22 @@ export async function mapContexts(client: NbdClient, names: string[]): Promise<M
     pos += step;
   }
   return out;
+}
+
+/** A connection data is read over; `into` (at least `length` bytes) may receive the data. */
+export interface Reader {
+  size: number;
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+/**
+ * A connection for bulk reads of `uri`: the plain one of fast-reader.ts, or for TLS the generic
+ * client without structured replies.
+ */
+export async function openReader(uri: string): Promise<Reader> {
+  const fast = await FastReader.open(uri);
+  if (fast !== undefined) return fast;
+  const c = await NbdClient.open(uri, { structured: false });
+  return { size: c.size, read: (offset, length) => c.read(offset, length), close: () => c.close() };
 }
