@@ -41,6 +41,7 @@ export class FastReader {
   private readonly parser = new ClientParser();
   private readonly pending = new Map<bigint, Pending>();
   private nextCookie = 1n;
+  private corked = false;
   private failure: Error | undefined;
   /** Handshake messages not yet taken, and who waits for the next one. */
   private readonly queued: ServerMessage[] = [];
@@ -96,6 +97,15 @@ export class FastReader {
     const cookie = this.nextCookie++;
     return new Promise((resolve, reject) => {
       this.pending.set(cookie, { data, resolve, reject });
+      // requests made in the same tick leave in one write
+      if (!this.corked) {
+        this.corked = true;
+        this.socket.cork();
+        process.nextTick(() => {
+          this.corked = false;
+          this.socket.uncork();
+        });
+      }
       this.socket.write(serialize.request(0, Command.READ, cookie, offset, length));
     });
   }
