@@ -110,14 +110,13 @@ export class FastReader {
     });
   }
 
+  /** NBD_CMD_DISC, then wait for the server to close (as the generic client does). */
   async close(): Promise<void> {
-    if (this.failure === undefined && !this.socket.destroyed) {
+    if (this.failure === undefined) {
       this.failure = new NbdsnapError('ESHUTDOWN', 'connection closed');
-      await new Promise<void>((resolve) => {
-        this.socket.end(serialize.request(0, Command.DISC, this.nextCookie++, 0, 0), resolve);
-      });
-    }
-    this.socket.destroy();
+      this.socket.end(serialize.request(0, Command.DISC, this.nextCookie++, 0, 0));
+    } else this.socket.destroy();
+    await new Promise<void>((resolve) => (this.socket.closed ? resolve() : this.socket.once('close', () => resolve())));
   }
 
   /** Where the next socket read goes. */
