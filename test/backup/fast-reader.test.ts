@@ -11,8 +11,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backup } from '../../src/backup/backup.ts';
 import { FastReader } from '../../src/backup/fast-reader.ts';
 import { restore } from '../../src/backup/restore.ts';
+import { verify } from '../../src/backup/verify.ts';
 import { tempDir } from '../helpers/server.ts';
-import { BackupRig, BLOCK, firstDiff, MiB, prng, randomBuffer } from './rig.ts';
+import { BackupRig, BLOCK, firstDiff, MiB, nbdsnap, prng, randomBuffer } from './rig.ts';
 
 const SIZE = 8 * MiB;
 const dir = tempDir('nbdsnap-backup-fast-');
@@ -88,5 +89,27 @@ describe('backups over several fast connections, hashed on the worker thread', (
     expect(res.trimmedBytes).toBeGreaterThan(0);
     await restore({ files: [full, inc], target: file('t.img'), journal: file('t.undo') });
     expect(firstDiff(readFileSync(file('t.img')), rig.snap('b'))).toBeUndefined();
+  });
+
+  it('the CLI takes --connections and --depth, and refuses values out of range', async () => {
+    const bad = await nbdsnap(['backup', rig.uri('disk@b'), file('x.nbk'), '--connections', '0', '--progress', 'none']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/--connections 0 must be a whole number from 1 to 256/);
+    const out = file('b-cli.nbk');
+    const r = await nbdsnap([
+      'backup',
+      rig.uri('disk@b'),
+      out,
+      '--connections',
+      '3',
+      '--depth',
+      '2',
+      '--progress',
+      'none',
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect((await verify([out])).length).toBe(1);
+    await restore({ files: [out], target: file('c.img'), journal: file('c.undo') });
+    expect(firstDiff(readFileSync(file('c.img')), rig.snap('b'))).toBeUndefined();
   });
 });
