@@ -18,7 +18,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
-import type { NbdClient } from '../client/nbd-client.ts';
+import { NbdClient } from '../client/nbd-client.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import { TransmissionFlag } from '../nbd-protocol/index.ts';
 import {
@@ -31,16 +31,20 @@ import {
   RecordType,
   SECTOR,
 } from './format.ts';
-import { orderedMap } from './pipeline.ts';
+import { BufferPool, orderedMap } from './pipeline.ts';
 import { chooseSamples, type PlanItem, planRanges, trimUnchanged } from './plan.ts';
 import { Progress } from './progress.ts';
 import { BackupReader } from './reader.ts';
 import {
   BASE_ALLOCATION,
   dirtyContext,
+  FACTS_QUERY,
   mapContexts,
   type OpenedSnapshot,
+  openReader,
   openSnapshot,
+  parseFacts,
+  type Reader,
   parseSnapshotUri,
 } from './source.ts';
 import { PendingFile } from './writer.ts';
@@ -52,8 +56,12 @@ export interface BackupOptions {
   /** A snapshot name (or DEVICE@NAME) of the same device, or a previous backup file. */
   since?: string | undefined;
   progress?: Progress | undefined;
-  /** Reads in flight (default 8). */
+  /** Reads in flight (default 16). */
   depth?: number | undefined;
+  /** Connections data is read over (default 2). */
+  connections?: number | undefined;
+  /** Hash the file on a worker thread from this many planned bytes (default 128 MiB). */
+  hashInWorkerFrom?: number | undefined;
   /** Unchanged blocks fingerprinted in an incremental (default 128). */
   samples?: number | undefined;
   signal?: AbortSignal | undefined;
@@ -70,6 +78,10 @@ export interface BackupResult {
 }
 
 const ZEROES = Buffer.alloc(PIECE);
+/** Size of the READ requests a piece is read with. */
+const READ_SIZE = 256 * 1024;
+/** Backups of at least this many bytes are hashed on a worker thread. */
+const HASH_IN_WORKER_FROM = 128 * 1024 * 1024;
 /** Errors of the I/O kind get the "backup failed" prefix; refusals are clear as they are. */
 const ERRNO = new Set(['EPERM', 'EIO', 'ENOMEM', 'EINVAL', 'ENOSPC', 'EOVERFLOW', 'ENOTSUP', 'ESHUTDOWN']);
 const isZero = (b: Buffer): boolean => b.equals(ZEROES.subarray(0, b.length));
@@ -113,7 +125,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
   const base = opts.since === undefined ? undefined : await resolveSince(opts.since, device);
   const dirtyName = base === undefined ? undefined : dirtyContext(base.name);
   const contexts = dirtyName === undefined ? [BASE_ALLOCATION] : [BASE_ALLOCATION, dirtyName];
-  const open: OpenedSnapshot[] = [];
+  const open: { close(): Promise<void> }[] = [];
   let pending: PendingFile | undefined;
   try {
     let to: OpenedSnapshot;
@@ -129,11 +141,12 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
         );
       throw err;
     }
-    open.push(to);
+    open.push(to.client);
     const size = to.client.size;
     let fromPoint = 0;
     let fromCreated = 0;
     let from: OpenedSnapshot | undefined;
+    let bitmapPoint: number | undefined;
     if (base !== undefined) {
       if (to.facts.generation === '')
         throw new NbdsnapError('BAD_CONFIG', `the server does not track changes of ${device}: take a full backup`);
@@ -143,21 +156,23 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
           `change tracking of ${device} was reset since ${base.file} (generation ${base.generation}, now ` +
             `${to.facts.generation}): a full backup is needed`,
         );
+      // The point qemu:dirty-bitmap:FROM counts from (undefined from a server that does not say):
+      // FROM's snapshot may be gone and its name taken again since the file was written.
+      bitmapPoint = to.facts.bitmapPoints.get(base.name);
+      if (base.file !== undefined && bitmapPoint !== undefined && bitmapPoint !== base.point)
+        throw reusedName(device, base, bitmapPoint);
       from = await openSnapshot(uriFor(`${device}@${base.name}`), [], true);
       if (from !== undefined) {
-        open.push(from);
+        open.push(from.client);
         if (from.client.size !== size)
           throw new NbdsnapError('BAD_ARGUMENT', `${device}@${base.name} has another size`);
         if (base.file !== undefined && from.facts.point !== base.point)
-          throw new NbdsnapError(
-            'BAD_ARGUMENT',
-            `${device}@${base.name} is not the snapshot ${base.file} was taken from (point ${from.facts.point}, ` +
-              `the file has ${base.point}): the name was reused; a full backup is needed`,
-          );
+          throw reusedName(device, base, from.facts.point);
+        if (bitmapPoint !== undefined && from.facts.point !== bitmapPoint) throw movedName(device, base.name);
         fromPoint = from.facts.point;
         fromCreated = from.facts.created;
       } else {
-        fromPoint = base.point;
+        fromPoint = bitmapPoint ?? base.point;
         fromCreated = base.created;
       }
       if (fromPoint !== 0 && fromPoint >= to.facts.point)
@@ -174,6 +189,34 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       maps.get(BASE_ALLOCATION) ?? [],
       dirtyName === undefined ? undefined : maps.get(dirtyName),
     );
+    // Data is read over connections of its own, without structured replies (one copy less per
+    // byte, no zero-filled reply buffers), spread over `connections`.
+    const readers: Reader[] = [];
+    for (let i = 0; i < Math.max(1, opts.connections ?? 2); i++) {
+      const c = await openReader(opts.source);
+      open.push(c);
+      readers.push(c);
+      if (c.size !== size)
+        throw new NbdsnapError('BUSY', `${device}@${snapshot} changed size while the backup started`);
+    }
+    // FROM's data (for trimming) over a plain connection too, when the relist below can confirm
+    // which snapshot it reads (its name's change-tracking point); else over its facts connection.
+    let readFrom: ((offset: number, length: number, into?: Buffer) => Promise<Buffer>) | undefined;
+    if (trimBase !== undefined && base !== undefined && bitmapPoint !== undefined) {
+      const c = await openReader(uriFor(`${device}@${base.name}`));
+      open.push(c);
+      if (c.size !== size) throw movedName(device, base.name);
+      readFrom = spread([c]);
+    } else if (trimBase !== undefined) readFrom = (offset, length) => trimBase.client.read(offset, length);
+    // The bitmap and the readers were bound after the facts were listed: the same points listed
+    // again now mean they were bound to them (a name only ever moves to a newer point).
+    const now = parseFacts(await NbdClient.listMetaContexts(opts.source, [FACTS_QUERY]));
+    if (now.point !== to.facts.point)
+      throw new NbdsnapError('BUSY', `${device}@${snapshot} was replaced while the backup started: try again`);
+    if (base !== undefined && bitmapPoint !== undefined && now.bitmapPoints?.get(base.name) !== bitmapPoint)
+      throw movedName(device, base.name);
+    const readTo = spread(readers);
+    const pool = new BufferPool(PIECE);
     const header: BackupHeader = {
       version: FORMAT_VERSION,
       kind: base === undefined ? 'full' : 'incremental',
@@ -192,19 +235,24 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       generation: to.facts.generation,
       source: opts.source,
     };
-    pending = await PendingFile.create(opts.file, BACKUP_MAGIC);
+    pending = await PendingFile.create(
+      opts.file,
+      BACKUP_MAGIC,
+      plan.totalBytes >= (opts.hashInWorkerFrom ?? HASH_IN_WORKER_FROM),
+    );
     const w = pending.writer;
     await w.add({ type: RecordType.HEAD, offset: 0, length: size, payload: encodeHeader(header) });
 
-    const depth = opts.depth ?? 8;
+    const depth = opts.depth ?? 16;
     if (base !== undefined) {
       const picks = chooseSamples(plan.clean, to.facts.blockSize || 65536, size, opts.samples ?? 128);
-      const client = to.client;
-      for await (const s of orderedMap(picks, depth, async (p) => ({
-        ...p,
-        data: await client.read(p.offset, p.length),
-      }))) {
+      const sample = async (p: { offset: number; length: number }) => {
+        const piece = p.length <= PIECE ? pool.take() : undefined;
+        return { ...p, piece, data: await readTo(p.offset, p.length, piece) };
+      };
+      for await (const s of orderedMap(picks, depth, sample)) {
         const sha = createHash('sha256').update(s.data).digest();
+        if (s.piece !== undefined) pool.give(s.piece);
         await w.add({ type: RecordType.SMPL, offset: s.offset, length: s.length, payload: sha });
       }
     }
@@ -212,16 +260,19 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     progress.start('backup', plan.totalBytes, { source: opts.source, file: opts.file, kind: header.kind });
     let trimmedBytes = 0;
     const read = async (item: PlanItem) => {
-      if (item.kind !== 'data') return { item, now: undefined, before: undefined };
+      if (item.kind !== 'data') return { item, now: undefined, before: undefined, piece: undefined, old: undefined };
+      const piece = pool.take();
+      const old = readFrom === undefined ? undefined : pool.take();
       const [now, before] = await Promise.all([
-        to.client.read(item.offset, item.length),
+        readTo(item.offset, item.length, piece),
         // FROM unreadable (e.g. invalidated by a full store): no trimming, nothing else lost
-        trimBase?.client.read(item.offset, item.length).catch(() => undefined),
+        readFrom?.(item.offset, item.length, old).catch(() => undefined),
       ]);
-      return { item, now, before };
+      return { item, now, before, piece, old };
     };
-    for await (const { item, now, before } of orderedMap(plan.items, depth, read)) {
+    for await (const { item, now, before, piece, old } of orderedMap(plan.items, depth, read)) {
       opts.signal?.throwIfAborted();
+      pool.release(w.written);
       if (item.kind === 'zero' || item.kind === 'disc') {
         const type = item.kind === 'zero' ? RecordType.ZERO : RecordType.DISC;
         await w.add({ type, offset: item.offset, length: item.length, payload: Buffer.alloc(0) });
@@ -230,8 +281,10 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
         let data = now;
         if (before !== undefined) {
           const t = trimUnchanged(item.offset, now, before);
+          if (old !== undefined) pool.give(old);
           trimmedBytes += item.length - (t === undefined ? 0 : t.end - t.start);
           if (t === undefined) {
+            if (piece !== undefined) pool.give(piece);
             progress.add(item.length);
             continue;
           }
@@ -240,6 +293,8 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
         }
         if (isZero(data)) await w.add({ type: RecordType.ZERO, offset, length: data.length, payload: Buffer.alloc(0) });
         else await w.add({ type: RecordType.DATA, offset, length: data.length, payload: data });
+        // the piece is free again once the writer has written this record
+        if (piece !== undefined) pool.hold(piece, w.position);
       }
       progress.add(item.length);
     }
@@ -256,10 +311,48 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     if (err instanceof NbdsnapError && !ERRNO.has(err.code)) throw err;
     throw new NbdsnapError(err instanceof NbdsnapError ? err.code : 'EIO', `${what}: ${errorMessage(err)}`);
   } finally {
-    await Promise.all(open.map((o) => closeQuietly(o.client)));
+    await Promise.all(open.map(closeQuietly));
   }
 }
 
-async function closeQuietly(c: NbdClient): Promise<void> {
+/**
+ * Reads spread over `readers` in turn; a read into a buffer of more than READ_SIZE bytes is
+ * split into requests of READ_SIZE, each into its part of the buffer: the server allocates less
+ * per request (its garbage collection and page faults cost less than with 1 MiB requests).
+ */
+function spread(readers: Reader[]): (offset: number, length: number, into?: Buffer) => Promise<Buffer> {
+  let turn = 0;
+  const one = (offset: number, length: number, into?: Buffer) =>
+    (readers[turn++ % readers.length] as Reader).read(offset, length, into);
+  return async (offset, length, into) => {
+    if (into === undefined || length <= READ_SIZE) return one(offset, length, into);
+    const parts: Promise<Buffer>[] = [];
+    for (let at = 0; at < length; at += READ_SIZE) {
+      const n = Math.min(READ_SIZE, length - at);
+      parts.push(one(offset + at, n, into.subarray(at, at + n)));
+    }
+    const got = await Promise.all(parts);
+    if (got.some((g, i) => g.buffer !== into.buffer || g.byteOffset !== into.byteOffset + i * READ_SIZE))
+      return Buffer.concat(got); // a reader that does not read in place (the generic client)
+    return into.subarray(0, length);
+  };
+}
+
+function reusedName(device: string, base: Base, point: number): NbdsnapError {
+  return new NbdsnapError(
+    'BAD_ARGUMENT',
+    `${device}@${base.name} is not the snapshot ${base.file} was taken from (the server's point of that name is ` +
+      `${point}, the file's is ${base.point}): the name was taken again after its point was forgotten, so the ` +
+      'changes since the file cannot be told; take a full backup',
+  );
+}
+
+const movedName = (device: string, name: string): NbdsnapError =>
+  new NbdsnapError(
+    'BUSY',
+    `the change-tracking point ${device}@${name} moved while the backup started (forgotten and taken again): try again`,
+  );
+
+async function closeQuietly(c: { close(): Promise<void> }): Promise<void> {
   await c.close().catch(() => undefined);
 }

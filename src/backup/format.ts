@@ -57,15 +57,35 @@ export const initialCrc = (magic: Buffer): number => crc32(magic);
 
 /** Encode one record; returns its bytes and its CRC (the next record's starting value). */
 export function encodeRecord(r: RecordFrame, prevCrc: number): { bytes: Buffer; crc: number } {
-  const bytes = Buffer.allocUnsafe(HEAD_SIZE + r.payload.length + CRC_SIZE);
-  bytes.write(r.type, 0, 4, 'latin1');
-  bytes.writeUInt32LE(r.payload.length, 4);
-  writeU64(bytes, r.offset, 8);
-  writeU64(bytes, r.length, 16);
-  r.payload.copy(bytes, HEAD_SIZE);
-  const crc = crc32(bytes.subarray(0, HEAD_SIZE + r.payload.length), prevCrc);
-  bytes.writeUInt32LE(crc, HEAD_SIZE + r.payload.length);
-  return { bytes, crc };
+  const { parts, crc } = encodeRecordParts(r, prevCrc);
+  return { bytes: parts.length === 1 ? (parts[0] as Buffer) : Buffer.concat(parts), crc };
+}
+
+/** Payloads at least this long are not copied into the frame: head, payload and CRC as three parts. */
+const COPY_BELOW = 4096;
+
+/**
+ * Encode one record as the buffers to write in order: one buffer for a small record, or the
+ * head, the payload itself (not copied) and the CRC for a large one.
+ */
+export function encodeRecordParts(r: RecordFrame, prevCrc: number): { parts: Buffer[]; crc: number } {
+  const p = r.payload.length;
+  const inline = p < COPY_BELOW;
+  const head = Buffer.allocUnsafe(HEAD_SIZE + (inline ? p + CRC_SIZE : 0));
+  head.write(r.type, 0, 4, 'latin1');
+  head.writeUInt32LE(p, 4);
+  writeU64(head, r.offset, 8);
+  writeU64(head, r.length, 16);
+  if (inline) {
+    r.payload.copy(head, HEAD_SIZE);
+    const crc = crc32(head.subarray(0, HEAD_SIZE + p), prevCrc);
+    head.writeUInt32LE(crc, HEAD_SIZE + p);
+    return { parts: [head], crc };
+  }
+  const crc = crc32(r.payload, crc32(head, prevCrc));
+  const tail = Buffer.allocUnsafe(CRC_SIZE);
+  tail.writeUInt32LE(crc, 0);
+  return { parts: [head, r.payload, tail], crc };
 }
 
 /** Decode a 24-byte frame head (the payload and CRC follow it). Throws on an unknown type. */

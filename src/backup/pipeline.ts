@@ -55,3 +55,35 @@ export class Window {
     if (this.failure !== undefined) throw this.failure;
   }
 }
+
+/**
+ * Buffers of one size, reused once the writer has written what was read into them: the reads
+ * of a backup then allocate nothing after the first few (no garbage, no fresh pages to fault).
+ * `hold(buf, until)` keeps a buffer out until `release(written)` passes `until`.
+ */
+export class BufferPool {
+  private readonly size: number;
+  private readonly free: Buffer[] = [];
+  private readonly held: [number, Buffer][] = [];
+
+  constructor(size: number) {
+    this.size = size;
+  }
+
+  take(): Buffer {
+    return this.free.pop() ?? Buffer.allocUnsafeSlow(this.size);
+  }
+
+  give(buf: Buffer): void {
+    this.free.push(buf);
+  }
+
+  hold(buf: Buffer, until: number): void {
+    this.held.push([until, buf]);
+  }
+
+  release(written: number): void {
+    while (this.held.length > 0 && (this.held[0] as [number, Buffer])[0] <= written)
+      this.free.push((this.held.shift() as [number, Buffer])[1]);
+  }
+}

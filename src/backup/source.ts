@@ -6,6 +6,7 @@
  */
 import { NbdClient, parseNbdUri } from '../client/nbd-client.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
+import { FastReader } from './fast-reader.ts';
 import type { AbsExtent } from './plan.ts';
 
 export const FACTS_QUERY = 'x-nbdsnap:';
@@ -18,15 +19,24 @@ export interface SnapshotFacts {
   /** '' when the server does not track changes for this device. */
   generation: string;
   blockSize: number;
+  /**
+   * The point each `qemu:dirty-bitmap:FROM` of this export counts from, by FROM
+   * (`x-nbdsnap:bitmap-point=FROM@SEQ`); empty from a server that does not list them.
+   */
+  bitmapPoints: Map<string, number>;
 }
 
 export function parseFacts(names: readonly string[]): Partial<SnapshotFacts> {
-  const out: Partial<SnapshotFacts> = {};
+  const out: Partial<SnapshotFacts> = { bitmapPoints: new Map() };
   for (const n of names) {
     const m = /^x-nbdsnap:([a-z-]+)=(.*)$/.exec(n);
     if (m === null) continue;
     const [, key, value] = m as unknown as [string, string, string];
-    if (key === 'point') out.point = Number(value);
+    const at = value.lastIndexOf('@');
+    if (key === 'bitmap-point' && at > 0) {
+      const seq = Number(value.slice(at + 1));
+      if (Number.isSafeInteger(seq) && seq > 0) out.bitmapPoints?.set(value.slice(0, at), seq);
+    } else if (key === 'point') out.point = Number(value);
     else if (key === 'created') out.created = Number(value);
     else if (key === 'generation') out.generation = value;
     else if (key === 'block-size') out.blockSize = Number(value);
@@ -83,7 +93,13 @@ export async function openSnapshot(
   }
   return {
     client,
-    facts: { point: f.point, created: f.created, generation: f.generation ?? '', blockSize: f.blockSize ?? 0 },
+    facts: {
+      point: f.point,
+      created: f.created,
+      generation: f.generation ?? '',
+      blockSize: f.blockSize ?? 0,
+      bitmapPoints: f.bitmapPoints ?? new Map(),
+    },
   };
 }
 
@@ -122,4 +138,22 @@ export async function mapContexts(client: NbdClient, names: string[]): Promise<M
     pos += step;
   }
   return out;
+}
+
+/** A connection data is read over; `into` (at least `length` bytes) may receive the data. */
+export interface Reader {
+  size: number;
+  read(offset: number, length: number, into?: Buffer): Promise<Buffer>;
+  close(): Promise<void>;
+}
+
+/**
+ * A connection for bulk reads of `uri`: the plain one of fast-reader.ts, or for TLS the generic
+ * client without structured replies.
+ */
+export async function openReader(uri: string): Promise<Reader> {
+  const fast = await FastReader.open(uri);
+  if (fast !== undefined) return fast;
+  const c = await NbdClient.open(uri, { structured: false });
+  return { size: c.size, read: (offset, length) => c.read(offset, length), close: () => c.close() };
 }

@@ -9,7 +9,7 @@
  * An interrupted backup leaves at most a `FILE.partial.XXXXXXXX` (removed on any error we live
  * through), never a short FILE.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { constants, existsSync } from 'node:fs';
 import { type FileHandle, link, open, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -18,36 +18,49 @@ import {
   type EndTotals,
   encodeEnd,
   encodeRecord,
+  encodeRecordParts,
   initialCrc,
   type RecordFrame,
   RecordType,
   SHA256_SIZE,
 } from './format.ts';
+import { type Hasher, inlineHasher, workerHasher } from './hasher.ts';
 
 const FLUSH_AT = 4 * 1024 * 1024;
+/** Every so many bytes written, an fdatasync starts in the background. */
+const BACKGROUND_SYNC_EVERY = 64 * 1024 * 1024;
 
 export class RecordWriter {
   readonly path: string;
   readonly totals: EndTotals = { records: 0, dataBytes: 0, zeroBytes: 0, discardBytes: 0, samples: 0 };
   /** Bytes written so far (buffered included). */
   position = 0;
+  /** Bytes handed to the file so far (the buffers of the records before it can be reused). */
+  written = 0;
+  private syncedTo = 0;
+  private background: Promise<void> | undefined;
+  private syncError: unknown;
   private readonly fh: FileHandle;
   private crc: number;
-  private readonly sha = createHash('sha256');
+  private readonly sha: Hasher;
   private pending: Buffer[] = [];
   private pendingBytes = 0;
   private covered = 0;
   private closed = false;
 
-  private constructor(path: string, fh: FileHandle, magic: Buffer) {
+  private constructor(path: string, fh: FileHandle, magic: Buffer, hashInWorker: boolean) {
     this.path = path;
     this.fh = fh;
+    this.sha = hashInWorker ? workerHasher() : inlineHasher();
     this.crc = initialCrc(magic);
     this.append(magic);
   }
 
-  /** Create `path` (it must not exist) and write the magic. */
-  static async create(path: string, magic: Buffer): Promise<RecordWriter> {
+  /**
+   * Create `path` (it must not exist) and write the magic. `hashInWorker`: hash on a worker
+   * thread (worth it for large files).
+   */
+  static async create(path: string, magic: Buffer, hashInWorker = false): Promise<RecordWriter> {
     let fh: FileHandle;
     try {
       fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
@@ -56,7 +69,7 @@ export class RecordWriter {
       if (code === 'EEXIST') throw new NbdsnapError('EXISTS', `${path} already exists`);
       throw new NbdsnapError('BAD_ARGUMENT', `cannot create ${path}: ${(err as Error).message}`);
     }
-    return new RecordWriter(path, fh, magic);
+    return new RecordWriter(path, fh, magic, hashInWorker);
   }
 
   private append(bytes: Buffer): void {
@@ -68,9 +81,9 @@ export class RecordWriter {
 
   /** Add one record (buffered; written out in batches of a few MiB). */
   async add(r: RecordFrame): Promise<void> {
-    const { bytes, crc } = encodeRecord(r, this.crc);
+    const { parts, crc } = encodeRecordParts(r, this.crc);
     this.crc = crc;
-    this.append(bytes);
+    for (const p of parts) this.append(p);
     if (r.type !== RecordType.HEAD) this.totals.records += 1;
     if (r.type === RecordType.DATA) this.totals.dataBytes += r.length;
     else if (r.type === RecordType.ZERO) this.totals.zeroBytes += r.length;
@@ -84,20 +97,40 @@ export class RecordWriter {
   private async drain(): Promise<void> {
     if (this.pendingBytes === 0) return;
     const bufs = this.pending;
+    const n = this.pendingBytes;
     this.pending = [];
     this.pendingBytes = 0;
-    await this.fh.writev(bufs);
+    await Promise.all([this.fh.writev(bufs), this.sha.settle()]);
+    this.written += n;
+    // Start writing back what is written so far, beside the work that follows, so the final
+    // fsync does not wait for the whole file; a failure fails the next drain or sync.
+    if (this.syncError !== undefined) throw this.syncError;
+    if (this.background === undefined && this.written - this.syncedTo >= BACKGROUND_SYNC_EVERY) {
+      const upTo = this.written;
+      this.background = this.fh.datasync().then(
+        () => {
+          this.syncedTo = upTo;
+          this.background = undefined;
+        },
+        (err: unknown) => {
+          this.syncError ??= err;
+          this.background = undefined;
+        },
+      );
+    }
   }
 
   /** Write out what is buffered and make the file durable. */
   async sync(): Promise<void> {
     await this.drain();
+    await this.background;
+    if (this.syncError !== undefined) throw this.syncError;
     await this.fh.sync();
   }
 
   /** The end marker (totals and SHA-256 of all bytes before it), fsync, close. Returns the hash. */
   async end(): Promise<Buffer> {
-    const digest = this.sha.copy().digest();
+    const digest = await this.sha.digest();
     if (digest.length !== SHA256_SIZE) throw new Error('sha256 size');
     const { bytes, crc } = encodeRecord(
       { type: RecordType.END, offset: 0, length: this.covered, payload: encodeEnd(this.totals, digest) },
@@ -115,6 +148,8 @@ export class RecordWriter {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.background;
+    await this.sha.close();
     await this.fh.close();
   }
 }
@@ -139,10 +174,10 @@ export class PendingFile {
     this.writer = writer;
   }
 
-  static async create(finalPath: string, magic: Buffer): Promise<PendingFile> {
+  static async create(finalPath: string, magic: Buffer, hashInWorker = false): Promise<PendingFile> {
     if (existsSync(finalPath)) throw new NbdsnapError('EXISTS', `${finalPath} already exists (not overwritten)`);
     const temp = join(dirname(finalPath), `${basename(finalPath)}.partial.${randomBytes(4).toString('hex')}`);
-    return new PendingFile(finalPath, await RecordWriter.create(temp, magic));
+    return new PendingFile(finalPath, await RecordWriter.create(temp, magic, hashInWorker));
   }
 
   get tempPath(): string {

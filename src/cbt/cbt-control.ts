@@ -158,21 +158,33 @@ export class CbtControl {
   /**
    * `qemu:dirty-bitmap:FROM` for every earlier snapshot point FROM of the device, on export TO.
    * A connection keeps the contexts it negotiated: once FROM is forgotten (its eras dropped or
-   * merged), its block status answers EIO rather than a bitmap the eras no longer hold.
+   * merged), its block status answers EIO rather than a bitmap the eras no longer hold. Each
+   * comes with the fact `x-nbdsnap:bitmap-point=FROM@SEQ` (empty block status), the point it
+   * counts from: a name forgotten and taken again by a new snapshot has another point, which a
+   * backup made at the old one can tell.
    */
   dirtyContexts(device: string, toSeq: number): MetaContextSource[] {
     const d = this.devices.get(device);
     if (d === undefined) return [];
     return [...this.marks(d)]
       .filter(([, seq]) => seq < toSeq)
-      .map(([name, seq]) => ({
-        name: `${QEMU_DIRTY_BITMAP_PREFIX}${name}`,
-        extents: async (offset: number, length: number) => {
-          if (this.marks(d).get(name) !== seq)
-            throw new NbdsnapError('EIO', `change-tracking point ${device}@${name} was forgotten: take a full backup`);
-          return dirtyExtents(this.tracker(d), seq, toSeq, d.size, offset, length);
+      .flatMap(([name, seq]) => [
+        {
+          name: `${QEMU_DIRTY_BITMAP_PREFIX}${name}`,
+          extents: async (offset: number, length: number) => {
+            if (this.marks(d).get(name) !== seq)
+              throw new NbdsnapError(
+                'EIO',
+                `change-tracking point ${device}@${name} was forgotten: take a full backup`,
+              );
+            return dirtyExtents(this.tracker(d), seq, toSeq, d.size, offset, length);
+          },
         },
-      }));
+        {
+          name: `x-nbdsnap:bitmap-point=${name}@${seq}`,
+          extents: async (_o: number, length: number) => [{ length, flags: 0 }],
+        },
+      ]);
   }
 }
 

@@ -36,7 +36,9 @@ function backupBuilder(y: Argv) {
       type: 'string',
       describe: 'incremental since FROM: a snapshot name of the same device, or a previous backup file',
     })
-    .option('samples', { type: 'number', default: 128, describe: 'unchanged blocks fingerprinted (incrementals)' });
+    .option('samples', { type: 'number', default: 128, describe: 'unchanged blocks fingerprinted (incrementals)' })
+    .option('connections', { type: 'number', default: 2, describe: 'NBD connections the data is read over' })
+    .option('depth', { type: 'number', default: 16, describe: 'reads in flight (over all connections)' });
 }
 
 /** The source must be an NBD URI naming a snapshot: nbd://HOST:PORT/DEVICE@SNAP. */
@@ -58,6 +60,13 @@ export const backupCommand = defineCommand({
     if (!Number.isSafeInteger(a.samples) || a.samples < 0) {
       throw new NbdsnapError('BAD_ARGUMENT', `--samples ${a.samples} must be a whole number`);
     }
+    for (const [name, v] of [
+      ['connections', a.connections],
+      ['depth', a.depth],
+    ] as const) {
+      if (!Number.isSafeInteger(v) || v < 1 || v > 256)
+        throw new NbdsnapError('BAD_ARGUMENT', `--${name} ${v} must be a whole number from 1 to 256`);
+    }
     return { ...a, source, file: String(a.file), since: a.since === undefined ? undefined : String(a.since) };
   },
   run: runBackup,
@@ -68,6 +77,8 @@ async function runBackup(a: {
   file: string;
   since?: string | undefined;
   samples: number;
+  connections: number;
+  depth: number;
   progress: string;
   json: boolean;
 }): Promise<void> {
@@ -81,6 +92,8 @@ async function runBackup(a: {
       file: String(a.file),
       since: a.since === undefined ? undefined : String(a.since),
       samples: a.samples,
+      connections: a.connections,
+      depth: a.depth,
       progress: new Progress(a.progress as ProgressMode),
       signal: controller.signal,
     });
