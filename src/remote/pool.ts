@@ -1,0 +1,104 @@
+/**
+ * The connections to one remote export, as one RemoteLink for the session: one connection, or
+ * `wanted` of them when the export advertises CAN_MULTI_CONN (then a FLUSH on any of them covers
+ * the writes answered on all, which the session relies on). Every request goes to the connection
+ * with the fewest in flight. The set is lost as a whole when any of its connections is lost.
+ */
+import { isConnectionLoss, NbdClient } from '../client/nbd-client.ts';
+import { NbdsnapError } from '../errors.ts';
+import { Command, type Extent, TransmissionFlag } from '../nbd-protocol/index.ts';
+import type { RemoteLink, RemoteOp } from './session.ts';
+
+export interface PoolOptions {
+  /** Connections wanted when the export allows several (CAN_MULTI_CONN). */
+  connections: number;
+  /** Limit for connecting and the handshake, per connection. */
+  connectTimeoutMs: number;
+}
+
+export const BASE_ALLOCATION = 'base:allocation';
+
+export class ConnectionPool implements RemoteLink {
+  readonly lost: Promise<Error>;
+  private readonly clients: NbdClient[];
+
+  private constructor(clients: NbdClient[]) {
+    this.clients = clients;
+    this.lost = Promise.race(clients.map((c) => c.lost));
+  }
+
+  /** Connect to `uri`; every connection must show the same export (size and flags). */
+  static async connect(uri: string, opts: PoolOptions): Promise<ConnectionPool> {
+    const connectOne = () =>
+      NbdClient.open(uri, {
+        metaContexts: [BASE_ALLOCATION],
+        optionalMetaContexts: true,
+        connectTimeoutMs: opts.connectTimeoutMs,
+      });
+    const first = await connectOne();
+    const multi = (first.transmissionFlags & TransmissionFlag.CAN_MULTI_CONN) !== 0;
+    const more = multi ? Math.max(0, opts.connections - 1) : 0;
+    const others = await Promise.allSettled(Array.from({ length: more }, connectOne));
+    const clients = [first, ...others.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))];
+    const refused = others.find((r) => r.status === 'rejected');
+    const odd = clients.find((c) => c.size !== first.size || c.transmissionFlags !== first.transmissionFlags);
+    if (refused !== undefined || odd !== undefined) {
+      for (const c of clients) c.destroy();
+      if (refused !== undefined) throw (refused as PromiseRejectedResult).reason;
+      throw new NbdsnapError('EIO', 'the connections to one export disagree about its size or flags');
+    }
+    return new ConnectionPool(clients);
+  }
+
+  private get first(): NbdClient {
+    return this.clients[0] as NbdClient;
+  }
+  get size(): number {
+    return this.first.size;
+  }
+  get transmissionFlags(): number {
+    return this.first.transmissionFlags;
+  }
+  get connections(): number {
+    return this.clients.length;
+  }
+  get maxPayload(): number {
+    return this.first.blockSizes.maximum;
+  }
+  get hasBaseAllocation(): boolean {
+    return [...this.first.contexts.values()].includes(BASE_ALLOCATION);
+  }
+
+  send(op: RemoteOp): Promise<unknown> {
+    let c = this.first;
+    for (const x of this.clients) if (x.inFlight < c.inFlight) c = x;
+    switch (op.kind) {
+      case 'read':
+        return c.read(op.offset, op.length, op.flags);
+      case 'write':
+        return c.write(op.offset, op.data as Buffer, op.flags);
+      case 'zero':
+        return c.writeZeroes(op.offset, op.length, op.flags);
+      case 'trim':
+        return c.trim(op.offset, op.length, op.flags);
+      case 'flush':
+        return c.flush();
+      case 'cache':
+        return c.raw(Command.CACHE, op.offset, op.length, op.flags);
+      case 'status':
+        return c
+          .blockStatus(op.offset, op.length, op.flags)
+          .then((m): Extent[] => m.get(BASE_ALLOCATION) ?? []);
+    }
+  }
+
+  destroy(reason: string): void {
+    for (const c of this.clients) c.destroy(reason);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.clients.map((c) => c.close()));
+  }
+}
+
+export { isConnectionLoss };
