@@ -336,14 +336,25 @@ export class NbdClient {
       return;
     }
     const c = decodeChunk(m.type, m.data);
-    if (c.chunk === 'OFFSET_DATA') c.data.copy(p.data as Buffer, c.offset - p.offset);
-    else if (c.chunk === 'OFFSET_HOLE') (p.data as Buffer).fill(0, c.offset - p.offset, c.offset - p.offset + c.length);
+    if (c.chunk === 'OFFSET_DATA') {
+      // One chunk with all the data (the usual answer): its buffer is the reply, no copy.
+      if (p.data === undefined && c.offset === p.offset && c.data.length === p.length) p.data = c.data;
+      else c.data.copy(this.readBuffer(p), c.offset - p.offset);
+    } else if (c.chunk === 'OFFSET_HOLE') {
+      this.readBuffer(p).fill(0, c.offset - p.offset, c.offset - p.offset + c.length);
+    }
     else if (c.chunk === 'BLOCK_STATUS') p.extents?.set(c.contextId, c.extents);
     else if (c.chunk === 'ERROR' || c.chunk === 'ERROR_OFFSET') p.error ??= requestError(c.error, c.message);
     if ((m.flags & ReplyFlag.DONE) === 0) return;
     this.pending.delete(m.cookie);
     if (p.error !== undefined) p.reject(p.error);
-    else p.resolve(p.type === Command.READ ? p.data : p.extents);
+    else p.resolve(p.type === Command.READ ? this.readBuffer(p) : p.extents);
+  }
+
+  /** A structured READ's reply buffer, made at its first piece (zeros until filled). */
+  private readBuffer(p: Pending): Buffer {
+    p.data ??= Buffer.alloc(p.length);
+    return p.data;
   }
 
   private request(type: number, offset: number, length: number, flags = 0, data?: Buffer): Promise<unknown> {
@@ -351,7 +362,6 @@ export class NbdClient {
     const cookie = this.nextCookie++;
     return new Promise((resolve, reject) => {
       const p: Pending = { type, offset, length, resolve, reject };
-      if (type === Command.READ && this.structured) p.data = Buffer.alloc(length);
       if (type === Command.BLOCK_STATUS) p.extents = new Map();
       this.pending.set(cookie, p);
       const header = serialize.request(flags, type, cookie, offset, length);
