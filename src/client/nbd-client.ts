@@ -43,6 +43,11 @@ export interface ConnectOptions {
   tls?: ClientTls;
   /** Give up connecting (TCP connect and handshake) after this many ms (default: no limit). */
   connectTimeoutMs?: number;
+  /**
+   * Where structured READ replies go (contents undefined on return), e.g. the server's buffer
+   * pool, which takes them back once they are sent on. Default: a buffer of the reply's own.
+   */
+  allocate?: (length: number) => Buffer;
 }
 
 /** The remote's NBD_INFO_BLOCK_SIZE (defaults when it sent none: any alignment, 32 MiB payloads). */
@@ -124,6 +129,8 @@ export class NbdClient {
   private handshakeWaiter: { resolve: (m: ServerMessage) => void; reject: (e: Error) => void } | undefined;
   private queued: ServerMessage[] = [];
 
+  private allocate: ((length: number) => Buffer) | undefined;
+
   private constructor(socket: Socket) {
     this.socket = socket;
     this.lost = new Promise((resolve) => {
@@ -173,6 +180,7 @@ export class NbdClient {
         socket.once('error', (err) => reject(new NbdsnapError('NOT_FOUND', `cannot connect: ${err.message}`)));
       });
       client = new NbdClient(socket);
+      client.allocate = opts.allocate;
       try {
         await client.handshake(opts, 'host' in endpoint ? endpoint.host : undefined);
       } catch (err) {
@@ -338,8 +346,10 @@ export class NbdClient {
     const c = decodeChunk(m.type, m.data);
     if (c.chunk === 'OFFSET_DATA') {
       // One chunk with all the data (the usual answer): its buffer is the reply, no copy.
-      if (p.data === undefined && c.offset === p.offset && c.data.length === p.length) p.data = c.data;
-      else c.data.copy(this.readBuffer(p), c.offset - p.offset);
+      if (p.data === undefined && c.offset === p.offset && c.data.length === p.length) {
+        if (this.allocate === undefined) p.data = c.data;
+        else c.data.copy((p.data = this.allocate(p.length)));
+      } else c.data.copy(this.readBuffer(p), c.offset - p.offset);
     } else if (c.chunk === 'OFFSET_HOLE') {
       this.readBuffer(p).fill(0, c.offset - p.offset, c.offset - p.offset + c.length);
     }
@@ -353,7 +363,11 @@ export class NbdClient {
 
   /** A structured READ's reply buffer, made at its first piece (zeros until filled). */
   private readBuffer(p: Pending): Buffer {
-    p.data ??= Buffer.alloc(p.length);
+    if (p.data === undefined) {
+      p.data = this.allocate === undefined ? Buffer.alloc(p.length) : this.allocate(p.length);
+      // A pooled buffer holds old bytes: zero it unless one chunk fills it (the usual case).
+      if (this.allocate !== undefined) p.data.fill(0);
+    }
     return p.data;
   }
 

@@ -4,6 +4,7 @@
  * the writes answered on all, which the session relies on). Every request goes to the connection
  * with the fewest in flight. The set is lost as a whole when any of its connections is lost.
  */
+import { take } from '../block/buffer-pool.ts';
 import { isConnectionLoss, NbdClient } from '../client/nbd-client.ts';
 import { NbdsnapError } from '../errors.ts';
 import { Command, type Extent, TransmissionFlag } from '../nbd-protocol/index.ts';
@@ -34,6 +35,7 @@ export class ConnectionPool implements RemoteLink {
         metaContexts: [BASE_ALLOCATION],
         optionalMetaContexts: true,
         connectTimeoutMs: opts.connectTimeoutMs,
+        allocate: take, // the server gives read replies back to the pool once sent
       });
     const first = await connectOne();
     const multi = (first.transmissionFlags & TransmissionFlag.CAN_MULTI_CONN) !== 0;

@@ -81,13 +81,18 @@ export class ReplayLog<T> {
     return out;
   }
 
-  /** A flush that covered `seqs` succeeded: they are durable on the remote. */
-  flushed(seqs: readonly number[]): void {
+  /** A flush that covered `seqs` succeeded: they are durable on the remote. Returns the items removed. */
+  flushed(seqs: readonly number[]): T[] {
+    const out: T[] = [];
     for (const seq of seqs) {
       const e = this.entries.get(seq);
       // An entry sent again since (after a reconnect) is not covered by this flush any more.
-      if (e !== undefined && e.state === 'acked') this.remove(seq);
+      if (e !== undefined && e.state === 'acked') {
+        this.remove(seq);
+        out.push(e.item);
+      }
     }
+    return out;
   }
 
   /** Whether any entry is waiting to be sent. */

@@ -24,6 +24,7 @@
  * The link (one or several connections, pool.ts) is injected, so this is tested without a server.
  */
 import { NbdsnapError } from '../errors.ts';
+import * as pool from '../block/buffer-pool.ts';
 import { Backoff } from './backoff.ts';
 import { type LogEntry, ReplayLog } from './replay-log.ts';
 
@@ -170,8 +171,13 @@ export class RemoteSession {
       this.flushForRoom();
       return;
     }
-    // The caller may reuse its buffer once answered; the log keeps its own copy until flushed.
-    if (req.op.data !== undefined) req.op = { ...req.op, data: Buffer.from(req.op.data) };
+    // The caller may reuse its buffer once answered; the log keeps its own copy until flushed
+    // (from the buffer pool: given back once a flush covered it, when it is surely sent).
+    if (req.op.data !== undefined) {
+      const copy = pool.take(req.op.data.length);
+      req.op.data.copy(copy);
+      req.op = { ...req.op, data: copy };
+    }
     const entry = this.log.add(req.seq, req.op.offset, req.op.length, bytes, req);
     if (this.stateNow === 'ready') void this.sendEntry(entry);
   }
@@ -250,7 +256,7 @@ export class RemoteSession {
       (value) => {
         if (epoch !== this.epoch || !this.inflight.delete(req)) return;
         if (req.op.kind === 'flush') {
-          this.log.flushed(req.covers ?? []);
+          for (const done of this.log.flushed(req.covers ?? [])) pool.give(done.op.data);
           const lost = this.flushError;
           this.flushError = undefined;
           this.settle(req, lost, undefined);
