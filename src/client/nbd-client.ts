@@ -348,7 +348,10 @@ export class NbdClient {
       // One chunk with all the data (the usual answer): its buffer is the reply, no copy.
       if (p.data === undefined && c.offset === p.offset && c.data.length === p.length) {
         if (this.allocate === undefined) p.data = c.data;
-        else c.data.copy((p.data = this.allocate(p.length)));
+        else {
+          p.data = this.allocate(p.length);
+          c.data.copy(p.data);
+        }
       } else c.data.copy(this.readBuffer(p), c.offset - p.offset);
     } else if (c.chunk === 'OFFSET_HOLE') {
       this.readBuffer(p).fill(0, c.offset - p.offset, c.offset - p.offset + c.length);

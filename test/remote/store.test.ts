@@ -3,7 +3,6 @@
  * ownership rules of file ranges: an export holding data nbdsnap did not create (or a signature)
  * is refused and left untouched; a read-only export is refused; a blank one is formatted.
  */
-import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../../src/client/nbd-client.ts';
 import { hasTool, MiB } from '../helpers/clients.ts';
