@@ -30,24 +30,28 @@ export class ConnectionPool implements RemoteLink {
 
   /** Connect to `uri`; every connection must show the same export (size and flags). */
   static async connect(uri: string, opts: PoolOptions): Promise<ConnectionPool> {
-    const connectOne = () =>
+    const connectOne = (connectTimeoutMs: number) =>
       NbdClient.open(uri, {
         metaContexts: [BASE_ALLOCATION],
         optionalMetaContexts: true,
-        connectTimeoutMs: opts.connectTimeoutMs,
+        connectTimeoutMs,
         allocate: take, // the server gives read replies back to the pool once sent
       });
-    const first = await connectOne();
+    const first = await connectOne(opts.connectTimeoutMs);
     const multi = (first.transmissionFlags & TransmissionFlag.CAN_MULTI_CONN) !== 0;
     const more = multi ? Math.max(0, opts.connections - 1) : 0;
-    const others = await Promise.allSettled(Array.from({ length: more }, connectOne));
-    const clients = [first, ...others.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []))];
-    const refused = others.find((r) => r.status === 'rejected');
-    const odd = clients.find((c) => c.size !== first.size || c.transmissionFlags !== first.transmissionFlags);
-    if (refused !== undefined || odd !== undefined) {
-      for (const c of clients) c.destroy();
-      if (refused !== undefined) throw (refused as PromiseRejectedResult).reason;
-      throw new NbdsnapError('EIO', 'the connections to one export disagree about its size or flags');
+    // More connections are a bonus: a server that takes fewer clients than it says (qemu-nbd
+    // --shared) leaves the set smaller, not the device unreachable.
+    const extraTimeout = Math.min(opts.connectTimeoutMs, 5000);
+    const others = await Promise.allSettled(Array.from({ length: more }, () => connectOne(extraTimeout)));
+    const clients = [first];
+    for (const r of others) {
+      if (r.status !== 'fulfilled') continue;
+      if (r.value.size === first.size && r.value.transmissionFlags === first.transmissionFlags) clients.push(r.value);
+      else {
+        for (const c of [...clients, r.value]) c.destroy();
+        throw new NbdsnapError('EIO', 'the connections to one export disagree about its size or flags');
+      }
     }
     return new ConnectionPool(clients);
   }
