@@ -159,6 +159,19 @@ describe('RemoteSession', () => {
     await s.close();
   });
 
+  it('a flush in flight at a loss is sent again after the replay, and covers the replayed writes', async () => {
+    const remote = new FakeRemote(8192);
+    const { s } = session(remote, await remote.connect());
+    await write(s, 0, 0x11);
+    const f = flush(s);
+    remote.crash(); // the flush is not answered; the write's cache is gone
+    await f;
+    expect(remote.durable[0]).toBe(0x11);
+    const kinds = remote.sent.map((o) => o.kind);
+    expect(kinds).toEqual(['write', 'flush', 'write', 'flush']);
+    await s.close();
+  });
+
   it('replays overlapping writes in order: the later one wins', async () => {
     const remote = new FakeRemote(8192);
     const { s } = session(remote, await remote.connect());
