@@ -100,10 +100,15 @@ mon_warn_on_pool_no_redundancy = false
 mon_warn_on_insecure_global_id_reclaim_allowed = false
 mon_data_avail_warn = 2
 mon_data_avail_crit = 1
+# An RBD image's exclusive lock held by a killed client (qemu-nbd after SIGKILL) is broken once its
+# watch expires: 10 s here instead of 30, so a restarted qemu-nbd writes again sooner; watches are
+# pinged every 2 s (objecter tick) to stay well inside that on a loaded machine.
+osd_client_watch_timeout = 10
 [client]
 # clients (qemu-nbd, rbd, radosgw-admin) log into DIR/log, not /var/log/ceph
 log_file = $D/log/\$name.\$pid.log
 admin_socket =
+objecter_tick_interval = 2
 [mon]
 mon_data = $D/mon.\$id
 [mgr]
