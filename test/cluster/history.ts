@@ -171,8 +171,7 @@ export class Writers {
 
   start(): void {
     this.stopping = false;
-    for (const c of this.opts.clients)
-      for (let i = 0; i < this.opts.depth; i++) this.running.push(this.loop(c));
+    for (const c of this.opts.clients) for (let i = 0; i < this.opts.depth; i++) this.running.push(this.loop(c));
   }
 
   /** Stop sending and wait for every reply. */
@@ -187,7 +186,8 @@ export class Writers {
     const target = this.ops + n;
     const deadline = Date.now() + timeoutMs;
     while (this.ops < target && !this.stopping) {
-      if (Date.now() > deadline) throw new Error(`writers did only ${this.ops - target + n} of ${n} requests in ${timeoutMs} ms`);
+      if (Date.now() > deadline)
+        throw new Error(`writers did only ${this.ops - target + n} of ${n} requests in ${timeoutMs} ms`);
       await sleep(5);
     }
   }

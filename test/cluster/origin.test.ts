@@ -100,7 +100,14 @@ describe.skipIf(CEPH_SKIP)('an origin on an RBD image (qemu-nbd over Ceph)', () 
     // merge; from the call on, the origin reads as the snapshot, and writes win over the copy-back
     const history = new History(SIZE, base);
     const clients = await Promise.all([r.rig.open('vol'), r.rig.open('vol')]);
-    const writers = new Writers(history, { clients, depth: 2, seed: 13, firstSeq: seq, reads: 0.5, maxWrite: 64 * KiB });
+    const writers = new Writers(history, {
+      clients,
+      depth: 2,
+      seed: 13,
+      firstSeq: seq,
+      reads: 0.5,
+      maxWrite: 64 * KiB,
+    });
     await startMerge(r.rig, 'vol', 'base');
     writers.start();
     try {
@@ -146,7 +153,10 @@ describe.skipIf(CEPH_SKIP)('an origin on an RBD image (qemu-nbd over Ceph)', () 
     const want = blocks(pieces);
 
     const cli = await r.rig.cli(['cbt', 'vol@a', 'vol@b', '--json']);
-    const changed = JSON.parse(ok(cli, 'nbdsnap cbt')) as { ranges: { offset: number; length: number }[]; blockSize: number };
+    const changed = JSON.parse(ok(cli, 'nbdsnap cbt')) as {
+      ranges: { offset: number; length: number }[];
+      blockSize: number;
+    };
     expect(changed.blockSize).toBe(BLOCK);
     expect(blocks(changed.ranges)).toEqual(want);
 

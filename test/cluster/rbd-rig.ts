@@ -52,7 +52,12 @@ export interface RbdRigOptions {
 }
 
 /** Create RBD image `image`, fill it, serve it with qemu-nbd and put an nbdsnap (not started) in front. */
-export async function rbdRig(ceph: CephCluster | undefined, dir: string, image: string, o: RbdRigOptions): Promise<RbdRig> {
+export async function rbdRig(
+  ceph: CephCluster | undefined,
+  dir: string,
+  image: string,
+  o: RbdRigOptions,
+): Promise<RbdRig> {
   const content = o.stamped === false ? undefined : stampedImage(o.size, 0);
   const store = makeSparse(join(dir, `${image}.store`), o.storeSize ?? 4 * o.size);
   let origin: string;
@@ -71,7 +76,9 @@ export async function rbdRig(ceph: CephCluster | undefined, dir: string, image: 
     stores: [store],
     ...(o.chunkSize === undefined ? {} : { chunkSize: o.chunkSize }),
     // remote-origin options mean nothing to a local file origin
-    extra: LOCAL_ORIGIN ? (o.extra ?? []).filter((_, i, a) => !a[i]?.startsWith('--remote') && !a[i - 1]?.startsWith('--remote')) : (o.extra ?? []),
+    extra: LOCAL_ORIGIN
+      ? (o.extra ?? []).filter((_, i, a) => !a[i]?.startsWith('--remote') && !a[i - 1]?.startsWith('--remote'))
+      : (o.extra ?? []),
   });
   return { rig, ex, image };
 }

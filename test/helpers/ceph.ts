@@ -15,7 +15,17 @@ import { CLI, ROOT, tempDir } from './server.ts';
 export const CEPH_SCRIPT = join(ROOT, 'scripts/ceph-cluster.sh');
 
 /** The binaries the harness runs (packages ceph-mon ceph-mgr ceph-osd radosgw ceph-common qemu-block-extra). */
-export const CEPH_TOOLS = ['ceph-mon', 'ceph-mgr', 'ceph-osd', 'radosgw', 'ceph', 'rbd', 'radosgw-admin', 'qemu-nbd', 'curl'];
+export const CEPH_TOOLS = [
+  'ceph-mon',
+  'ceph-mgr',
+  'ceph-osd',
+  'radosgw',
+  'ceph',
+  'rbd',
+  'radosgw-admin',
+  'qemu-nbd',
+  'curl',
+];
 const RBD_DRIVER = ['/usr/lib/x86_64-linux-gnu/qemu/block-rbd.so', '/usr/lib/aarch64-linux-gnu/qemu/block-rbd.so'];
 
 /** Why the cluster tests cannot run here, or undefined when they can. */
@@ -166,7 +176,10 @@ export async function startCeph(opts: StartCephOptions = {}): Promise<CephCluste
     env: clusterEnv,
     s3,
     async createImage(name, size) {
-      ok(await run('rbd', ['create', '--size', `${Math.ceil(size / 1024)}K`, `${info.pool}/${name}`], withEnv), 'rbd create');
+      ok(
+        await run('rbd', ['create', '--size', `${Math.ceil(size / 1024)}K`, `${info.pool}/${name}`], withEnv),
+        'rbd create',
+      );
     },
     exportImage,
     readImage: (name) => spawnBuffer('rbd', ['export', '--no-progress', `${info.pool}/${name}`, '-'], clusterEnv),
@@ -174,7 +187,10 @@ export async function startCeph(opts: StartCephOptions = {}): Promise<CephCluste
       await curl(['-X', 'PUT', objectUrl(name)]);
     },
     async putObject(bucket, key, data) {
-      await curl(['-X', 'PUT', '--data-binary', '@-', '-H', 'content-type: application/octet-stream', objectUrl(bucket, key)], data);
+      await curl(
+        ['-X', 'PUT', '--data-binary', '@-', '-H', 'content-type: application/octet-stream', objectUrl(bucket, key)],
+        data,
+      );
     },
     getObject: (bucket, key) => curl([objectUrl(bucket, key)]),
     async listObjects(bucket, prefix = '') {
@@ -216,7 +232,10 @@ function spawnBuffer(cmd: string, args: string[], env: Record<string, string>, i
       clearTimeout(timer);
       const stdout = Buffer.concat(out);
       if (code === 0) resolve(stdout);
-      else reject(new Error(`${cmd} ${args.join(' ')}: exit ${code ?? signal}: ${err}${stdout.toString().slice(0, 2000)}`));
+      else
+        reject(
+          new Error(`${cmd} ${args.join(' ')}: exit ${code ?? signal}: ${err}${stdout.toString().slice(0, 2000)}`),
+        );
     });
   });
 }
