@@ -49,6 +49,8 @@ export interface RbdRigOptions {
   extra?: string[];
   /** Fill the image with stamped sectors of write 0 (default true). */
   stamped?: boolean;
+  /** --store specs instead of a local sparse file (e.g. another RBD image's nbd:// URI). */
+  stores?: string[];
 }
 
 /** Create RBD image `image`, fill it, serve it with qemu-nbd and put an nbdsnap (not started) in front. */
@@ -59,7 +61,7 @@ export async function rbdRig(
   o: RbdRigOptions,
 ): Promise<RbdRig> {
   const content = o.stamped === false ? undefined : stampedImage(o.size, 0);
-  const store = makeSparse(join(dir, `${image}.store`), o.storeSize ?? 4 * o.size);
+  const stores = o.stores ?? [makeSparse(join(dir, `${image}.store`), o.storeSize ?? 4 * o.size)];
   let origin: string;
   let ex: ImageExport | undefined;
   if (LOCAL_ORIGIN) {
@@ -73,7 +75,7 @@ export async function rbdRig(
   }
   const rig = new Rig(dir, {
     devices: { [image]: origin },
-    stores: [store],
+    stores,
     ...(o.chunkSize === undefined ? {} : { chunkSize: o.chunkSize }),
     // remote-origin options mean nothing to a local file origin
     extra: LOCAL_ORIGIN

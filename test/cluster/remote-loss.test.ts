@@ -168,4 +168,63 @@ describe.skipIf(CEPH_SKIP || LOCAL_ORIGIN)('the qemu-nbd serving an RBD origin i
     expect(history.judge(await r.rig.readAll('vol2'), 0, t, t)).toEqual([]);
     expect(history.judge(await ceph.readImage('vol2'), 0, t, t), 'the RBD image').toEqual([]);
   });
+
+  it('the store on an RBD image, its qemu-nbd killed: writes that need a copy fail, snapshots never read wrong', async () => {
+    await ceph.createImage('store3', 64 * MiB);
+    const exStore = await ceph.exportImage('store3');
+    const r = await rbdRig(ceph, dir.path, 'vol3', {
+      size: SIZE,
+      stores: [exStore.uri],
+      extra: ['--remote-timeout', '3'],
+    });
+    rigs.push(r);
+    await r.rig.start();
+    const history = new History(SIZE, 0);
+    const points = new Map<string, [number, number]>();
+    await snapshot(r, history, points, 'before');
+
+    const clients = await Promise.all([r.rig.open('vol3'), r.rig.open('vol3')]);
+    const writers = new Writers(history, {
+      clients,
+      depth: 4,
+      seed: 34,
+      firstSeq: 1,
+      fua: 1,
+      reads: 0.25,
+      maxWrite: 256 * 1024,
+    });
+    writers.start();
+    let atKill = 0;
+    try {
+      await writers.waitOps(60);
+      atKill = history.tick();
+      await exStore.kill('SIGKILL');
+      const deadline = Date.now() + 60_000;
+      while (writers.errors.length < 8 && Date.now() < deadline) await sleep(100);
+    } finally {
+      await writers.stop();
+    }
+    // first writes to chunks the snapshot shares had to fail: their copies could not be made
+    expect(writers.errors.length).toBeGreaterThanOrEqual(8);
+    expect(writers.mismatches).toEqual([]);
+    const failed = history.failed().filter((w) => w.sent > atKill);
+    expect(failed.length).toBeGreaterThan(0);
+
+    // the store back: the snapshot is exact (or listed invalid), the origin holds what was acknowledged
+    await exStore.restart();
+    const deadline = Date.now() + 120_000;
+    let states: Record<string, string> | undefined;
+    while (states === undefined) {
+      try {
+        states = await checkSnapshots(r, history, points);
+      } catch (err) {
+        // reads of the snapshot answer EIO until the store's remote is back; never wrong bytes
+        if (Date.now() > deadline || !/EIO|Input\/output|I\/O/i.test(String(err))) throw err;
+        await sleep(1000);
+      }
+    }
+    expect(['valid', 'invalid']).toContain(states.before);
+    const t = history.tick();
+    expect(history.judge(await r.rig.readAll('vol3'), 0, t, t)).toEqual([]);
+  });
 });
