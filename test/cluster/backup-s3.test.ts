@@ -143,7 +143,10 @@ describe.skipIf(CEPH_SKIP)('backups of an RBD-backed origin in RGW (s3://)', () 
       expect(verify.code, `verify, ${what}:\n${verify.stdout}${verify.stderr}`).toBe(1);
       const res = await restore(files, victim.uri, `victim-${files.length}.undo`);
       expect(res.code, `restore, ${what}:\n${res.stdout}${res.stderr}`).toBe(1);
+      // refused for what is wrong with the tampered object, named (not for a missing one)
       expect(res.stderr).toMatch(/^nbdsnap: error: /m);
+      expect(res.stderr).toContain(files[files.length - 1]);
+      expect(res.stderr).not.toMatch(/no such object/);
       expect(sha256(await ceph.readImage('victim')), `the target after ${what}`).toBe(zero);
     }
     // and the good chain still restores onto it

@@ -7,6 +7,7 @@
  * CLUSTER_ORIGIN=file runs the same tests with a local file origin instead (to check the tests
  * themselves on a build without remote origins); tests that need no S3 then start no cluster.
  */
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { NbdClient } from '../../src/client/nbd-client.ts';
 import type { CephCluster, ImageExport } from '../helpers/ceph.ts';
@@ -56,10 +57,13 @@ export interface RbdRigOptions {
 /** Create RBD image `image`, fill it, serve it with qemu-nbd and put an nbdsnap (not started) in front. */
 export async function rbdRig(
   ceph: CephCluster | undefined,
-  dir: string,
+  parent: string,
   image: string,
   o: RbdRigOptions,
 ): Promise<RbdRig> {
+  // a folder per rig: its control socket, store and (CLUSTER_ORIGIN=file) image
+  const dir = join(parent, image);
+  mkdirSync(dir, { recursive: true });
   const content = o.stamped === false ? undefined : stampedImage(o.size, 0);
   const stores = o.stores ?? [makeSparse(join(dir, `${image}.store`), o.storeSize ?? 4 * o.size)];
   let origin: string;
