@@ -65,7 +65,7 @@ cluster_backup() {  # kind (s3|file) dest: a full backup of bench@B; MiB/s, peak
 }
 
 section_cluster() {
-  local ports rep s order wl cdir env_conf
+  local ports rep s order wl cdir env_conf sec_rep f
   command -v ceph-mon >/dev/null || die "cluster section: ceph-mon not found (install ceph-mon ceph-mgr ceph-osd radosgw ceph-common qemu-block-extra)"
   [ -x /usr/bin/time ] || die "cluster section: /usr/bin/time (GNU time) not found"
   cdir=$WORK/ceph
@@ -89,9 +89,12 @@ section_cluster() {
   URI[nbdsnap]=${URI[nbdsnap]}/$EXPORT
   log "cluster: qemu-nbd pid ${PID[qemu-nbd]} ${URI[qemu-nbd]}; nbdsnap pid ${PID[nbdsnap]} ${URI[nbdsnap]} (ceph conf $env_conf)"
 
+  # run_section runs this section BENCH_SECTION_REPEAT times (a new cluster each time, CUR_REP
+  # set); inside, BENCH_REPEAT repetitions of each fio workload, and one backup of each kind
+  sec_rep=$CUR_REP
   order=(nbdsnap qemu-nbd)
   for rep in $(seq 1 "$REPEAT"); do
-    CUR_REP=$rep
+    CUR_REP=$sec_rep.$rep
     for wl in $CLUSTER_WORKLOADS; do
       for s in "${order[@]}"; do
         log "cluster: rep $rep/$REPEAT  $wl  $s"
@@ -100,28 +103,29 @@ section_cluster() {
     done
     order=("${order[1]}" "${order[0]}")
   done
-  CUR_REP=0 CUR_WL=server
+  CUR_REP=$sec_rep CUR_WL=server
   for s in nbdsnap qemu-nbd; do
     CUR_SERVER=$s
     record peak_rss_VmHWM "$(hwm_mib "${PID[$s]}")" MiB lo -
+  done
+  for f in "$cdir"/run/{mon.a,mgr.x,osd.0,client.rgw.x}.pid; do
+    log "cluster: $(basename "$f" .pid) peak RSS $(hwm_mib "$(cat "$f")") MiB"
   done
 
   if [ "${BENCH_CLUSTER_BACKUPS:-1}" = 1 ]; then
     node "$ROOT/bin/nbdsnap.cjs" snapshot create "$EXPORT" B --control "$WORK/cluster.ctl" >/dev/null || die "snapshot"
     curl -sf --aws-sigv4 "aws:amz:$AWS_REGION:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
       -H 'x-amz-content-sha256: UNSIGNED-PAYLOAD' -X PUT "$AWS_ENDPOINT_URL_S3/bench" || die "bucket"
-    for rep in $(seq 1 "$SECTION_REPEAT"); do
-      CUR_REP=$rep
-      # alternate which goes first; each backup to a new name (neither replaces a backup file)
-      if [ $((rep % 2)) = 1 ]; then
-        cluster_backup file "$WORK/full-$rep.nbk"
-        cluster_backup s3 "s3://bench/full-$rep.nbk"
-      else
-        cluster_backup s3 "s3://bench/full-$rep.nbk"
-        cluster_backup file "$WORK/full-$rep.nbk"
-      fi
-      rm -f "$WORK/full-$rep.nbk"
-    done
+    CUR_REP=$sec_rep
+    # which goes first alternates with the section's repetition; each backup to a new name
+    if [ $((sec_rep % 2)) = 1 ]; then
+      cluster_backup file "$WORK/full-$sec_rep.nbk"
+      cluster_backup s3 "s3://bench/full-$sec_rep.nbk"
+    else
+      cluster_backup s3 "s3://bench/full-$sec_rep.nbk"
+      cluster_backup file "$WORK/full-$sec_rep.nbk"
+    fi
+    rm -f "$WORK/full-$sec_rep.nbk"
   fi
 }
 
