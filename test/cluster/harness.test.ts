@@ -2,11 +2,11 @@
 // qemu-nbd reads back what nbdcopy wrote, through NBD and through `rbd export`; it survives a
 // qemu-nbd kill and restart on the same port; S3 objects round-trip through RGW; `stop` leaves no
 // daemon running.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CEPH_SKIP, type CephCluster, startCeph } from '../helpers/ceph.ts';
-import { MiB, ok, pattern, run, sha256 } from '../helpers/clients.ts';
+import { CEPH_SCRIPT, CEPH_SKIP, type CephCluster, startCeph } from '../helpers/ceph.ts';
+import { background, MiB, ok, pattern, run, sha256 } from '../helpers/clients.ts';
 import { tempDir } from '../helpers/server.ts';
 
 describe.skipIf(CEPH_SKIP)('single-node Ceph harness', () => {
@@ -74,5 +74,31 @@ describe.skipIf(CEPH_SKIP)('single-node Ceph harness', () => {
     expect(pids).toContain(ex.pid);
     await ceph.stop();
     for (const pid of pids) expect(() => process.kill(pid, 0)).toThrow();
+  });
+});
+
+describe('ceph-cluster.sh stop', () => {
+  it('signals only what it started for that folder: a pid reused by another process is left alone', async () => {
+    const tmp = tempDir('nbdsnap-ceph-stop-');
+    try {
+      const dir = join(tmp.path, 'c');
+      mkdirSync(join(dir, 'run'), { recursive: true });
+      // a process named like a daemon, but not started for this folder (no CEPH_CONF=DIR/ceph.conf)
+      const impostor = background('bash', ['-c', 'exec -a qemu-nbd sleep 60']);
+      const plain = background('sleep', ['60']);
+      await new Promise((r) => setTimeout(r, 200));
+      writeFileSync(join(dir, 'run', 'qemu-nbd.x.1.pid'), `${impostor.child.pid}\n`);
+      writeFileSync(join(dir, 'run', 'mon.a.pid'), `${plain.child.pid}\n`);
+      const status = ok(await run('bash', [CEPH_SCRIPT, 'status', dir]), 'status');
+      expect(status).toMatch(new RegExp(`^qemu-nbd.x.1 ${impostor.child.pid} dead$`, 'm'));
+      expect(status).toMatch(new RegExp(`^mon.a ${plain.child.pid} dead$`, 'm'));
+      ok(await run('bash', [CEPH_SCRIPT, 'stop', dir]), 'stop');
+      expect(() => process.kill(impostor.child.pid as number, 0)).not.toThrow();
+      expect(() => process.kill(plain.child.pid as number, 0)).not.toThrow();
+      impostor.kill('SIGKILL');
+      plain.kill('SIGKILL');
+    } finally {
+      tmp.cleanup();
+    }
   });
 });
