@@ -14,6 +14,7 @@
 import { closeSync, constants, existsSync, openSync, readFileSync, realpathSync, type Stats, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { NbdsnapError } from '../errors.ts';
+import { isRemote, remoteKey } from '../remote/uri.ts';
 import { native } from './native.ts';
 
 export interface StorageLayer {
@@ -67,6 +68,8 @@ export function describeIdentity(id: StorageIdentity): string {
 
 /** The identity of `path`, for the extent [start, start + length). */
 export function identify(path: string, start = 0, length = Number.POSITIVE_INFINITY): StorageIdentity {
+  // A remote export: the endpoint and export name are all that can be known of it.
+  if (isRemote(path)) return { path, key: remoteKey(path), start, end: start + length, layers: [] };
   let st: Stats;
   try {
     st = statSync(path);

@@ -33,6 +33,7 @@ import {
   type StorageIdentity,
   type StorageLayer,
 } from './identity.ts';
+import { isRemote } from '../remote/uri.ts';
 import { native } from './native.ts';
 
 export { describeIdentity, identify, overlaps, type StorageIdentity } from './identity.ts';
@@ -78,6 +79,7 @@ const exclusiveDevices = new Map<string, { fd: number; refs: number }>();
  * throw BUSY naming the holder. Release with `release()` (closing does, at the latest, on exit).
  */
 export function claimStorage(path: string, opts: ClaimOptions): Claim {
+  if (isRemote(path)) return { path, release: () => undefined }; // nothing can be locked over NBD (README)
   const real = canonical(path);
   const start = opts.start ?? 0;
   const length = opts.length ?? Number.POSITIVE_INFINITY;

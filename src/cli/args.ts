@@ -5,6 +5,8 @@
  */
 import { basename, extname } from 'node:path';
 import { NbdsnapError } from '../errors.ts';
+import { parseNbdUri } from '../client/nbd-client.ts';
+import { isRemote } from '../remote/uri.ts';
 import type { ServeOptions } from './serve.ts';
 
 const UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
@@ -23,13 +25,24 @@ export function parseSize(text: string, what = 'size'): number {
 
 export interface ImageSpec {
   name: string;
-  /** A file or block device path, or undefined for an in-memory device. */
+  /** A file or block device path, an NBD URI (`remote`), or undefined for an in-memory device. */
   path?: string;
   memorySize?: number;
+  /** `path` is an NBD URI: nbd://, nbds://, nbd+unix://, nbds+unix:// (src/block/nbd-device.ts). */
+  remote?: boolean;
 }
 
-/** "PATH", "NAME=PATH" or "NAME=memory:SIZE". A bare PATH is named after its file name. */
+/**
+ * "PATH", "NAME=PATH", "NAME=memory:SIZE" or "[NAME=]nbd://HOST:PORT/EXPORT" (any NBD URI). A
+ * bare PATH is named after its file name, a bare URI after its export.
+ */
 export function parseImage(spec: string, defaultName?: string): ImageSpec {
+  if (isRemote(spec)) {
+    const { exportName } = parseNbdUri(spec); // a malformed URI is a usage error here
+    const name = defaultName ?? exportName;
+    if (name === '') throw new NbdsnapError('BAD_ARGUMENT', `image "${spec}" names no export: give it as NAME=${spec}`);
+    return { name, path: spec, remote: true };
+  }
   const eq = spec.indexOf('=');
   const name = eq > 0 ? spec.slice(0, eq) : (defaultName ?? basename(spec, extname(spec)));
   const target = eq > 0 ? spec.slice(eq + 1) : spec;
@@ -37,6 +50,10 @@ export function parseImage(spec: string, defaultName?: string): ImageSpec {
   if (Buffer.byteLength(name) > 4096) throw new NbdsnapError('BAD_ARGUMENT', `export name "${name}" is too long`);
   if (target.startsWith('memory:')) {
     return { name, memorySize: parseSize(target.slice('memory:'.length), 'memory size') };
+  }
+  if (isRemote(target)) {
+    parseNbdUri(target);
+    return { name, path: target, remote: true };
   }
   return { name, path: target };
 }

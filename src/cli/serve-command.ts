@@ -75,6 +75,16 @@ export const SERVE_OPTIONS: Record<string, OptionSpec> = {
     describe: 'seconds a client has to finish the handshake; 0 for no limit',
   },
   'max-connections': { kind: 'number', default: 4096, describe: 'clients served at once; more are closed at accept' },
+  'remote-timeout': {
+    kind: 'number',
+    default: 60,
+    describe: 'seconds a request to a remote nbd:// origin or store may wait (reconnecting) before it fails with EIO',
+  },
+  'remote-connections': {
+    kind: 'number',
+    default: 4,
+    describe: 'connections to a remote export that allows several (CAN_MULTI_CONN); one otherwise',
+  },
 };
 
 function yargsOption(spec: OptionSpec): Options {
@@ -196,7 +206,7 @@ export const serveCommand = defineCommand({
   describe: 'serve images (files or block devices) over NBD',
   builder: (y: Argv) => {
     let b = y.positional('images', {
-      describe: 'PATH, NAME=PATH, or NAME=memory:SIZE; several may be given',
+      describe: 'PATH, NAME=PATH, NAME=memory:SIZE, or NAME=nbd://HOST:PORT/EXPORT; several may be given',
       type: 'string',
       array: true,
       default: [],
@@ -246,6 +256,7 @@ export const serveCommand = defineCommand({
       logFormat: a['log-format'] as LogFormat,
       metrics: optString(a.metrics),
       limits: serverLimits(a),
+      remote: remoteSettings(a),
     };
     const specs = checkServeOptions(opts);
     if (opts.fork && opts.exitWithParent) {
@@ -278,6 +289,19 @@ export const serveCommand = defineCommand({
   },
   run: serve,
 });
+
+/** --remote-timeout and --remote-connections, checked. */
+function remoteSettings(a: ServeArgs): ServeOptions['remote'] {
+  const timeout = a['remote-timeout'] as number;
+  if (!Number.isFinite(timeout) || timeout <= 0) {
+    throw new NbdsnapError('BAD_ARGUMENT', '--remote-timeout must be a number of seconds above 0');
+  }
+  const connections = a['remote-connections'] as number;
+  if (!Number.isSafeInteger(connections) || connections < 1 || connections > 64) {
+    throw new NbdsnapError('BAD_ARGUMENT', '--remote-connections must be a whole number from 1 to 64');
+  }
+  return { timeoutMs: Math.round(timeout * 1000), connections };
+}
 
 /** --max-buffer, --handshake-timeout and --max-connections, checked. */
 function serverLimits(a: ServeArgs): ServeOptions['limits'] {

@@ -7,6 +7,7 @@
 import type { BlockDevice } from '../block/device.ts';
 import { FileDevice } from '../block/file-device.ts';
 import { MemoryDevice } from '../block/memory-device.ts';
+import { NbdDevice, type RemoteSettings } from '../block/nbd-device.ts';
 import { native } from '../block/native.ts';
 import { lockingAvailable, refuseAliases } from '../block/ownership.ts';
 import { ControlServer } from '../control/server.ts';
@@ -15,6 +16,8 @@ import { startMetrics } from '../metrics/metrics.ts';
 import { ExportRegistry } from '../server/exports.ts';
 import { type ListenSpec, NbdServer, type ServerLimits, socketActivationFds } from '../server/server.ts';
 import { loadServerTls, plaintextWarning, type TlsSettings } from '../server/tls.ts';
+import { closeUnusedRemotes, configureRemoteRanges, openRemoteRanges } from '../remote/remote-ranges.ts';
+import { redactUri } from '../remote/uri.ts';
 import { SnapshotManager } from '../snapshot/manager.ts';
 import { StoreSpace } from '../store/space.ts';
 import { checkServeOptions, type ImageSpec, parsePort } from './args.ts';
@@ -58,6 +61,8 @@ export interface ServeOptions {
   limits?: Partial<ServerLimits> | undefined;
   /** Default merge rate limit in bytes per second (0, the default: none). */
   mergeSpeed?: number | undefined;
+  /** Remote (nbd://) origins and store ranges: --remote-timeout (ms here), --remote-connections. */
+  remote?: RemoteSettings | undefined;
   /** Run once the server is up (the demo takes its snapshot here); may print more lines. */
   afterStart?: (manager: SnapshotManager) => Promise<string[]>;
 }
@@ -71,6 +76,10 @@ export async function serve(opts: ServeOptions): Promise<void> {
   const tcp = opts.port !== undefined || opts.socket === undefined;
   const exposed = tcp ? plaintextWarning(opts.bind, tls?.mode ?? 'off') : undefined;
   if (exposed !== undefined) log.warn(exposed);
+  const remoteEvent = (uri: string) => (event: string, detail: string) =>
+    (event === 'reconnected' ? log.info : log.warn).call(log, `remote ${event}`, { remote: uri, detail });
+  configureRemoteRanges({ ...opts.remote, onEvent: remoteEvent('store') });
+  await openRemoteRanges(opts.store ?? []);
   const storeRanges = (opts.store ?? []).map((s) => StoreSpace.resolve(s));
   // The same storage under two names (a loop device over the origin, a partition of a store
   // disk) is refused before anything is opened; each open then claims what it uses.
@@ -82,7 +91,7 @@ export async function serve(opts: ServeOptions): Promise<void> {
   if (!lockingAvailable()) log.warn('native helper not built: images and store ranges are not locked');
   const devices: { name: string; device: BlockDevice; description: string; path?: string | undefined }[] = [];
   for (const spec of specs) {
-    const device = await openImage(spec, opts.readOnly);
+    const device = await openImage(spec, opts, log);
     devices.push({
       name: spec.name,
       device,
@@ -149,12 +158,31 @@ export async function serve(opts: ServeOptions): Promise<void> {
   await manager.beforeStop();
   await Promise.all(devices.map((d) => d.device.flush().then(() => d.device.close())));
   await manager.close();
+  await closeUnusedRemotes();
   log.info('stopped');
 }
 
-async function openImage(spec: ImageSpec, readOnly: boolean): Promise<BlockDevice> {
+async function openImage(spec: ImageSpec, opts: ServeOptions, log: Logger): Promise<BlockDevice> {
+  const readOnly = opts.readOnly;
   if (spec.memorySize !== undefined) return new MemoryDevice(spec.memorySize);
-  return FileDevice.open(spec.path as string, { readOnly });
+  if (spec.remote !== true) return FileDevice.open(spec.path as string, { readOnly });
+  const remote = redactUri(spec.path as string);
+  const device = await NbdDevice.open(spec.path as string, {
+    ...opts.remote,
+    readOnly,
+    onEvent: (event, detail) =>
+      (event === 'reconnected' ? log.info : log.warn).call(log, `remote ${event}`, { device: spec.name, remote, detail }),
+  });
+  const facts = { device: spec.name, remote, size: device.size, connections: device.connections };
+  log.info('remote origin connected', facts);
+  if (!readOnly && !device.capabilities.writable) log.warn('remote export is read-only: the origin is served read-only', facts);
+  if (!device.capabilities.durable) {
+    log.warn(
+      'remote export offers no FLUSH: a FLUSH or FUA from clients cannot make their writes durable on it (snapshot copies in the store still are, before the origin write)',
+      facts,
+    );
+  }
+  return device;
 }
 
 function listenSpecs(opts: ServeOptions): ListenSpec[] {

@@ -7,6 +7,7 @@
 import type { Argv } from 'yargs';
 import { call, controlPath } from '../control/client.ts';
 import type { DamagedCopy, ScrubProgress, ScrubReport } from '../snapshot/damage.ts';
+import { closeUnusedRemotes, openRemoteRanges } from '../remote/remote-ranges.ts';
 import { checkHuman, checkStore } from '../store/check.ts';
 import { StoreSpace } from '../store/space.ts';
 import { defineCommand, withControl } from './command.ts';
@@ -25,7 +26,8 @@ export const storeCheck = defineCommand({
       .option('json', { type: 'boolean', default: false, describe: 'print the report as JSON' }),
   parse: (a) => ({ ranges: (a.ranges ?? []).map(String), json: a.json }),
   run: async (o) => {
-    const report = await checkStore(o.ranges.map((r) => StoreSpace.resolve(r)));
+    await openRemoteRanges(o.ranges, true);
+    const report = await checkStore(o.ranges.map((r) => StoreSpace.resolve(r))).finally(closeUnusedRemotes);
     process.stdout.write(o.json ? `${JSON.stringify(report, null, 2)}\n` : `${checkHuman(report)}\n`);
     if (!report.clean) process.exitCode = 1;
   },

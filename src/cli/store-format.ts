@@ -8,6 +8,7 @@
  */
 import type { Argv } from 'yargs';
 import { NbdsnapError } from '../errors.ts';
+import { closeUnusedRemotes, openRemoteRanges } from '../remote/remote-ranges.ts';
 import { rangeSpec } from '../store/label.ts';
 import { describeContent, probeRange, type RangeContent } from '../store/probe.ts';
 import { type StoreRange, StoreSpace } from '../store/space.ts';
@@ -44,6 +45,15 @@ export async function storeFormat(opts: StoreFormatOptions): Promise<string> {
   if (opts.ranges.length === 0) throw new NbdsnapError('BAD_ARGUMENT', 'store format needs at least one range');
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
   checkChunkSize(chunkSize);
+  await openRemoteRanges(opts.ranges);
+  try {
+    return await format(opts, chunkSize);
+  } finally {
+    await closeUnusedRemotes();
+  }
+}
+
+async function format(opts: StoreFormatOptions, chunkSize: number): Promise<string> {
   const ranges = opts.ranges.map((s) => StoreSpace.resolve(s));
   for (const range of ranges) {
     const why = formatRefusal(range, await probeRange(range));

@@ -32,6 +32,8 @@ export interface ConnectOptions {
   structured?: boolean;
   /** Metadata contexts to select, e.g. ['base:allocation']. */
   metaContexts?: string[];
+  /** Go on without the contexts of `metaContexts` the server does not offer (default: refuse). */
+  optionalMetaContexts?: boolean;
   /**
    * Queries for NBD_OPT_LIST_META_CONTEXT, sent before any SET (e.g. ['x-nbdsnap:']); the names
    * the server lists end up in `listedContexts`. An empty array lists every context.
@@ -39,6 +41,28 @@ export interface ConnectOptions {
   listMetaContexts?: string[];
   /** STARTTLS first, and refuse to go on without TLS (what nbds:// asks for). */
   tls?: ClientTls;
+  /** Give up connecting (TCP connect and handshake) after this many ms (default: no limit). */
+  connectTimeoutMs?: number;
+  /**
+   * Where structured READ replies go (contents undefined on return), e.g. the server's buffer
+   * pool, which takes them back once they are sent on. Default: a buffer of the reply's own.
+   */
+  allocate?: (length: number) => Buffer;
+}
+
+/** The remote's NBD_INFO_BLOCK_SIZE (defaults when it sent none: any alignment, 32 MiB payloads). */
+export interface BlockSizes {
+  minimum: number;
+  preferred: number;
+  maximum: number;
+}
+
+/** Errors that ended a connection (lost, closed, a protocol fault), as opposed to error replies. */
+const connectionErrors = new WeakSet<object>();
+
+/** Whether `err` rejected a request because the connection ended (not an error reply of the server). */
+export function isConnectionLoss(err: unknown): boolean {
+  return typeof err === 'object' && err !== null && connectionErrors.has(err);
 }
 
 interface Pending {
@@ -91,6 +115,11 @@ export class NbdClient {
   readonly contexts = new Map<number, string>();
   /** Context names the server listed for `listMetaContexts` (empty if not asked or refused). */
   readonly listedContexts: string[] = [];
+  /** The export's block sizes (NBD_INFO_BLOCK_SIZE), or the protocol's defaults. */
+  blockSizes: BlockSizes = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
+  /** Resolves with the error that ended the connection (lost, closed, or `close()`). */
+  readonly lost: Promise<Error>;
+  private resolveLost: (err: Error) => void = () => undefined;
   /** The connection: the plain socket, then the TLSSocket over it after STARTTLS. */
   private socket: Socket;
   private readonly pending = new Map<bigint, Pending>();
@@ -100,8 +129,13 @@ export class NbdClient {
   private handshakeWaiter: { resolve: (m: ServerMessage) => void; reject: (e: Error) => void } | undefined;
   private queued: ServerMessage[] = [];
 
+  private allocate: ((length: number) => Buffer) | undefined;
+
   private constructor(socket: Socket) {
     this.socket = socket;
+    this.lost = new Promise((resolve) => {
+      this.resolveLost = resolve;
+    });
     this.parser = new ClientParser({
       readLength: (cookie) => {
         const p = this.pending.get(cookie);
@@ -131,17 +165,31 @@ export class NbdClient {
   static async connect(endpoint: Endpoint, opts: ConnectOptions = {}): Promise<NbdClient> {
     const socket = connect('path' in endpoint ? { path: endpoint.path } : { host: endpoint.host, port: endpoint.port });
     socket.setNoDelay?.(true);
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', (err) => reject(new NbdsnapError('NOT_FOUND', `cannot connect: ${err.message}`)));
-    });
-    const client = new NbdClient(socket);
+    let client: NbdClient | undefined;
+    const timer =
+      opts.connectTimeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            const err = new NbdsnapError('EIO', `no answer from the server within ${opts.connectTimeoutMs} ms`);
+            client?.fail(err);
+            socket.destroy(err);
+          }, opts.connectTimeoutMs);
     try {
-      await client.handshake(opts, 'host' in endpoint ? endpoint.host : undefined);
-    } catch (err) {
-      client.socket.destroy(); // a failed handshake must not leave the socket (and the process) alive
-      socket.destroy();
-      throw err;
+      await new Promise<void>((resolve, reject) => {
+        socket.once('connect', resolve);
+        socket.once('error', (err) => reject(new NbdsnapError('NOT_FOUND', `cannot connect: ${err.message}`)));
+      });
+      client = new NbdClient(socket);
+      client.allocate = opts.allocate;
+      try {
+        await client.handshake(opts, 'host' in endpoint ? endpoint.host : undefined);
+      } catch (err) {
+        client.socket.destroy(); // a failed handshake must not leave the socket (and the process) alive
+        socket.destroy();
+        throw err;
+      }
+    } finally {
+      if (timer !== undefined) clearTimeout(timer);
     }
     return client;
   }
@@ -248,11 +296,12 @@ export class NbdClient {
       );
       for (const r of rs) {
         if (r.reply === 'META_CONTEXT') this.contexts.set(r.id, r.name);
+        else if (opts.optionalMetaContexts === true) continue;
         else if (r.reply === 'ERROR' && r.message !== '')
           throw new NbdsnapError('NOT_FOUND', `export "${name}": ${r.message}`);
       }
       const missing = (opts.metaContexts ?? []).filter((c) => ![...this.contexts.values()].includes(c));
-      if (missing.length > 0)
+      if (missing.length > 0 && opts.optionalMetaContexts !== true)
         throw new NbdsnapError('NOT_FOUND', `server does not offer metadata context ${missing.join(', ')}`);
     }
     const rs = await this.option(Option.GO, serialize.optInfoGo(Option.GO, name, [Info.BLOCK_SIZE]));
@@ -260,6 +309,8 @@ export class NbdClient {
       if (r.reply === 'INFO_EXPORT') {
         this.size = r.size;
         this.transmissionFlags = r.transmissionFlags;
+      } else if (r.reply === 'INFO_BLOCK_SIZE') {
+        this.blockSizes = { minimum: r.minimum, preferred: r.preferred, maximum: r.maximum };
       } else if (r.reply === 'ERROR') {
         throw new NbdsnapError('NOT_FOUND', `export "${name}": ${r.message || `error 0x${r.type.toString(16)}`}`);
       }
@@ -271,6 +322,8 @@ export class NbdClient {
     // After close() the failure is already set, but requests still in flight must not hang
     // when the connection then drops: they are rejected with the error that ended it.
     this.failure ??= err;
+    connectionErrors.add(err);
+    this.resolveLost(this.failure);
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
     // A connection lost during the handshake (a TLS alert, a server hanging up) ends it too.
@@ -291,14 +344,34 @@ export class NbdClient {
       return;
     }
     const c = decodeChunk(m.type, m.data);
-    if (c.chunk === 'OFFSET_DATA') c.data.copy(p.data as Buffer, c.offset - p.offset);
-    else if (c.chunk === 'OFFSET_HOLE') (p.data as Buffer).fill(0, c.offset - p.offset, c.offset - p.offset + c.length);
+    if (c.chunk === 'OFFSET_DATA') {
+      // One chunk with all the data (the usual answer): its buffer is the reply, no copy.
+      if (p.data === undefined && c.offset === p.offset && c.data.length === p.length) {
+        if (this.allocate === undefined) p.data = c.data;
+        else {
+          p.data = this.allocate(p.length);
+          c.data.copy(p.data);
+        }
+      } else c.data.copy(this.readBuffer(p), c.offset - p.offset);
+    } else if (c.chunk === 'OFFSET_HOLE') {
+      this.readBuffer(p).fill(0, c.offset - p.offset, c.offset - p.offset + c.length);
+    }
     else if (c.chunk === 'BLOCK_STATUS') p.extents?.set(c.contextId, c.extents);
     else if (c.chunk === 'ERROR' || c.chunk === 'ERROR_OFFSET') p.error ??= requestError(c.error, c.message);
     if ((m.flags & ReplyFlag.DONE) === 0) return;
     this.pending.delete(m.cookie);
     if (p.error !== undefined) p.reject(p.error);
-    else p.resolve(p.type === Command.READ ? p.data : p.extents);
+    else p.resolve(p.type === Command.READ ? this.readBuffer(p) : p.extents);
+  }
+
+  /** A structured READ's reply buffer, made at its first piece (zeros until filled). */
+  private readBuffer(p: Pending): Buffer {
+    if (p.data === undefined) {
+      p.data = this.allocate === undefined ? Buffer.alloc(p.length) : this.allocate(p.length);
+      // A pooled buffer holds old bytes: zero it unless one chunk fills it (the usual case).
+      if (this.allocate !== undefined) p.data.fill(0);
+    }
+    return p.data;
   }
 
   private request(type: number, offset: number, length: number, flags = 0, data?: Buffer): Promise<unknown> {
@@ -306,7 +379,6 @@ export class NbdClient {
     const cookie = this.nextCookie++;
     return new Promise((resolve, reject) => {
       const p: Pending = { type, offset, length, resolve, reject };
-      if (type === Command.READ && this.structured) p.data = Buffer.alloc(length);
       if (type === Command.BLOCK_STATUS) p.extents = new Map();
       this.pending.set(cookie, p);
       const header = serialize.request(flags, type, cookie, offset, length);
@@ -345,10 +417,23 @@ export class NbdClient {
     return this.request(type, offset, length, flags, data);
   }
 
+  /** Requests sent and not yet answered. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /** Hard disconnect: every request in flight is rejected (a connection loss), the socket destroyed. */
+  destroy(reason = 'connection dropped by the client'): void {
+    this.fail(new NbdsnapError('EIO', reason));
+    this.socket.destroy();
+  }
+
   /** Soft disconnect: NBD_CMD_DISC once every reply is in, then close. */
   async close(): Promise<void> {
     if (this.failure === undefined) {
       this.failure = new NbdsnapError('EIO', 'client closed');
+      connectionErrors.add(this.failure);
+      this.resolveLost(this.failure);
       this.socket.end(serialize.request(0, Command.DISC, this.nextCookie++, 0, 0));
     }
     await new Promise<void>((resolve) => (this.socket.closed ? resolve() : this.socket.once('close', () => resolve())));

@@ -6,6 +6,7 @@
  */
 import { NbdsnapError } from '../errors.ts';
 import type { SnapshotManager } from '../snapshot/manager.ts';
+import { openRemoteRanges } from '../remote/remote-ranges.ts';
 import { StoreSpace } from '../store/space.ts';
 
 /** What a command may use of the connection it runs on. */
@@ -43,7 +44,11 @@ export function commandTable(manager: SnapshotManager): Map<string, Command> {
   add('snapshot.delete', ['device', 'name'], async (a) =>
     manager.deleteSnapshot(name(a.device, 'device'), name(a.name, 'name')),
   );
-  add('store.append', ['range'], async (a) => manager.appendStore(StoreSpace.resolve(text(a.range, 'range'))));
+  add('store.append', ['range'], async (a) => {
+    const spec = text(a.range, 'range');
+    await openRemoteRanges([spec]); // a range on an nbd:// export is connected first
+    return manager.appendStore(StoreSpace.resolve(spec));
+  });
   add('store.status', [], async () => manager.storeStatus());
   add('store.scrub', [], async (_a, ctx) => manager.scrub((p) => ctx.emit({ type: 'scrub-progress', ...p })));
   add('merge.start', ['device', 'name', 'onNextStart', 'speed'], async (a) =>

@@ -8,6 +8,8 @@
  * recorded lost.
  */
 import { closeSync, constants, openSync, readSync } from 'node:fs';
+import { openRemote } from '../remote/remote-ranges.ts';
+import { isRemote } from '../remote/uri.ts';
 import { errorMessage } from '../errors.ts';
 import { sameCopy } from '../snapshot/exception-table.ts';
 import { replay } from '../snapshot/transition.ts';
@@ -70,7 +72,7 @@ export async function checkStore(ranges: StoreRange[]): Promise<CheckReport> {
   try {
     opened = await DiffStore.open(ranges, { transient: false, readOnly: true });
   } catch (err) {
-    report.labels = ranges.flatMap((r, i) => labelCopies(r, i));
+    report.labels = (await Promise.all(ranges.map((r, i) => labelCopies(r, i)))).flat();
     const first = report.labels.filter((l) => l.range === 0);
     report.journal.problem = first.every((l) => l.state === 'blank')
       ? `not checked: ${errorMessage(err)} (no label: not an nbdsnap store)`
@@ -81,7 +83,7 @@ export async function checkStore(ranges: StoreRange[]): Promise<CheckReport> {
   try {
     report.chunkSize = store.chunkSize;
     report.ranges = store.space.rangeList;
-    report.labels = report.ranges.flatMap((r, i) => labelCopies(r, i, store.uuid));
+    report.labels = (await Promise.all(report.ranges.map((r, i) => labelCopies(r, i, store.uuid)))).flat();
     if (store.failedBefore !== undefined) report.failedBefore = store.failedBefore;
     report.journal = { ok: true, records: records.length, ...(opened.report ? { report: opened.report } : {}) };
     const state = replay(records, store.chunkSize);
@@ -130,15 +132,21 @@ export async function checkStore(ranges: StoreRange[]): Promise<CheckReport> {
 }
 
 /** Both label copies of `range` (read-only), each on its own; `uuid`: the store they must name. */
-function labelCopies(range: StoreRange, index: number, uuid?: string): LabelCopyCheck[] {
+async function labelCopies(range: StoreRange, index: number, uuid?: string): Promise<LabelCopyCheck[]> {
   const out: LabelCopyCheck[] = [];
   let fd: number | undefined;
   try {
-    fd = openSync(range.path, constants.O_RDONLY);
+    // A range on a remote export is read through its connection (src/remote/remote-ranges.ts).
+    const remote = isRemote(range.path) ? await openRemote(range.path, true) : undefined;
+    if (remote === undefined) fd = openSync(range.path, constants.O_RDONLY);
     for (const [i, copy] of (['A', 'B'] as const).entries()) {
       const at = { range: index, path: range.path, copy };
       const room = Buffer.alloc(Math.max(0, Math.min(LABEL_COPY, range.length - i * LABEL_COPY)));
-      const buf = room.subarray(0, readSync(fd, room, 0, room.length, range.start + i * LABEL_COPY));
+      const where = range.start + i * LABEL_COPY;
+      const buf =
+        remote === undefined
+          ? room.subarray(0, readSync(fd as number, room, 0, room.length, where))
+          : await remote.read(where, room.length);
       const read = decodeLabelCopy(buf);
       if (read.state === 'none') out.push({ ...at, state: buf.some((b) => b !== 0) ? 'damaged' : 'blank' });
       else if (read.state === 'version')

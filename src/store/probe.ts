@@ -12,6 +12,8 @@ import { closeSync, constants, fstatSync, openSync, read } from 'node:fs';
 import { promisify } from 'node:util';
 import { native } from '../block/native.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
+import { probeRemoteRange } from '../remote/remote-probe.ts';
+import { isRemote } from '../remote/uri.ts';
 import { decodeLabelArea, LABEL_AREA, type Label, rangeSpec } from './label.ts';
 import { findSignature, SIGNATURE_BYTES, type Signature } from './signatures.ts';
 import type { StoreRange } from './space.ts';
@@ -36,6 +38,7 @@ export type RangeContent =
 
 /** Read what `range` holds. Opens its file read-only; writes nothing. */
 export async function probeRange(range: StoreRange): Promise<RangeContent> {
+  if (isRemote(range.path)) return probeRemoteRange(range, judgeHead);
   let fd: number;
   try {
     fd = openSync(range.path, constants.O_RDONLY);
@@ -44,18 +47,28 @@ export async function probeRange(range: StoreRange): Promise<RangeContent> {
   }
   try {
     const head = await readAt(fd, range.start, Math.min(range.length, SIGNATURE_BYTES));
-    const label = decodeLabelArea(head.subarray(0, Math.min(head.length, LABEL_AREA)));
-    if (label.state === 'valid') return { kind: 'label', label: label.label };
-    if (label.state === 'version') return { kind: 'version', version: label.version };
-    if (label.state === 'unreadable') return { kind: 'unreadable', why: label.why };
-    const signature = findSignature(head);
-    if (signature?.type === 'nbdsnap') return { kind: 'unreadable', why: signature.what };
-    if (signature !== undefined) return { kind: 'signature', signature };
+    const judged = judgeHead(head);
+    if (judged !== undefined) return judged;
     const zero = await allZero(fd, range.start, range.length);
     return zero === undefined ? { kind: 'unchecked' } : zero ? { kind: 'blank' } : { kind: 'data' };
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * What the first bytes of a range say: a label, a signature, an unreadable label; undefined when
+ * they say nothing (then only a zero check tells blank from data).
+ */
+export function judgeHead(head: Buffer): RangeContent | undefined {
+  const label = decodeLabelArea(head.subarray(0, Math.min(head.length, LABEL_AREA)));
+  if (label.state === 'valid') return { kind: 'label', label: label.label };
+  if (label.state === 'version') return { kind: 'version', version: label.version };
+  if (label.state === 'unreadable') return { kind: 'unreadable', why: label.why };
+  const signature = findSignature(head);
+  if (signature?.type === 'nbdsnap') return { kind: 'unreadable', why: signature.what };
+  if (signature !== undefined) return { kind: 'signature', signature };
+  return undefined;
 }
 
 /** Whether [start, start + length) of `fd` reads as zeros; undefined: too large to check. */
@@ -112,7 +125,7 @@ export function describeContent(c: RangeContent): string {
     case 'data':
       return 'data but no store label';
     case 'unchecked':
-      return 'no store label (a block device range over 4 GiB is not read whole to prove it blank)';
+      return 'no store label (a block device range over 4 GiB, or a remote one without zero block status, is not read whole to prove it blank)';
   }
 }
 

@@ -9,9 +9,12 @@
  */
 import { closeSync, constants, fdatasync, fstatSync, openSync, read, realpathSync, write } from 'node:fs';
 import { promisify } from 'node:util';
+import type { BlockDevice } from '../block/device.ts';
 import { native } from '../block/native.ts';
 import { type Claim, claimStorage } from '../block/ownership.ts';
 import { NbdsnapError } from '../errors.ts';
+import { releaseRemote, remoteSize, takeRemote } from '../remote/remote-ranges.ts';
+import { isRemote } from '../remote/uri.ts';
 
 const fdatasyncAsync = promisify(fdatasync);
 const readAsync = promisify(read);
@@ -27,6 +30,8 @@ export interface StoreRange {
 
 interface OpenRange extends StoreRange {
   fd: number;
+  /** A range on a remote NBD export (fd is -1). */
+  remote?: BlockDevice | undefined;
   firstSlot: number;
   slots: number;
   /** Byte offset of slot `firstSlot` in the file. */
@@ -35,6 +40,7 @@ interface OpenRange extends StoreRange {
 
 interface OpenFile {
   fd: number;
+  remote?: BlockDevice | undefined;
   dev: number;
   ino: number;
   size: number;
@@ -85,6 +91,7 @@ export class StoreSpace {
   /** Resolve a range spec against its file (COUNT defaults to the rest of the file). */
   static resolve(spec: string): StoreRange {
     const { path, startSector = 0, sectors } = parseRangeSpec(spec);
+    if (isRemote(path)) return fitRange(spec, path, remoteSize(path), startSector, sectors);
     let fd: number;
     try {
       fd = openSync(path, constants.O_RDONLY);
@@ -94,12 +101,7 @@ export class StoreSpace {
     const st = fstatSync(fd);
     const size = st.isBlockDevice() ? (native?.sizeOf(fd) ?? 0) : st.size;
     closeSync(fd);
-    const start = startSector * 512;
-    const length = sectors === undefined ? size - start : sectors * 512;
-    if (length <= 0 || start + length > size) {
-      throw new NbdsnapError('BAD_ARGUMENT', `store range ${spec} does not fit in ${path} (${size} bytes)`);
-    }
-    return { path: realpathSync(path), start, length };
+    return fitRange(spec, realpathSync(path), size, startSector, sectors);
   }
 
   /**
@@ -132,7 +134,7 @@ export class StoreSpace {
     }
     const slots = Math.floor(usable / this.chunkSize);
     const firstSlot = this.used.length;
-    this.ranges.push({ ...range, fd: file.fd, firstSlot, slots, slotBase: range.start + skip });
+    this.ranges.push({ ...range, fd: file.fd, remote: file.remote, firstSlot, slots, slotBase: range.start + skip });
     const grown = new Uint8Array(firstSlot + slots);
     grown.set(this.used);
     if (available) this.freeSlots += slots;
@@ -205,10 +207,10 @@ export class StoreSpace {
     this.cursor = 0;
   }
 
-  private where(slot: number): { fd: number; offset: number } {
+  private where(slot: number): { fd: number; offset: number; remote?: BlockDevice | undefined } {
     for (const r of this.ranges) {
       if (slot >= r.firstSlot && slot < r.firstSlot + r.slots) {
-        return { fd: r.fd, offset: r.slotBase + (slot - r.firstSlot) * this.chunkSize };
+        return { fd: r.fd, remote: r.remote, offset: r.slotBase + (slot - r.firstSlot) * this.chunkSize };
       }
     }
     throw new NbdsnapError('EIO', `store slot ${slot} does not exist`);
@@ -222,12 +224,14 @@ export class StoreSpace {
   }
 
   async writeSlot(slot: number, data: Buffer, offsetInSlot = 0): Promise<void> {
-    const { fd, offset } = this.where(slot);
-    await writeFully(fd, data, offset + offsetInSlot);
+    const { fd, offset, remote } = this.where(slot);
+    if (remote !== undefined) await remote.write(offset + offsetInSlot, data, false);
+    else await writeFully(fd, data, offset + offsetInSlot);
   }
 
   async readSlot(slot: number, length: number, offsetInSlot = 0): Promise<Buffer> {
-    const { fd, offset } = this.where(slot);
+    const { fd, offset, remote } = this.where(slot);
+    if (remote !== undefined) return remote.read(offset + offsetInSlot, length);
     return readFully(fd, length, offset + offsetInSlot);
   }
 
@@ -235,11 +239,13 @@ export class StoreSpace {
   async writeLabel(index: number, data: Buffer, offset: number): Promise<void> {
     if (offset + data.length > this.reserved) throw new NbdsnapError('EINVAL', 'write past the label area');
     const r = this.range(index);
-    await writeFully(r.fd, data, r.start + offset);
+    if (r.remote !== undefined) await r.remote.write(r.start + offset, data, false);
+    else await writeFully(r.fd, data, r.start + offset);
   }
 
   async readLabel(index: number, length: number, offset: number): Promise<Buffer> {
     const r = this.range(index);
+    if (r.remote !== undefined) return r.remote.read(r.start + offset, length);
     return readFully(r.fd, length, r.start + offset);
   }
 
@@ -250,11 +256,14 @@ export class StoreSpace {
   }
 
   async sync(): Promise<void> {
-    await Promise.all([...this.files.values()].map((f) => fdatasyncAsync(f.fd)));
+    await Promise.all([...this.files.values()].map((f) => (f.remote ? f.remote.flush() : fdatasyncAsync(f.fd))));
   }
 
   close(): void {
-    for (const f of this.files.values()) closeSync(f.fd);
+    for (const [path, f] of this.files) {
+      if (f.remote === undefined) closeSync(f.fd);
+      else void releaseRemote(path);
+    }
     this.files.clear();
     for (const c of this.claims.splice(0)) c.release();
   }
@@ -265,6 +274,7 @@ export class StoreSpace {
    */
   private openFile(range: StoreRange): OpenFile {
     const { path } = range;
+    if (isRemote(path)) return this.openRemote(path);
     const known = this.files.get(path);
     const opened = known === undefined;
     const fd = known?.fd ?? openSync(path, this.readOnly ? constants.O_RDONLY : constants.O_RDWR);
@@ -287,6 +297,26 @@ export class StoreSpace {
       throw err;
     }
   }
+
+  /** A range on a remote export (connected before, remote-ranges.ts): nothing can be locked there. */
+  private openRemote(path: string): OpenFile {
+    const known = this.files.get(path);
+    if (known !== undefined) return known;
+    const { device, id } = takeRemote(path);
+    const file = { fd: -1, dev: -1, ino: id, size: device.size, remote: device };
+    this.files.set(path, file);
+    return file;
+  }
+}
+
+/** A range spec's extent in a file or export of `size` bytes, checked. */
+function fitRange(spec: string, path: string, size: number, startSector: number, sectors?: number): StoreRange {
+  const start = startSector * 512;
+  const length = sectors === undefined ? size - start : sectors * 512;
+  if (length <= 0 || start + length > size) {
+    throw new NbdsnapError('BAD_ARGUMENT', `store range ${spec} does not fit in ${path} (${size} bytes)`);
+  }
+  return { path, start, length };
 }
 
 const describe = (r: StoreRange): string => `${r.path}:${r.start / 512}+${r.length / 512}`;
