@@ -193,7 +193,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       generation: to.facts.generation,
       source: opts.source,
     };
-    pending = await PendingFile.create(opts.file, BACKUP_MAGIC);
+    pending = await PendingFile.create(opts.file, BACKUP_MAGIC, opts.signal);
     const w = pending.writer;
     await w.add({ type: RecordType.HEAD, offset: 0, length: size, payload: encodeHeader(header) });
 

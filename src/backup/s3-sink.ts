@@ -31,6 +31,13 @@ export const PARTS_IN_FLIGHT = 4;
 const COMPLETIONS = new Set(['CompleteMultipartUploadCommand', 'PutObjectCommand']);
 const ignore = (): void => undefined;
 
+/** The signal's reason if it is an AbortError (the backup says "interrupted"), else a new one. */
+function abortError(signal: AbortSignal): Error {
+  const reason: unknown = signal.reason;
+  if (reason instanceof Error && reason.name === 'AbortError') return reason;
+  return Object.assign(new Error('interrupted'), { name: 'AbortError' });
+}
+
 /** Resolves once the pipe can take more, or is closed. */
 function drained(s: PassThrough): Promise<void> {
   return new Promise((resolve) => {
@@ -51,18 +58,29 @@ export class S3PendingObject implements PendingFile {
   private readonly body = new PassThrough({ highWaterMark: MiB });
   private readonly upload: Upload;
   private readonly done: Promise<unknown>;
-  private failure: NbdsnapError | undefined;
+  /** The first failure: an NbdsnapError, or the signal's AbortError when interrupted. */
+  private failure: Error | undefined;
   private committing = false;
   private discarded = false;
 
-  private constructor(loc: S3Location, client: S3Client, UploadClass: typeof Upload, magic: Buffer) {
+  private constructor(
+    loc: S3Location,
+    client: S3Client,
+    UploadClass: typeof Upload,
+    magic: Buffer,
+    signal: AbortSignal | undefined,
+  ) {
     this.loc = loc;
     this.finalPath = loc.url;
     this.body.on('error', ignore); // the upload sees the error through its reads
     client.middlewareStack.add(
       (next, context) => async (args) => {
         const completion = COMPLETIONS.has(context.commandName ?? '');
-        if (completion) await this.refuseIfExists();
+        if (completion) {
+          // the parts may all be uploaded when the backup fails or is interrupted: never complete then
+          this.check();
+          await this.refuseIfExists();
+        }
         try {
           return await next(args);
         } catch (err) {
@@ -108,17 +126,19 @@ export class S3PendingObject implements PendingFile {
       },
     };
     this.writer = RecordWriter.over(loc.url, sink, magic);
+    signal?.addEventListener('abort', () => this.fail(abortError(signal)), { once: true });
   }
 
   /** Refuses a URL whose bucket is missing or whose key exists; then starts the upload. */
-  static async create(url: string, magic: Buffer): Promise<S3PendingObject> {
+  static async create(url: string, magic: Buffer, signal?: AbortSignal): Promise<S3PendingObject> {
     const loc = parseS3Url(url);
     const { storage } = await loadSdk();
     const check = await sharedClient();
     await checkBucket(check, loc);
     if ((await headObject(check, loc)) !== undefined)
       throw new NbdsnapError('EXISTS', `${url} already exists (not overwritten)`);
-    return new S3PendingObject(loc, await newClient(), storage.Upload, magic);
+    signal?.throwIfAborted();
+    return new S3PendingObject(loc, await newClient(), storage.Upload, magic, signal);
   }
 
   private check(): void {
@@ -126,7 +146,7 @@ export class S3PendingObject implements PendingFile {
   }
 
   /** Remember the first failure and break the pipe: the upload stops taking parts. */
-  private fail(err: NbdsnapError): void {
+  private fail(err: Error): void {
     this.failure ??= err;
     this.body.destroy(this.failure);
   }

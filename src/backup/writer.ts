@@ -156,9 +156,12 @@ export interface PendingFile {
 }
 
 export const PendingFile = {
-  /** A new backup at a local path or an `s3://BUCKET/KEY` URL (refused if it exists). */
-  async create(finalPath: string, magic: Buffer): Promise<PendingFile> {
-    if (isS3Url(finalPath)) return (await import('./s3-sink.ts')).S3PendingObject.create(finalPath, magic);
+  /**
+   * A new backup at a local path or an `s3://BUCKET/KEY` URL (refused if it exists). `signal`
+   * interrupts an upload even while it commits (a local file's commit is one link, not stopped).
+   */
+  async create(finalPath: string, magic: Buffer, signal?: AbortSignal): Promise<PendingFile> {
+    if (isS3Url(finalPath)) return (await import('./s3-sink.ts')).S3PendingObject.create(finalPath, magic, signal);
     return LocalPendingFile.create(finalPath, magic);
   },
 };
