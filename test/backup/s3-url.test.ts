@@ -68,6 +68,8 @@ describe('S3 settings from the environment', () => {
 
   it('refuses an endpoint that is not an http(s) URL', () => {
     expect(() => s3Settings({ AWS_ENDPOINT_URL: 'ftp://127.0.0.1:7480' })).toThrow(/must be http/);
-    expect(() => s3Settings({ AWS_ENDPOINT_URL: '127.0.0.1:7480' })).toThrow(/is not a URL \(give http:\/\/HOST:PORT\)/);
+    expect(() => s3Settings({ AWS_ENDPOINT_URL: '127.0.0.1:7480' })).toThrow(
+      /is not a URL \(give http:\/\/HOST:PORT\)/,
+    );
   });
 });
