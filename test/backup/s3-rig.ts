@@ -1,10 +1,12 @@
 /**
- * An S3 endpoint for the backup tests: RGW of a throwaway single-node Ceph, with an SDK client
- * for the tests' own checks (buckets, listings, tampering), the environment a `nbdsnap` child
- * needs to reach it, and a peak-RSS probe for child processes.
+ * An S3 endpoint for the backup tests: RGW of a throwaway single-node Ceph (test/helpers/ceph.ts),
+ * with an SDK client for the tests' own checks (buckets, listings of multipart uploads,
+ * tampering), the environment a `nbdsnap` child needs to reach it, a misbehaving proxy, and a
+ * peak-RSS probe for child processes.
  *
- * Outside CI the S3 tests skip, saying why, when the Ceph binaries are missing; under CI=true
- * they never skip (a missing Ceph fails them).
+ * Outside CI the S3 tests skip, saying why, when Ceph is missing; under CI=true they never skip
+ * (a missing Ceph fails them). NBDSNAP_TEST_S3_ENV=FILE (lines `S3_ENDPOINT=...
+ * AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=...`) reuses a running RGW instead (development).
  */
 import { readFileSync } from 'node:fs';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
@@ -12,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { CreateBucketCommand, HeadObjectCommand, ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
 import { type RunResult, run } from '../helpers/clients.ts';
 import { CLI } from '../helpers/server.ts';
-import { cephMissing, startCeph } from './s3-ceph.ts';
+import { CEPH_SKIP_REASON, startCeph } from '../helpers/ceph.ts';
 
 export interface S3Endpoint {
   endpoint: string;
@@ -25,11 +27,30 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 /** Why the S3 tests cannot run here (undefined: they can; never a reason under CI=true). */
 export function s3SkipReason(): string | undefined {
-  if (process.env.CI === 'true') return undefined;
-  return cephMissing();
+  return process.env.NBDSNAP_TEST_S3_ENV === undefined ? CEPH_SKIP_REASON : undefined;
 }
 
-export const startS3 = (): Promise<S3Endpoint> => startCeph();
+export async function startS3(): Promise<S3Endpoint> {
+  const reuse = process.env.NBDSNAP_TEST_S3_ENV;
+  if (reuse !== undefined) {
+    const v = Object.fromEntries(
+      [...readFileSync(reuse, 'utf8').matchAll(/([A-Z0-9_]+)=(\S+)/g)].map((m) => [m[1], m[2]]),
+    );
+    return {
+      endpoint: String(v.S3_ENDPOINT),
+      accessKeyId: String(v.AWS_ACCESS_KEY_ID),
+      secretAccessKey: String(v.AWS_SECRET_ACCESS_KEY),
+      stop: async () => undefined,
+    };
+  }
+  const ceph = await startCeph();
+  return {
+    endpoint: ceph.s3.endpoint,
+    accessKeyId: ceph.s3.accessKey,
+    secretAccessKey: ceph.s3.secretKey,
+    stop: () => ceph.stop(),
+  };
+}
 
 /** The environment of a `nbdsnap` child talking to `ep`: endpoint and keys, no region, no profile. */
 export function childEnv(ep: S3Endpoint, endpoint = ep.endpoint): Record<string, string | undefined> {
