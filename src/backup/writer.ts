@@ -23,15 +23,23 @@ import {
   RecordType,
   SHA256_SIZE,
 } from './format.ts';
+import { isS3Url } from './s3-url.ts';
 
 const FLUSH_AT = 4 * 1024 * 1024;
+
+/** Where a RecordWriter's bytes go: a file handle, or an S3 upload (s3-sink.ts). */
+export interface RecordSink {
+  writev(buffers: Buffer[]): Promise<unknown>;
+  sync(): Promise<void>;
+  close(): Promise<void>;
+}
 
 export class RecordWriter {
   readonly path: string;
   readonly totals: EndTotals = { records: 0, dataBytes: 0, zeroBytes: 0, discardBytes: 0, samples: 0 };
   /** Bytes written so far (buffered included). */
   position = 0;
-  private readonly fh: FileHandle;
+  private readonly fh: RecordSink;
   private crc: number;
   private readonly sha = createHash('sha256');
   private pending: Buffer[] = [];
@@ -39,7 +47,7 @@ export class RecordWriter {
   private covered = 0;
   private closed = false;
 
-  private constructor(path: string, fh: FileHandle, magic: Buffer) {
+  private constructor(path: string, fh: RecordSink, magic: Buffer) {
     this.path = path;
     this.fh = fh;
     this.crc = initialCrc(magic);
@@ -57,6 +65,11 @@ export class RecordWriter {
       throw new NbdsnapError('BAD_ARGUMENT', `cannot create ${path}: ${(err as Error).message}`);
     }
     return new RecordWriter(path, fh, magic);
+  }
+
+  /** Write to `sink` (named `name` in messages), starting with the magic. */
+  static over(name: string, sink: RecordSink, magic: Buffer): RecordWriter {
+    return new RecordWriter(name, sink, magic);
   }
 
   private append(bytes: Buffer): void {
@@ -129,8 +142,32 @@ export async function syncDir(dir: string): Promise<void> {
   }
 }
 
+/**
+ * A backup being written: `commit()` makes it appear, complete, under its final name; `discard()`
+ * leaves nothing under that name. A local file (`LocalPendingFile`) or an S3 object (s3-sink.ts).
+ */
+export interface PendingFile {
+  readonly finalPath: string;
+  readonly writer: RecordWriter;
+  /** End marker, made durable, then the final name (never replacing anything). Returns the hash. */
+  commit(): Promise<Buffer>;
+  /** Give up: nothing appears under the final name. */
+  discard(): Promise<void>;
+}
+
+export const PendingFile = {
+  /**
+   * A new backup at a local path or an `s3://BUCKET/KEY` URL (refused if it exists). `signal`
+   * interrupts an upload even while it commits (a local file's commit is one link, not stopped).
+   */
+  async create(finalPath: string, magic: Buffer, signal?: AbortSignal): Promise<PendingFile> {
+    if (isS3Url(finalPath)) return (await import('./s3-sink.ts')).S3PendingObject.create(finalPath, magic, signal);
+    return LocalPendingFile.create(finalPath, magic);
+  },
+};
+
 /** A backup being written under a temporary name; `commit()` gives it its final name. */
-export class PendingFile {
+class LocalPendingFile implements PendingFile {
   readonly finalPath: string;
   readonly writer: RecordWriter;
 
@@ -139,10 +176,10 @@ export class PendingFile {
     this.writer = writer;
   }
 
-  static async create(finalPath: string, magic: Buffer): Promise<PendingFile> {
+  static async create(finalPath: string, magic: Buffer): Promise<LocalPendingFile> {
     if (existsSync(finalPath)) throw new NbdsnapError('EXISTS', `${finalPath} already exists (not overwritten)`);
     const temp = join(dirname(finalPath), `${basename(finalPath)}.partial.${randomBytes(4).toString('hex')}`);
-    return new PendingFile(finalPath, await RecordWriter.create(temp, magic));
+    return new LocalPendingFile(finalPath, await RecordWriter.create(temp, magic));
   }
 
   get tempPath(): string {
