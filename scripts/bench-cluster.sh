@@ -65,13 +65,14 @@ cluster_backup() {  # kind (s3|file) dest: a full backup of bench@B; MiB/s, peak
 }
 
 section_cluster() {
-  local ports rep s order wl cdir env_conf sec_rep f
+  local ports rep s order wl env_conf sec_rep f
   command -v ceph-mon >/dev/null || die "cluster section: ceph-mon not found (install ceph-mon ceph-mgr ceph-osd radosgw ceph-common qemu-block-extra)"
   [ -x /usr/bin/time ] || die "cluster section: /usr/bin/time (GNU time) not found"
+  # not local: the EXIT trap below runs after this function has returned
   cdir=$WORK/ceph.$CUR_REP
   # this subshell's own cleanup: its servers (by pid), then the cluster (by its pid files) and its
   # folder (the OSD's file holds the image and the backups)
-  trap 'for s in "${!PID[@]}"; do stop_server "$s"; done; bash "$CEPH_SCRIPT" stop "$cdir" >/dev/null 2>&1; rm -rf "$cdir"' EXIT
+  trap 'for s in "${!PID[@]}"; do stop_server "$s"; done; bash "$CEPH_SCRIPT" stop "$cdir" >&2; rm -rf "$cdir"' EXIT
   log "cluster: starting a single-node Ceph in $cdir"
   CEPH_EXIT_WITH_PID=$BASHPID bash "$CEPH_SCRIPT" start "$cdir" >/dev/null 2>"$WORK/ceph-start.log" ||
     { cat "$WORK/ceph-start.log" >&2; die "cluster: ceph-cluster.sh start failed"; }
