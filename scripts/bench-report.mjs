@@ -152,6 +152,12 @@ const TITLES = {
     ' bytes the client read. cbt: 4 KiB writes QD32, one to every 64 KiB block in random order, in a fresh',
     ' change-tracking era (snapshot taken and deleted just before), --cbt-block-size 64K vs 0.',
   ],
+  cluster: [
+    'cluster: a single-node Ceph (scripts/ceph-cluster.sh). nbdsnap serving an RBD image through qemu-nbd',
+    ' (bench=nbd://..., local store, no snapshot held) vs fio talking to the same qemu-nbd directly (qemu-nbd).',
+    ' cpu_s_per_GiB_*: CPU seconds of the server the client talks to per GiB moved. backup_*: a full',
+    ' `nbdsnap backup` of snapshot B to s3:// (radosgw) and to a local file: MiB/s, peak RSS, CPU s per GiB.',
+  ],
 };
 const sections = {};
 const tableNames = [...new Set(rows.map((r) => r.table))].filter((t) => t !== 'io');

@@ -23,6 +23,9 @@
 #   abuse     (scripts/bench-abuse.sh) hostile clients (stalled 32 MiB WRITEs, unread 32 MiB READs,
 #             idle handshakes) against nbdsnap, nbdkit and qemu-nbd: peak RSS, and a good client's
 #             copies meanwhile. Not in the default list: BENCH_SECTIONS=abuse.
+#   cluster   (scripts/bench-cluster.sh) a single-node Ceph: nbdsnap in front of an RBD image vs fio
+#             talking to the same qemu-nbd directly; a backup to S3 (radosgw) vs to a local file, and
+#             its peak RSS. Not in the default list: BENCH_SECTIONS=cluster (needs the Ceph packages).
 #
 # Medians of the repetitions are reported (and as JSON when BENCH_JSON is set).
 #
@@ -357,6 +360,8 @@ section_io() {
 . "$ROOT/scripts/bench-tls.sh"
 # shellcheck source=scripts/bench-abuse.sh
 . "$ROOT/scripts/bench-abuse.sh"
+# shellcheck source=scripts/bench-cluster.sh
+. "$ROOT/scripts/bench-cluster.sh"
 
 # ------------------------------------------------------------------ main
 for wl in $WORKLOADS; do declare -F "wl_$wl" >/dev/null || die "unknown workload $wl"; done

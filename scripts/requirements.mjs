@@ -27,6 +27,18 @@ export const PACKAGES = [
   { name: 'python3', tools: ['python3'] },
   { name: 'make', tools: ['make'] },
   { name: 'g++', tools: ['g++'] },
+  // The single-node Ceph of the cluster tests and bench (scripts/ceph-cluster.sh): daemons, the
+  // ceph/rbd/radosgw-admin commands, and qemu's rbd driver (qemu-nbd serving an RBD image; a
+  // path relative to /usr/bin, checked for reading).
+  { name: 'ceph-mon', tools: ['ceph-mon'] },
+  { name: 'ceph-base', tools: ['monmaptool'] },
+  { name: 'ceph-mgr', tools: ['ceph-mgr'] },
+  { name: 'ceph-osd', tools: ['ceph-osd'] },
+  { name: 'radosgw', tools: ['radosgw'] },
+  { name: 'ceph-common', tools: ['ceph', 'rbd', 'radosgw-admin'] },
+  { name: 'qemu-block-extra', tools: [`../lib/${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu/qemu/block-rbd.so`] },
+  { name: 'curl', tools: ['curl'] },
+  { name: 'uuid-runtime', tools: ['uuidgen'] },
 ];
 
 /**
@@ -41,7 +53,9 @@ export function searchPath(env = process.env) {
 export function hasTool(tool, dirs = searchPath()) {
   return dirs.some((dir) => {
     try {
-      accessSync(join(dir, tool), constants.X_OK);
+      // a library path relative to the bin folder (not normalised: DIR must exist), read only
+      if (tool.includes('/')) accessSync(`${dir}/${tool}`, constants.R_OK);
+      else accessSync(join(dir, tool), constants.X_OK);
       return true;
     } catch {
       return false;

@@ -35,6 +35,7 @@ import { BufferPool, orderedMap } from './pipeline.ts';
 import { chooseSamples, type PlanItem, planRanges, trimUnchanged } from './plan.ts';
 import { Progress } from './progress.ts';
 import { BackupReader } from './reader.ts';
+import { isS3Url } from './s3-url.ts';
 import {
   BASE_ALLOCATION,
   dirtyContext,
@@ -44,8 +45,8 @@ import {
   openReader,
   openSnapshot,
   parseFacts,
-  type Reader,
   parseSnapshotUri,
+  type Reader,
 } from './source.ts';
 import { PendingFile } from './writer.ts';
 
@@ -96,7 +97,7 @@ interface Base {
 
 /** FROM as the user named it: a backup file (its to-snapshot) or a snapshot name. */
 async function resolveSince(since: string, device: string): Promise<Base> {
-  let isFile = false;
+  let isFile = isS3Url(since);
   try {
     isFile = statSync(since).isFile();
   } catch {
@@ -235,11 +236,10 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       generation: to.facts.generation,
       source: opts.source,
     };
-    pending = await PendingFile.create(
-      opts.file,
-      BACKUP_MAGIC,
-      plan.totalBytes >= (opts.hashInWorkerFrom ?? HASH_IN_WORKER_FROM),
-    );
+    pending = await PendingFile.create(opts.file, BACKUP_MAGIC, {
+      signal: opts.signal,
+      hashInWorker: plan.totalBytes >= (opts.hashInWorkerFrom ?? HASH_IN_WORKER_FROM),
+    });
     const w = pending.writer;
     await w.add({ type: RecordType.HEAD, offset: 0, length: size, payload: encodeHeader(header) });
 

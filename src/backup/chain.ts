@@ -5,11 +5,10 @@
  * point, time) equal to the previous file's TO. Used by `verify` and, before it writes
  * anything, by `restore`.
  */
-import { statSync } from 'node:fs';
 import { NbdsnapError } from '../errors.ts';
 import type { BackupHeader, EndTotals } from './format.ts';
 import type { Progress } from './progress.ts';
-import { BackupReader, type Sample } from './reader.ts';
+import { BackupReader, type Sample, sourceSize } from './reader.ts';
 
 export interface ChainFile {
   path: string;
@@ -35,7 +34,7 @@ export async function loadFile(path: string): Promise<ChainFile> {
     ranges,
     totals: end.totals,
     sha256: end.sha256.toString('hex'),
-    fileBytes: statSync(path).size,
+    fileBytes: await sourceSize(path),
   };
 }
 
@@ -82,13 +81,8 @@ export function checkChain(files: ChainFile[]): void {
 /** Load every file (progress over their sizes), then check the chain. */
 export async function loadChain(paths: string[], progress?: Progress): Promise<ChainFile[]> {
   if (paths.length === 0) throw new NbdsnapError('BAD_ARGUMENT', 'name at least one backup file');
-  const sizes = paths.map((p) => {
-    try {
-      return statSync(p).size;
-    } catch {
-      throw new NbdsnapError('NOT_FOUND', `${p}: no such file`);
-    }
-  });
+  const sizes: number[] = [];
+  for (const p of paths) sizes.push(await sourceSize(p));
   progress?.start(
     'verify',
     sizes.reduce((a, b) => a + b, 0),

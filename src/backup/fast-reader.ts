@@ -19,8 +19,8 @@ import {
   HandshakeFlag,
   NBD_SIMPLE_REPLY_MAGIC,
   Option,
-  SIMPLE_REPLY_SIZE,
   type ServerMessage,
+  SIMPLE_REPLY_SIZE,
   serialize,
 } from '../nbd-protocol/index.ts';
 

@@ -7,7 +7,7 @@
  * naming the file and the byte offset.
  */
 import { createHash } from 'node:crypto';
-import { type FileHandle, open } from 'node:fs/promises';
+import { type FileHandle, open, stat } from 'node:fs/promises';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import {
   BACKUP_MAGIC,
@@ -25,8 +25,41 @@ import {
   recordCrc,
   SHA256_SIZE,
 } from './format.ts';
+import { isS3Url } from './s3-url.ts';
 
 const READ_AHEAD = 4 * 1024 * 1024;
+
+/** Positional reads of a record file: a local file, or an S3 object (s3-source.ts). */
+export interface ByteSource {
+  /** Fill `buf` from `position`; fewer bytes only at the end (0 past it). */
+  read(buf: Buffer, position: number): Promise<number>;
+  close(): Promise<void>;
+}
+
+const fileSource = (fh: FileHandle): ByteSource => ({
+  read: async (buf, position) => (await fh.read(buf, 0, buf.length, position)).bytesRead,
+  close: () => fh.close(),
+});
+
+/** A local path or an `s3://BUCKET/KEY` URL, opened for reading. */
+export async function openSource(path: string): Promise<ByteSource> {
+  if (isS3Url(path)) return (await import('./s3-source.ts')).S3Source.open(path);
+  try {
+    return fileSource(await open(path, 'r'));
+  } catch (err) {
+    throw new NbdsnapError('NOT_FOUND', `cannot open ${path}: ${errorMessage(err)}`);
+  }
+}
+
+/** The size of a local file or of an S3 object. */
+export async function sourceSize(path: string): Promise<number> {
+  if (isS3Url(path)) return (await import('./s3-source.ts')).objectSize(path);
+  try {
+    return (await stat(path)).size;
+  } catch {
+    throw new NbdsnapError('NOT_FOUND', `${path}: no such file`);
+  }
+}
 
 export interface ReadRecord extends RecordFrame {
   /** Byte offset of the record in the file. */
@@ -37,7 +70,7 @@ export class RecordReader {
   readonly path: string;
   /** Set once the end marker has been read and checked. */
   end: { totals: EndTotals; sha256: Buffer; covered: number } | undefined;
-  private readonly fh: FileHandle;
+  private readonly fh: ByteSource;
   private chunk = Buffer.alloc(0);
   private pos = 0;
   /** File offset of chunk[0]. */
@@ -48,19 +81,13 @@ export class RecordReader {
   private readonly counted: EndTotals = { records: 0, dataBytes: 0, zeroBytes: 0, discardBytes: 0, samples: 0 };
   private covered = 0;
 
-  private constructor(path: string, fh: FileHandle) {
+  private constructor(path: string, fh: ByteSource) {
     this.path = path;
     this.fh = fh;
   }
 
   static async open(path: string, magic: Buffer, what: string): Promise<RecordReader> {
-    let fh: FileHandle;
-    try {
-      fh = await open(path, 'r');
-    } catch (err) {
-      throw new NbdsnapError('NOT_FOUND', `cannot open ${path}: ${errorMessage(err)}`);
-    }
-    const r = new RecordReader(path, fh);
+    const r = new RecordReader(path, await openSource(path));
     try {
       const m = await r.take(MAGIC_SIZE, true);
       if (m === undefined || !m.equals(magic)) throw new NbdsnapError('CORRUPT', `${path} is not ${what}`);
@@ -98,7 +125,7 @@ export class RecordReader {
         throw this.fail('truncated: the file ends inside a record', startAt);
       }
       const buf = Buffer.allocUnsafe(Math.max(READ_AHEAD, n - have));
-      const { bytesRead } = await this.fh.read(buf, 0, buf.length, this.chunkAt + this.chunk.length);
+      const bytesRead = await this.fh.read(buf, this.chunkAt + this.chunk.length);
       if (bytesRead === 0) this.eof = true;
       this.chunkAt += this.chunk.length;
       this.chunk = buf.subarray(0, bytesRead);

@@ -25,22 +25,32 @@ import {
   SHA256_SIZE,
 } from './format.ts';
 import { type Hasher, inlineHasher, workerHasher } from './hasher.ts';
+import { isS3Url } from './s3-url.ts';
 
 const FLUSH_AT = 4 * 1024 * 1024;
 /** Every so many bytes written, an fdatasync starts in the background. */
 const BACKGROUND_SYNC_EVERY = 64 * 1024 * 1024;
+
+/** Where a RecordWriter's bytes go: a file handle, or an S3 upload (s3-sink.ts). */
+export interface RecordSink {
+  writev(buffers: Buffer[]): Promise<unknown>;
+  sync(): Promise<void>;
+  /** Start making what was written durable (a file's fdatasync); absent: nothing to start early. */
+  datasync?(): Promise<void>;
+  close(): Promise<void>;
+}
 
 export class RecordWriter {
   readonly path: string;
   readonly totals: EndTotals = { records: 0, dataBytes: 0, zeroBytes: 0, discardBytes: 0, samples: 0 };
   /** Bytes written so far (buffered included). */
   position = 0;
-  /** Bytes handed to the file so far (the buffers of the records before it can be reused). */
+  /** Bytes handed to the sink so far (the buffers of the records before it can be reused). */
   written = 0;
   private syncedTo = 0;
   private background: Promise<void> | undefined;
   private syncError: unknown;
-  private readonly fh: FileHandle;
+  private readonly fh: RecordSink;
   private crc: number;
   private readonly sha: Hasher;
   private pending: Buffer[] = [];
@@ -48,7 +58,7 @@ export class RecordWriter {
   private covered = 0;
   private closed = false;
 
-  private constructor(path: string, fh: FileHandle, magic: Buffer, hashInWorker: boolean) {
+  private constructor(path: string, fh: RecordSink, magic: Buffer, hashInWorker: boolean) {
     this.path = path;
     this.fh = fh;
     this.sha = hashInWorker ? workerHasher() : inlineHasher();
@@ -70,6 +80,11 @@ export class RecordWriter {
       throw new NbdsnapError('BAD_ARGUMENT', `cannot create ${path}: ${(err as Error).message}`);
     }
     return new RecordWriter(path, fh, magic, hashInWorker);
+  }
+
+  /** Write to `sink` (named `name` in messages), starting with the magic. */
+  static over(name: string, sink: RecordSink, magic: Buffer, hashInWorker = false): RecordWriter {
+    return new RecordWriter(name, sink, magic, hashInWorker);
   }
 
   private append(bytes: Buffer): void {
@@ -105,9 +120,14 @@ export class RecordWriter {
     // Start writing back what is written so far, beside the work that follows, so the final
     // fsync does not wait for the whole file; a failure fails the next drain or sync.
     if (this.syncError !== undefined) throw this.syncError;
-    if (this.background === undefined && this.written - this.syncedTo >= BACKGROUND_SYNC_EVERY) {
+    const datasync = this.fh.datasync?.bind(this.fh);
+    if (
+      datasync !== undefined &&
+      this.background === undefined &&
+      this.written - this.syncedTo >= BACKGROUND_SYNC_EVERY
+    ) {
       const upTo = this.written;
-      this.background = this.fh.datasync().then(
+      this.background = datasync().then(
         () => {
           this.syncedTo = upTo;
           this.background = undefined;
@@ -164,8 +184,38 @@ export async function syncDir(dir: string): Promise<void> {
   }
 }
 
+/**
+ * A backup being written: `commit()` makes it appear, complete, under its final name; `discard()`
+ * leaves nothing under that name. A local file (`LocalPendingFile`) or an S3 object (s3-sink.ts).
+ */
+export interface PendingFile {
+  readonly finalPath: string;
+  readonly writer: RecordWriter;
+  /** End marker, made durable, then the final name (never replacing anything). Returns the hash. */
+  commit(): Promise<Buffer>;
+  /** Give up: nothing appears under the final name. */
+  discard(): Promise<void>;
+}
+
+export const PendingFile = {
+  /**
+   * A new backup at a local path or an `s3://BUCKET/KEY` URL (refused if it exists). `signal`
+   * interrupts an upload even while it commits (a local file's commit is one link, not stopped).
+   * `hashInWorker`: hash on a worker thread (worth it for large backups).
+   */
+  async create(
+    finalPath: string,
+    magic: Buffer,
+    opts: { signal?: AbortSignal | undefined; hashInWorker?: boolean } = {},
+  ): Promise<PendingFile> {
+    if (isS3Url(finalPath))
+      return (await import('./s3-sink.ts')).S3PendingObject.create(finalPath, magic, opts.signal, opts.hashInWorker);
+    return LocalPendingFile.create(finalPath, magic, opts.hashInWorker);
+  },
+};
+
 /** A backup being written under a temporary name; `commit()` gives it its final name. */
-export class PendingFile {
+class LocalPendingFile implements PendingFile {
   readonly finalPath: string;
   readonly writer: RecordWriter;
 
@@ -174,10 +224,10 @@ export class PendingFile {
     this.writer = writer;
   }
 
-  static async create(finalPath: string, magic: Buffer, hashInWorker = false): Promise<PendingFile> {
+  static async create(finalPath: string, magic: Buffer, hashInWorker = false): Promise<LocalPendingFile> {
     if (existsSync(finalPath)) throw new NbdsnapError('EXISTS', `${finalPath} already exists (not overwritten)`);
     const temp = join(dirname(finalPath), `${basename(finalPath)}.partial.${randomBytes(4).toString('hex')}`);
-    return new PendingFile(finalPath, await RecordWriter.create(temp, magic, hashInWorker));
+    return new LocalPendingFile(finalPath, await RecordWriter.create(temp, magic, hashInWorker));
   }
 
   get tempPath(): string {

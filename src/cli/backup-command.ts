@@ -4,12 +4,14 @@
  *   restore FILE... TARGET [--journal PATH] [--progress=MODE] [--json]
  *   restore --undo JOURNAL TARGET [--force]
  *   verify FILE... [--json]
- * Progress goes to stderr, the one-line summary (or --json) to stdout.
+ * Progress goes to stderr, the one-line summary (or --json) to stdout. Wherever a backup FILE is
+ * named, `s3://BUCKET/KEY` names an object in S3 instead (src/backup/README.md, "Backups in S3").
  */
 import type { Argv } from 'yargs';
 import { backup } from '../backup/backup.ts';
 import { PROGRESS_MODES, Progress, type ProgressMode } from '../backup/progress.ts';
 import { restore } from '../backup/restore.ts';
+import { isS3Url } from '../backup/s3-url.ts';
 import { parseSnapshotUri } from '../backup/source.ts';
 import { undo } from '../backup/undo.ts';
 import { describeFile, verify } from '../backup/verify.ts';
@@ -31,10 +33,14 @@ const common = <T>(y: Argv<T>) =>
 function backupBuilder(y: Argv) {
   return common(y)
     .positional('source', { type: 'string', demandOption: true, describe: 'nbd://HOST:PORT/DEVICE@SNAP' })
-    .positional('file', { type: 'string', demandOption: true, describe: 'the backup file to write' })
+    .positional('file', {
+      type: 'string',
+      demandOption: true,
+      describe: 'the backup file to write, or s3://BUCKET/KEY (endpoint and keys from the AWS_* variables)',
+    })
     .option('since', {
       type: 'string',
-      describe: 'incremental since FROM: a snapshot name of the same device, or a previous backup file',
+      describe: 'incremental since FROM: a snapshot name of the same device, or a previous backup file (or s3://...)',
     })
     .option('samples', { type: 'number', default: 128, describe: 'unchanged blocks fingerprinted (incrementals)' })
     .option('connections', { type: 'number', default: 2, describe: 'NBD connections the data is read over' })
@@ -123,7 +129,8 @@ function restoreBuilder(y: Argv) {
       type: 'string',
       array: true,
       demandOption: true,
-      describe: 'FILE... TARGET (a file, a block device or nbd://HOST:PORT/EXPORT)',
+      describe:
+        'FILE... TARGET (FILE: a path or s3://BUCKET/KEY; TARGET: a file, a block device or nbd://HOST:PORT/EXPORT)',
     })
     .option('journal', { type: 'string', describe: 'undo journal to write [default: TARGET.undo-TIME]' })
     .option('undo', { type: 'string', describe: 'put TARGET back as it was before the restore that wrote JOURNAL' })
@@ -155,6 +162,8 @@ export const restoreCommand = defineCommand({
         throw new NbdsnapError('BAD_ARGUMENT', '--journal names the journal of a restore, not with --undo');
     } else {
       if (args.length < 2) throw new NbdsnapError('BAD_ARGUMENT', 'restore needs FILE... TARGET');
+      if (isS3Url(args[args.length - 1] as string))
+        throw new NbdsnapError('BAD_ARGUMENT', 'restore writes to a file, a block device or an NBD export, not to S3');
       if (a.force) throw new NbdsnapError('BAD_ARGUMENT', '--force goes with --undo only');
     }
     return { ...a, args };
@@ -201,7 +210,7 @@ function verifyBuilder(y: Argv) {
       type: 'string',
       array: true,
       demandOption: true,
-      describe: 'a full backup and/or incrementals, in order',
+      describe: 'a full backup and/or incrementals, in order (paths or s3://BUCKET/KEY)',
     })
     .option('json', { type: 'boolean', default: false, describe: 'print the result as JSON' });
 }

@@ -62,7 +62,7 @@ describe('record parts', () => {
 describe('writer with the worker hash and background syncs', () => {
   it('writes a file the reader accepts (every CRC, the end hash)', async () => {
     const path = join(dir.path, 'big.nbk');
-    const p = await PendingFile.create(path, BACKUP_MAGIC, true);
+    const p = await PendingFile.create(path, BACKUP_MAGIC, { hashInWorker: true });
     const w = p.writer;
     await w.add({ type: RecordType.HEAD, offset: 0, length: 80 * MiB, payload: Buffer.alloc(100) });
     const piece = randomBytes(MiB);
