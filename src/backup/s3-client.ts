@@ -37,8 +37,9 @@ export async function newClient(): Promise<ClientS3.S3Client> {
     forcePathStyle: settings.forcePathStyle,
     // no response checksum checks on ranged reads: the backup format carries its own
     responseChecksumValidation: 'WHEN_REQUIRED',
-    // a stalled connection fails (and is retried) instead of hanging the backup
-    requestHandler: { connectionTimeout: 10_000, requestTimeout: 120_000 },
+    // a connection that stalls (e.g. RGW on a full cluster stops reading) fails after a minute of
+    // inactivity (and is retried) instead of hanging the command
+    requestHandler: { connectionTimeout: 10_000, socketTimeout: 60_000 },
   });
 }
 

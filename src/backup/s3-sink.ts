@@ -28,6 +28,7 @@ const MiB = 1024 * 1024;
 export const PART_SIZE = 8 * MiB;
 export const PARTS_IN_FLIGHT = 4;
 
+type RelativeMiddleware = Parameters<S3Client['middlewareStack']['addRelativeTo']>[0];
 const COMPLETIONS = new Set(['CompleteMultipartUploadCommand', 'PutObjectCommand']);
 const ignore = (): void => undefined;
 
@@ -95,6 +96,21 @@ export class S3PendingObject implements PendingFile {
       },
       { step: 'initialize', name: 'nbdsnapPendingObject' },
     );
+    // SigV4 signs the part's SHA-256 (x-amz-content-sha256), the checksum just computed: reuse it
+    // rather than hash every part a second time (a wrong value would only get the part refused)
+    type Args = { request: unknown };
+    const reuseChecksum = (next: (args: Args) => Promise<unknown>) => async (args: Args) => {
+      const headers = (args.request as { headers?: Record<string, string> }).headers;
+      const sum = headers?.['x-amz-checksum-sha256'];
+      if (headers !== undefined && sum !== undefined && headers['x-amz-content-sha256'] === undefined)
+        headers['x-amz-content-sha256'] = Buffer.from(sum, 'base64').toString('hex');
+      return next(args);
+    };
+    client.middlewareStack.addRelativeTo(reuseChecksum as unknown as RelativeMiddleware, {
+      relation: 'before',
+      toMiddleware: 'httpSigningMiddleware',
+      name: 'nbdsnapSignedChecksum',
+    });
     this.upload = new UploadClass({
       client,
       params: {

@@ -17,6 +17,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortMultipartUploadCommand, GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BACKUP_MAGIC, RecordType } from '../../src/backup/format.ts';
+import { S3Source } from '../../src/backup/s3-source.ts';
 import { PendingFile } from '../../src/backup/writer.ts';
 import { background, ok } from '../helpers/clients.ts';
 import { CLI, tempDir } from '../helpers/server.ts';
@@ -132,6 +133,29 @@ describe.skipIf(skip !== undefined)(`backups in S3${skip === undefined ? '' : ` 
       expect((await getObject(key)).toString()).toBe('not a backup');
       expect(await uploadsOf(s3, bucket, key)).toEqual([]);
     }
+  });
+
+  it('refuses a missing bucket, a missing object and wrong credentials with one clear line', async () => {
+    const noBucket = await nbdsnapWith(env, ['backup', rig.uri('disk@s0'), 's3://no-such-bucket-here/k.nbk']);
+    expect(noBucket.code).not.toBe(0);
+    expect(noBucket.stderr).toMatch(/s3:\/\/no-such-bucket-here\/k\.nbk: no bucket no-such-bucket-here/);
+    const noObject = await nbdsnapWith(env, ['verify', url('none.nbk')]);
+    expect(noObject.code).not.toBe(0);
+    expect(noObject.stderr).toMatch(/none\.nbk: no such object/);
+    const denied = await nbdsnapWith({ ...env, AWS_SECRET_ACCESS_KEY: 'wrong' }, ['verify', url('disk/s0.nbk')]);
+    expect(denied.code).not.toBe(0);
+    expect(denied.stderr).toMatch(/HTTP 403/);
+  });
+
+  it('reads an object only as it was when first opened: a replaced object fails as changed', async () => {
+    const key = 'replaced/s0.nbk';
+    ok(await nbdsnapWith(env, ['backup', rig.uri('disk@s0'), url(key)]));
+    const bytes = await getObject(key);
+    const src = await S3Source.open(url(key)); // HeadObject: the ETag is pinned
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: bytes })); // same bytes, new ETag
+    await expect(src.read(Buffer.alloc(8), 0)).rejects.toThrow(/replaced\/s0\.nbk changed while it was read/);
+    await src.close();
+    await expect(S3Source.open(url(key))).rejects.toThrow(/was replaced since this command first read it/);
   });
 
   /** A backup of disk@s0 through a proxy stalled after 2 MiB per connection, signalled mid-upload. */
