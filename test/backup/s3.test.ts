@@ -265,10 +265,11 @@ describe.skipIf(skip !== undefined)(`backups in S3${skip === undefined ? '' : ` 
       const upload = await measure(['backup', '--progress=none', bigRig.uri('disk@m'), url('big/m.nbk')]);
       const read = await measure(['verify', url('big/m.nbk')]);
       // whole-object buffering would add the backup's size (256 MiB) to the local figure;
-      // 4 parts of 8 MiB in flight (upload) or 3 blocks of 8 MiB (reads) add a few dozen MiB
+      // 4 parts of 8 MiB in flight (upload) or 3 blocks of 8 MiB (reads) add a few dozen MiB,
+      // plus what garbage collection leaves behind on a loaded machine (up to about 110 MiB seen)
       expect(local).toBeGreaterThan(0);
-      expect(upload - local).toBeLessThan(128 * MiB);
-      expect(read - local).toBeLessThan(128 * MiB);
+      expect(upload - local).toBeLessThan(0.75 * size);
+      expect(read - local).toBeLessThan(0.75 * size);
     } finally {
       await bigRig.stop();
       big.cleanup();
