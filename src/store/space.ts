@@ -4,10 +4,14 @@
  * slot never crosses a range, and a range's tail shorter than a chunk is not used (blksnap does
  * the same). The first `reserved` bytes of every range hold its label (label.ts).
  *
- * Allocation is next-fit over a byte-per-slot map; `free()` makes a slot reusable. I/O goes to
- * one descriptor per distinct file, shared by all ranges on it; `sync()` fdatasyncs them all.
+ * Allocation is next-fit over a byte-per-slot map; `release()` makes a slot reusable. So copies
+ * made one after another take consecutive slots while the free space is contiguous, and
+ * `allocateRun(n)` takes n consecutive slots of one range at once (the chunks of one request),
+ * next-fit too: neighbouring chunks copied together sit in neighbouring slots, written with one
+ * `pwritev` (`writeRun`, slot-writer.ts) and read back with one read. I/O goes to one descriptor
+ * per distinct file, shared by all ranges on it; `sync()` fdatasyncs them all.
  */
-import { closeSync, constants, fdatasync, fstatSync, openSync, read, realpathSync, write } from 'node:fs';
+import { closeSync, constants, fdatasync, fstatSync, openSync, read, realpathSync, write, writev } from 'node:fs';
 import { promisify } from 'node:util';
 import { native } from '../block/native.ts';
 import { type Claim, claimStorage } from '../block/ownership.ts';
@@ -16,6 +20,10 @@ import { NbdsnapError } from '../errors.ts';
 const fdatasyncAsync = promisify(fdatasync);
 const readAsync = promisify(read);
 const writeAsync = promisify(write);
+const writevAsync = promisify(writev);
+
+/** How far past the cursor `allocateRun` looks for a run, in slots per slot wanted. */
+const RUN_SEARCH_FACTOR = 1024;
 
 export interface StoreRange {
   path: string;
@@ -176,6 +184,60 @@ export class StoreSpace {
     return undefined;
   }
 
+  /**
+   * `count` free slots, consecutive in one range when such a run lies within a bounded distance
+   * past the cursor (next fit), else one by one (`allocate()`); fewer when the store has fewer
+   * free (the caller keeps any reserve by asking for less).
+   */
+  allocateRun(count: number): number[] {
+    const want = Math.min(count, this.freeSlots);
+    if (want <= 1) {
+      const one = want === 1 ? this.allocate() : undefined;
+      return one === undefined ? [] : [one];
+    }
+    const first = this.findRun(want);
+    if (first === undefined) {
+      const out: number[] = [];
+      for (let i = 0; i < want; i++) out.push(this.allocate() as number);
+      return out;
+    }
+    this.used.fill(1, first, first + want);
+    this.freeSlots -= want;
+    this.cursor = (first + want) % this.used.length;
+    return Array.from({ length: want }, (_, i) => first + i);
+  }
+
+  /** The first slot of `count` free consecutive slots in one range, searching from the cursor. */
+  private findRun(count: number): number | undefined {
+    const n = this.used.length;
+    const limit = Math.min(n, count * RUN_SEARCH_FACTOR);
+    let start = this.cursor;
+    let run = 0;
+    for (let i = 0; i < limit; i++) {
+      const slot = (this.cursor + i) % n;
+      if (slot === 0 || this.isRangeStart(slot)) run = 0;
+      if (this.used[slot] !== 0) {
+        run = 0;
+        continue;
+      }
+      if (run === 0) start = slot;
+      run += 1;
+      if (run === count) return start;
+    }
+    return undefined;
+  }
+
+  private isRangeStart(slot: number): boolean {
+    for (const r of this.ranges) if (r.firstSlot === slot) return true;
+    return false;
+  }
+
+  /** The first slot after the range that holds `slot` (a run never crosses it). */
+  runEnd(slot: number): number {
+    for (const r of this.ranges) if (slot >= r.firstSlot && slot < r.firstSlot + r.slots) return r.firstSlot + r.slots;
+    throw new NbdsnapError('EIO', `store slot ${slot} does not exist`);
+  }
+
   /** Whether `slot` is allocated. */
   isUsed(slot: number): boolean {
     return this.used[slot] === 1;
@@ -224,6 +286,32 @@ export class StoreSpace {
   async writeSlot(slot: number, data: Buffer, offsetInSlot = 0): Promise<void> {
     const { fd, offset } = this.where(slot);
     await writeFully(fd, data, offset + offsetInSlot);
+  }
+
+  /** Write whole slots `first`, `first + 1`, ... (one range) from `buffers`, one chunk each, with one `pwritev`. */
+  async writeRun(first: number, buffers: Buffer[]): Promise<void> {
+    const { fd, offset } = this.where(first);
+    if (first + buffers.length > this.runEnd(first)) throw new NbdsnapError('EINVAL', 'a run of slots crosses a range');
+    if (buffers.some((b) => b.length !== this.chunkSize)) throw new NbdsnapError('EINVAL', 'a run of partial slots');
+    let bufs = buffers;
+    let position = offset;
+    for (;;) {
+      const { bytesWritten } = await writevAsync(fd, bufs, position);
+      const total = bufs.reduce((n, b) => n + b.length, 0);
+      if (bytesWritten >= total) return;
+      // A short write: go on from where it stopped.
+      position += bytesWritten;
+      let skip = bytesWritten;
+      const rest: Buffer[] = [];
+      for (const b of bufs) {
+        if (skip >= b.length) skip -= b.length;
+        else {
+          rest.push(skip > 0 ? b.subarray(skip) : b);
+          skip = 0;
+        }
+      }
+      bufs = rest;
+    }
   }
 
   async readSlot(slot: number, length: number, offsetInSlot = 0): Promise<Buffer> {

@@ -27,6 +27,7 @@ import { checkAppend, planCheck, planOpen, planTransient } from './open.ts';
 import { probeRange, type RangeContent } from './probe.ts';
 import type { JournalRecord } from './records.ts';
 import { type StoreRange, StoreSpace } from './space.ts';
+import { SlotWriter } from './slot-writer.ts';
 import { newSuperblock, rangeLabel, type Superblock } from './superblock.ts';
 import { chunkLengths, type DataRecord, mismatchedData } from './verify.ts';
 
@@ -60,6 +61,8 @@ export interface StoreStatus {
 export class DiffStore {
   readonly space: StoreSpace;
   readonly transient: boolean;
+  /** Whole-slot writes, coalesced (slot-writer.ts). */
+  private readonly writer: SlotWriter;
   private readonly journal: Journal | undefined;
   /** Range 0's label: the store's record. */
   private record: Superblock;
@@ -73,6 +76,7 @@ export class DiffStore {
 
   private constructor(space: StoreSpace, journal: Journal | undefined, record: Superblock, slots: number[]) {
     this.space = space;
+    this.writer = new SlotWriter(space);
     this.journal = journal;
     this.record = record;
     this.transient = record.kind === 'transient';
@@ -253,6 +257,15 @@ export class DiffStore {
     return this.space.allocate();
   }
 
+  /**
+   * Up to `count` free slots for chunk data, consecutive in one range where the free space allows
+   * (space.ts); fewer (maybe none) when the store is nearly full (the journal keeps its reserve).
+   */
+  allocateRun(count: number): number[] {
+    const room = this.space.free - (this.transient ? 0 : JOURNAL_RESERVE);
+    return room <= 0 ? [] : this.space.allocateRun(Math.min(count, room));
+  }
+
   release(slot: number): void {
     this.space.release(slot);
   }
@@ -261,7 +274,9 @@ export class DiffStore {
     this.space.claim(slot);
   }
 
+  /** Write into a slot; whole-slot writes are coalesced with others (slot-writer.ts). */
   writeSlot(slot: number, data: Buffer, offsetInSlot = 0): Promise<void> {
+    if (offsetInSlot === 0 && data.length === this.chunkSize) return this.writer.write(slot, data);
     return this.space.writeSlot(slot, data, offsetInSlot);
   }
 
