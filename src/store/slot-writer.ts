@@ -11,6 +11,7 @@
  * the file, and the journal's sync (one per batch) makes them durable with their records.
  * Writes to the same slot keep their order (a second one waits for the next round).
  */
+import { killPoint } from './kill-point.ts';
 import type { StoreSpace } from './space.ts';
 
 interface SlotWrite {
@@ -80,6 +81,7 @@ export class SlotWriter {
       for (const w of group) w.reject(err);
       return;
     }
+    killPoint('copy:slots-written'); // TEST ONLY: copies in the file, their records not yet
     for (const w of group) w.resolve();
   }
 }

@@ -4,26 +4,33 @@
  * slot never crosses a range, and a range's tail shorter than a chunk is not used (blksnap does
  * the same). The first `reserved` bytes of every range hold its label (label.ts).
  *
- * Allocation is next-fit over a byte-per-slot map; `release()` makes a slot reusable. So copies
- * made one after another take consecutive slots while the free space is contiguous, and
- * `allocateRun(n)` takes n consecutive slots of one range at once (the chunks of one request),
- * next-fit too: neighbouring chunks copied together sit in neighbouring slots, written with one
- * `pwritev` (`writeRun`, slot-writer.ts) and read back with one read. I/O goes to one descriptor
- * per distinct file, shared by all ranges on it; `sync()` fdatasyncs them all.
+ * Allocation (slot-map.ts) is next fit, in runs of consecutive slots for the chunks of one
+ * request; `release()` makes a slot reusable. A run of slots is written with one `pwritev`
+ * (`writeRun`, slot-writer.ts). I/O goes to one descriptor per distinct file, shared by all
+ * ranges on it; `sync()` fdatasyncs them all.
  */
-import { closeSync, constants, fdatasync, fstatSync, openSync, read, realpathSync, write, writev } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  fdatasync,
+  fstatSync,
+  openSync,
+  read,
+  realpathSync,
+  write,
+  writeSync,
+  writev,
+} from 'node:fs';
 import { promisify } from 'node:util';
 import { native } from '../block/native.ts';
 import { type Claim, claimStorage } from '../block/ownership.ts';
 import { NbdsnapError } from '../errors.ts';
+import { SlotMap } from './slot-map.ts';
 
 const fdatasyncAsync = promisify(fdatasync);
 const readAsync = promisify(read);
 const writeAsync = promisify(write);
 const writevAsync = promisify(writev);
-
-/** How far past the cursor `allocateRun` looks for a run, in slots per slot wanted. */
-const RUN_SEARCH_FACTOR = 1024;
 
 export interface StoreRange {
   path: string;
@@ -67,9 +74,7 @@ export class StoreSpace {
   /** The claims on every range opened (ownership.ts), released on close. */
   private readonly claims: Claim[] = [];
   private readonly ranges: OpenRange[] = [];
-  private used = new Uint8Array(0);
-  private freeSlots = 0;
-  private cursor = 0;
+  private readonly map = new SlotMap();
 
   private readonly readOnly: boolean;
 
@@ -81,10 +86,10 @@ export class StoreSpace {
   }
 
   get totalSlots(): number {
-    return this.used.length;
+    return this.map.total;
   }
   get free(): number {
-    return this.freeSlots;
+    return this.map.free;
   }
   get rangeList(): StoreRange[] {
     return this.ranges.map(({ path, start, length }) => ({ path, start, length }));
@@ -139,21 +144,15 @@ export class StoreSpace {
       );
     }
     const slots = Math.floor(usable / this.chunkSize);
-    const firstSlot = this.used.length;
+    const firstSlot = this.map.total;
     this.ranges.push({ ...range, fd: file.fd, firstSlot, slots, slotBase: range.start + skip });
-    const grown = new Uint8Array(firstSlot + slots);
-    grown.set(this.used);
-    if (available) this.freeSlots += slots;
-    else grown.fill(1, firstSlot);
-    this.used = grown;
+    this.map.grow(slots, available);
     return slots;
   }
 
   /** Take back the range added last, whose slots were never made available (a failed append). */
   dropLast(): void {
-    const r = this.ranges.pop();
-    if (r === undefined) return;
-    this.used = this.used.slice(0, r.firstSlot);
+    if (this.ranges.pop() !== undefined) this.map.shrink();
   }
 
   /** Let slots [first, first + count) be allocated (see `add`). */
@@ -170,66 +169,12 @@ export class StoreSpace {
   }
 
   allocate(): number | undefined {
-    if (this.freeSlots === 0) return undefined;
-    const n = this.used.length;
-    for (let i = 0; i < n; i++) {
-      const slot = (this.cursor + i) % n;
-      if (this.used[slot] === 0) {
-        this.used[slot] = 1;
-        this.freeSlots -= 1;
-        this.cursor = (slot + 1) % n;
-        return slot;
-      }
-    }
-    return undefined;
+    return this.map.allocate();
   }
 
-  /**
-   * `count` free slots, consecutive in one range when such a run lies within a bounded distance
-   * past the cursor (next fit), else one by one (`allocate()`); fewer when the store has fewer
-   * free (the caller keeps any reserve by asking for less).
-   */
+  /** `count` free slots, consecutive in one range where possible (slot-map.ts). */
   allocateRun(count: number): number[] {
-    const want = Math.min(count, this.freeSlots);
-    if (want <= 1) {
-      const one = want === 1 ? this.allocate() : undefined;
-      return one === undefined ? [] : [one];
-    }
-    const first = this.findRun(want);
-    if (first === undefined) {
-      const out: number[] = [];
-      for (let i = 0; i < want; i++) out.push(this.allocate() as number);
-      return out;
-    }
-    this.used.fill(1, first, first + want);
-    this.freeSlots -= want;
-    this.cursor = (first + want) % this.used.length;
-    return Array.from({ length: want }, (_, i) => first + i);
-  }
-
-  /** The first slot of `count` free consecutive slots in one range, searching from the cursor. */
-  private findRun(count: number): number | undefined {
-    const n = this.used.length;
-    const limit = Math.min(n, count * RUN_SEARCH_FACTOR);
-    let start = this.cursor;
-    let run = 0;
-    for (let i = 0; i < limit; i++) {
-      const slot = (this.cursor + i) % n;
-      if (slot === 0 || this.isRangeStart(slot)) run = 0;
-      if (this.used[slot] !== 0) {
-        run = 0;
-        continue;
-      }
-      if (run === 0) start = slot;
-      run += 1;
-      if (run === count) return start;
-    }
-    return undefined;
-  }
-
-  private isRangeStart(slot: number): boolean {
-    for (const r of this.ranges) if (r.firstSlot === slot) return true;
-    return false;
+    return this.map.allocateRun(count);
   }
 
   /** The first slot after the range that holds `slot` (a run never crosses it). */
@@ -240,31 +185,21 @@ export class StoreSpace {
 
   /** Whether `slot` is allocated. */
   isUsed(slot: number): boolean {
-    return this.used[slot] === 1;
+    return this.map.isUsed(slot);
   }
 
   /** Mark a slot used (replay). */
   claim(slot: number): void {
-    if (slot >= this.used.length)
-      throw new NbdsnapError('CORRUPT', `store slot ${slot} is beyond the store (${this.used.length})`);
-    if (this.used[slot] === 0) {
-      this.used[slot] = 1;
-      this.freeSlots -= 1;
-    }
+    this.map.claim(slot);
   }
 
   release(slot: number): void {
-    if (this.used[slot] === 1) {
-      this.used[slot] = 0;
-      this.freeSlots += 1;
-    }
+    this.map.release(slot);
   }
 
   /** Reset the allocation map (before a replay). */
   clearAllocations(): void {
-    this.used.fill(0);
-    this.freeSlots = this.used.length;
-    this.cursor = 0;
+    this.map.clear();
   }
 
   private where(slot: number): { fd: number; offset: number } {
@@ -286,6 +221,17 @@ export class StoreSpace {
   async writeSlot(slot: number, data: Buffer, offsetInSlot = 0): Promise<void> {
     const { fd, offset } = this.where(slot);
     await writeFully(fd, data, offset + offsetInSlot);
+  }
+
+  /**
+   * The same as `writeSlot`, on this thread: for the journal's few hundred bytes a batch, into the
+   * page cache, where a thread-pool round trip (a wake-up and a context switch each way) costs
+   * more than the write, and lies on the path every waiting write takes.
+   */
+  writeSlotSync(slot: number, data: Buffer, offsetInSlot = 0): void {
+    const { fd, offset } = this.where(slot);
+    for (let done = 0; done < data.length; )
+      done += writeSync(fd, data, done, data.length - done, offset + offsetInSlot + done);
   }
 
   /** Write whole slots `first`, `first + 1`, ... (one range) from `buffers`, one chunk each, with one `pwritev`. */
