@@ -4,10 +4,11 @@
 // TypeScript through tsx otherwise, so editing src/ never runs stale code. Running the bundle
 // instead of tsx saves about 40 MiB of memory and tsx's loader thread, and an installed package
 // needs neither tsx nor esbuild (both are development dependencies).
-import { build } from 'esbuild';
+
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { build } from 'esbuild';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const bundle = join(root, 'dist/nbdsnap.mjs');

@@ -57,7 +57,9 @@ try {
     const j = Math.floor(Math.random() * (i + 1));
     [order[i], order[j]] = [order[j] as number, order[i] as number];
   }
-  await pool(order, 32, (c) => origin.write(c * CHUNK + 4096 * Math.floor(Math.random() * 16), randomBytes(4096), false));
+  await pool(order, 32, (c) =>
+    origin.write(c * CHUNK + 4096 * Math.floor(Math.random() * 16), randomBytes(4096), false),
+  );
   await origin.flush();
 
   const cpu = () => {
@@ -68,7 +70,7 @@ try {
     const profiling = process.env.PROFILE_PHASE === label;
     if (profiling) await profiler('Profiler.start');
     const offsets = Array.from({ length: n }, (_, i) =>
-      random ? Math.floor(Math.random() * (SIZE / bs)) * bs : ((i * bs) % SIZE),
+      random ? Math.floor(Math.random() * (SIZE / bs)) * bs : (i * bs) % SIZE,
     );
     const c0 = cpu();
     const t0 = performance.now();

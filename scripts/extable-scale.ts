@@ -171,17 +171,15 @@ function sixSnapshots(writes: number, everyEra: boolean) {
 }
 
 console.log(
-  JSON.stringify(
-    {
-      device: { bytes: 15 * 2 ** 40, chunkSize: CHUNK, chunks: CHUNKS },
-      single: singleResult,
-      interleaved: { inserts: extra.length, nsPerInsertAndQuery: round(interleavedNs, 0) },
-      ordered: orderedResult,
-      sixSnapshots: sixSnapshots(20_000, false),
-      sixVersions: sixSnapshots(20_000, true),
-      targetBytesPerCopy: 32,
-      // For the benchmark (its last line): the single-version case, the one the target is about.
-      bytesPerCopy: singleResult.bytesPerCopy,
-    },
-  ),
+  JSON.stringify({
+    device: { bytes: 15 * 2 ** 40, chunkSize: CHUNK, chunks: CHUNKS },
+    single: singleResult,
+    interleaved: { inserts: extra.length, nsPerInsertAndQuery: round(interleavedNs, 0) },
+    ordered: orderedResult,
+    sixSnapshots: sixSnapshots(20_000, false),
+    sixVersions: sixSnapshots(20_000, true),
+    targetBytesPerCopy: 32,
+    // For the benchmark (its last line): the single-version case, the one the target is about.
+    bytesPerCopy: singleResult.bytesPerCopy,
+  }),
 );

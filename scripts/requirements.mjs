@@ -36,7 +36,10 @@ export const PACKAGES = [
   { name: 'ceph-osd', tools: ['ceph-osd'] },
   { name: 'radosgw', tools: ['radosgw'] },
   { name: 'ceph-common', tools: ['ceph', 'rbd', 'radosgw-admin'] },
-  { name: 'qemu-block-extra', tools: [`../lib/${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu/qemu/block-rbd.so`] },
+  {
+    name: 'qemu-block-extra',
+    tools: [`../lib/${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu/qemu/block-rbd.so`],
+  },
   { name: 'curl', tools: ['curl'] },
   { name: 'uuid-runtime', tools: ['uuidgen'] },
 ];

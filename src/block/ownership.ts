@@ -23,6 +23,7 @@
 import { closeSync, constants, fstatSync, openSync, statSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { NbdsnapError } from '../errors.ts';
+import { isRemote } from '../remote/uri.ts';
 import { describeHolder, deviceUsers, lockHolders } from './holders.ts';
 import {
   canonical,
@@ -33,7 +34,6 @@ import {
   type StorageIdentity,
   type StorageLayer,
 } from './identity.ts';
-import { isRemote } from '../remote/uri.ts';
 import { native } from './native.ts';
 
 export { describeIdentity, identify, overlaps, type StorageIdentity } from './identity.ts';

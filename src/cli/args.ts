@@ -4,8 +4,8 @@
  * message is the one line the user sees.
  */
 import { basename, extname } from 'node:path';
-import { NbdsnapError } from '../errors.ts';
 import { parseNbdUri } from '../client/nbd-client.ts';
+import { NbdsnapError } from '../errors.ts';
 import { isRemote } from '../remote/uri.ts';
 import type { ServeOptions } from './serve.ts';
 

@@ -12,8 +12,8 @@ import { checkTlsSettings, TLS_MODES, type TlsMode } from '../server/tls.ts';
 import { checkServeOptions, type ImageSpec, parsePort, parseSize } from './args.ts';
 import { defineCommand } from './command.ts';
 import { demo } from './demo.ts';
-import { type Arity, exportDescriptions, scanDescriptions } from './serve-descriptions.ts';
 import { type ServeOptions, serve } from './serve.ts';
+import { type Arity, exportDescriptions, scanDescriptions } from './serve-descriptions.ts';
 
 /** How a value is given: on the command line, and as a JSON value in a config file. */
 type Kind = 'string' | 'strings' | 'boolean' | 'number' | 'size' | 'choice' | 'texts';
@@ -57,7 +57,11 @@ export const SERVE_OPTIONS: Record<string, OptionSpec> = {
     describe: 'points of deleted snapshots kept per device for backup --since (newest first)',
   },
   'merge-speed': { kind: 'size', default: '0', describe: 'merge rate limit, bytes/s (e.g. 64M); 0: none' },
-  'copy-cache': { kind: 'size', default: '32M', describe: 'memory for verified store copies kept for snapshot reads; 0: none' },
+  'copy-cache': {
+    kind: 'size',
+    default: '32M',
+    describe: 'memory for verified store copies kept for snapshot reads; 0: none',
+  },
   'low-space': { kind: 'number', default: 10, describe: 'low-space event below this % free' },
   fork: { kind: 'boolean', default: false, describe: 'run in the background once serving (after --pid-file)' },
   'exit-with-parent': { kind: 'boolean', default: false, describe: 'stop when the process that started it exits' },

@@ -7,17 +7,17 @@
 import type { BlockDevice } from '../block/device.ts';
 import { FileDevice } from '../block/file-device.ts';
 import { MemoryDevice } from '../block/memory-device.ts';
-import { NbdDevice, type RemoteSettings } from '../block/nbd-device.ts';
 import { native } from '../block/native.ts';
+import { NbdDevice, type RemoteSettings } from '../block/nbd-device.ts';
 import { lockingAvailable, refuseAliases } from '../block/ownership.ts';
 import { ControlServer } from '../control/server.ts';
 import { type LogFormat, Logger, type LogLevel } from '../log.ts';
 import { startMetrics } from '../metrics/metrics.ts';
+import { closeUnusedRemotes, configureRemoteRanges, openRemoteRanges } from '../remote/remote-ranges.ts';
+import { redactUri } from '../remote/uri.ts';
 import { ExportRegistry } from '../server/exports.ts';
 import { type ListenSpec, NbdServer, type ServerLimits, socketActivationFds } from '../server/server.ts';
 import { loadServerTls, plaintextWarning, type TlsSettings } from '../server/tls.ts';
-import { closeUnusedRemotes, configureRemoteRanges, openRemoteRanges } from '../remote/remote-ranges.ts';
-import { redactUri } from '../remote/uri.ts';
 import { SnapshotManager } from '../snapshot/manager.ts';
 import { StoreSpace } from '../store/space.ts';
 import { checkServeOptions, type ImageSpec, parsePort } from './args.ts';
@@ -174,11 +174,16 @@ async function openImage(spec: ImageSpec, opts: ServeOptions, log: Logger): Prom
     ...opts.remote,
     readOnly,
     onEvent: (event, detail) =>
-      (event === 'reconnected' ? log.info : log.warn).call(log, `remote ${event}`, { device: spec.name, remote, detail }),
+      (event === 'reconnected' ? log.info : log.warn).call(log, `remote ${event}`, {
+        device: spec.name,
+        remote,
+        detail,
+      }),
   });
   const facts = { device: spec.name, remote, size: device.size, connections: device.connections };
   log.info('remote origin connected', facts);
-  if (!readOnly && !device.capabilities.writable) log.warn('remote export is read-only: the origin is served read-only', facts);
+  if (!readOnly && !device.capabilities.writable)
+    log.warn('remote export is read-only: the origin is served read-only', facts);
   if (!device.capabilities.durable) {
     log.warn(
       'remote export offers no FLUSH: a FLUSH or FUA from clients cannot make their writes durable on it (snapshot copies in the store still are, before the origin write)',

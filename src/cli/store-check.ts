@@ -6,8 +6,8 @@
  */
 import type { Argv } from 'yargs';
 import { call, controlPath } from '../control/client.ts';
-import type { DamagedCopy, ScrubProgress, ScrubReport } from '../snapshot/damage.ts';
 import { closeUnusedRemotes, openRemoteRanges } from '../remote/remote-ranges.ts';
+import type { DamagedCopy, ScrubProgress, ScrubReport } from '../snapshot/damage.ts';
 import { checkHuman, checkStore } from '../store/check.ts';
 import { StoreSpace } from '../store/space.ts';
 import { parseSize } from './args.ts';

@@ -355,8 +355,7 @@ export class NbdClient {
       } else c.data.copy(this.readBuffer(p), c.offset - p.offset);
     } else if (c.chunk === 'OFFSET_HOLE') {
       this.readBuffer(p).fill(0, c.offset - p.offset, c.offset - p.offset + c.length);
-    }
-    else if (c.chunk === 'BLOCK_STATUS') p.extents?.set(c.contextId, c.extents);
+    } else if (c.chunk === 'BLOCK_STATUS') p.extents?.set(c.contextId, c.extents);
     else if (c.chunk === 'ERROR' || c.chunk === 'ERROR_OFFSET') p.error ??= requestError(c.error, c.message);
     if ((m.flags & ReplyFlag.DONE) === 0) return;
     this.pending.delete(m.cookie);

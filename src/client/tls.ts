@@ -13,7 +13,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { isIP, type Socket } from 'node:net';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
-import { type ConnectionOptions, connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { type ConnectionOptions, type TLSSocket, connect as tlsConnect } from 'node:tls';
 import { NbdsnapError } from '../errors.ts';
 import { parsePskFile } from '../server/tls.ts';
 

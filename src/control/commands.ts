@@ -5,8 +5,8 @@
  * (`constructor`, `__proto__`, `toString` are unknown like any other name).
  */
 import { NbdsnapError } from '../errors.ts';
-import type { SnapshotManager } from '../snapshot/manager.ts';
 import { openRemoteRanges } from '../remote/remote-ranges.ts';
+import type { SnapshotManager } from '../snapshot/manager.ts';
 import { StoreSpace } from '../store/space.ts';
 
 /** What a command may use of the connection it runs on. */

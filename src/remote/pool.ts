@@ -92,9 +92,7 @@ export class ConnectionPool implements RemoteLink {
       case 'cache':
         return c.raw(Command.CACHE, op.offset, op.length, op.flags);
       case 'status':
-        return c
-          .blockStatus(op.offset, op.length, op.flags)
-          .then((m): Extent[] => m.get(BASE_ALLOCATION) ?? []);
+        return c.blockStatus(op.offset, op.length, op.flags).then((m): Extent[] => m.get(BASE_ALLOCATION) ?? []);
     }
   }
 

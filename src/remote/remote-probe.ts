@@ -6,8 +6,8 @@
  * explicitly, as a large block device range must.
  */
 import type { BlockDevice } from '../block/device.ts';
-import { SIGNATURE_BYTES } from '../store/signatures.ts';
 import type { RangeContent } from '../store/probe.ts';
+import { SIGNATURE_BYTES } from '../store/signatures.ts';
 import type { StoreRange } from '../store/space.ts';
 import { openRemote } from './remote-ranges.ts';
 

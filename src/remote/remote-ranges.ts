@@ -60,11 +60,12 @@ export async function openRemote(uri: string, readOnly = false): Promise<NbdDevi
 async function connect(uri: string, readOnly: boolean): Promise<Opened> {
   const device = await NbdDevice.open(uri, { ...settings, readOnly });
   const name = redactUri(uri);
-  const why = !readOnly && !device.capabilities.writable
-    ? 'is read-only'
-    : !device.capabilities.durable
-      ? 'does not offer FLUSH, so nothing written to it can be made durable (the store journal and the copy-before-write order depend on it)'
-      : undefined;
+  const why =
+    !readOnly && !device.capabilities.writable
+      ? 'is read-only'
+      : !device.capabilities.durable
+        ? 'does not offer FLUSH, so nothing written to it can be made durable (the store journal and the copy-before-write order depend on it)'
+        : undefined;
   if (why !== undefined) {
     await device.close();
     throw new NbdsnapError('BAD_CONFIG', `store export ${name} ${why}; refusing it as a store`);

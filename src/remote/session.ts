@@ -23,8 +23,9 @@
  *
  * The link (one or several connections, pool.ts) is injected, so this is tested without a server.
  */
-import { NbdsnapError } from '../errors.ts';
+
 import * as pool from '../block/buffer-pool.ts';
+import { NbdsnapError } from '../errors.ts';
 import { Backoff } from './backoff.ts';
 import { type LogEntry, ReplayLog } from './replay-log.ts';
 

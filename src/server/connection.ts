@@ -29,9 +29,9 @@ import {
   ServerParser,
   serialize,
 } from '../nbd-protocol/index.ts';
+import { PayloadReads, readInto } from './direct-read.ts';
 import type { ExportRegistry } from './exports.ts';
 import { Negotiator, type Session } from './handshake.ts';
-import { PayloadReads, readInto } from './direct-read.ts';
 import type { MemoryBudget } from './memory-budget.ts';
 import { Reservations } from './reservations.ts';
 import { type ServerTls, startServerTls } from './tls.ts';

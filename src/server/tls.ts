@@ -12,7 +12,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { createSecureContext, Server as TlsServer, type TLSSocket, type TlsOptions } from 'node:tls';
+import { createSecureContext, type TLSSocket, type TlsOptions, Server as TlsServer } from 'node:tls';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 
 export const TLS_MODES = ['off', 'on', 'require'] as const;

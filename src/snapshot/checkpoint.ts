@@ -26,7 +26,7 @@
  * `describeCatalog` is the canonical comparable form of a catalog (tests, and checks after a
  * checkpoint): the state the journal defines, none of the caches.
  */
-import { MERGE_PLAN_RUNS, type JournalRecord } from '../store/records.ts';
+import { type JournalRecord, MERGE_PLAN_RUNS } from '../store/records.ts';
 import type { Catalog } from './catalog.ts';
 
 const U32_MAX = 0xffffffff;

@@ -144,11 +144,7 @@ export class ChunkTree {
           else hi = mid - 1;
         }
       } else
-        while (
-          j + 1 < leaf.n &&
-          keys[j + 1] === (keys[j] as number) + 1 &&
-          (leaf.vals[(j + 1) * st] as number) >= min
-        )
+        while (j + 1 < leaf.n && keys[j + 1] === (keys[j] as number) + 1 && (leaf.vals[(j + 1) * st] as number) >= min)
           j += 1;
       const end = (keys[j] as number) + 1;
       if (j < leaf.n - 1) return end;

@@ -21,8 +21,8 @@ import type { EventBus, LowSpaceWatch } from './events.ts';
 import type { MergeControl } from './merge-control.ts';
 import type { Snapshot } from './model.ts';
 import { exportName } from './model.ts';
-import { releaseRecords } from './release.ts';
 import type { Recorder } from './recorder.ts';
+import { releaseRecords } from './release.ts';
 import type { Serial } from './serial.ts';
 
 export interface CommandParts {

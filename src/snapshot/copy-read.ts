@@ -189,7 +189,14 @@ export class CopyReader {
     return this.readLater(first.copy.slot, 0, buf).then(finish);
   }
 
-  private checkRun(run: CopyPiece[], buf: Buffer, direct: boolean, tokens: Token[], out: Buffer, failed: CopyPiece[]): void {
+  private checkRun(
+    run: CopyPiece[],
+    buf: Buffer,
+    direct: boolean,
+    tokens: Token[],
+    out: Buffer,
+    failed: CopyPiece[],
+  ): void {
     const cs = this.store.chunkSize;
     const sums = new Uint32Array(this.cache.blocks);
     for (const [k, p] of run.entries()) {
@@ -216,6 +223,7 @@ export class CopyReader {
     if (buf.length > NOWAIT_MAX || native?.readNowait === undefined) return false;
     try {
       const where = this.store.space.locate(slot);
+      if (where.remote) return false; // a range on an NBD export: the store reads it
       return native.readNowait(this.fd(where.path), buf, where.offset + inSlot) === buf.length;
     } catch {
       return false; // the slow path reads again and reports
@@ -226,6 +234,7 @@ export class CopyReader {
   private async readLater(slot: number, inSlot: number, buf: Buffer): Promise<boolean> {
     try {
       const where = this.store.space.locate(slot);
+      if (where.remote) return false; // a range on an NBD export: the store reads it
       const fd = this.fd(where.path);
       const position = where.offset + inSlot;
       for (let done = 0; done < buf.length; ) {

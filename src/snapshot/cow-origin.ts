@@ -25,9 +25,9 @@ import * as pool from '../block/buffer-pool.ts';
 import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import { probes } from '../metrics/probes.ts';
-import { checksum } from '../store/checksum.ts';
 import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
+import { copyChecksum } from './copy-read.ts';
 import type { OriginState, Snapshot } from './model.ts';
 
 export interface CowHooks {
@@ -116,11 +116,35 @@ export class CowOrigin extends Layer {
     const chunks = this.state.chunksOf(offset, length);
     if (chunks.length === 1) return this.preserveChunk(chunks[0] as number);
     for (let i = 0; i < chunks.length; i += COPY_PARALLELISM) {
-      await allSettled(chunks.slice(i, i + COPY_PARALLELISM).map((c) => this.preserveChunk(c)));
+      const part = chunks.slice(i, i + COPY_PARALLELISM);
+      // Neighbouring chunks get neighbouring slots (one pwritev for them, one read back).
+      const placed = this.place(part);
+      try {
+        await allSettled(part.map((c) => this.preserveChunk(c, placed)));
+      } finally {
+        for (const slot of placed.values()) this.store?.release(slot); // not used after all
+      }
     }
   }
 
-  private async preserveChunk(chunk: number): Promise<void> {
+  /**
+   * Slots for the chunks of `chunks` that need a copy and are not being copied, taken as one
+   * run (store.allocateRun): the same test `preserveChunk` makes, in the same turn, so each of
+   * them takes its slot from here. Chunks left without one allocate their own (or find it full).
+   */
+  private place(chunks: number[]): Map<number, number> {
+    const placed = new Map<number, number>();
+    const store = this.store;
+    if (store === undefined || store.failure !== undefined) return placed;
+    const { guard, table } = this.state;
+    const need = chunks.filter((c) => guard.inProgress(c) === undefined && table.needsCopy(c, this.state.live));
+    if (need.length < 2) return placed;
+    const slots = store.allocateRun(need.length);
+    for (let i = 0; i < slots.length; i++) placed.set(need[i] as number, slots[i] as number);
+    return placed;
+  }
+
+  private async preserveChunk(chunk: number, placed?: Map<number, number>): Promise<void> {
     const { guard, table } = this.state;
     for (;;) {
       const copying = guard.inProgress(chunk);
@@ -130,8 +154,10 @@ export class CowOrigin extends Layer {
       }
       if (!table.needsCopy(chunk, this.state.live)) return;
       const done = guard.claim(chunk);
+      const slot = placed?.get(chunk);
+      placed?.delete(chunk);
       try {
-        await this.copy(chunk);
+        await this.copy(chunk, slot);
       } finally {
         done();
       }
@@ -139,35 +165,46 @@ export class CowOrigin extends Layer {
     }
   }
 
-  private async copy(chunk: number): Promise<void> {
+  private async copy(chunk: number, placedSlot: number | undefined): Promise<void> {
     const { table, guard } = this.state;
     const live = this.state.live;
     const latest = table.latest(chunk);
     const needing = live.filter((s) => s.seq > latest && !s.privateChunks.has(chunk));
     const seq = (live[live.length - 1] as Snapshot).seq;
     const store = this.store;
-    if (store?.failure !== undefined)
+    if (store?.failure !== undefined) {
+      if (placedSlot !== undefined) store.release(placedSlot);
       throw new NbdsnapError('EIO', `difference store failed: ${store.failure}; the chunk cannot be preserved`);
-    const slot = store?.allocate();
+    }
+    const slot = placedSlot ?? store?.allocate();
     if (store === undefined || slot === undefined) {
       await this.hooks.invalidate(needing, 'difference store full');
       await guard.readersDone(chunk);
       return;
     }
     const started = performance.now();
-    let crc: number;
+    let sum: ReturnType<typeof copyChecksum> | undefined;
     try {
       const data = await this.next.read(chunk * this.state.chunkSize, this.state.chunkLength(chunk));
-      crc = checksum(data); // of what was read, before it is written: the copy is checked against it
+      // Of what was read, before it is written: the copy is checked against it. With it, the
+      // checksum of each 4 KiB block, kept for the snapshot reads of parts of the chunk (copy-read.ts).
+      sum = copyChecksum(store, slot, data);
       await store.writeSlot(slot, data);
       pool.give(data); // written: nothing refers to it any more (a pooled buffer is reused, not left to the GC)
     } catch (err) {
+      sum?.drop();
       store.release(slot);
       await this.hooks.invalidate(needing, `copy-before-write failed: ${errorMessage(err)}`);
       await guard.readersDone(chunk);
       return;
     }
-    await this.hooks.record([{ type: 'EXCEPTION', device: this.state.id, seq, chunk, slot, crc }]);
+    try {
+      await this.hooks.record([{ type: 'EXCEPTION', device: this.state.id, seq, chunk, slot, crc: sum.crc }]);
+    } catch (err) {
+      sum.drop();
+      throw err;
+    }
+    sum.keep();
     probes.cowCopied?.(this.state.name, this.state.chunkLength(chunk), started);
     await guard.readersDone(chunk);
   }

@@ -245,8 +245,7 @@ export class ExceptionTable {
     for (let h = t.next(0); h >= 0; ) {
       const chunk = t.key(h);
       const all = this.#versions(chunk, h);
-      for (let i = 0; i < all.length; i += 3)
-        yield [chunk, this.#version(all[i], all[i + 1], all[i + 2])];
+      for (let i = 0; i < all.length; i += 3) yield [chunk, this.#version(all[i], all[i + 1], all[i + 2])];
       // Changed meanwhile (a caller may change the table between two steps): find the place again.
       if (t.stamp !== stamp) {
         stamp = t.stamp;

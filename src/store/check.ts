@@ -8,9 +8,9 @@
  * recorded lost.
  */
 import { closeSync, constants, openSync, readSync } from 'node:fs';
+import { errorMessage } from '../errors.ts';
 import { openRemote } from '../remote/remote-ranges.ts';
 import { isRemote } from '../remote/uri.ts';
-import { errorMessage } from '../errors.ts';
 import { sameCopy } from '../snapshot/exception-table.ts';
 import { replay } from '../snapshot/transition.ts';
 import type { JournalReport } from './journal.ts';

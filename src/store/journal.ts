@@ -316,7 +316,7 @@ export class Journal {
     for (const bytes of encoded) {
       if (this.tail + bytes.length > this.block.length) {
         this.block.fill(FILL, this.tail); // the writer moved on from here
-        await this.space.writeSlot(this.blockSlot, this.block.subarray(start), start);
+        await this.space.writeSlotSync(this.blockSlot, this.block.subarray(start), start);
         await this.startNextBlock();
         start = 0;
       }
@@ -324,7 +324,9 @@ export class Journal {
       this.tail += bytes.length;
       this.seq += 1;
     }
-    if (this.tail > start) await this.space.writeSlot(this.blockSlot, this.block.subarray(start, this.tail), start);
+    // On this thread: a batch's records are small (space.ts, writeSlotSync).
+    // (A range on an NBD export returns a promise instead.)
+    if (this.tail > start) await this.space.writeSlotSync(this.blockSlot, this.block.subarray(start, this.tail), start);
   }
 
   /** Move to the (zeroed) next block; allocate and zero the one after it, durably, first. */

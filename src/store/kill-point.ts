@@ -10,7 +10,9 @@
  *   released yet;
  * - `checkpoint:old-released`: the old journal's slots were released (free for reuse);
  * - `checkpoint:old-reused`: a batch committed after slots of the replaced journal were reused
- *   (for data or journal blocks).
+ *   (for data or journal blocks);
+ * - `copy:slots-written`: a group of copies was written into the store file (slot-writer.ts),
+ *   their records are not committed yet.
  */
 export const KILL_ENV = 'NBDSNAP_TEST_KILL_AT';
 

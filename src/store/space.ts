@@ -4,10 +4,23 @@
  * slot never crosses a range, and a range's tail shorter than a chunk is not used (blksnap does
  * the same). The first `reserved` bytes of every range hold its label (label.ts).
  *
- * Allocation is next-fit over a byte-per-slot map; `free()` makes a slot reusable. I/O goes to
- * one descriptor per distinct file, shared by all ranges on it; `sync()` fdatasyncs them all.
+ * Allocation (slot-map.ts) is next fit, in runs of consecutive slots for the chunks of one
+ * request; `release()` makes a slot reusable. A run of slots is written with one `pwritev`
+ * (`writeRun`, slot-writer.ts). I/O goes to one descriptor per distinct file, shared by all
+ * ranges on it; `sync()` fdatasyncs them all.
  */
-import { closeSync, constants, fdatasync, fstatSync, openSync, read, realpathSync, write } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  fdatasync,
+  fstatSync,
+  openSync,
+  read,
+  realpathSync,
+  write,
+  writeSync,
+  writev,
+} from 'node:fs';
 import { promisify } from 'node:util';
 import type { BlockDevice } from '../block/device.ts';
 import { native } from '../block/native.ts';
@@ -15,10 +28,12 @@ import { type Claim, claimStorage } from '../block/ownership.ts';
 import { NbdsnapError } from '../errors.ts';
 import { releaseRemote, remoteSize, takeRemote } from '../remote/remote-ranges.ts';
 import { isRemote } from '../remote/uri.ts';
+import { SlotMap } from './slot-map.ts';
 
 const fdatasyncAsync = promisify(fdatasync);
 const readAsync = promisify(read);
 const writeAsync = promisify(write);
+const writevAsync = promisify(writev);
 
 export interface StoreRange {
   path: string;
@@ -65,9 +80,7 @@ export class StoreSpace {
   /** The claims on every range opened (ownership.ts), released on close. */
   private readonly claims: Claim[] = [];
   private readonly ranges: OpenRange[] = [];
-  private used = new Uint8Array(0);
-  private freeSlots = 0;
-  private cursor = 0;
+  private readonly map = new SlotMap();
 
   private readonly readOnly: boolean;
 
@@ -79,10 +92,10 @@ export class StoreSpace {
   }
 
   get totalSlots(): number {
-    return this.used.length;
+    return this.map.total;
   }
   get free(): number {
-    return this.freeSlots;
+    return this.map.free;
   }
   get rangeList(): StoreRange[] {
     return this.ranges.map(({ path, start, length }) => ({ path, start, length }));
@@ -133,21 +146,15 @@ export class StoreSpace {
       );
     }
     const slots = Math.floor(usable / this.chunkSize);
-    const firstSlot = this.used.length;
+    const firstSlot = this.map.total;
     this.ranges.push({ ...range, fd: file.fd, remote: file.remote, firstSlot, slots, slotBase: range.start + skip });
-    const grown = new Uint8Array(firstSlot + slots);
-    grown.set(this.used);
-    if (available) this.freeSlots += slots;
-    else grown.fill(1, firstSlot);
-    this.used = grown;
+    this.map.grow(slots, available);
     return slots;
   }
 
   /** Take back the range added last, whose slots were never made available (a failed append). */
   dropLast(): void {
-    const r = this.ranges.pop();
-    if (r === undefined) return;
-    this.used = this.used.slice(0, r.firstSlot);
+    if (this.ranges.pop() !== undefined) this.map.shrink();
   }
 
   /** Let slots [first, first + count) be allocated (see `add`). */
@@ -164,47 +171,37 @@ export class StoreSpace {
   }
 
   allocate(): number | undefined {
-    if (this.freeSlots === 0) return undefined;
-    const n = this.used.length;
-    for (let i = 0; i < n; i++) {
-      const slot = (this.cursor + i) % n;
-      if (this.used[slot] === 0) {
-        this.used[slot] = 1;
-        this.freeSlots -= 1;
-        this.cursor = (slot + 1) % n;
-        return slot;
-      }
-    }
-    return undefined;
+    return this.map.allocate();
+  }
+
+  /** `count` free slots, consecutive in one range where possible (slot-map.ts). */
+  allocateRun(count: number): number[] {
+    return this.map.allocateRun(count);
+  }
+
+  /** The first slot after the range that holds `slot` (a run never crosses it). */
+  runEnd(slot: number): number {
+    for (const r of this.ranges) if (slot >= r.firstSlot && slot < r.firstSlot + r.slots) return r.firstSlot + r.slots;
+    throw new NbdsnapError('EIO', `store slot ${slot} does not exist`);
   }
 
   /** Whether `slot` is allocated. */
   isUsed(slot: number): boolean {
-    return this.used[slot] === 1;
+    return this.map.isUsed(slot);
   }
 
   /** Mark a slot used (replay). */
   claim(slot: number): void {
-    if (slot >= this.used.length)
-      throw new NbdsnapError('CORRUPT', `store slot ${slot} is beyond the store (${this.used.length})`);
-    if (this.used[slot] === 0) {
-      this.used[slot] = 1;
-      this.freeSlots -= 1;
-    }
+    this.map.claim(slot);
   }
 
   release(slot: number): void {
-    if (this.used[slot] === 1) {
-      this.used[slot] = 0;
-      this.freeSlots += 1;
-    }
+    this.map.release(slot);
   }
 
   /** Reset the allocation map (before a replay). */
   clearAllocations(): void {
-    this.used.fill(0);
-    this.freeSlots = this.used.length;
-    this.cursor = 0;
+    this.map.clear();
   }
 
   private where(slot: number): { fd: number; offset: number; remote?: BlockDevice | undefined } {
@@ -217,16 +214,57 @@ export class StoreSpace {
   }
 
   /** Where a slot lies: its file and byte offset (reports of damage). */
-  locate(slot: number): { path: string; offset: number } {
+  locate(slot: number): { path: string; offset: number; remote: boolean } {
     const r = this.ranges.find((x) => slot >= x.firstSlot && slot < x.firstSlot + x.slots);
     if (r === undefined) throw new NbdsnapError('EIO', `store slot ${slot} does not exist`);
-    return { path: r.path, offset: r.slotBase + (slot - r.firstSlot) * this.chunkSize };
+    return { path: r.path, offset: r.slotBase + (slot - r.firstSlot) * this.chunkSize, remote: r.remote !== undefined };
   }
 
   async writeSlot(slot: number, data: Buffer, offsetInSlot = 0): Promise<void> {
     const { fd, offset, remote } = this.where(slot);
     if (remote !== undefined) await remote.write(offset + offsetInSlot, data, false);
     else await writeFully(fd, data, offset + offsetInSlot);
+  }
+
+  /**
+   * The same as `writeSlot`, on this thread: for the journal's few hundred bytes a batch, into the
+   * page cache, where a thread-pool round trip (a wake-up and a context switch each way) costs
+   * more than the write, and lies on the path every waiting write takes.
+   */
+  writeSlotSync(slot: number, data: Buffer, offsetInSlot = 0): Promise<void> | undefined {
+    const { fd, offset, remote } = this.where(slot);
+    // a range on an NBD export cannot be written on this thread: the caller awaits the promise
+    if (remote !== undefined) return remote.write(offset + offsetInSlot, data, false);
+    for (let done = 0; done < data.length; )
+      done += writeSync(fd, data, done, data.length - done, offset + offsetInSlot + done);
+    return undefined;
+  }
+
+  /** Write whole slots `first`, `first + 1`, ... (one range) from `buffers`, one chunk each, with one `pwritev`. */
+  async writeRun(first: number, buffers: Buffer[]): Promise<void> {
+    const { fd, offset, remote } = this.where(first);
+    if (first + buffers.length > this.runEnd(first)) throw new NbdsnapError('EINVAL', 'a run of slots crosses a range');
+    if (buffers.some((b) => b.length !== this.chunkSize)) throw new NbdsnapError('EINVAL', 'a run of partial slots');
+    if (remote !== undefined) return remote.write(offset, Buffer.concat(buffers), false);
+    let bufs = buffers;
+    let position = offset;
+    for (;;) {
+      const { bytesWritten } = await writevAsync(fd, bufs, position);
+      const total = bufs.reduce((n, b) => n + b.length, 0);
+      if (bytesWritten >= total) return;
+      // A short write: go on from where it stopped.
+      position += bytesWritten;
+      let skip = bytesWritten;
+      const rest: Buffer[] = [];
+      for (const b of bufs) {
+        if (skip >= b.length) skip -= b.length;
+        else {
+          rest.push(skip > 0 ? b.subarray(skip) : b);
+          skip = 0;
+        }
+      }
+      bufs = rest;
+    }
   }
 
   async readSlot(slot: number, length: number, offsetInSlot = 0): Promise<Buffer> {

@@ -15,18 +15,17 @@
  *
  * Low free space (below `lowSpaceSlots`) and exhaustion are reported through `onSpace`.
  */
-import { randomUUID } from 'node:crypto';
-import { statSync } from 'node:fs';
-import { claimStorage } from '../block/ownership.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import { type WrittenCheckpoint, writeCheckpoint } from './checkpoint-writer.ts';
 import { Journal, type JournalReport } from './journal.ts';
 import { killPoint } from './kill-point.ts';
-import { copyOffset, encodeLabel, encodeLabelPair, LABEL_AREA, rangeSpec, type StoreKind } from './label.ts';
-import { checkAppend, planCheck, planOpen, planTransient } from './open.ts';
-import { probeRange, type RangeContent } from './probe.ts';
+import { encodeLabelPair, type StoreKind } from './label.ts';
+import { planCheck, planOpen, planTransient } from './open.ts';
+import { probeRange } from './probe.ts';
 import type { JournalRecord } from './records.ts';
-import { type StoreRange, StoreSpace } from './space.ts';
+import { SlotWriter } from './slot-writer.ts';
+import type { StoreRange, StoreSpace } from './space.ts';
+import { checkCleanStop, openSpace, probeOwned, StoreRecord } from './store-record.ts';
 import { newSuperblock, rangeLabel, type Superblock } from './superblock.ts';
 import { chunkLengths, type DataRecord, mismatchedData } from './verify.ts';
 
@@ -60,21 +59,22 @@ export interface StoreStatus {
 export class DiffStore {
   readonly space: StoreSpace;
   readonly transient: boolean;
+  /** Whole-slot writes, coalesced (slot-writer.ts). */
+  private readonly writer: SlotWriter;
   private readonly journal: Journal | undefined;
-  /** Range 0's label: the store's record. */
-  private record: Superblock;
+  /** Range 0's label: the store's record (store-record.ts). */
+  private readonly label: StoreRecord;
   private readonly slotsPerRange: number[] = [];
   private failedReason: string | undefined;
   private closing = false;
   /** Slots of journals replaced by checkpoints (only for the test kill point `checkpoint:old-reused`). */
   private replaced: number[] = [];
-  /** Label updates that read and rewrite the record run one at a time (`exclusive`). */
-  private labelTurn: Promise<void> = Promise.resolve();
 
   private constructor(space: StoreSpace, journal: Journal | undefined, record: Superblock, slots: number[]) {
     this.space = space;
+    this.writer = new SlotWriter(space);
     this.journal = journal;
-    this.record = record;
+    this.label = new StoreRecord(space, record);
     this.transient = record.kind === 'transient';
     this.slotsPerRange.push(...slots);
   }
@@ -85,7 +85,7 @@ export class DiffStore {
 
   /** The store's identity (the uuid in every range's label). */
   get uuid(): string {
-    return this.record.uuid;
+    return this.label.current.uuid;
   }
 
   /**
@@ -142,7 +142,7 @@ export class DiffStore {
     try {
       checkCleanStop(record, opened.report);
       if (record.cleanAt !== undefined && !readOnly) await store.clearCleanStop();
-      if (plan.moved && !readOnly) await store.recordPaths(plan.ranges);
+      if (plan.moved && !readOnly) await store.label.recordPaths(plan.ranges);
       for (const r of plan.appends) await store.append(r);
     } catch (err) {
       store.abandon(); // no CLEAN batch and no clean-stop mark: this start did not happen
@@ -165,22 +165,13 @@ export class DiffStore {
       await space.sync();
       const store = new DiffStore(space, journal, record, counts);
       // Both copies (generations 2 and 3): a store whose one written copy is damaged is lost whole.
-      await store.writeRecord();
-      await store.writeRecord();
+      await store.label.write();
+      await store.label.write();
       return store;
     } catch (err) {
       space.close();
       throw err;
     }
-  }
-
-  /** Record where the ranges are now (some path changed since the record was written). */
-  private async recordPaths(ranges: StoreRange[]): Promise<void> {
-    this.record = {
-      ...this.record,
-      ranges: this.record.ranges.map((r, i) => ({ ...r, path: (ranges[i] as StoreRange).path })),
-    };
-    await this.writeRecord();
   }
 
   /**
@@ -190,67 +181,26 @@ export class DiffStore {
    * slots the recorded store does not have). If either write fails the range is not added.
    */
   append(range: StoreRange): Promise<void> {
-    return this.exclusive(() => this.appendNow(range));
-  }
-
-  /**
-   * Run `fn` after every label update begun before it (append, checkpoint): each reads the record
-   * and writes it back, so two at once could write back a record without the other's change.
-   */
-  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.labelTurn.then(fn);
-    this.labelTurn = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    return run;
-  }
-
-  private async appendNow(range: StoreRange): Promise<void> {
-    if (range.length < LABEL_AREA + this.chunkSize) {
-      throw new NbdsnapError(
-        'BAD_ARGUMENT',
-        `the range is smaller than one chunk after its ${LABEL_AREA / 1024} KiB label area`,
-      );
-    }
-    const st = statSync(range.path);
-    const other = this.space.overlaps(st.dev, st.ino, range.start, range.length);
-    if (other !== undefined) {
-      throw new NbdsnapError('BAD_ARGUMENT', `store range ${rangeSpec(range)} overlaps ${rangeSpec(other)}`);
-    }
-    const id = checkAppend(range, await probeOwned(range), this.record);
-    const index = this.record.ranges.length;
-    const first = this.space.totalSlots;
-    const slots = this.space.add(range, false);
-    const before = this.record;
-    const entry = { path: range.path, start: range.start, length: range.length, id: id ?? randomUUID() };
-    this.record = { ...before, ranges: [...before.ranges, entry] };
-    try {
-      await this.space.writeLabel(index, encodeLabelPair(rangeLabel(this.record, index)), 0);
-      await this.space.sync();
-      await this.writeRecord();
-    } catch (err) {
-      this.space.dropLast();
-      this.record = { ...before, generation: this.record.generation };
-      throw new NbdsnapError('EIO', `could not record the new range: ${errorMessage(err)}`);
-    }
-    this.slotsPerRange.push(slots);
-    this.space.makeAvailable(first, slots);
-  }
-
-  /** Write range 0's label (the record) to its other copy, with the next generation, durably. */
-  private async writeRecord(): Promise<void> {
-    const record = this.record;
-    record.generation += 1;
-    // Alternate copies by generation: a torn write leaves the other, older copy valid.
-    await this.space.writeLabel(0, encodeLabel(record), copyOffset(record.generation));
-    await this.space.sync();
+    return this.label.exclusive(async () => {
+      const { first, slots } = await this.label.appendRange(range);
+      this.slotsPerRange.push(slots);
+      this.space.makeAvailable(first, slots);
+    });
   }
 
   /** A free slot for chunk data, or undefined when the store is full (the journal keeps a reserve). */
   allocate(): number | undefined {
     if (this.space.free <= (this.transient ? 0 : JOURNAL_RESERVE)) return undefined;
     return this.space.allocate();
+  }
+
+  /**
+   * Up to `count` free slots for chunk data, consecutive in one range where the free space allows
+   * (space.ts); fewer (maybe none) when the store is nearly full (the journal keeps its reserve).
+   */
+  allocateRun(count: number): number[] {
+    const room = this.space.free - (this.transient ? 0 : JOURNAL_RESERVE);
+    return room <= 0 ? [] : this.space.allocateRun(Math.min(count, room));
   }
 
   release(slot: number): void {
@@ -261,7 +211,9 @@ export class DiffStore {
     this.space.claim(slot);
   }
 
+  /** Write into a slot; whole-slot writes are coalesced with others (slot-writer.ts). */
   writeSlot(slot: number, data: Buffer, offsetInSlot = 0): Promise<void> {
+    if (offsetInSlot === 0 && data.length === this.chunkSize) return this.writer.write(slot, data);
     return this.space.writeSlot(slot, data, offsetInSlot);
   }
 
@@ -307,7 +259,7 @@ export class DiffStore {
    * next start is right. Returns undefined for a transient store.
    */
   checkpoint(records: Iterable<JournalRecord>): Promise<WrittenCheckpoint | undefined> {
-    return this.exclusive(() => this.checkpointNow(records));
+    return this.label.exclusive(() => this.checkpointNow(records));
   }
 
   private async checkpointNow(records: Iterable<JournalRecord>): Promise<WrittenCheckpoint | undefined> {
@@ -319,10 +271,13 @@ export class DiffStore {
     if (!journal.idle) throw new NbdsnapError('EINVAL', 'a checkpoint needs the journal idle');
     const generation = (journal.generation + 1) % 0x100000000;
     const written = await writeCheckpoint(this.space, records, generation, JOURNAL_RESERVE);
-    const before = this.record;
-    this.record = { ...before, firstJournalSlot: written.slots[0] as number, journalGeneration: generation };
+    const before = this.label.current;
     try {
-      await this.writeRecord();
+      await this.label.update({
+        ...before,
+        firstJournalSlot: written.slots[0] as number,
+        journalGeneration: generation,
+      });
     } catch (err) {
       const why = `the label naming a checkpoint could not be written: ${errorMessage(err)}`;
       journal.fail(why);
@@ -344,26 +299,23 @@ export class DiffStore {
 
   /** A failure recorded before this start (the record's flag), if any. */
   get failedBefore(): string | undefined {
-    return this.record.failed;
+    return this.label.current.failed;
   }
 
   /** After the snapshots of a failed store were recorded invalid: clear the record's flag. */
-  async clearFailedBefore(): Promise<void> {
-    if (this.record.failed === undefined) return;
-    const { failed: _, ...rest } = this.record;
-    this.record = rest;
-    await this.writeRecord();
+  clearFailedBefore(): Promise<void> {
+    return this.label.clear('failed');
   }
 
   private async markFailed(reason: string): Promise<void> {
     if (this.failedReason !== undefined) return;
     this.failedReason = reason;
     if (this.transient) return;
-    this.record = { ...this.record, failed: `${new Date().toISOString()}: ${reason}` };
+    const failed = `${new Date().toISOString()}: ${reason}`;
     // The flag is a second line of defence: the commit's own failure already fails every write
     // that needed it, and every later commit. If the flag cannot be written either, say so.
     try {
-      await this.writeRecord();
+      await this.label.update({ ...this.label.current, failed });
     } catch (err) {
       this.failedReason = `${reason}; recording the failure in the store's label failed too: ${errorMessage(err)}`;
     }
@@ -403,8 +355,7 @@ export class DiffStore {
     try {
       if (this.failure === undefined && this.journal !== undefined && (await this.journal.close())) {
         // Where the journal ends after its CLEAN batch: the next start checks it ends there.
-        this.record = { ...this.record, cleanAt: this.journal.nextSeq };
-        await this.writeRecord();
+        await this.label.update({ ...this.label.current, cleanAt: this.journal.nextSeq });
       }
     } finally {
       this.space.close();
@@ -418,47 +369,7 @@ export class DiffStore {
   }
 
   /** At start, once the clean-stop mark was checked: a crash from now on must not look clean. */
-  async clearCleanStop(): Promise<void> {
-    const { cleanAt: _, ...rest } = this.record;
-    this.record = rest;
-    await this.writeRecord();
+  clearCleanStop(): Promise<void> {
+    return this.label.clear('cleanAt');
   }
-}
-
-/** A space over `ranges` (opened read-write or read-only; overlaps and sizes checked), before anything is written. */
-function openSpace(chunkSize: number, ranges: StoreRange[], readOnly = false): { space: StoreSpace; counts: number[] } {
-  const space = new StoreSpace(chunkSize, LABEL_AREA, readOnly);
-  try {
-    return { space, counts: ranges.map((r) => space.add(r)) };
-  } catch (err) {
-    space.close();
-    throw err;
-  }
-}
-
-/**
- * Read what a range holds only once this server may own it: a range another process holds is
- * refused as in use (naming the holder), before its content is judged.
- */
-async function probeOwned(range: StoreRange): Promise<RangeContent> {
-  const claim = claimStorage(range.path, { exclusive: true, role: 'store', start: range.start, length: range.length });
-  try {
-    return await probeRange(range);
-  } finally {
-    claim.release();
-  }
-}
-
-/**
- * After a graceful stop range 0 records where the journal ended (`cleanAt`). Replay must end
- * there, on the CLEAN batch: ending anywhere else means the journal's end was lost or damaged
- * after the stop (sectors that read as zeros look like a crash's torn tail to replay alone).
- */
-function checkCleanStop(record: Superblock, report: JournalReport | undefined): void {
-  if (record.cleanAt === undefined || report === undefined) return;
-  if (report.cleanStop && report.stop.seq === record.cleanAt) return;
-  throw new NbdsnapError(
-    'CORRUPT',
-    `difference store journal is damaged: the store was stopped cleanly at journal record ${record.cleanAt}, but its journal ends at record ${report.stop.seq}${report.cleanStop ? '' : ' without its clean-stop batch'}; refusing to start`,
-  );
 }

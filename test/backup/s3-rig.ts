@@ -12,9 +12,9 @@ import { readFileSync } from 'node:fs';
 import { type AddressInfo, connect, createServer, type Server, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CreateBucketCommand, HeadObjectCommand, ListMultipartUploadsCommand, S3Client } from '@aws-sdk/client-s3';
+import { CEPH_SKIP_REASON, startCeph } from '../helpers/ceph.ts';
 import { type RunResult, run } from '../helpers/clients.ts';
 import { CLI } from '../helpers/server.ts';
-import { CEPH_SKIP_REASON, startCeph } from '../helpers/ceph.ts';
 
 export interface S3Endpoint {
   endpoint: string;

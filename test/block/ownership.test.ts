@@ -13,8 +13,8 @@ import { parseLockLine } from '../../src/block/holders.ts';
 import { devName, splitDev } from '../../src/block/identity.ts';
 import { native } from '../../src/block/native.ts';
 import { claimStorage, identify, overlaps, refuseAliases } from '../../src/block/ownership.ts';
-import { ROOT, tempDir } from '../helpers/server.ts';
 import { addPartitions, attachLoop, detachLoop, mbrImage, noLoop, removePartitions } from '../helpers/loop.ts';
+import { ROOT, tempDir } from '../helpers/server.ts';
 
 const dir = tempDir('nbdsnap-identity-');
 afterAll(() => dir.cleanup());

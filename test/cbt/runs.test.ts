@@ -6,8 +6,8 @@
  * or end inside a block.
  */
 import { describe, expect, it } from 'vitest';
-import { CbtControl, type CbtState } from '../../src/cbt/cbt-control.ts';
 import { Bitset } from '../../src/cbt/bitset.ts';
+import { CbtControl, type CbtState } from '../../src/cbt/cbt-control.ts';
 import { type BlockSet, RunSet, unionOf } from '../../src/cbt/runs.ts';
 import { CbtTracker } from '../../src/cbt/tracker.ts';
 import type { Extent } from '../../src/nbd-protocol/index.ts';

@@ -3,7 +3,7 @@
  * (its target untouched), a temporary file left by a crash of the same pid (a symlink here)
  * removed without following it, a directory that cannot hold it refused in one line.
  */
-import { lstatSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { checkPidFile, writePidFile } from '../../src/cli/pid-file.ts';

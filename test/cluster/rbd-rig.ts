@@ -11,7 +11,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { NbdClient } from '../../src/client/nbd-client.ts';
 import type { CephCluster, ImageExport } from '../helpers/ceph.ts';
-import { makeImage, makeSparse, MiB, Rig } from '../helpers/snapshots.ts';
+import { MiB, makeImage, makeSparse, Rig } from '../helpers/snapshots.ts';
 import { stampedData, stampedImage } from '../helpers/stamps.ts';
 
 export const LOCAL_ORIGIN = process.env.CLUSTER_ORIGIN === 'file';

@@ -6,7 +6,6 @@
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import {
   closeSync,
   existsSync,
@@ -17,6 +16,7 @@ import {
   writeFileSync,
   writeSync,
 } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { RunningServer } from './server.ts';
 
 export interface RunResult {

@@ -167,7 +167,11 @@ out['ok'] = ok
     extra.stop();
     // Once the held ones are gone (each logs its one line as it closes), a client is served
     // again, and the burst is summed up.
-    const gone = () => srv.stderr().split('\n').filter((l) => l.includes('in the handshake')).length;
+    const gone = () =>
+      srv
+        .stderr()
+        .split('\n')
+        .filter((l) => l.includes('in the handshake')).length;
     for (let i = 0; i < 300 && gone() < 5; i++) await sleep(100);
     expect(gone()).toBe(5);
     const out = await nbdsh("out['size'] = h.get_size()", srv.uri('disk'));

@@ -16,8 +16,8 @@ import {
   run,
   sameBytes,
   sparseImage,
-  writeAt,
   stopQuietly,
+  writeAt,
 } from '../helpers/clients.ts';
 import { RawClient } from '../helpers/raw-client.ts';
 import { type RunningServer, startServer, tempDir } from '../helpers/server.ts';

@@ -5,7 +5,7 @@
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hasTool, MiB, ok, pattern, run, sha256, sparseImage, writeAt, stopQuietly } from '../helpers/clients.ts';
+import { hasTool, MiB, ok, pattern, run, sha256, sparseImage, stopQuietly, writeAt } from '../helpers/clients.ts';
 import { type RunningServer, startServer, tempDir } from '../helpers/server.ts';
 
 const SIZE = 64 * MiB;

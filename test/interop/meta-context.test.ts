@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Command, type Extent, Option, Reply } from '../../src/nbd-protocol/index.ts';
-import { hasTool, MiB, nbdsh, pattern, sparseImage, writeAt, stopQuietly } from '../helpers/clients.ts';
+import { hasTool, MiB, nbdsh, pattern, sparseImage, stopQuietly, writeAt } from '../helpers/clients.ts';
 import { RawClient } from '../helpers/raw-client.ts';
 import { type RunningServer, startServer, tempDir } from '../helpers/server.ts';
 

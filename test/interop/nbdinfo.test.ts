@@ -6,7 +6,7 @@
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { hasTool, MiB, ok, pattern, run, sparseImage, writeAt, stopQuietly } from '../helpers/clients.ts';
+import { hasTool, MiB, ok, pattern, run, sparseImage, stopQuietly, writeAt } from '../helpers/clients.ts';
 import { type RunningServer, startServer, tempDir } from '../helpers/server.ts';
 
 describe.skipIf(!hasTool('nbdinfo'))('nbdinfo', () => {

@@ -17,8 +17,8 @@ import {
   sameBytes,
   sha256,
   sparseImage,
-  writeAt,
   stopQuietly,
+  writeAt,
 } from '../helpers/clients.ts';
 import { type RunningServer, startServer, tempDir } from '../helpers/server.ts';
 

@@ -88,7 +88,8 @@ export class WriteModel {
         if (before && w.ok) {
           last = blockData(w.seed);
           allowed.length = 0; // a write answered later than a failed one replaces it
-        } else if (before) allowed.push(blockData(w.seed)); // EIO: it may have landed
+        } else if (before)
+          allowed.push(blockData(w.seed)); // EIO: it may have landed
         else if (w.sent < to) allowed.push(blockData(w.seed)); // in flight across the point
       }
       allowed.push(last);

@@ -21,7 +21,13 @@ export interface Peer {
 export type PeerKind = 'qemu-raw' | 'qemu-qcow2' | 'nbdkit-memory' | 'nbdkit-file' | 'nbdkit-file-single';
 
 /** Start a peer serving `file` (ignored for nbdkit memory), `size` bytes. */
-export async function startPeer(kind: PeerKind, dir: string, file: string, size: number, extra: string[] = []): Promise<Peer> {
+export async function startPeer(
+  kind: PeerKind,
+  dir: string,
+  file: string,
+  size: number,
+  extra: string[] = [],
+): Promise<Peer> {
   if (kind === 'qemu-qcow2') await run('qemu-img', ['create', '-q', '-f', 'qcow2', file, String(size)]);
   else if (kind !== 'nbdkit-memory') await run('truncate', ['-s', String(size), file]);
   let port = freshPort();
@@ -32,13 +38,31 @@ export async function startPeer(kind: PeerKind, dir: string, file: string, size:
       const fmt = kind === 'qemu-qcow2' ? 'qcow2' : 'raw';
       return [
         'qemu-nbd',
-        ['-f', fmt, '-p', String(port), '-b', '127.0.0.1', '-x', exportName, '-t', '--shared=8', '--pid-file', pidFile, ...extra, file],
+        [
+          '-f',
+          fmt,
+          '-p',
+          String(port),
+          '-b',
+          '127.0.0.1',
+          '-x',
+          exportName,
+          '-t',
+          '--shared=8',
+          '--pid-file',
+          pidFile,
+          ...extra,
+          file,
+        ],
       ];
     }
     const plugin = kind === 'nbdkit-memory' ? ['memory', String(size)] : ['file', file];
     const filters = kind === 'nbdkit-file-single' ? ['--filter=multi-conn'] : [];
     const params = kind === 'nbdkit-file-single' ? ['multi-conn-mode=disable'] : [];
-    return ['nbdkit', ['-f', '-p', String(port), '-i', '127.0.0.1', '-P', pidFile, ...filters, ...extra, ...plugin, ...params]];
+    return [
+      'nbdkit',
+      ['-f', '-p', String(port), '-i', '127.0.0.1', '-P', pidFile, ...filters, ...extra, ...plugin, ...params],
+    ];
   };
   const peer: Peer = {
     port,

@@ -60,7 +60,10 @@ describe.skipIf(!tools)('losing the remote', () => {
       // The timeout (60 s) was never reached: every request completed after the reconnect.
       expect(model.failed).toBe(0);
       expect(srv.stderr()).toContain('"remote reconnected"');
-      for (const [name, p] of [['a', a], ['b', b]] as const) {
+      for (const [name, p] of [
+        ['a', a],
+        ['b', b],
+      ] as const) {
         const got = await rig.readAll(`disk@${name}`);
         expect(model.mismatches(got, p.from, p.to), `disk@${name}`).toEqual([]);
       }
@@ -102,7 +105,10 @@ describe.skipIf(!tools)('losing the remote', () => {
       expect(model.failed).toBe(0);
       const check = async () => {
         expect((await rig.list()).map((s) => s.state)).toEqual(['valid', 'valid']);
-        for (const [name, p] of [['a', first], ['b', b]] as const) {
+        for (const [name, p] of [
+          ['a', first],
+          ['b', b],
+        ] as const) {
           const got = await rig.readAll(`disk@${name}`);
           expect(model.mismatches(got, p.from, p.to), `disk@${name}`).toEqual([]);
         }
@@ -146,7 +152,7 @@ describe.skipIf(!tools)('losing the remote', () => {
     }
   });
 
-  it("a store that is gone fails the origin write that needed a copy; the origin is left as it was", async () => {
+  it('a store that is gone fails the origin write that needed a copy; the origin is left as it was', async () => {
     const origin = join(dir.path, 'origin4.img');
     await run('truncate', ['-s', String(SIZE), origin]);
     const peer = await startPeer('qemu-raw', dir.path, join(dir.path, 'store4.img'), 64 * MiB);

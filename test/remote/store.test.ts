@@ -6,8 +6,8 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../../src/client/nbd-client.ts';
 import { hasTool, MiB } from '../helpers/clients.ts';
-import { nbdsnap, Rig, readExport, tempDir } from '../helpers/snapshots.ts';
 import { startServer } from '../helpers/server.ts';
+import { nbdsnap, Rig, readExport, tempDir } from '../helpers/snapshots.ts';
 import { blockData } from './model.ts';
 import { startPeer } from './peers.ts';
 
@@ -73,7 +73,9 @@ describe.skipIf(!tools)('a store on a remote NBD export', () => {
     const ro = await startPeer('nbdkit-memory', dir.path, '', 64 * MiB, ['-r']);
     const rw = await startPeer('nbdkit-memory', dir.path, '', 64 * MiB);
     try {
-      await expect(startServer(['disk=memory:8M', '--store', ro.uri])).rejects.toThrow(/is read-only; refusing it as a store/);
+      await expect(startServer(['disk=memory:8M', '--store', ro.uri])).rejects.toThrow(
+        /is read-only; refusing it as a store/,
+      );
       const c = await NbdClient.open(rw.uri);
       const ext4 = Buffer.alloc(2); // the ext2/3/4 magic at 1080
       ext4.writeUInt16LE(0xef53);

@@ -38,7 +38,19 @@ describe.skipIf(!hasTool('qemu-nbd') || !hasTool('nbdkit') || !hasTool('psktool'
     await run('truncate', ['-s', String(8 * MiB), img]);
     const sock = join(dir.path, 'q.sock');
     const pid = join(dir.path, 'q.pid');
-    const q = background('qemu-nbd', ['-f', 'raw', '-k', sock, '-x', 'vol', '-t', '--shared=4', '--pid-file', pid, img]);
+    const q = background('qemu-nbd', [
+      '-f',
+      'raw',
+      '-k',
+      sock,
+      '-x',
+      'vol',
+      '-t',
+      '--shared=4',
+      '--pid-file',
+      pid,
+      img,
+    ]);
     await waitForFile(pid, q);
     const rig = new Rig(dir.path, { devices: { vol: `nbd+unix:///vol?socket=${sock}` }, stores: [] });
     try {
@@ -59,7 +71,19 @@ describe.skipIf(!hasTool('qemu-nbd') || !hasTool('nbdkit') || !hasTool('psktool'
     ok(await run('psktool', ['-u', 'alice', '-p', psk]), 'psktool');
     const port = freshPort();
     const pid = join(dir.path, 'k.pid');
-    const k = background('nbdkit', ['-f', '-p', String(port), '-i', '127.0.0.1', '-P', pid, '--tls=require', `--tls-psk=${psk}`, 'memory', '8M']);
+    const k = background('nbdkit', [
+      '-f',
+      '-p',
+      String(port),
+      '-i',
+      '127.0.0.1',
+      '-P',
+      pid,
+      '--tls=require',
+      `--tls-psk=${psk}`,
+      'memory',
+      '8M',
+    ]);
     await waitForFile(pid, k);
     const rig = new Rig(dir.path, {
       devices: { disk: `nbds://alice@127.0.0.1:${port}/?tls-psk-file=${psk}` },

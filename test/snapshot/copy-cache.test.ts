@@ -13,7 +13,17 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readAt, writeAt } from '../helpers/clients.ts';
 import { startMerge, waitMergeDone } from '../helpers/merge.ts';
-import { assertSame, KiB, MiB, makeImage, makeSparse, outcome, Rig, tempDir, watchEvents } from '../helpers/snapshots.ts';
+import {
+  assertSame,
+  KiB,
+  MiB,
+  makeImage,
+  makeSparse,
+  outcome,
+  Rig,
+  tempDir,
+  watchEvents,
+} from '../helpers/snapshots.ts';
 import { stampedData, stampedImage } from '../helpers/stamps.ts';
 
 const CHUNK = 64 * KiB;

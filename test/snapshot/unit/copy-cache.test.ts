@@ -136,7 +136,14 @@ describe('CopyReader', () => {
           const chunk = Math.floor(pos / CS);
           const inChunk = pos - chunk * CS;
           const n = Math.min(CS - inChunk, length - at);
-          pieces.push({ chunk, copy: (chunks[chunk] as (typeof chunks)[number]).copy, chunkLength: CS, inChunk, length: n, at });
+          pieces.push({
+            chunk,
+            copy: (chunks[chunk] as (typeof chunks)[number]).copy,
+            chunkLength: CS,
+            inChunk,
+            length: n,
+            at,
+          });
           at += n;
         }
         const { out, failed } = await readPieces(reader, pieces, length);

@@ -129,7 +129,10 @@ describe('ExceptionTable against a Map model', () => {
               want,
             );
           }
-          expect(freed.sort((a, b) => a - b), where(step)).toEqual(want.sort((a, b) => a - b));
+          expect(
+            freed.sort((a, b) => a - b),
+            where(step),
+          ).toEqual(want.sort((a, b) => a - b));
         } else if (op === 11) {
           const held = m.versions.get(c);
           const victim = held?.[r(held.length)]?.slot ?? slot + 5;
@@ -200,7 +203,8 @@ describe('ExceptionTable boundaries', () => {
     ['2^53 - 1', Number.MAX_SAFE_INTEGER],
   ])('%s', (_name, chunk) => {
     const t = new ExceptionTable(4);
-    for (const c of [chunk - 2, chunk - 1, chunk + 1, chunk + 2]) if (c >= 0 && c <= Number.MAX_SAFE_INTEGER) t.add(c, 1, c % 1000, 0);
+    for (const c of [chunk - 2, chunk - 1, chunk + 1, chunk + 2])
+      if (c >= 0 && c <= Number.MAX_SAFE_INTEGER) t.add(c, 1, c % 1000, 0);
     t.add(chunk, 1, 4242, -5);
     expect(t.find(chunk, 1)).toEqual({ seq: 1, slot: 4242, crc: -5, lost: false });
     expect(t.nextCopied(chunk, 1)).toBe(chunk);
@@ -254,7 +258,11 @@ describe('ExceptionTable boundaries', () => {
       if (c === 10) for (let k = 11; k < 30; k++) t.remove(k, k);
       if (c === 40) t.add(45.0 + 100, 1, 999, 0);
     }
-    expect(seen).toEqual([...Array.from({ length: 11 }, (_, i) => i), ...Array.from({ length: 20 }, (_, i) => 30 + i), 145]);
+    expect(seen).toEqual([
+      ...Array.from({ length: 11 }, (_, i) => i),
+      ...Array.from({ length: 20 }, (_, i) => 30 + i),
+      145,
+    ]);
   });
 });
 
