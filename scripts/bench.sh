@@ -271,13 +271,13 @@ wl_seqwrite() {
 wl_randread() {
   local j
   j=$(run_fio "$1" randread --rw=randread --bs=4k --iodepth=32)
-  record fio_randread_4k_qd32 "$(fio_value "$j" 'j.jobs[0].read.iops')" IOPS hi 'ratio>=0.7'
+  record fio_randread_4k_qd32 "$(fio_value "$j" 'j.jobs[0].read.iops')" IOPS hi 'ratio>=0.9'
 }
 
 wl_randwrite() {
   local j
   j=$(run_fio "$1" randwrite --rw=randwrite --bs=4k --iodepth=32)
-  record fio_randwrite_4k_qd32 "$(fio_value "$j" 'j.jobs[0].write.iops')" IOPS hi 'ratio>=0.7'
+  record fio_randwrite_4k_qd32 "$(fio_value "$j" 'j.jobs[0].write.iops')" IOPS hi 'ratio>=0.9'
 }
 
 wl_randread_mc() {
