@@ -1,27 +1,17 @@
 /**
- * Parsing of command-line values that yargs leaves as strings: sizes ("64M"), image specs
- * ("NAME=PATH", "memory:64M"), ports. Each failure is an NbdsnapError('BAD_ARGUMENT') whose
- * message is the one line the user sees.
+ * Parsing of command-line values that yargs leaves as strings: image specs ("NAME=PATH",
+ * "memory:64M", NBD URIs) and serve's options; sizes, ports and percentages are in numbers.ts
+ * (re-exported here). Each failure is an NbdsnapError('BAD_ARGUMENT') whose message is the one
+ * line the user sees.
  */
 import { basename, extname } from 'node:path';
 import { parseNbdUri } from '../client/nbd-client.ts';
 import { NbdsnapError } from '../errors.ts';
 import { isRemote } from '../remote/uri.ts';
+import { parsePercent, parsePort, parseSize } from './numbers.ts';
 import type { ServeOptions } from './serve.ts';
 
-const UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
-
-/** "4096", "64K", "64M", "1G", "1GiB" -> bytes. */
-export function parseSize(text: string, what = 'size'): number {
-  const m = /^(\d+)\s*([KMGT]?)(i?B)?$/i.exec(text.trim());
-  const unit = UNITS[(m?.[2] ?? '').toUpperCase()];
-  if (m === null || unit === undefined) {
-    throw new NbdsnapError('BAD_ARGUMENT', `${what} "${text}" is not a size (e.g. 4096, 64K, 64M, 1G)`);
-  }
-  const n = Number(m[1]) * unit;
-  if (!Number.isSafeInteger(n)) throw new NbdsnapError('BAD_ARGUMENT', `${what} "${text}" is too large`);
-  return n;
-}
+export { parsePercent, parsePort, parseSize } from './numbers.ts';
 
 export interface ImageSpec {
   name: string;
@@ -56,24 +46,6 @@ export function parseImage(spec: string, defaultName?: string): ImageSpec {
     return { name, path: target, remote: true };
   }
   return { name, path: target };
-}
-
-export function parsePort(value: unknown): number {
-  const n = typeof value === 'number' || (typeof value === 'string' && /^\s*\d+\s*$/.test(value)) ? Number(value) : NaN;
-  if (!Number.isInteger(n) || n < 0 || n > 65535) {
-    throw new NbdsnapError('BAD_ARGUMENT', `port "${String(value)}" is not a TCP port (0-65535)`);
-  }
-  return n;
-}
-
-/** A percentage from 0 to 100 (e.g. --low-space). */
-export function parsePercent(value: unknown, what: string): number {
-  const n = typeof value === 'number' ? value : Number(value);
-  if (typeof value === 'boolean' || !Number.isFinite(n) || n < 0 || n > 100) {
-    const given = typeof value === 'number' && Number.isNaN(value) ? '' : ` "${String(value)}"`;
-    throw new NbdsnapError('BAD_ARGUMENT', `${what}${given} must be a percentage from 0 to 100`);
-  }
-  return n;
 }
 
 /**

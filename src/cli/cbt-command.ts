@@ -11,7 +11,7 @@ import type { ChangedRanges } from '../cbt/cbt-control.ts';
 import type { PointInfo } from '../cbt/keep.ts';
 import { call, controlPath } from '../control/client.ts';
 import { NbdsnapError } from '../errors.ts';
-import { parseSize } from './args.ts';
+import { parseSize } from './numbers.ts';
 import { defineCommand, withControl } from './command.ts';
 import { parseSnapshotRef } from './control-commands.ts';
 

@@ -7,7 +7,7 @@
  * the error line only). Either way the user gets `nbdsnap: error: ...` in one line, never a stack.
  */
 import type { Argv } from 'yargs';
-import { errorText } from '../log.ts';
+import { errorText } from '../error-text.ts';
 
 export const EXIT_RUNTIME = 1;
 export const EXIT_USAGE = 2;

@@ -7,10 +7,10 @@
 import type { Argv } from 'yargs';
 import { call, controlPath } from '../control/client.ts';
 import { NbdsnapError } from '../errors.ts';
-import { parseSize } from './args.ts';
+import { parseSize } from './numbers.ts';
 import { defineCommand, defineGroup, withControl } from './command.ts';
 import { storeCheck, storeScrub } from './store-check.ts';
-import { storeFormat, storeFormatBuilder } from './store-format.ts';
+import type { StoreFormatOptions } from './store-format.ts';
 
 type ControlArgs = { control?: string | undefined; json: boolean };
 
@@ -204,12 +204,29 @@ const append = defineCommand({
   },
 });
 
+function storeFormatBuilder(y: Argv) {
+  return y
+    .positional('ranges', {
+      type: 'string',
+      array: true,
+      demandOption: true,
+      describe: 'PATH[:START+COUNT] (512-byte sectors), range 0 first',
+    })
+    .option('chunk-size', { type: 'string', describe: 'copy-on-write chunk, 4K..1M [default: 64K]' })
+    .option('transient', { type: 'boolean', default: false, describe: 'label the ranges for --transient serving' })
+    .option('force', {
+      type: 'boolean',
+      default: false,
+      describe: 'format over a filesystem, LVM, swap, LUKS, partition table or persistent store',
+    });
+}
+
 /** The `store` subcommands; others (offline ones) are added to this list. */
 const format = defineCommand({
   command: 'format <ranges..>',
   describe: 'make a new, empty store on PATH[:START+COUNT]... (range 0 first), offline',
   builder: storeFormatBuilder,
-  parse: (a) => {
+  parse: (a): StoreFormatOptions => {
     const chunk = a['chunk-size'];
     return {
       ranges: (a.ranges ?? []).map(String),
@@ -219,6 +236,7 @@ const format = defineCommand({
     };
   },
   run: async (o) => {
+    const { storeFormat } = await import('./store-format.ts'); // the store code, only when formatting
     process.stdout.write(`${await storeFormat(o)}\n`);
   },
 });

@@ -11,11 +11,11 @@ import { report } from './command.ts';
 import { program } from './program.ts';
 
 export { manPage } from './man.ts';
-export { COMMANDS, yargsMessage } from './program.ts';
+export { yargsMessage } from './program.ts';
 
 export async function main(argv: string[]): Promise<void> {
   try {
-    await program(argv).parseAsync();
+    await (await program(argv)).parseAsync();
   } catch (err) {
     const { lines, status } = report(err);
     process.stderr.write(`${lines.join('\n')}\n`);

@@ -5,12 +5,12 @@
  * files). scripts/build.mjs writes it to dist/nbdsnap.1 (npm links it as `man nbdsnap`).
  */
 import type { Command } from './command.ts';
-import { COMMANDS, COMPLETION_COMMAND, packageVersion, program } from './program.ts';
+import { COMPLETION_COMMAND, loadCommands, packageVersion, program } from './program.ts';
 
 /** Every command path with its own help: ["serve"], ["snapshot"], ["snapshot", "create"], ... */
-export function commandPaths(commands: Command[] = COMMANDS): string[][] {
+export async function commandPaths(commands?: Command[]): Promise<string[][]> {
   const paths: string[][] = [];
-  for (const c of commands) {
+  for (const c of commands ?? (await loadCommands())) {
     const name = c.command.split(' ')[0] as string;
     paths.push([name]);
     for (const sub of c.commands ?? []) paths.push([name, sub.command.split(' ')[0] as string]);
@@ -20,7 +20,7 @@ export function commandPaths(commands: Command[] = COMMANDS): string[][] {
 
 /** What `nbdsnap ARGS... FLAG` prints (FLAG: --help or another spelling), one option a line. */
 export async function helpText(path: string[], flag = '--help'): Promise<string> {
-  const y = program([]).exitProcess(false).wrap(null);
+  const y = (await program([...path, flag])).exitProcess(false).wrap(null);
   return new Promise((resolve, reject) => {
     void y.parse([...path, flag], {}, (err: Error | undefined, _argv: unknown, output: string) => {
       if (err) reject(err);
@@ -120,7 +120,7 @@ export async function manPage(): Promise<string> {
     out.push('.TP', bold(e.names), roff(e.text));
   }
   out.push('.SH "COMMANDS IN DETAIL"');
-  for (const path of commandPaths()) out.push(...commandSection(path, parseHelp(await helpText(path))));
+  for (const path of await commandPaths()) out.push(...commandSection(path, parseHelp(await helpText(path))));
   out.push(
     '.SH "EXIT STATUS"',
     '.TP',

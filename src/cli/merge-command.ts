@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Argv } from 'yargs';
 import { call, controlPath } from '../control/client.ts';
 import { NbdsnapError } from '../errors.ts';
-import { parseSize } from './args.ts';
+import { parseSize } from './numbers.ts';
 import { defineCommand, withControl } from './command.ts';
 import { type MergeInfo, mergeLine, parseSnapshotRef } from './control-commands.ts';
 

@@ -6,13 +6,13 @@
 import { readFileSync } from 'node:fs';
 import type { Argv, Options } from 'yargs';
 import { NbdsnapError } from '../errors.ts';
-import { errorText, LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log.ts';
+import { errorText } from '../error-text.ts';
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from '../log.ts';
 import { parseMetricsAddress } from '../metrics/endpoint.ts';
 import { checkTlsSettings, TLS_MODES, type TlsMode } from '../server/tls.ts';
 import { checkServeOptions, type ImageSpec, parsePort, parseSize } from './args.ts';
 import { defineCommand } from './command.ts';
-import { demo } from './demo.ts';
-import { type ServeOptions, serve } from './serve.ts';
+import type { ServeOptions } from './serve.ts';
 import { type Arity, exportDescriptions, scanDescriptions } from './serve-descriptions.ts';
 
 /** How a value is given: on the command line, and as a JSON value in a config file. */
@@ -293,7 +293,8 @@ export const serveCommand = defineCommand({
     if (opts.metrics !== undefined) parseMetricsAddress(opts.metrics); // a usage error, before anything opens
     return opts;
   },
-  run: serve,
+  // The server's code loads when it runs (not for `serve --help` or a usage error).
+  run: async (o) => (await import('./serve.ts')).serve(o),
 });
 
 /** --remote-timeout and --remote-connections, checked. */
@@ -336,5 +337,5 @@ export const demoCommand = defineCommand({
       .option('port', { alias: 'p', type: 'string', default: '10809' })
       .option('log-level', { type: 'string', choices: LOG_LEVELS, default: 'warn' }),
   parse: (a) => ({ dir: a.dir, port: parsePort(a.port), logLevel: a['log-level'] as LogLevel }),
-  run: demo,
+  run: async (o) => (await import('./demo.ts')).demo(o),
 });

@@ -6,11 +6,8 @@
  */
 import type { Argv } from 'yargs';
 import { call, controlPath } from '../control/client.ts';
-import { closeUnusedRemotes, openRemoteRanges } from '../remote/remote-ranges.ts';
 import type { DamagedCopy, ScrubProgress, ScrubReport } from '../snapshot/damage.ts';
-import { checkHuman, checkStore } from '../store/check.ts';
-import { StoreSpace } from '../store/space.ts';
-import { parseSize } from './args.ts';
+import { parseSize } from './numbers.ts';
 import { defineCommand, withControl } from './command.ts';
 
 export const storeCheck = defineCommand({
@@ -27,6 +24,12 @@ export const storeCheck = defineCommand({
       .option('json', { type: 'boolean', default: false, describe: 'print the report as JSON' }),
   parse: (a) => ({ ranges: (a.ranges ?? []).map(String), json: a.json }),
   run: async (o) => {
+    // The store code loads when the check runs, not for every command (program.ts).
+    const [{ closeUnusedRemotes, openRemoteRanges }, { checkHuman, checkStore }, { StoreSpace }] = await Promise.all([
+      import('../remote/remote-ranges.ts'),
+      import('../store/check.ts'),
+      import('../store/space.ts'),
+    ]);
     await openRemoteRanges(o.ranges, true);
     const report = await checkStore(o.ranges.map((r) => StoreSpace.resolve(r))).finally(closeUnusedRemotes);
     process.stdout.write(o.json ? `${JSON.stringify(report, null, 2)}\n` : `${checkHuman(report)}\n`);

@@ -4,9 +4,9 @@
  * is the explicit consent `serve` asks for before it uses a range that is not blank. Like mkfs
  * and pvcreate, it refuses a range holding a recognised signature (a filesystem, LVM, swap,
  * LUKS, a partition table) or a persistent nbdsnap store unless `--force`; unrecognised data and
- * transient stores (whose maps die with their server) are formatted without it.
+ * transient stores (whose maps die with their server) are formatted without it. The command's
+ * options are in control-commands.ts, which loads this module when the command runs.
  */
-import type { Argv } from 'yargs';
 import { NbdsnapError } from '../errors.ts';
 import { closeUnusedRemotes, openRemoteRanges } from '../remote/remote-ranges.ts';
 import { rangeSpec } from '../store/label.ts';
@@ -66,21 +66,4 @@ async function format(opts: StoreFormatOptions, chunkSize: number): Promise<stri
   store.close();
   const kind = opts.transient ? 'transient' : 'persistent';
   return `formatted ${kind} store ${uuid} on ${ranges.map(rangeSpec).join(', ')} (chunk size ${chunkSize})`;
-}
-
-export function storeFormatBuilder(y: Argv) {
-  return y
-    .positional('ranges', {
-      type: 'string',
-      array: true,
-      demandOption: true,
-      describe: 'PATH[:START+COUNT] (512-byte sectors), range 0 first',
-    })
-    .option('chunk-size', { type: 'string', describe: 'copy-on-write chunk, 4K..1M [default: 64K]' })
-    .option('transient', { type: 'boolean', default: false, describe: 'label the ranges for --transient serving' })
-    .option('force', {
-      type: 'boolean',
-      default: false,
-      describe: 'format over a filesystem, LVM, swap, LUKS, partition table or persistent store',
-    });
 }

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import yargs from 'yargs';
 import { commandPaths, helpText, manPage, parseHelp } from '../../src/cli/man.ts';
-import { COMMANDS, packageVersion } from '../../src/cli/program.ts';
+import { COMMAND_TABLE, commandWord, loadCommands, packageVersion, program } from '../../src/cli/program.ts';
 import { run } from '../helpers/clients.ts';
 import { CLI, ROOT } from '../helpers/server.ts';
 
@@ -18,9 +18,11 @@ const nbdsnap = (args: string[], env: Record<string, string> = {}) =>
   run(process.execPath, [CLI, ...args], { timeoutMs: 30_000, env, cwd: mkdtempSync(join(tmpdir(), 'nbdsnap-cwd-')) });
 
 const VERSION = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version as string;
+const COMMANDS = await loadCommands();
+const PATHS = [[], ...(await commandPaths(COMMANDS))];
 
 describe('help and version on every command', () => {
-  const paths = [[], ...commandPaths()];
+  const paths = PATHS;
 
   it('covers every command and subcommand', () => {
     const names = paths.map((p) => p.join(' '));
@@ -48,6 +50,30 @@ describe('help and version on every command', () => {
 
   it('packageVersion() reads package.json', () => {
     expect(packageVersion()).toBe(VERSION);
+  });
+});
+
+describe('start-up: each command loads when named', () => {
+  it('lists each command in --help as its module defines it', () => {
+    expect(COMMAND_TABLE.map((e) => [e.command, e.describe])).toEqual(COMMANDS.map((c) => [c.command, c.describe]));
+  });
+
+  it('takes the first word that is no option as the command', () => {
+    expect(commandWord(['--help'])).toBeUndefined();
+    expect(commandWord(['-V', 'snapshot', 'list', '--json'])).toBe('snapshot');
+    expect(commandWord(['--get-yargs-completions', 'store', ''])).toBe('store');
+  });
+
+  it('registers a stub for the commands not named, the full command for the one named', async () => {
+    const commands = (y: Awaited<ReturnType<typeof program>>) =>
+      (y as unknown as { getInternalMethods(): { getCommandInstance(): { getCommandHandlers(): object } } })
+        .getInternalMethods()
+        .getCommandInstance()
+        .getCommandHandlers() as Record<string, { builder?: unknown; handler?: unknown }>;
+    const named = commands(await program(['backup', '--help']));
+    expect(Object.keys(named)).toEqual(expect.arrayContaining(COMMAND_TABLE.map((e) => e.command.split(' ')[0])));
+    expect(typeof named.backup?.builder).toBe('function');
+    expect(typeof named.serve?.builder).not.toBe('function');
   });
 });
 

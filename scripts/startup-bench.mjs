@@ -1,0 +1,127 @@
+#!/usr/bin/env node
+// startup-bench.mjs: how long short `nbdsnap` commands take, start-up included, against the floor
+// of Node itself (`node -e 0`). Starts one server (a 64 MiB memory device, a small store, a
+// control socket, change tracking), takes snapshots A and B with 4 KiB written between them,
+// then runs each command RUNS times, the commands in turn (so a change of load hits all alike):
+//
+//   node scripts/startup-bench.mjs [--runs N] [--bin PATH] [--only NAME,NAME]
+//
+// --bin: the launcher to measure (default bin/nbdsnap.cjs of this checkout). Set NBDSNAP_TSX=1 to
+// measure the sources through tsx instead of the bundle. Per command it prints the median wall
+// time and the mean CPU time (user+system of the child and its threads, from this process's
+// /proc/self/stat children's times: exact over a run, not rounded per child), both in ms, and
+// the CPU above the floor. CPU is the figure to compare on a loaded machine; the load average is
+// printed with it.
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const args = process.argv.slice(2);
+const opt = (name, fallback) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : fallback;
+};
+const runs = Number(opt('--runs', '10'));
+const bin = resolve(opt('--bin', join(root, 'bin/nbdsnap.cjs')));
+const only =
+  opt('--only', '')
+    ?.split(',')
+    .filter((s) => s !== '') ?? [];
+const TICK = 100; // USER_HZ: /proc times are in 1/100 s on Linux
+
+/** User+system seconds of this process's waited-for children so far. */
+function childrenCpu() {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[13]) + Number(f[14])) / TICK; // cutime, cstime (fields 16 and 17)
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'nbdsnap-startup-'));
+const ctl = join(dir, 'ctl');
+const env = { ...process.env, NBDSNAP_CONTROL: ctl };
+const cli = (...a) => {
+  const r = spawnSync(process.execPath, [bin, ...a], { env, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`nbdsnap ${a.join(' ')}: exit ${r.status}: ${r.stderr}`);
+  return r.stdout;
+};
+
+writeFileSync(join(dir, 'store.img'), Buffer.alloc(0));
+spawnSync('truncate', ['-s', '64M', join(dir, 'store.img'), join(dir, 'offline.img')]);
+cli('store', 'format', join(dir, 'offline.img'));
+
+const server = spawn(
+  process.execPath,
+  [bin, 'serve', 'disk=memory:64M', '--store', join(dir, 'store.img'), '--control', ctl, '-p', '0'],
+  { env, stdio: ['ignore', 'pipe', 'pipe'] },
+);
+let serverLog = ''; // the server's log (stderr), shown only if it fails to start
+server.stderr.on('data', (d) => {
+  serverLog = (serverLog + d).slice(-4096);
+});
+const uri = await new Promise((ok, fail) => {
+  let out = '';
+  server.stdout.on('data', (d) => {
+    out += d;
+    const m = /(nbd:\/\/[^\s/]+)\/disk\b/.exec(out);
+    if (m) ok(m[1]);
+  });
+  server.once('exit', (code) => fail(new Error(`the server exited (${code}) before serving: ${out}${serverLog}`)));
+});
+
+try {
+  cli('snapshot', 'create', 'disk', 'A');
+  spawnSync('nbdsh', ['-u', `${uri}/disk`, '-c', 'h.pwrite(b"x" * 4096, 1 << 20); h.flush()']);
+  cli('snapshot', 'create', 'disk', 'B');
+
+  const out = join(dir, 'inc.out');
+  const rows = [
+    ['node -e 0 (floor)', [process.execPath, '-e', '0']],
+    ['--version', [process.execPath, bin, '--version']],
+    ['--help', [process.execPath, bin, '--help']],
+    ['backup --help', [process.execPath, bin, 'backup', '--help']],
+    ['snapshot list', [process.execPath, bin, 'snapshot', 'list']],
+    ['status', [process.execPath, bin, 'status']],
+    ['store check (64 MiB)', [process.execPath, bin, 'store', 'check', join(dir, 'offline.img')]],
+    [
+      'backup --since A (4 KiB)',
+      [process.execPath, bin, 'backup', `${uri}/disk@B`, out, '--since', 'A', '--progress', 'none'],
+    ],
+  ].filter(([name], i) => i === 0 || only.length === 0 || only.some((o) => name.startsWith(o)));
+
+  const wall = rows.map(() => []);
+  const cpu = rows.map(() => 0);
+  for (let r = 0; r < runs; r++) {
+    for (const [i, [name, argv]] of rows.entries()) {
+      rmSync(out, { force: true });
+      const c0 = childrenCpu();
+      const t0 = process.hrtime.bigint();
+      const res = spawnSync(argv[0], argv.slice(1), { env, stdio: ['ignore', 'ignore', 'pipe'] });
+      wall[i].push(Number(process.hrtime.bigint() - t0) / 1e6);
+      cpu[i] += childrenCpu() - c0;
+      if (res.status !== 0) throw new Error(`${name}: exit ${res.status}: ${res.stderr}`);
+    }
+  }
+  const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+  const floor = (cpu[0] / runs) * 1000;
+  console.log(`nbdsnap start-up: ${bin}${process.env.NBDSNAP_TSX === '1' ? ' (NBDSNAP_TSX=1)' : ''}, ${runs} runs`);
+  console.log(
+    `load average ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')}`,
+  );
+  console.log(`${'command'.padEnd(26)} ${'wall ms'.padStart(8)} ${'CPU ms'.padStart(8)} ${'CPU-floor'.padStart(10)}`);
+  for (const [i, [name]] of rows.entries()) {
+    const c = (cpu[i] / runs) * 1000;
+    const above = i === 0 ? '' : `${(c - floor).toFixed(0)}`;
+    console.log(
+      `${name.padEnd(26)} ${median(wall[i]).toFixed(0).padStart(8)} ${c.toFixed(0).padStart(8)} ${above.padStart(10)}`,
+    );
+  }
+} finally {
+  server.kill('SIGTERM');
+  await new Promise((ok) => server.once('exit', ok));
+  rmSync(dir, { recursive: true, force: true });
+}
