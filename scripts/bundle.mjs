@@ -116,3 +116,6 @@ export function replace(path, contents) {
   writeFileSync(tmp, contents);
   renameSync(tmp, path);
 }
+
+// `node scripts/bundle.mjs`: the bundle alone, without the man page (bin/nbdsnap.cjs runs this).
+if (process.argv[1] !== undefined && join(process.argv[1]) === fileURLToPath(import.meta.url)) await bundle();
