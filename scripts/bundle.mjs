@@ -38,8 +38,7 @@ const chunks = join(dist, 'chunks');
 const KEEP_OLD_MS = 3600_000;
 /** Packages our sources import that go into the bundle (with what they import); others stay external. */
 const BUNDLED = new Set(['yargs', 'get-east-asian-width', 'strip-ansi']);
-const yargsShim = join(root, 'node_modules/yargs/lib/platform-shims/esm.mjs');
-const yargsLocales = join(root, 'node_modules/yargs/locales');
+const YARGS_SHIM = /[\\/]yargs[\\/]lib[\\/]platform-shims[\\/]esm\.mjs$/;
 const LOCALES_FROM = "resolve(__dirname, '../../../locales')";
 const LOCALES_TO = "resolve(__dirname, '../locales')"; // the shim is in dist/nbdsnap.mjs: dist/locales
 
@@ -49,8 +48,8 @@ const packageName = (spec) =>
     .slice(0, spec.startsWith('@') ? 2 : 1)
     .join('/');
 
-/** The esbuild plugin for the above: what is external, string-width, yargs' locale folder. */
-const cliPackages = {
+/** The esbuild plugin for the above: what is external, string-width, yargs' locale folder (`shim`). */
+const cliPackages = (shim) => ({
   name: 'nbdsnap-cli-packages',
   setup(b) {
     b.onResolve({ filter: /^string-width$/ }, () => ({ path: join(root, 'src/cli/string-width.ts') }));
@@ -58,18 +57,21 @@ const cliPackages = {
       if (args.path.startsWith('node:') || args.importer.includes(`${join('node_modules', '')}`)) return undefined;
       return BUNDLED.has(packageName(args.path)) ? undefined : { path: args.path, external: true };
     });
-    b.onLoad({ filter: /platform-shims[\\/]esm\.mjs$/ }, (args) => {
+    b.onLoad({ filter: YARGS_SHIM }, (args) => {
       const text = readFileSync(args.path, 'utf8');
-      if (args.path !== yargsShim || !text.includes(LOCALES_FROM))
+      if (!text.includes(LOCALES_FROM))
         throw new Error(`${args.path}: yargs finds its locales in a new way; see scripts/bundle.mjs`);
+      shim.path = args.path;
       return { contents: text.replace(LOCALES_FROM, LOCALES_TO), loader: 'js' };
     });
   },
-};
+});
 
 /** Build dist/nbdsnap.mjs and its chunks. `prune: 'all'` removes every chunk this build did not write. */
 export async function bundle({ prune = 'old' } = {}) {
+  const shim = { path: '' };
   const result = await build({
+    absWorkingDir: root,
     entryPoints: { nbdsnap: join(root, 'src/cli/main.ts') },
     outdir: dist,
     entryNames: '[name]',
@@ -80,17 +82,18 @@ export async function bundle({ prune = 'old' } = {}) {
     platform: 'node',
     format: 'esm',
     target: 'node20',
-    plugins: [cliPackages],
+    plugins: [cliPackages(shim)],
     sourcemap: 'linked',
     logLevel: 'warning',
     metafile: true,
     write: false,
   });
   const entry = join(dist, 'nbdsnap.mjs');
-  if (!Object.keys(result.metafile.outputs['dist/nbdsnap.mjs']?.inputs ?? {}).some((i) => i.endsWith('esm.mjs')))
+  if (!Object.keys(result.metafile.outputs['dist/nbdsnap.mjs']?.inputs ?? {}).some((i) => YARGS_SHIM.test(i)))
     throw new Error("yargs' platform shim is not in dist/nbdsnap.mjs: it would not find dist/locales");
   mkdirSync(join(dist, 'locales'), { recursive: true });
-  for (const name of readdirSync(yargsLocales)) copyFileSync(join(yargsLocales, name), join(dist, 'locales', name));
+  const locales = join(dirname(shim.path), '../../locales');
+  for (const name of readdirSync(locales)) copyFileSync(join(locales, name), join(dist, 'locales', name));
   mkdirSync(chunks, { recursive: true });
   const files = result.outputFiles;
   // Chunks (and their maps) first, the entry last: the entry is what the launcher looks at.

@@ -16,7 +16,7 @@
 // CPU above the floor. CPU is the figure to compare on a loaded machine; the load average is
 // printed with it.
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -55,24 +55,26 @@ const cli = (...a) => {
 spawnSync('truncate', ['-s', '64M', join(dir, 'store.img'), join(dir, 'offline.img')]);
 cli('store', 'format', join(dir, 'offline.img'));
 
+// The server's output goes to files: this process blocks in spawnSync while commands run, and a
+// server whose log pipe filled up would stall.
+const logPath = join(dir, 'server.log');
+const outPath = join(dir, 'server.out');
 const server = spawn(
   process.execPath,
   [bin, 'serve', 'disk=memory:64M', '--store', join(dir, 'store.img'), '--control', ctl, '-p', '0'],
-  { env, stdio: ['ignore', 'pipe', 'pipe'] },
+  { env, stdio: ['ignore', openSync(outPath, 'w'), openSync(logPath, 'w')] },
 );
-let serverLog = ''; // the server's log (stderr), shown only if it fails to start
-server.stderr.on('data', (d) => {
-  serverLog = (serverLog + d).slice(-4096);
+const serverLog = () => readFileSync(logPath, 'utf8').slice(-4096);
+let exited = false;
+server.once('exit', () => {
+  exited = true;
 });
-const uri = await new Promise((ok, fail) => {
-  let out = '';
-  server.stdout.on('data', (d) => {
-    out += d;
-    const m = /(nbd:\/\/[^\s/]+)\/disk\b/.exec(out);
-    if (m) ok(m[1]);
-  });
-  server.once('exit', (code) => fail(new Error(`the server exited (${code}) before serving: ${out}${serverLog}`)));
-});
+let uri;
+for (let waited = 0; uri === undefined; waited += 100) {
+  if (exited || waited > 60_000) throw new Error(`the server did not start: ${serverLog()}`);
+  await new Promise((ok) => setTimeout(ok, 100));
+  uri = /(nbd:\/\/[^\s/]+)\/disk\b/.exec(readFileSync(outPath, 'utf8'))?.[1];
+}
 
 try {
   cli('snapshot', 'create', 'disk', 'A');
@@ -107,7 +109,8 @@ try {
       const res = spawnSync(process.execPath, row.argv, { env, stdio: ['ignore', 'ignore', 'pipe'] });
       wall[i].push(Number(process.hrtime.bigint() - t0) / 1e6);
       cpu[i] += childrenCpu() - c0;
-      if (res.status !== 0) throw new Error(`${row.name}: exit ${res.status}: ${res.stderr}`);
+      if (res.status !== 0)
+        throw new Error(`${row.name}: exit ${res.status}: ${res.stderr}\nthe server's log:\n${serverLog()}`);
     }
   }
   const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
@@ -129,6 +132,6 @@ try {
   }
 } finally {
   server.kill('SIGTERM');
-  await new Promise((ok) => server.once('exit', ok));
+  if (!exited) await new Promise((ok) => server.once('exit', ok));
   rmSync(dir, { recursive: true, force: true });
 }
