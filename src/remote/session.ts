@@ -5,9 +5,8 @@
  *     │                 │  (back-off between attempts)
  *     └──────close──────┴──> closed            size changed ──> failed
  *
- * - Every request gets a deadline (`timeoutMs` after it was submitted). A request not answered by
- *   then fails with EIO and is never sent again; one in flight on a live link means the remote is
- *   hung, and the link is dropped and made again.
+ * - Deadlines (deadlines.ts): a request not answered `timeoutMs` after its submission fails with
+ *   EIO and is never sent again; one late on the wire means the remote hangs: the link is remade.
  * - On a loss, reads, block status, cache and flush requests in flight go back to the queue and
  *   are sent again once the link is back. Writes, zeroes and trims live in the replay log
  *   (replay-log.ts) until a flush covers them: after a reconnect the whole log is re-sent, in
@@ -27,29 +26,11 @@
 import * as pool from '../block/buffer-pool.ts';
 import { NbdsnapError } from '../errors.ts';
 import { Backoff } from './backoff.ts';
+import { DeadlineSweep, expireLate } from './deadlines.ts';
+import type { OpKind, RemoteLink, RemoteOp } from './link.ts';
 import { type LogEntry, ReplayLog } from './replay-log.ts';
 
-export type OpKind = 'read' | 'write' | 'zero' | 'trim' | 'flush' | 'cache' | 'status';
-
-export interface RemoteOp {
-  kind: OpKind;
-  offset: number;
-  length: number;
-  /** NBD command flags (FUA, NO_HOLE, FAST_ZERO...). */
-  flags: number;
-  data?: Buffer;
-}
-
-/** A set of live connections to one export. */
-export interface RemoteLink {
-  readonly size: number;
-  /** Sends on one of its connections; rejects with `isLoss(err)` true if that connection ended. */
-  send(op: RemoteOp): Promise<unknown>;
-  /** Resolves once any connection of the set ended. */
-  readonly lost: Promise<Error>;
-  destroy(reason: string): void;
-  close(): Promise<void>;
-}
+export type { OpKind, RemoteLink, RemoteOp };
 
 export interface SessionOptions {
   connect: () => Promise<RemoteLink>;
@@ -94,7 +75,7 @@ export class RemoteSession {
   private readonly log = new ReplayLog<Req>();
   private flushError: Error | undefined;
   private selfFlush = false;
-  private sweep: NodeJS.Timeout | undefined;
+  private readonly sweep: DeadlineSweep;
   private retry: NodeJS.Timeout | undefined;
   private fatal: Error | undefined;
   private readonly backoff: Backoff;
@@ -107,6 +88,7 @@ export class RemoteSession {
     this.size = link.size;
     this.backoff = opts.backoff ?? new Backoff();
     this.now = opts.now ?? Date.now;
+    this.sweep = new DeadlineSweep(opts.timeoutMs, () => this.expire());
     this.use(link);
   }
 
@@ -142,7 +124,7 @@ export class RemoteSession {
         resolve,
         reject,
       };
-      this.armSweep();
+      this.sweep.arm();
       if (WRITES.has(op.kind)) this.admit(req);
       else {
         this.queue.push(req);
@@ -382,51 +364,23 @@ export class RemoteSession {
     }
   }
 
-  // --- deadlines ---------------------------------------------------------------------------------
-
-  private armSweep(): void {
-    if (this.sweep !== undefined) return;
-    const every = Math.max(10, Math.min(1000, Math.floor(this.opts.timeoutMs / 4)));
-    this.sweep = setInterval(() => this.expire(), every);
-    this.sweep.unref?.();
-  }
+  // --- deadlines (deadlines.ts) ------------------------------------------------------------------
 
   private expire(): void {
-    const now = this.now();
-    const late = (r: Req) => !r.settled && r.deadline <= now;
+    const why = this.stateNow === 'ready' ? 'the remote does not answer' : 'the remote is unreachable';
     const timeout = () =>
-      new NbdsnapError(
-        'EIO',
-        `remote ${this.opts.name}: no answer within ${this.opts.timeoutMs / 1000} s (${this.stateNow === 'ready' ? 'the remote does not answer' : 'the remote is unreachable'})`,
-      );
-    let hung = false;
-    for (const r of this.queue) if (late(r)) this.settle(r, timeout());
-    for (const r of this.blocked) if (late(r)) this.settle(r, timeout());
-    for (const r of this.inflight) {
-      if (!late(r)) continue;
-      this.inflight.delete(r);
-      this.settle(r, timeout());
-      hung = true;
-    }
-    this.queue = this.queue.filter((r) => !r.settled);
-    this.blocked = this.blocked.filter((r) => !r.settled);
-    for (const e of [...this.log.values()]) {
-      if (!late(e.item)) continue;
-      if (e.state === 'sent') hung = true;
-      this.log.remove(e.seq);
-      this.settle(e.item, timeout());
-    }
+      new NbdsnapError('EIO', `remote ${this.opts.name}: no answer within ${this.opts.timeoutMs / 1000} s (${why})`);
+    const w = { queue: this.queue, blocked: this.blocked, inflight: this.inflight, log: this.log };
+    const hung = expireLate(w, this.now(), (r) => this.settle(r, timeout()));
+    this.queue = w.queue;
+    this.blocked = w.blocked;
     if (hung && this.link !== undefined) this.onLoss(this.epoch, timeout());
-    if (this.outstanding === 0 && this.sweep !== undefined) {
-      clearInterval(this.sweep);
-      this.sweep = undefined;
-    }
+    if (this.outstanding === 0) this.sweep.stop();
   }
 
   private stopTimers(): void {
-    if (this.sweep !== undefined) clearInterval(this.sweep);
+    this.sweep.stop();
     if (this.retry !== undefined) clearTimeout(this.retry);
-    this.sweep = undefined;
     this.retry = undefined;
   }
 }
