@@ -67,7 +67,6 @@ export interface BlockSizes {
   maximum: number;
 }
 
-
 export class NbdClient {
   size = 0;
   transmissionFlags = 0;
@@ -186,7 +185,8 @@ export class NbdClient {
 
   /** A read of a plain connection: `n` bytes at the start of `buf`. */
   private onRead(n: number, buf: Uint8Array): void {
-    if (buf === this.handshakeBuffer) this.onData(Buffer.from(buf.subarray(0, n))); // read into again: copy
+    if (buf === this.handshakeBuffer)
+      this.onData(Buffer.from(buf.subarray(0, n))); // read into again: copy
     else this.frame(() => this.reader.filled(buf, n));
   }
 
@@ -386,4 +386,3 @@ export class NbdClient {
     await new Promise<void>((resolve) => (this.socket.closed ? resolve() : this.socket.once('close', () => resolve())));
   }
 }
-
