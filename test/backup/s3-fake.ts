@@ -40,7 +40,8 @@ function xmlError(res: ServerResponse, status: number, code: string): void {
   res.end(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${code}</Message></Error>`);
 }
 
-export async function startFakeS3(port = 0): Promise<FakeS3> {
+/** `keep: false` (benches): bodies are checked, then dropped (objects and parts are kept empty). */
+export async function startFakeS3(port = 0, keep = true): Promise<FakeS3> {
   const objects = new Map<string, Buffer>();
   const uploads: FakeS3['uploads'] = new Map();
   const aborted: string[] = [];
@@ -77,7 +78,7 @@ export async function startFakeS3(port = 0): Promise<FakeS3> {
       if (uploadId !== null && up === undefined) return xmlError(res, 404, 'NoSuchUpload');
       if (req.method === 'PUT' && up !== undefined) {
         const n = Number(u.searchParams.get('partNumber'));
-        up.parts.set(n, data);
+        up.parts.set(n, keep ? data : Buffer.alloc(0));
         up.log.push({ number: n, length: data.length, contentSha256: contentSha, checksumSha256: checksum });
         return res.writeHead(200, { etag: `"p${n}"` }).end();
       }
@@ -98,7 +99,7 @@ export async function startFakeS3(port = 0): Promise<FakeS3> {
       }
       if (req.method === 'PUT') {
         if (req.headers['if-none-match'] === '*' && objects.has(name)) return xmlError(res, 412, 'PreconditionFailed');
-        objects.set(name, data);
+        objects.set(name, keep ? data : Buffer.alloc(0));
         return res.writeHead(200, { etag: '"o"' }).end();
       }
       xmlError(res, 400, 'NotImplemented');
@@ -116,5 +117,5 @@ export async function startFakeS3(port = 0): Promise<FakeS3> {
 }
 
 if (process.argv[1]?.endsWith('s3-fake.ts') && process.argv[2] !== undefined) {
-  void startFakeS3(Number(process.argv[2])).then((s) => console.log(s.url));
+  void startFakeS3(Number(process.argv[2]), false).then((s) => console.log(s.url));
 }
