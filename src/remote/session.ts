@@ -17,8 +17,8 @@
  *   then say "durable".
  * - Nothing is dropped silently: every request settles exactly once, with its answer, its error,
  *   EIO at its deadline, or ESHUTDOWN at close.
- * - Memory: the log holds at most `replayBudget` bytes of payload (one larger write alone); beyond
- *   it the session flushes by itself and new writes wait for that flush.
+ * - Memory: the log holds at most `replayBudget` bytes of payload (one larger write alone); from
+ *   half of it the session flushes by itself, and beyond it new writes wait for that flush.
  *
  * The link (one or several connections, pool.ts) is injected, so this is tested without a server.
  */
@@ -202,7 +202,11 @@ export class RemoteSession {
         if (epoch !== this.epoch || this.log.get(req.seq) !== entry) return;
         entry.state = 'acked';
         this.settle(req, undefined);
-        if (this.stateNow === 'ready' && this.blocked.length > 0) this.flushForRoom();
+        // From half the budget on, a flush runs while writes go on, so that room is usually made
+        // before the log is full (writes then wait for a flush only when the remote flushes slower
+        // than it is written to)
+        if (this.stateNow === 'ready' && (this.blocked.length > 0 || this.log.bytes >= this.opts.replayBudget / 2))
+          this.flushForRoom();
       },
       (err: unknown) => {
         if (epoch !== this.epoch || this.log.get(req.seq) !== entry) return;
