@@ -23,9 +23,9 @@
  * The link (one or several connections, pool.ts) is injected, so this is tested without a server.
  */
 
-import * as pool from '../block/buffer-pool.ts';
 import { NbdsnapError } from '../errors.ts';
 import { Backoff } from './backoff.ts';
+import { Copies } from './copies.ts';
 import { DeadlineSweep, expireLate } from './deadlines.ts';
 import type { OpKind, RemoteLink, RemoteOp } from './link.ts';
 import { type LogEntry, ReplayLog } from './replay-log.ts';
@@ -73,6 +73,7 @@ export class RemoteSession {
   /** Reads, status, cache and flushes in flight on the current link. */
   private readonly inflight = new Set<Req>();
   private readonly log = new ReplayLog<Req>();
+  private readonly copies = new Copies();
   private flushError: Error | undefined;
   private selfFlush = false;
   private readonly sweep: DeadlineSweep;
@@ -157,7 +158,7 @@ export class RemoteSession {
     // The caller may reuse its buffer once answered; the log keeps its own copy until flushed
     // (from the buffer pool: given back once a flush covered it, when it is surely sent).
     if (req.op.data !== undefined) {
-      const copy = pool.take(req.op.data.length);
+      const copy = this.copies.take(req.op.data.length);
       req.op.data.copy(copy);
       req.op = { ...req.op, data: copy };
     }
@@ -243,7 +244,8 @@ export class RemoteSession {
       (value) => {
         if (epoch !== this.epoch || !this.inflight.delete(req)) return;
         if (req.op.kind === 'flush') {
-          for (const done of this.log.flushed(req.covers ?? [])) pool.give(done.op.data);
+          for (const done of this.log.flushed(req.covers ?? []))
+            this.copies.give(done.op.data, this.opts.replayBudget - this.log.bytes);
           const lost = this.flushError;
           this.flushError = undefined;
           this.settle(req, lost, undefined);
@@ -366,6 +368,7 @@ export class RemoteSession {
       this.settle(e.item, err);
       this.log.remove(e.seq);
     }
+    this.copies.clear();
   }
 
   // --- deadlines (deadlines.ts) ------------------------------------------------------------------
