@@ -14,6 +14,9 @@
 #     to a local file: MiB/s of the device (target >= 0.8x), and the backup process's peak RSS
 #     (GNU time's maximum resident set size), whatever the device size.
 #
+# The proxy section (end of this file) runs the same proxy rows against qemu-nbd or nbdkit on a
+# local file, without Ceph (BENCH_SECTIONS=proxy).
+#
 # Environment: BENCH_CLUSTER_WORKLOADS="seqread seqwrite randread randwrite" (subset / order),
 # BENCH_CLUSTER_BACKUPS=1 (0: no backup rows), and the CEPH_* knobs of scripts/ceph-cluster.sh.
 
