@@ -14,6 +14,9 @@
 #     to a local file: MiB/s of the device (target >= 0.8x), and the backup process's peak RSS
 #     (GNU time's maximum resident set size), whatever the device size.
 #
+# The proxy section (end of this file) runs the same proxy rows against qemu-nbd or nbdkit on a
+# local file, without Ceph (BENCH_SECTIONS=proxy).
+#
 # Environment: BENCH_CLUSTER_WORKLOADS="seqread seqwrite randread randwrite" (subset / order),
 # BENCH_CLUSTER_BACKUPS=1 (0: no backup rows), and the CEPH_* knobs of scripts/ceph-cluster.sh.
 
@@ -135,4 +138,70 @@ ratios_cluster() {
   local t=cluster/nbdsnap
   ratio 'cluster: full backup to S3 (radosgw) / to a local file, MiB/s' $t/backup_s3_MiBps $t/backup_file_MiBps 'ratio>=0.8'
   ratio 'cluster: backup peak RSS, to S3 / to a local file' $t/backup_s3_peak_rss $t/backup_file_peak_rss -
+}
+
+# ------------------------------------------------------------------ proxy: the cluster rows without Ceph
+# BENCH_SECTIONS=proxy: the same comparison as the cluster section, with the remote on a local file:
+# qemu-nbd (raw, cache=writeback, -e 16; BENCH_PROXY_PEER=nbdkit: `nbdkit file`) serving a copy of
+# the bench image on a Unix socket, and `nbdsnap serve bench=nbd+unix:///bench?socket=...` in front
+# of it (local store, change tracking), both servers in turn. Workloads: BENCH_PROXY_WORKLOADS
+# (default "nbdcopy_read nbdcopy_write seqread seqwrite randread randwrite"). Besides throughput,
+# cpu_s_per_GiB_* of the server talked to: the proxy's own cost per GiB, whatever the load.
+PROXY_PEER=${BENCH_PROXY_PEER:-qemu-nbd}
+PROXY_WORKLOADS=${BENCH_PROXY_WORKLOADS:-nbdcopy_read nbdcopy_write seqread seqwrite randread randwrite}
+
+proxy_nbdcopy() {  # server uri name: a whole-export nbdcopy (read to null:, or write from SRC)
+  local s=$1 uri=$2 name=$3 c0 c1 v
+  CUR_SERVER=$s CUR_WL=$name
+  c0=$(cpu_seconds "${PID[$s]}")
+  if [ "$name" = nbdcopy_read ]; then v=$(timed_nbdcopy "$uri" null:); else v=$(timed_nbdcopy "$SRC" "$uri"); fi
+  c1=$(cpu_seconds "${PID[$s]}")
+  record "$name" "$v" MiB/s hi 'ratio>=0.8'
+  record "cpu_s_per_GiB_$name" "$(awk -v a="$c0" -v b="$c1" -v g="$BYTES" 'BEGIN { printf "%.2f\n", (b - a) / (g / 1073741824) }')" s lo -
+  kill -0 "${PID[$s]}" 2>/dev/null || die "$s died during $name"
+}
+
+section_proxy() {
+  local sock=$WORK/proxy-peer.sock port rep s wl order
+  cp --sparse=never "$SRC" "$WORK/proxy.raw"
+  rm -f "$sock" "$WORK/proxy-peer.pid"
+  case $PROXY_PEER in
+  qemu-nbd)
+    qemu-nbd -f raw -x "$EXPORT" -k "$sock" -t -e 16 --cache=writeback --pid-file="$WORK/proxy-peer.pid" \
+      "$WORK/proxy.raw" >"$WORK/proxy-peer.log" 2>&1 &
+    ;;
+  nbdkit)
+    nbdkit -f --exit-with-parent -U "$sock" -P "$WORK/proxy-peer.pid" -e "$EXPORT" \
+      file "file=$WORK/proxy.raw" >"$WORK/proxy-peer.log" 2>&1 &
+    ;;
+  *) die "BENCH_PROXY_PEER: qemu-nbd or nbdkit, not $PROXY_PEER" ;;
+  esac
+  PID[$PROXY_PEER]=$!
+  wait_pidfile proxy-peer "$WORK/proxy-peer.pid" "${PID[$PROXY_PEER]}"
+  PID[$PROXY_PEER]=$(cat "$WORK/proxy-peer.pid")
+  URI[$PROXY_PEER]="nbd+unix:///$EXPORT?socket=$sock"
+  truncate -s "$((BYTES / 4))" "$WORK/proxy-store.img"
+  port=$(free_ports 1)
+  start_nbdsnap_as nbdsnap "$port" "$EXPORT=${URI[$PROXY_PEER]}" --store "$WORK/proxy-store.img"
+  URI[nbdsnap]=${URI[nbdsnap]}/$EXPORT
+  log "proxy: $PROXY_PEER pid ${PID[$PROXY_PEER]} ${URI[$PROXY_PEER]}; nbdsnap pid ${PID[nbdsnap]} ${URI[nbdsnap]}"
+  order=(nbdsnap "$PROXY_PEER")
+  for rep in $(seq 1 "$REPEAT"); do
+    CUR_REP=$rep
+    for wl in $PROXY_WORKLOADS; do
+      for s in "${order[@]}"; do
+        log "proxy: rep $rep/$REPEAT  $wl  $s"
+        case $wl in
+        nbdcopy_*) proxy_nbdcopy "$s" "${URI[$s]}" "$wl" ;;
+        *) cluster_workload "$wl" "$s" ;;
+        esac
+      done
+    done
+    order=("${order[1]}" "${order[0]}")
+  done
+  CUR_REP=0 CUR_WL=server
+  for s in nbdsnap "$PROXY_PEER"; do
+    CUR_SERVER=$s
+    record peak_rss_VmHWM "$(hwm_mib "${PID[$s]}")" MiB lo -
+  done
 }

@@ -26,6 +26,9 @@
 #   cluster   (scripts/bench-cluster.sh) a single-node Ceph: nbdsnap in front of an RBD image vs fio
 #             talking to the same qemu-nbd directly; a backup to S3 (radosgw) vs to a local file, and
 #             its peak RSS. Not in the default list: BENCH_SECTIONS=cluster (needs the Ceph packages).
+#   proxy     (scripts/bench-cluster.sh) the cluster's proxy rows without Ceph: nbdsnap in front of
+#             qemu-nbd (BENCH_PROXY_PEER=nbdkit: nbdkit file) on a local file, vs that peer directly,
+#             with CPU s/GiB. Not in the default list: BENCH_SECTIONS=proxy.
 #
 # Medians of the repetitions are reported (and as JSON when BENCH_JSON is set).
 #

@@ -4,13 +4,11 @@
  * NbdsnapErrors.
  */
 import type * as ClientS3 from '@aws-sdk/client-s3';
-import type * as LibStorage from '@aws-sdk/lib-storage';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import { type S3Location, s3Settings } from './s3-url.ts';
 
 export interface S3Sdk {
   s3: typeof ClientS3;
-  storage: typeof LibStorage;
 }
 
 let sdk: Promise<S3Sdk> | undefined;
@@ -20,10 +18,7 @@ export function loadSdk(): Promise<S3Sdk> {
   // The SDK warns on every start under Node 20 that later releases will need Node 22; the
   // versions pinned here run on Node 20.
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-  sdk ??= Promise.all([import('@aws-sdk/client-s3'), import('@aws-sdk/lib-storage')]).then(([s3, storage]) => ({
-    s3,
-    storage,
-  }));
+  sdk ??= import('@aws-sdk/client-s3').then((s3) => ({ s3 }));
   return sdk;
 }
 

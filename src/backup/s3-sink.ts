@@ -1,11 +1,11 @@
 /**
- * A backup written to S3 (`PendingFile`, writer.ts): the records stream through a pipe into a
- * multipart upload (`@aws-sdk/lib-storage` Upload), 8 MiB parts, 4 in flight, so memory stays
- * near 50 MiB whatever the backup's size (the writer waits whenever the pipe is full).
+ * A backup written to S3 (`PendingFile`, writer.ts): the records are copied into the parts of a
+ * multipart upload (s3-upload.ts), 8 MiB parts, 4 in flight, so memory stays near 40 MiB
+ * whatever the backup's size (the writer waits whenever every part is busy).
  *
- * - Each part carries its SHA-256 (`ChecksumAlgorithm: SHA256`, checked and kept by S3 and by
- *   RGW from Squid; RGW before that ignores it but checks the same SHA-256 as the signed
- *   payload hash, `x-amz-content-sha256`, and refuses the part on a mismatch).
+ * - Each part carries its SHA-256 (`ChecksumSHA256`, checked and kept by S3 and by RGW from
+ *   Squid; RGW before that ignores it but checks the same SHA-256 as the signed payload hash,
+ *   `x-amz-content-sha256`, and refuses the part on a mismatch). It is computed once per part.
  * - The object appears under its key only when the upload completes, after the end marker. On
  *   any failure, SIGINT/SIGTERM included (they end in `discard()`), the pipe is broken, the
  *   parts in flight finish, and the multipart upload is aborted, so neither an object nor an
@@ -16,11 +16,11 @@
  *   `If-None-Match: *`, and since RGW before Squid ignores that header on completions, another
  *   HeadObject runs just before it.
  */
-import { PassThrough } from 'node:stream';
+import type * as ClientS3 from '@aws-sdk/client-s3';
 import type { S3Client } from '@aws-sdk/client-s3';
-import type { Upload } from '@aws-sdk/lib-storage';
 import { NbdsnapError } from '../errors.ts';
 import { checkBucket, headObject, httpStatus, loadSdk, newClient, s3Error, sharedClient } from './s3-client.ts';
+import { MultipartUpload } from './s3-upload.ts';
 import { parseS3Url, type S3Location } from './s3-url.ts';
 import { type PendingFile, type RecordSink, RecordWriter } from './writer.ts';
 
@@ -39,26 +39,13 @@ function abortError(signal: AbortSignal): Error {
   return Object.assign(new Error('interrupted'), { name: 'AbortError' });
 }
 
-/** Resolves once the pipe can take more, or is closed. */
-function drained(s: PassThrough): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      s.off('drain', done);
-      s.off('close', done);
-      resolve();
-    };
-    s.on('drain', done);
-    s.on('close', done);
-  });
-}
-
 export class S3PendingObject implements PendingFile {
   readonly finalPath: string;
   readonly writer: RecordWriter;
   private readonly loc: S3Location;
-  private readonly body = new PassThrough({ highWaterMark: MiB });
-  private readonly upload: Upload;
-  private readonly done: Promise<unknown>;
+  private readonly upload: MultipartUpload;
+  /** The completion, once the writer closed the sink while committing. */
+  private done: Promise<void> | undefined;
   /** The first failure: an NbdsnapError, or the signal's AbortError when interrupted. */
   private failure: Error | undefined;
   private committing = false;
@@ -67,14 +54,13 @@ export class S3PendingObject implements PendingFile {
   private constructor(
     loc: S3Location,
     client: S3Client,
-    UploadClass: typeof Upload,
+    s3: typeof ClientS3,
     magic: Buffer,
     signal: AbortSignal | undefined,
     hashInWorker: boolean,
   ) {
     this.loc = loc;
     this.finalPath = loc.url;
-    this.body.on('error', ignore); // the upload sees the error through its reads
     client.middlewareStack.add(
       (next, context) => async (args) => {
         const completion = COMPLETIONS.has(context.commandName ?? '');
@@ -111,35 +97,29 @@ export class S3PendingObject implements PendingFile {
       toMiddleware: 'httpSigningMiddleware',
       name: 'nbdsnapSignedChecksum',
     });
-    this.upload = new UploadClass({
+    this.upload = new MultipartUpload({
+      s3,
       client,
-      params: {
-        Bucket: loc.bucket,
-        Key: loc.key,
-        Body: this.body,
-        ContentType: 'application/octet-stream',
-        ChecksumAlgorithm: 'SHA256',
-        IfNoneMatch: '*',
-      },
+      loc,
       partSize: PART_SIZE,
-      queueSize: PARTS_IN_FLIGHT,
-      leavePartsOnError: false,
+      inFlight: PARTS_IN_FLIGHT,
+      contentType: 'application/octet-stream',
     });
-    this.done = this.upload.done();
-    this.done.catch((err) => this.fail(s3Error(err, `upload to ${loc.url} failed`)));
     const sink: RecordSink = {
       writev: async (buffers) => {
         for (const b of buffers) {
           this.check();
-          if (!this.body.write(b)) await drained(this.body);
+          await this.upload.write(b);
         }
         this.check();
       },
       sync: async () => this.check(),
-      // the end of the stream completes the upload: only when committing, else it is abandoned
+      // closing completes the upload: only when committing, else it is abandoned
       close: async () => {
-        if (this.committing && this.failure === undefined) this.body.end();
-        else this.fail(new NbdsnapError('EIO', `upload to ${loc.url} abandoned`));
+        if (this.committing && this.failure === undefined) {
+          this.done = this.upload.complete();
+          this.done.catch((err) => this.fail(s3Error(err, `upload to ${loc.url} failed`)));
+        } else this.fail(new NbdsnapError('EIO', `upload to ${loc.url} abandoned`));
       },
     };
     this.writer = RecordWriter.over(loc.url, sink, magic, hashInWorker);
@@ -154,23 +134,23 @@ export class S3PendingObject implements PendingFile {
     hashInWorker = false,
   ): Promise<S3PendingObject> {
     const loc = parseS3Url(url);
-    const { storage } = await loadSdk();
+    const { s3 } = await loadSdk();
     const check = await sharedClient();
     await checkBucket(check, loc);
     if ((await headObject(check, loc)) !== undefined)
       throw new NbdsnapError('EXISTS', `${url} already exists (not overwritten)`);
     signal?.throwIfAborted();
-    return new S3PendingObject(loc, await newClient(), storage.Upload, magic, signal, hashInWorker);
+    return new S3PendingObject(loc, await newClient(), s3, magic, signal, hashInWorker);
   }
 
   private check(): void {
     if (this.failure !== undefined) throw this.failure;
   }
 
-  /** Remember the first failure and break the pipe: the upload stops taking parts. */
+  /** Remember the first failure: the upload stops taking and sending parts. */
   private fail(err: Error): void {
     this.failure ??= err;
-    this.body.destroy(this.failure);
+    this.upload.fail(this.failure);
   }
 
   private async refuseIfExists(): Promise<void> {
@@ -182,6 +162,7 @@ export class S3PendingObject implements PendingFile {
     this.committing = true;
     try {
       const digest = await this.writer.end();
+      if (this.done === undefined) throw this.failure ?? new NbdsnapError('EIO', `upload to ${this.loc.url} abandoned`);
       await this.done;
       return digest;
     } catch (err) {
@@ -192,15 +173,15 @@ export class S3PendingObject implements PendingFile {
   }
 
   /**
-   * Give up: break the pipe, let the parts in flight finish, and abort the multipart upload
-   * (lib-storage aborts it once its part uploads have returned; it is aborted again here, in
-   * case that request failed: an abort of an upload already gone is answered 404).
+   * Give up: send nothing more, let the parts in flight finish, and abort the multipart upload
+   * (an abort of an upload already gone is answered 404).
    */
   async discard(): Promise<void> {
     if (this.discarded) return;
     this.discarded = true;
     this.fail(new NbdsnapError('EIO', `upload to ${this.loc.url} abandoned`));
-    await this.done.catch(ignore);
+    await this.done?.catch(ignore);
+    await this.upload.settled();
     const id = this.upload.uploadId;
     if (id === undefined) return;
     const { s3 } = await loadSdk();

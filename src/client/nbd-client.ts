@@ -2,8 +2,14 @@
  * nbdsnap's own NBD client, on top of the protocol package: fixed-newstyle handshake (structured
  * replies, metadata contexts, NBD_OPT_GO with block sizes), then pipelined requests matched to
  * their replies by cookie. Used by `nbdsnap backup` to read snapshots over NBD (so it works
- * against a remote server), and by tests to send requests ordinary clients do not. nbds:// and
- * nbds+unix:// URIs (libnbd's conventions, see tls.ts) make it STARTTLS before anything else.
+ * against a remote server), by remote devices (src/remote), and by tests to send requests
+ * ordinary clients do not. nbds:// and nbds+unix:// URIs (libnbd's conventions, see tls.ts) make
+ * it STARTTLS before anything else.
+ *
+ * Replies are framed by reply-reader.ts: a plain connection reads (`onread`) into one reused
+ * buffer and READ payloads straight into their reply buffers, so no chunk is allocated per socket
+ * read and a large payload is not copied; a TLS connection hands its 'data' chunks to the same
+ * reader (one copy).
  */
 import { connect, type Socket } from 'node:net';
 import { NbdsnapError } from '../errors.ts';
@@ -11,20 +17,24 @@ import {
   ClientFlag,
   ClientParser,
   Command,
-  decodeChunk,
   decodeOptionReply,
   type Extent,
   HandshakeFlag,
   Info,
-  nbdErrorName,
   Option,
-  ReplyFlag,
   type ServerMessage,
   serialize,
 } from '../nbd-protocol/index.ts';
-import { type ClientTls, clientTlsOptions, startClientTls, tlsErrorText, tlsFromUri } from './tls.ts';
+import { connectionError, isConnectionLoss, requestError } from './failures.ts';
+import { type Endpoint, parseNbdUri } from './nbd-uri.ts';
+import { type Pending, PendingReplies } from './pending-replies.ts';
+import { ReplyReader } from './reply-reader.ts';
+import { type ClientTls, clientTlsOptions, startClientTls, tlsErrorText } from './tls.ts';
 
-export type Endpoint = { host: string; port: number } | { path: string };
+export { type Endpoint, isConnectionLoss, parseNbdUri, requestError };
+
+/** Handshake bytes are read into this (then copied: the parser keeps them). */
+const HANDSHAKE_READ = 16 * 1024;
 
 export interface ConnectOptions {
   exportName?: string;
@@ -57,56 +67,6 @@ export interface BlockSizes {
   maximum: number;
 }
 
-/** Errors that ended a connection (lost, closed, a protocol fault), as opposed to error replies. */
-const connectionErrors = new WeakSet<object>();
-
-/** Whether `err` rejected a request because the connection ended (not an error reply of the server). */
-export function isConnectionLoss(err: unknown): boolean {
-  return typeof err === 'object' && err !== null && connectionErrors.has(err);
-}
-
-interface Pending {
-  type: number;
-  offset: number;
-  length: number;
-  data?: Buffer;
-  extents?: Map<number, Extent[]>;
-  error?: NbdsnapError;
-  resolve: (v: unknown) => void;
-  reject: (e: unknown) => void;
-}
-
-/**
- * Parse nbd[s]://[USER@]HOST[:PORT]/EXPORT or nbd[s]+unix:///EXPORT?socket=PATH; the nbds forms
- * carry TLS settings in the query (tls-certificates, tls-psk-file, tls-username).
- */
-export function parseNbdUri(uri: string): { endpoint: Endpoint; exportName: string; tls?: ClientTls } {
-  let u: URL | undefined;
-  try {
-    u = new URL(uri);
-  } catch {
-    u = undefined;
-  }
-  if (u !== undefined) {
-    const exportName = decodeURIComponent(u.pathname.replace(/^\//, ''));
-    const secure = u.protocol === 'nbds:' || u.protocol === 'nbds+unix:';
-    const tls = secure ? { tls: tlsFromUri(u) } : {};
-    if (u.protocol === 'nbd:' || u.protocol === 'nbds:') {
-      // URL keeps an IPv6 literal's brackets, which connect() does not take.
-      const host = u.hostname.replace(/^\[(.*)\]$/, '$1') || '127.0.0.1';
-      return { endpoint: { host, port: Number(u.port || 10809) }, exportName, ...tls };
-    }
-    if (u.protocol === 'nbd+unix:' || u.protocol === 'nbds+unix:') {
-      const path = u.searchParams.get('socket');
-      if (path !== null) return { endpoint: { path }, exportName, ...tls };
-    }
-  }
-  throw new NbdsnapError(
-    'BAD_ARGUMENT',
-    `not an NBD URI: ${uri} (nbd[s]://HOST:PORT/EXPORT or nbd[s]+unix:///EXPORT?socket=PATH)`,
-  );
-}
-
 export class NbdClient {
   size = 0;
   transmissionFlags = 0;
@@ -122,26 +82,26 @@ export class NbdClient {
   private resolveLost: (err: Error) => void = () => undefined;
   /** The connection: the plain socket, then the TLSSocket over it after STARTTLS. */
   private socket: Socket;
-  private readonly pending = new Map<bigint, Pending>();
-  private readonly parser: ClientParser;
+  private readonly pending: PendingReplies;
+  /** The handshake's messages; then `reader` frames the replies. */
+  private readonly parser = new ClientParser();
+  private readonly reader: ReplyReader;
+  private transmission = false;
+  /** Plain connections: where the socket reads during the handshake. */
+  private readonly handshakeBuffer: Buffer | undefined;
   private nextCookie = 1n;
   private failure: Error | undefined;
   private handshakeWaiter: { resolve: (m: ServerMessage) => void; reject: (e: Error) => void } | undefined;
   private queued: ServerMessage[] = [];
 
-  private allocate: ((length: number) => Buffer) | undefined;
-
-  private constructor(socket: Socket) {
+  private constructor(socket: Socket, handshakeBuffer: Buffer | undefined, allocate?: (length: number) => Buffer) {
     this.socket = socket;
+    this.handshakeBuffer = handshakeBuffer;
     this.lost = new Promise((resolve) => {
       this.resolveLost = resolve;
     });
-    this.parser = new ClientParser({
-      readLength: (cookie) => {
-        const p = this.pending.get(cookie);
-        return p?.type === Command.READ ? p.length : undefined;
-      },
-    });
+    this.pending = new PendingReplies(allocate);
+    this.reader = new ReplyReader(this.pending);
     this.attach(socket);
   }
 
@@ -151,7 +111,7 @@ export class NbdClient {
   private readonly onCloseBound = () => this.fail(new NbdsnapError('EIO', 'connection closed by the server'));
 
   private attach(socket: Socket): void {
-    socket.on('data', this.onDataBound);
+    if (this.handshakeBuffer === undefined) socket.on('data', this.onDataBound);
     socket.on('error', this.onErrorBound);
     socket.on('close', this.onCloseBound);
   }
@@ -163,15 +123,28 @@ export class NbdClient {
   }
 
   static async connect(endpoint: Endpoint, opts: ConnectOptions = {}): Promise<NbdClient> {
-    const socket = connect('path' in endpoint ? { path: endpoint.path } : { host: endpoint.host, port: endpoint.port });
-    socket.setNoDelay?.(true);
+    const where = 'path' in endpoint ? { path: endpoint.path } : { host: endpoint.host, port: endpoint.port };
+    // A plain connection reads into the client's buffers. A TLS one is plain until STARTTLS, then
+    // wrapped, and the TLS socket gives 'data' chunks: it reads those.
+    const handshakeBuffer = opts.tls === undefined ? Buffer.allocUnsafe(HANDSHAKE_READ) : undefined;
     let client: NbdClient | undefined;
+    const onread = {
+      buffer: (): Uint8Array => client?.nextRead() ?? (handshakeBuffer as Buffer),
+      callback: (n: number, buf: Uint8Array): boolean => {
+        client?.onRead(n, buf);
+        return true;
+      },
+    };
+    const socket = connect(handshakeBuffer === undefined ? where : { ...where, onread });
+    socket.setNoDelay?.(true);
+    client = new NbdClient(socket, handshakeBuffer, opts.allocate);
+    const made = client;
     const timer =
       opts.connectTimeoutMs === undefined
         ? undefined
         : setTimeout(() => {
             const err = new NbdsnapError('EIO', `no answer from the server within ${opts.connectTimeoutMs} ms`);
-            client?.fail(err);
+            made.fail(err);
             socket.destroy(err);
           }, opts.connectTimeoutMs);
     try {
@@ -179,19 +152,15 @@ export class NbdClient {
         socket.once('connect', resolve);
         socket.once('error', (err) => reject(new NbdsnapError('NOT_FOUND', `cannot connect: ${err.message}`)));
       });
-      client = new NbdClient(socket);
-      client.allocate = opts.allocate;
-      try {
-        await client.handshake(opts, 'host' in endpoint ? endpoint.host : undefined);
-      } catch (err) {
-        client.socket.destroy(); // a failed handshake must not leave the socket (and the process) alive
-        socket.destroy();
-        throw err;
-      }
+      await made.handshake(opts, 'host' in endpoint ? endpoint.host : undefined);
+    } catch (err) {
+      made.socket.destroy(); // a failed handshake must not leave the socket (and the process) alive
+      socket.destroy();
+      throw err;
     } finally {
       if (timer !== undefined) clearTimeout(timer);
     }
-    return client;
+    return made;
   }
 
   static async open(uri: string, opts: Omit<ConnectOptions, 'exportName'> = {}): Promise<NbdClient> {
@@ -209,10 +178,34 @@ export class NbdClient {
     return [...c.listedContexts];
   }
 
+  /** Where the socket's next read goes (plain connections). */
+  private nextRead(): Buffer {
+    return this.transmission ? this.reader.next() : (this.handshakeBuffer as Buffer);
+  }
+
+  /** A read of a plain connection: `n` bytes at the start of `buf`. */
+  private onRead(n: number, buf: Uint8Array): void {
+    if (buf === this.handshakeBuffer)
+      this.onData(Buffer.from(buf.subarray(0, n))); // read into again: copy
+    else this.frame(() => this.reader.filled(buf, n));
+  }
+
+  /** Bytes of a 'data' event (TLS), or handshake bytes. */
   private onData(chunk: Buffer): void {
+    if (this.transmission) {
+      this.frame(() => this.reader.push(chunk));
+      return;
+    }
     this.parser.push(chunk);
-    try {
+    this.frame(() => {
       for (let m = this.parser.next(); m !== undefined; m = this.parser.next()) this.dispatch(m);
+    });
+  }
+
+  /** Run framing work; a fault in the stream ends the connection. */
+  private frame(work: () => void): void {
+    try {
+      work();
     } catch (err) {
       this.fail(err as Error);
       this.socket.destroy();
@@ -220,10 +213,7 @@ export class NbdClient {
   }
 
   private dispatch(m: ServerMessage): void {
-    if (m.kind === 'simpleReply' || m.kind === 'chunk') {
-      this.onReply(m);
-      return;
-    }
+    if (m.kind === 'simpleReply' || m.kind === 'chunk') throw new NbdsnapError('EIO', 'a reply during the handshake');
     if (this.handshakeWaiter !== undefined) {
       const w = this.handshakeWaiter;
       this.handshakeWaiter = undefined;
@@ -315,62 +305,20 @@ export class NbdClient {
         throw new NbdsnapError('NOT_FOUND', `export "${name}": ${r.message || `error 0x${r.type.toString(16)}`}`);
       }
     }
-    this.parser.startTransmission();
+    if (this.queued.length > 0) throw new NbdsnapError('EIO', 'unexpected data after the handshake');
+    this.transmission = true;
   }
 
   private fail(err: Error): void {
     // After close() the failure is already set, but requests still in flight must not hang
     // when the connection then drops: they are rejected with the error that ended it.
     this.failure ??= err;
-    connectionErrors.add(err);
+    connectionError(err);
     this.resolveLost(this.failure);
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
+    this.pending.failAll(err);
     // A connection lost during the handshake (a TLS alert, a server hanging up) ends it too.
     this.handshakeWaiter?.reject(err);
     this.handshakeWaiter = undefined;
-  }
-
-  private onReply(m: ServerMessage & { kind: 'simpleReply' | 'chunk' }): void {
-    const p = this.pending.get(m.cookie);
-    if (p === undefined) {
-      this.fail(new NbdsnapError('EIO', `reply for unknown cookie ${m.cookie}`));
-      return;
-    }
-    if (m.kind === 'simpleReply') {
-      this.pending.delete(m.cookie);
-      if (m.error !== 0) p.reject(requestError(m.error, ''));
-      else p.resolve(m.data);
-      return;
-    }
-    const c = decodeChunk(m.type, m.data);
-    if (c.chunk === 'OFFSET_DATA') {
-      // One chunk with all the data (the usual answer): its buffer is the reply, no copy.
-      if (p.data === undefined && c.offset === p.offset && c.data.length === p.length) {
-        if (this.allocate === undefined) p.data = c.data;
-        else {
-          p.data = this.allocate(p.length);
-          c.data.copy(p.data);
-        }
-      } else c.data.copy(this.readBuffer(p), c.offset - p.offset);
-    } else if (c.chunk === 'OFFSET_HOLE') {
-      this.readBuffer(p).fill(0, c.offset - p.offset, c.offset - p.offset + c.length);
-    } else if (c.chunk === 'BLOCK_STATUS') p.extents?.set(c.contextId, c.extents);
-    else if (c.chunk === 'ERROR' || c.chunk === 'ERROR_OFFSET') p.error ??= requestError(c.error, c.message);
-    if ((m.flags & ReplyFlag.DONE) === 0) return;
-    this.pending.delete(m.cookie);
-    if (p.error !== undefined) p.reject(p.error);
-    else p.resolve(p.type === Command.READ ? this.readBuffer(p) : p.extents);
-  }
-
-  /** A structured READ's reply buffer, made at its first piece (zeros until filled). */
-  private readBuffer(p: Pending): Buffer {
-    if (p.data === undefined) {
-      p.data = this.allocate === undefined ? Buffer.alloc(p.length) : this.allocate(p.length);
-      // A pooled buffer holds old bytes: zero it unless one chunk fills it (the usual case).
-      if (this.allocate !== undefined) p.data.fill(0);
-    }
-    return p.data;
   }
 
   private request(type: number, offset: number, length: number, flags = 0, data?: Buffer): Promise<unknown> {
@@ -379,7 +327,7 @@ export class NbdClient {
     return new Promise((resolve, reject) => {
       const p: Pending = { type, offset, length, resolve, reject };
       if (type === Command.BLOCK_STATUS) p.extents = new Map();
-      this.pending.set(cookie, p);
+      this.pending.add(cookie, p);
       const header = serialize.request(flags, type, cookie, offset, length);
       if (data === undefined) this.socket.write(header);
       else {
@@ -431,19 +379,10 @@ export class NbdClient {
   async close(): Promise<void> {
     if (this.failure === undefined) {
       this.failure = new NbdsnapError('EIO', 'client closed');
-      connectionErrors.add(this.failure);
+      connectionError(this.failure);
       this.resolveLost(this.failure);
       this.socket.end(serialize.request(0, Command.DISC, this.nextCookie++, 0, 0));
     }
     await new Promise<void>((resolve) => (this.socket.closed ? resolve() : this.socket.once('close', () => resolve())));
   }
-}
-
-/** An error reply from the server, with the errno name as the code (EIO, EPERM, ...). */
-export function requestError(errno: number, message: string): NbdsnapError {
-  const name = nbdErrorName(errno);
-  const code = (
-    ['EPERM', 'EIO', 'ENOMEM', 'EINVAL', 'ENOSPC', 'EOVERFLOW', 'ENOTSUP', 'ESHUTDOWN'].includes(name) ? name : 'EIO'
-  ) as 'EIO';
-  return new NbdsnapError(code, message === '' ? `server error ${name}` : `${name}: ${message}`);
 }

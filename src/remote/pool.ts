@@ -5,10 +5,11 @@
  * with the fewest in flight. The set is lost as a whole when any of its connections is lost.
  */
 import { take } from '../block/buffer-pool.ts';
-import { isConnectionLoss, NbdClient } from '../client/nbd-client.ts';
+import { isConnectionLoss } from '../client/failures.ts';
+import { NbdClient } from '../client/nbd-client.ts';
 import { NbdsnapError } from '../errors.ts';
 import { Command, type Extent, TransmissionFlag } from '../nbd-protocol/index.ts';
-import type { RemoteLink, RemoteOp } from './session.ts';
+import type { RemoteLink, RemoteOp } from './link.ts';
 
 export interface PoolOptions {
   /** Connections wanted when the export allows several (CAN_MULTI_CONN). */

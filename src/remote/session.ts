@@ -5,9 +5,8 @@
  *     │                 │  (back-off between attempts)
  *     └──────close──────┴──> closed            size changed ──> failed
  *
- * - Every request gets a deadline (`timeoutMs` after it was submitted). A request not answered by
- *   then fails with EIO and is never sent again; one in flight on a live link means the remote is
- *   hung, and the link is dropped and made again.
+ * - Deadlines (deadlines.ts): a request not answered `timeoutMs` after its submission fails with
+ *   EIO and is never sent again; one late on the wire means the remote hangs: the link is remade.
  * - On a loss, reads, block status, cache and flush requests in flight go back to the queue and
  *   are sent again once the link is back. Writes, zeroes and trims live in the replay log
  *   (replay-log.ts) until a flush covers them: after a reconnect the whole log is re-sent, in
@@ -18,38 +17,20 @@
  *   then say "durable".
  * - Nothing is dropped silently: every request settles exactly once, with its answer, its error,
  *   EIO at its deadline, or ESHUTDOWN at close.
- * - Memory: the log holds at most `replayBudget` bytes of payload (one larger write alone); beyond
- *   it the session flushes by itself and new writes wait for that flush.
+ * - Memory: the log holds at most `replayBudget` bytes of payload (one larger write alone); from
+ *   half of it the session flushes by itself, and beyond it new writes wait for that flush.
  *
  * The link (one or several connections, pool.ts) is injected, so this is tested without a server.
  */
 
-import * as pool from '../block/buffer-pool.ts';
 import { NbdsnapError } from '../errors.ts';
 import { Backoff } from './backoff.ts';
+import { Copies } from './copies.ts';
+import { DeadlineSweep, expireLate } from './deadlines.ts';
+import type { OpKind, RemoteLink, RemoteOp } from './link.ts';
 import { type LogEntry, ReplayLog } from './replay-log.ts';
 
-export type OpKind = 'read' | 'write' | 'zero' | 'trim' | 'flush' | 'cache' | 'status';
-
-export interface RemoteOp {
-  kind: OpKind;
-  offset: number;
-  length: number;
-  /** NBD command flags (FUA, NO_HOLE, FAST_ZERO...). */
-  flags: number;
-  data?: Buffer;
-}
-
-/** A set of live connections to one export. */
-export interface RemoteLink {
-  readonly size: number;
-  /** Sends on one of its connections; rejects with `isLoss(err)` true if that connection ended. */
-  send(op: RemoteOp): Promise<unknown>;
-  /** Resolves once any connection of the set ended. */
-  readonly lost: Promise<Error>;
-  destroy(reason: string): void;
-  close(): Promise<void>;
-}
+export type { OpKind, RemoteLink, RemoteOp };
 
 export interface SessionOptions {
   connect: () => Promise<RemoteLink>;
@@ -92,9 +73,10 @@ export class RemoteSession {
   /** Reads, status, cache and flushes in flight on the current link. */
   private readonly inflight = new Set<Req>();
   private readonly log = new ReplayLog<Req>();
+  private readonly copies = new Copies();
   private flushError: Error | undefined;
   private selfFlush = false;
-  private sweep: NodeJS.Timeout | undefined;
+  private readonly sweep: DeadlineSweep;
   private retry: NodeJS.Timeout | undefined;
   private fatal: Error | undefined;
   private readonly backoff: Backoff;
@@ -107,6 +89,7 @@ export class RemoteSession {
     this.size = link.size;
     this.backoff = opts.backoff ?? new Backoff();
     this.now = opts.now ?? Date.now;
+    this.sweep = new DeadlineSweep(opts.timeoutMs, () => this.expire());
     this.use(link);
   }
 
@@ -142,7 +125,7 @@ export class RemoteSession {
         resolve,
         reject,
       };
-      this.armSweep();
+      this.sweep.arm();
       if (WRITES.has(op.kind)) this.admit(req);
       else {
         this.queue.push(req);
@@ -175,7 +158,7 @@ export class RemoteSession {
     // The caller may reuse its buffer once answered; the log keeps its own copy until flushed
     // (from the buffer pool: given back once a flush covered it, when it is surely sent).
     if (req.op.data !== undefined) {
-      const copy = pool.take(req.op.data.length);
+      const copy = this.copies.take(req.op.data.length);
       req.op.data.copy(copy);
       req.op = { ...req.op, data: copy };
     }
@@ -220,7 +203,11 @@ export class RemoteSession {
         if (epoch !== this.epoch || this.log.get(req.seq) !== entry) return;
         entry.state = 'acked';
         this.settle(req, undefined);
-        if (this.stateNow === 'ready' && this.blocked.length > 0) this.flushForRoom();
+        // From half the budget on, a flush runs while writes go on, so that room is usually made
+        // before the log is full (writes then wait for a flush only when the remote flushes slower
+        // than it is written to)
+        if (this.stateNow === 'ready' && (this.blocked.length > 0 || this.log.bytes >= this.opts.replayBudget / 2))
+          this.flushForRoom();
       },
       (err: unknown) => {
         if (epoch !== this.epoch || this.log.get(req.seq) !== entry) return;
@@ -257,7 +244,8 @@ export class RemoteSession {
       (value) => {
         if (epoch !== this.epoch || !this.inflight.delete(req)) return;
         if (req.op.kind === 'flush') {
-          for (const done of this.log.flushed(req.covers ?? [])) pool.give(done.op.data);
+          for (const done of this.log.flushed(req.covers ?? []))
+            this.copies.give(done.op.data, this.opts.replayBudget - this.log.bytes);
           const lost = this.flushError;
           this.flushError = undefined;
           this.settle(req, lost, undefined);
@@ -380,53 +368,26 @@ export class RemoteSession {
       this.settle(e.item, err);
       this.log.remove(e.seq);
     }
+    this.copies.clear();
   }
 
-  // --- deadlines ---------------------------------------------------------------------------------
-
-  private armSweep(): void {
-    if (this.sweep !== undefined) return;
-    const every = Math.max(10, Math.min(1000, Math.floor(this.opts.timeoutMs / 4)));
-    this.sweep = setInterval(() => this.expire(), every);
-    this.sweep.unref?.();
-  }
+  // --- deadlines (deadlines.ts) ------------------------------------------------------------------
 
   private expire(): void {
-    const now = this.now();
-    const late = (r: Req) => !r.settled && r.deadline <= now;
+    const why = this.stateNow === 'ready' ? 'the remote does not answer' : 'the remote is unreachable';
     const timeout = () =>
-      new NbdsnapError(
-        'EIO',
-        `remote ${this.opts.name}: no answer within ${this.opts.timeoutMs / 1000} s (${this.stateNow === 'ready' ? 'the remote does not answer' : 'the remote is unreachable'})`,
-      );
-    let hung = false;
-    for (const r of this.queue) if (late(r)) this.settle(r, timeout());
-    for (const r of this.blocked) if (late(r)) this.settle(r, timeout());
-    for (const r of this.inflight) {
-      if (!late(r)) continue;
-      this.inflight.delete(r);
-      this.settle(r, timeout());
-      hung = true;
-    }
-    this.queue = this.queue.filter((r) => !r.settled);
-    this.blocked = this.blocked.filter((r) => !r.settled);
-    for (const e of [...this.log.values()]) {
-      if (!late(e.item)) continue;
-      if (e.state === 'sent') hung = true;
-      this.log.remove(e.seq);
-      this.settle(e.item, timeout());
-    }
+      new NbdsnapError('EIO', `remote ${this.opts.name}: no answer within ${this.opts.timeoutMs / 1000} s (${why})`);
+    const w = { queue: this.queue, blocked: this.blocked, inflight: this.inflight, log: this.log };
+    const hung = expireLate(w, this.now(), (r) => this.settle(r, timeout()));
+    this.queue = w.queue;
+    this.blocked = w.blocked;
     if (hung && this.link !== undefined) this.onLoss(this.epoch, timeout());
-    if (this.outstanding === 0 && this.sweep !== undefined) {
-      clearInterval(this.sweep);
-      this.sweep = undefined;
-    }
+    if (this.outstanding === 0) this.sweep.stop();
   }
 
   private stopTimers(): void {
-    if (this.sweep !== undefined) clearInterval(this.sweep);
+    this.sweep.stop();
     if (this.retry !== undefined) clearTimeout(this.retry);
-    this.sweep = undefined;
     this.retry = undefined;
   }
 }

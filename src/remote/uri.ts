@@ -4,7 +4,7 @@
  * endpoint and export, without credentials or TLS settings), so that two spellings of one export
  * are seen as one. Pure.
  */
-import { type Endpoint, parseNbdUri } from '../client/nbd-client.ts';
+import { type Endpoint, parseNbdUri } from '../client/nbd-uri.ts';
 
 const SCHEMES = /^nbds?(\+unix)?:\/\//i;
 

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CEPH_SKIP, type CephCluster, startCeph } from '../helpers/ceph.ts';
 import { MiB, tempDir } from '../helpers/snapshots.ts';
 import { History, Writers } from './history.ts';
-import { LOCAL_ORIGIN, type RbdRig, rbdRig } from './rbd-rig.ts';
+import { LOCAL_ORIGIN, type RbdRig, type RbdRigOptions, rbdRig } from './rbd-rig.ts';
 
 const SIZE = 16 * MiB;
 
@@ -50,26 +50,36 @@ describe.skipIf(CEPH_SKIP || LOCAL_ORIGIN)('the qemu-nbd serving an RBD origin i
     points.set(name, [t0, history.tick()]);
   }
 
-  it('killed and restarted within --remote-timeout: requests complete after the reconnect', async () => {
-    const r = await rbdRig(ceph, dir.path, 'vol', { size: SIZE, extra: ['--remote-timeout', '60'] });
+  /** An nbdsnap started in front of RBD image `image`, a history of its writes, and snapshot "before". */
+  async function setUp(image: string, o: RbdRigOptions) {
+    const r = await rbdRig(ceph, dir.path, image, o);
     rigs.push(r);
     await r.rig.start();
-    const ex = r.ex as NonNullable<RbdRig['ex']>;
     const history = new History(SIZE, 0);
     const points = new Map<string, [number, number]>();
     await snapshot(r, history, points, 'before');
+    return { r, history, points };
+  }
 
-    const clients = await Promise.all([r.rig.open('vol'), r.rig.open('vol')]);
-    const writers = new Writers(history, {
-      clients,
-      depth: 4,
-      seed: 31,
-      firstSeq: 1,
-      fua: 1,
-      reads: 0.25,
-      maxWrite: 256 * 1024,
-    });
+  /** Two clients of the origin writing with FUA (a quarter of the requests read back), 4 in flight each. */
+  async function startWriters(r: RbdRig, history: History, seed: number): Promise<Writers> {
+    const clients = await Promise.all([r.rig.open(r.image), r.rig.open(r.image)]);
+    const opts = { clients, depth: 4, seed, firstSeq: 1, fua: 1, reads: 0.25, maxWrite: 256 * 1024 };
+    const writers = new Writers(history, opts);
     writers.start();
+    return writers;
+  }
+
+  /** Wait until `n` requests have failed (at most a minute: each fails about --remote-timeout after it was sent). */
+  async function waitErrors(writers: Writers, n: number): Promise<void> {
+    const deadline = Date.now() + 60_000;
+    while (writers.errors.length < n && Date.now() < deadline) await sleep(100);
+  }
+
+  it('killed and restarted within --remote-timeout: requests complete after the reconnect', async () => {
+    const { r, history, points } = await setUp('vol', { size: SIZE, extra: ['--remote-timeout', '60'] });
+    const ex = r.ex as NonNullable<RbdRig['ex']>;
+    const writers = await startWriters(r, history, 31);
     let atKill = 0;
     try {
       await writers.waitOps(80);
@@ -109,31 +119,13 @@ describe.skipIf(CEPH_SKIP || LOCAL_ORIGIN)('the qemu-nbd serving an RBD origin i
   });
 
   it('gone for longer than --remote-timeout: requests fail with an error, none hangs, snapshots stay exact', async () => {
-    const r = await rbdRig(ceph, dir.path, 'vol2', { size: SIZE, extra: ['--remote-timeout', '3'] });
-    rigs.push(r);
-    await r.rig.start();
+    const { r, history, points } = await setUp('vol2', { size: SIZE, extra: ['--remote-timeout', '3'] });
     const ex = r.ex as NonNullable<RbdRig['ex']>;
-    const history = new History(SIZE, 0);
-    const points = new Map<string, [number, number]>();
-    await snapshot(r, history, points, 'before');
-
-    const clients = await Promise.all([r.rig.open('vol2'), r.rig.open('vol2')]);
-    const writers = new Writers(history, {
-      clients,
-      depth: 4,
-      seed: 32,
-      firstSeq: 1,
-      fua: 1,
-      reads: 0.25,
-      maxWrite: 256 * 1024,
-    });
-    writers.start();
+    const writers = await startWriters(r, history, 32);
     try {
       await writers.waitOps(80);
       await ex.kill('SIGKILL');
-      // every request now fails within about the timeout, none waits forever
-      const deadline = Date.now() + 60_000;
-      while (writers.errors.length < 8 && Date.now() < deadline) await sleep(100);
+      await waitErrors(writers, 8); // every request now fails within about the timeout, none waits forever
     } finally {
       await writers.stop(); // resolves only once every request has been answered
     }
@@ -172,35 +164,18 @@ describe.skipIf(CEPH_SKIP || LOCAL_ORIGIN)('the qemu-nbd serving an RBD origin i
   it('the store on an RBD image, its qemu-nbd killed: writes that need a copy fail, snapshots never read wrong', async () => {
     await ceph.createImage('store3', 64 * MiB);
     const exStore = await ceph.exportImage('store3');
-    const r = await rbdRig(ceph, dir.path, 'vol3', {
+    const { r, history, points } = await setUp('vol3', {
       size: SIZE,
       stores: [exStore.uri],
       extra: ['--remote-timeout', '3'],
     });
-    rigs.push(r);
-    await r.rig.start();
-    const history = new History(SIZE, 0);
-    const points = new Map<string, [number, number]>();
-    await snapshot(r, history, points, 'before');
-
-    const clients = await Promise.all([r.rig.open('vol3'), r.rig.open('vol3')]);
-    const writers = new Writers(history, {
-      clients,
-      depth: 4,
-      seed: 34,
-      firstSeq: 1,
-      fua: 1,
-      reads: 0.25,
-      maxWrite: 256 * 1024,
-    });
-    writers.start();
+    const writers = await startWriters(r, history, 34);
     let atKill = 0;
     try {
       await writers.waitOps(60);
       atKill = history.tick();
       await exStore.kill('SIGKILL');
-      const deadline = Date.now() + 60_000;
-      while (writers.errors.length < 8 && Date.now() < deadline) await sleep(100);
+      await waitErrors(writers, 8);
     } finally {
       await writers.stop();
     }

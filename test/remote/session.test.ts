@@ -267,6 +267,22 @@ describe('RemoteSession', () => {
     await s.close();
   });
 
+  it('flushes by itself from half its budget on, while writes go on', async () => {
+    const remote = new FakeRemote(1 << 20);
+    const { s } = session(remote, await remote.connect(), { replayBudget: 4096 });
+    await write(s, 0, 1, 1024);
+    expect(remote.sent.some((o) => o.kind === 'flush')).toBe(false); // under half: no flush
+    await write(s, 1024, 2, 1024); // half: a flush starts, and covers both
+    const third = write(s, 2048, 3, 1024); // not held back by that flush
+    expect(remote.sent.map((o) => o.kind)).toEqual(['write', 'write', 'flush', 'write']);
+    await third;
+    await tick(5);
+    expect(remote.durable[0]).toBe(1);
+    expect(remote.durable[1024]).toBe(2);
+    expect(s.logBytes).toBe(1024); // the third, acknowledged after the flush was sent, stays logged
+    await s.close();
+  });
+
   it('a remote that comes back with another size fails everything', async () => {
     const remote = new FakeRemote(8192);
     const { s } = session(remote, await remote.connect());
