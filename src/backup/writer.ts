@@ -185,8 +185,10 @@ export class RecordWriter {
       this.crc,
     );
     this.crc = crc;
-    if (this.staged !== undefined) this.staged.append(bytes);
-    else {
+    if (this.staged !== undefined) {
+      this.staged.append(bytes);
+      this.written += bytes.length;
+    } else {
       this.pending.push(bytes);
       this.pendingBytes += bytes.length;
     }
@@ -233,16 +235,17 @@ export const PendingFile = {
   /**
    * A new backup at a local path or an `s3://BUCKET/KEY` URL (refused if it exists). `signal`
    * interrupts an upload even while it commits (a local file's commit is one link, not stopped).
-   * `hashInWorker`: hash on a worker thread (worth it for large backups).
+   * `hashInWorker`: hash on a worker thread (worth it for large backups). `staged` (default true):
+   * a local file goes through staging chunks (staged-file.ts) when the native helper is there.
    */
   async create(
     finalPath: string,
     magic: Buffer,
-    opts: { signal?: AbortSignal | undefined; hashInWorker?: boolean } = {},
+    opts: { signal?: AbortSignal | undefined; hashInWorker?: boolean; staged?: boolean } = {},
   ): Promise<PendingFile> {
     if (isS3Url(finalPath))
       return (await import('./s3-sink.ts')).S3PendingObject.create(finalPath, magic, opts.signal, opts.hashInWorker);
-    return LocalPendingFile.create(finalPath, magic, opts.hashInWorker);
+    return LocalPendingFile.create(finalPath, magic, opts.hashInWorker, opts.staged ?? true);
   },
 };
 
@@ -256,10 +259,13 @@ class LocalPendingFile implements PendingFile {
     this.writer = writer;
   }
 
-  static async create(finalPath: string, magic: Buffer, hashInWorker = false): Promise<LocalPendingFile> {
+  /** `staged`: through staging chunks when the native helper is there (staged-file.ts). */
+  static async create(finalPath: string, magic: Buffer, hashInWorker = false, staged = true): Promise<LocalPendingFile> {
     if (existsSync(finalPath)) throw new NbdsnapError('EXISTS', `${finalPath} already exists (not overwritten)`);
     const temp = join(dirname(finalPath), `${basename(finalPath)}.partial.${randomBytes(4).toString('hex')}`);
-    const w = (await RecordWriter.staged(temp, magic)) ?? (await RecordWriter.create(temp, magic, hashInWorker));
+    const w =
+      (staged ? await RecordWriter.staged(temp, magic) : undefined) ??
+      (await RecordWriter.create(temp, magic, hashInWorker));
     return new LocalPendingFile(finalPath, w);
   }
 
