@@ -32,7 +32,7 @@ import {
   SECTOR,
 } from './format.ts';
 import { BufferPool, orderedMap } from './pipeline.ts';
-import { chooseSamples, type PlanItem, planRanges, trimUnchanged } from './plan.ts';
+import { chooseSamples, type PlanItem, planRanges, TrimPolicy, trimUnchanged } from './plan.ts';
 import { Progress } from './progress.ts';
 import { BackupReader } from './reader.ts';
 import { isS3Url } from './s3-url.ts';
@@ -259,20 +259,23 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
 
     progress.start('backup', plan.totalBytes, { source: opts.source, file: opts.file, kind: header.kind });
     let trimmedBytes = 0;
+    const trim = new TrimPolicy();
     const read = async (item: PlanItem) => {
       if (item.kind !== 'data') return { item, now: undefined, before: undefined, piece: undefined, old: undefined };
       const piece = pool.take();
-      const old = readFrom === undefined ? undefined : pool.take();
+      const from = readFrom !== undefined && trim.wants() ? readFrom : undefined;
+      const old = from === undefined ? undefined : pool.take();
       const [now, before] = await Promise.all([
         readTo(item.offset, item.length, piece),
         // FROM unreadable (e.g. invalidated by a full store): no trimming, nothing else lost
-        readFrom?.(item.offset, item.length, old).catch(() => undefined),
+        from?.(item.offset, item.length, old).catch(() => undefined),
       ]);
       return { item, now, before, piece, old };
     };
     for await (const { item, now, before, piece, old } of orderedMap(plan.items, depth, read)) {
       opts.signal?.throwIfAborted();
       pool.release(w.written);
+      if (old !== undefined && before === undefined) pool.give(old);
       if (item.kind === 'zero' || item.kind === 'disc') {
         const type = item.kind === 'zero' ? RecordType.ZERO : RecordType.DISC;
         await w.add({ type, offset: item.offset, length: item.length, payload: Buffer.alloc(0) });
@@ -282,7 +285,9 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
         if (before !== undefined) {
           const t = trimUnchanged(item.offset, now, before);
           if (old !== undefined) pool.give(old);
-          trimmedBytes += item.length - (t === undefined ? 0 : t.end - t.start);
+          const kept = t === undefined ? 0 : t.end - t.start;
+          trim.record(item.length, kept);
+          trimmedBytes += item.length - kept;
           if (t === undefined) {
             if (piece !== undefined) pool.give(piece);
             progress.add(item.length);
