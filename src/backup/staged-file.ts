@@ -30,7 +30,7 @@ type Helper = NativeFs & Partial<BackupNative>;
 const CHUNK = 4 * 1024 * 1024;
 const ALIGN = 4096;
 /** Chunks written or hashed at once (the file's memory: at most this many + 1 chunks). */
-const MAX_IN_FLIGHT = 6;
+export const MAX_IN_FLIGHT = 6;
 /** Buffered (no O_DIRECT): every so many bytes, an fdatasync starts in the background. */
 const BACKGROUND_SYNC_EVERY = 64 * 1024 * 1024;
 
@@ -78,6 +78,8 @@ export class StagedFile {
   private hashing = false;
   private hashDone: (() => void)[] = [];
   private syncedTo = 0;
+  /** Staging chunks allocated so far (the file's memory is this many times CHUNK). */
+  chunks = 1;
   private background: Promise<void> | undefined;
 
   private constructor(path: string, fh: FileHandle, direct: boolean, n: BackupNative) {
@@ -211,7 +213,12 @@ export class StagedFile {
     this.base += CHUNK;
     this.used = 0;
     this.hashedTo = 0;
-    this.chunk = { buf: this.free.pop() ?? this.n.alignedBuffer(CHUNK), busy: 0 };
+    let buf = this.free.pop();
+    if (buf === undefined) {
+      buf = this.n.alignedBuffer(CHUNK);
+      this.chunks += 1;
+    }
+    this.chunk = { buf, busy: 0 };
   }
 
   private write(buf: Buffer, at: number, c: Chunk): void {

@@ -8,7 +8,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { native } from '../../src/block/native.ts';
-import { StagedFile } from '../../src/backup/staged-file.ts';
+import { MAX_IN_FLIGHT, StagedFile } from '../../src/backup/staged-file.ts';
 import { tempDir } from '../helpers/server.ts';
 import { MiB, prng } from './rig.ts';
 
@@ -46,6 +46,20 @@ describe.skipIf(!hasHelper && process.env.CI !== 'true')('staged file', () => {
     const want = Buffer.concat(parts);
     expect(statSync(path).size).toBe(want.length);
     expect(readFileSync(path).equals(want)).toBe(true);
+  });
+
+  it('holds at most MAX_IN_FLIGHT + 2 staging chunks, however much is written', async () => {
+    const f = await StagedFile.create(join(dir.path, 'bounded'));
+    if (f === undefined) throw new Error('the native helper is not built');
+    const piece = randomBytes(MiB + 28);
+    for (let i = 0; i < 200; i++) {
+      f.append(piece);
+      await f.settle();
+    }
+    await f.sync();
+    await f.close();
+    expect(f.chunks).toBeGreaterThan(1);
+    expect(f.chunks).toBeLessThanOrEqual(MAX_IN_FLIGHT + 2);
   });
 
   it('fails every later call once a write failed, and never reports the file durable', async () => {
