@@ -107,10 +107,22 @@ export class StagedFile {
           fh = await open(path, flags | constants.O_DIRECT, 0o600);
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-          direct = false; // tmpfs and others: no O_DIRECT
+          direct = false; // a file system without O_DIRECT
         }
       }
-      fh ??= await open(path, flags, 0o600);
+      if (fh === undefined) {
+        try {
+          fh = await open(path, flags, 0o600);
+        } catch (err) {
+          // Linux refuses O_DIRECT only after creating the file: the empty file just made, ours
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || direct === (opts.direct ?? true)) throw err;
+          fh = await open(path, constants.O_WRONLY);
+          if ((await fh.stat()).size !== 0) {
+            await fh.close();
+            throw err;
+          }
+        }
+      }
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'EEXIST') throw new NbdsnapError('EXISTS', `${path} already exists`);
