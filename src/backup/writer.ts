@@ -1,7 +1,10 @@
 /**
  * Writing record files (backups and undo journals): records are framed and CRC-chained by
  * format.ts, buffered, hashed (SHA-256 of every byte before the end marker) and counted, and
- * the end marker carries the totals and the hash.
+ * the end marker carries the totals and the hash. A local backup file goes through staging
+ * chunks (staged-file.ts: O_DIRECT writes and SHA-256 on the thread pool) when the native helper
+ * is there; undo journals, S3 uploads and machines without the helper take the buffered path
+ * (4 MiB writev batches, SHA-256 inline or on a worker thread, hasher.ts).
  *
  * A backup is written under a temporary name beside the final one and appears under the final
  * name only when complete: end marker written, file fsynced, then link(temp, final) — which
