@@ -220,12 +220,18 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     if (fromReader !== undefined) readFrom = spread([fromReader]);
     else if (trimBase !== undefined) readFrom = (offset, length) => trimBase.client.read(offset, length);
     // The bitmap and the readers were bound after the facts were listed: the same points listed
-    // again now mean they were bound to them (a name only ever moves to a newer point).
-    const now = parseFacts(await NbdClient.listMetaContexts(opts.source, [FACTS_QUERY]));
-    if (now.point !== to.facts.point)
-      throw new NbdsnapError('BUSY', `${device}@${snapshot} was replaced while the backup started: try again`);
-    if (base !== undefined && bitmapPoint !== undefined && now.bitmapPoints?.get(base.name) !== bitmapPoint)
-      throw movedName(device, base.name);
+    // again now mean they were bound to them (a name only ever moves to a newer point). The
+    // listing runs beside the reads (its round trips off the critical path) and is checked
+    // before the file is committed: a file is never made from reads it did not confirm.
+    const relisting = NbdClient.listMetaContexts(opts.source, [FACTS_QUERY]);
+    relisting.catch(() => undefined);
+    const confirm = async () => {
+      const now = parseFacts(await relisting);
+      if (now.point !== to.facts.point)
+        throw new NbdsnapError('BUSY', `${device}@${snapshot} was replaced while the backup started: try again`);
+      if (base !== undefined && bitmapPoint !== undefined && now.bitmapPoints?.get(base.name) !== bitmapPoint)
+        throw movedName(device, base.name);
+    };
     const readTo = spread(readers);
     const pool = new BufferPool(PIECE);
     const header: BackupHeader = {
@@ -313,6 +319,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       }
       progress.add(item.length);
     }
+    await confirm();
     const totals = { ...w.totals };
     const digest = await pending.commit();
     pending = undefined;
