@@ -3,7 +3,7 @@
 # backup of the device after BENCH_BACKUP_PCT % of its 64 KiB blocks changed (scattered writes),
 # against a full nbdcopy of the same snapshot to a file — time, bytes read (the server's socket
 # writes), bytes written and CPU seconds of client and server, BENCH_BACKUP_ROUNDS rounds in turn;
-# a full `nbdsnap backup` against the same nbdcopy; and the cost of crash-safe change tracking on
+# a full `nbdsnap backup` against the same nbdcopy; the CLI's start-up alone (`backup --help`); and the cost of crash-safe change tracking on
 # 4 KiB writes in a fresh era (--cbt-block-size 64K, the default, vs 0).
 
 BACKUP_PCT=${BENCH_BACKUP_PCT:-5}
@@ -76,6 +76,8 @@ section_backup() {
     node -e 'console.log((JSON.parse(require("fs").readFileSync(0, "utf8")).changedBytes / 1048576).toFixed(1))')" MiB lo -
   for r in $(seq 1 "$BACKUP_ROUNDS"); do
     backup_measure cbt64K incremental node "$ROOT/bin/nbdsnap.cjs" backup "$o@B" "$WORK/incremental.out" --since A --progress none
+    # the CLI's start-up alone (node, the bundle, the command's modules), part of every backup's time
+    record backup_startup_seconds "$(timed_run node "$ROOT/bin/nbdsnap.cjs" backup --help)" s lo -
     backup_measure cbt64K full_nbdcopy nbdcopy "$o@B" "$WORK/full_nbdcopy.out"
     if [ "${BENCH_BACKUP_FULL:-1}" = 1 ]; then
       backup_measure cbt64K full_backup node "$ROOT/bin/nbdsnap.cjs" backup "$o@B" "$WORK/full_backup.out" --progress none
@@ -92,6 +94,7 @@ ratios_backup() {
   ratio 'backup: full nbdsnap backup / nbdcopy, server CPU s' $t/full_backup_server_cpu $t/full_nbdcopy_server_cpu -
   ratio "backup: incremental (${BACKUP_PCT}% changed) / full nbdcopy, time" $t/incremental_seconds $t/full_nbdcopy_seconds 'ratio<=0.1'
   ratio "backup: incremental (${BACKUP_PCT}% changed) / full nbdsnap backup, time" $t/incremental_seconds $t/full_backup_seconds -
+  ratio 'backup: CLI start-up (backup --help) / incremental, time' $t/backup_startup_seconds $t/incremental_seconds -
   ratio 'backup: incremental / full nbdcopy, bytes read' $t/incremental_read $t/full_nbdcopy_read -
   ratio 'backup: incremental / full nbdcopy, bytes written' $t/incremental_written $t/full_nbdcopy_written -
   ratio 'cbt: 4K first-write-in-era IOPS, cbt 64K / cbt 0' $t/write_4k_fresh_era_cbt64K $t/write_4k_fresh_era_cbt0 -

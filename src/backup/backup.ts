@@ -32,7 +32,7 @@ import {
   SECTOR,
 } from './format.ts';
 import { BufferPool, orderedMap } from './pipeline.ts';
-import { chooseSamples, type PlanItem, planRanges, trimUnchanged } from './plan.ts';
+import { type AbsExtent, chooseSamples, type PlanItem, planRanges, TrimPolicy, trimUnchanged } from './plan.ts';
 import { Progress } from './progress.ts';
 import { BackupReader } from './reader.ts';
 import { isS3Url } from './s3-url.ts';
@@ -129,6 +129,13 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
   const open: { close(): Promise<void> }[] = [];
   let pending: PendingFile | undefined;
   try {
+    // FROM's facts connection is opened beside TO's (its round trips overlap); it is closed with
+    // the others whatever happens, and its errors count where they did when it was opened later.
+    const fromOpening =
+      base === undefined ? undefined : openSnapshot(uriFor(`${device}@${base.name}`), [], true);
+    fromOpening?.catch(() => undefined);
+    if (fromOpening !== undefined)
+      open.push({ close: async () => (await fromOpening.catch(() => undefined))?.client.close() });
     let to: OpenedSnapshot;
     try {
       to = (await openSnapshot(opts.source, contexts)) as OpenedSnapshot;
@@ -162,9 +169,8 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       bitmapPoint = to.facts.bitmapPoints.get(base.name);
       if (base.file !== undefined && bitmapPoint !== undefined && bitmapPoint !== base.point)
         throw reusedName(device, base, bitmapPoint);
-      from = await openSnapshot(uriFor(`${device}@${base.name}`), [], true);
+      from = await fromOpening;
       if (from !== undefined) {
-        open.push(from.client);
         if (from.client.size !== size)
           throw new NbdsnapError('BAD_ARGUMENT', `${device}@${base.name} has another size`);
         if (base.file !== undefined && from.facts.point !== base.point)
@@ -184,38 +190,48 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
     // backed up, and its sectors would no longer be what the restore target holds.
     const trimBase =
       from !== undefined && (from.client.transmissionFlags & TransmissionFlag.READ_ONLY) !== 0 ? from : undefined;
-    const maps = await mapContexts(to.client, contexts);
+    // Data is read over connections of its own, without structured replies (one copy less per
+    // byte, no zero-filled reply buffers), spread over `connections`; FROM's data (for trimming)
+    // over a plain connection too, when the relist below can confirm which snapshot it reads (its
+    // name's change-tracking point), else over its facts connection. The block status and the
+    // connections are all under way at once: each is a few round trips, and on a loaded machine
+    // every round trip waits for the server to be scheduled.
+    const fromUri = trimBase !== undefined && bitmapPoint !== undefined ? uriFor(`${device}@${base?.name}`) : undefined;
+    const uris = Array.from({ length: Math.max(1, opts.connections ?? 2) }, () => opts.source);
+    if (fromUri !== undefined) uris.push(fromUri);
+    const [mapsDone, ...opened] = await Promise.allSettled([
+      mapContexts(to.client, contexts),
+      ...uris.map((u) => openReader(u)),
+    ]);
+    for (const o of opened) if (o.status === 'fulfilled') open.push(o.value as Reader);
+    for (const o of [mapsDone, ...opened]) if (o.status === 'rejected') throw o.reason;
+    const maps = (mapsDone as PromiseFulfilledResult<Map<string, AbsExtent[]>>).value;
+    const readers = opened.map((o) => (o as PromiseFulfilledResult<Reader>).value);
+    const fromReader = fromUri === undefined ? undefined : readers.pop();
+    if (readers.some((c) => c.size !== size))
+      throw new NbdsnapError('BUSY', `${device}@${snapshot} changed size while the backup started`);
+    if (fromReader !== undefined && fromReader.size !== size) throw movedName(device, base?.name ?? '');
     const plan = planRanges(
       size,
       maps.get(BASE_ALLOCATION) ?? [],
       dirtyName === undefined ? undefined : maps.get(dirtyName),
     );
-    // Data is read over connections of its own, without structured replies (one copy less per
-    // byte, no zero-filled reply buffers), spread over `connections`.
-    const readers: Reader[] = [];
-    for (let i = 0; i < Math.max(1, opts.connections ?? 2); i++) {
-      const c = await openReader(opts.source);
-      open.push(c);
-      readers.push(c);
-      if (c.size !== size)
-        throw new NbdsnapError('BUSY', `${device}@${snapshot} changed size while the backup started`);
-    }
-    // FROM's data (for trimming) over a plain connection too, when the relist below can confirm
-    // which snapshot it reads (its name's change-tracking point); else over its facts connection.
     let readFrom: ((offset: number, length: number, into?: Buffer) => Promise<Buffer>) | undefined;
-    if (trimBase !== undefined && base !== undefined && bitmapPoint !== undefined) {
-      const c = await openReader(uriFor(`${device}@${base.name}`));
-      open.push(c);
-      if (c.size !== size) throw movedName(device, base.name);
-      readFrom = spread([c]);
-    } else if (trimBase !== undefined) readFrom = (offset, length) => trimBase.client.read(offset, length);
+    if (fromReader !== undefined) readFrom = spread([fromReader]);
+    else if (trimBase !== undefined) readFrom = (offset, length) => trimBase.client.read(offset, length);
     // The bitmap and the readers were bound after the facts were listed: the same points listed
-    // again now mean they were bound to them (a name only ever moves to a newer point).
-    const now = parseFacts(await NbdClient.listMetaContexts(opts.source, [FACTS_QUERY]));
-    if (now.point !== to.facts.point)
-      throw new NbdsnapError('BUSY', `${device}@${snapshot} was replaced while the backup started: try again`);
-    if (base !== undefined && bitmapPoint !== undefined && now.bitmapPoints?.get(base.name) !== bitmapPoint)
-      throw movedName(device, base.name);
+    // again now mean they were bound to them (a name only ever moves to a newer point). The
+    // listing runs beside the reads (its round trips off the critical path) and is checked
+    // before the file is committed: a file is never made from reads it did not confirm.
+    const relisting = NbdClient.listMetaContexts(opts.source, [FACTS_QUERY]);
+    relisting.catch(() => undefined);
+    const confirm = async () => {
+      const now = parseFacts(await relisting);
+      if (now.point !== to.facts.point)
+        throw new NbdsnapError('BUSY', `${device}@${snapshot} was replaced while the backup started: try again`);
+      if (base !== undefined && bitmapPoint !== undefined && now.bitmapPoints?.get(base.name) !== bitmapPoint)
+        throw movedName(device, base.name);
+    };
     const readTo = spread(readers);
     const pool = new BufferPool(PIECE);
     const header: BackupHeader = {
@@ -259,20 +275,23 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
 
     progress.start('backup', plan.totalBytes, { source: opts.source, file: opts.file, kind: header.kind });
     let trimmedBytes = 0;
+    const trim = new TrimPolicy();
     const read = async (item: PlanItem) => {
       if (item.kind !== 'data') return { item, now: undefined, before: undefined, piece: undefined, old: undefined };
       const piece = pool.take();
-      const old = readFrom === undefined ? undefined : pool.take();
+      const from = readFrom !== undefined && trim.wants() ? readFrom : undefined;
+      const old = from === undefined ? undefined : pool.take();
       const [now, before] = await Promise.all([
         readTo(item.offset, item.length, piece),
         // FROM unreadable (e.g. invalidated by a full store): no trimming, nothing else lost
-        readFrom?.(item.offset, item.length, old).catch(() => undefined),
+        from?.(item.offset, item.length, old).catch(() => undefined),
       ]);
       return { item, now, before, piece, old };
     };
     for await (const { item, now, before, piece, old } of orderedMap(plan.items, depth, read)) {
       opts.signal?.throwIfAborted();
       pool.release(w.written);
+      if (old !== undefined && before === undefined) pool.give(old);
       if (item.kind === 'zero' || item.kind === 'disc') {
         const type = item.kind === 'zero' ? RecordType.ZERO : RecordType.DISC;
         await w.add({ type, offset: item.offset, length: item.length, payload: Buffer.alloc(0) });
@@ -282,7 +301,9 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
         if (before !== undefined) {
           const t = trimUnchanged(item.offset, now, before);
           if (old !== undefined) pool.give(old);
-          trimmedBytes += item.length - (t === undefined ? 0 : t.end - t.start);
+          const kept = t === undefined ? 0 : t.end - t.start;
+          trim.record(item.length, kept);
+          trimmedBytes += item.length - kept;
           if (t === undefined) {
             if (piece !== undefined) pool.give(piece);
             progress.add(item.length);
@@ -298,6 +319,7 @@ export async function backup(opts: BackupOptions): Promise<BackupResult> {
       }
       progress.add(item.length);
     }
+    await confirm();
     const totals = { ...w.totals };
     const digest = await pending.commit();
     pending = undefined;

@@ -7,10 +7,11 @@
  *   u8[4] type | u32 payload length P | u64 offset | u64 length | P bytes | u32 crc
  * The CRC covers the 24-byte frame head and the payload, and starts from the previous record's
  * CRC (the first record's from the CRC of the file magic), so a dropped, duplicated or swapped
- * record fails as surely as a flipped bit.
+ * record fails as surely as a flipped bit. The CRC is CRC-32 (IEEE, zlib's), computed by the
+ * store's checksum function (src/store/checksum.ts): a faster one there serves backups too.
  */
-import { crc32 } from 'node:zlib';
 import { NbdsnapError } from '../errors.ts';
+import { checksum as crc32 } from '../store/checksum.ts';
 
 /** File magics: a backup, and a restore's undo journal. */
 export const BACKUP_MAGIC = Buffer.from('NBDSNAPB', 'latin1');

@@ -5,14 +5,21 @@
  * any order (restore).
  */
 
+/**
+ * `refillAt`: calls start again only once no more than this many are in flight (default half
+ * of `depth`), then up to `depth` at once: the requests of one refill leave in one socket write
+ * (fast-reader.ts corks them), not one write per completed call.
+ */
 export async function* orderedMap<T, R>(
   items: Iterable<T>,
   depth: number,
   fn: (item: T) => Promise<R>,
+  refillAt = Math.floor(depth / 2),
 ): AsyncGenerator<R> {
   const it = items[Symbol.iterator]();
   const queue: Promise<R>[] = [];
   const fill = () => {
+    if (queue.length > refillAt) return;
     while (queue.length < depth) {
       const n = it.next();
       if (n.done === true) return;

@@ -147,3 +147,39 @@ export function trimUnchanged(offset: number, now: Buffer, before: Buffer): { st
   }
   return { start, end: stop };
 }
+
+/**
+ * Whether to read FROM for the next DATA piece, to trim it (`trimUnchanged` costs a read of FROM
+ * as long as the piece): always for the first WARMUP pieces, then while trimming saves at least
+ * an eighth of the bytes it reads from FROM, else for one piece in PROBE_EVERY, to notice when it
+ * pays again. The counts are halved every DECAY bytes read, so a change of pattern is followed.
+ * Whole-block rewrites (nothing to trim) then cost about 1/8 of their size in reads of FROM
+ * instead of all of it; small writes inside larger blocks keep being trimmed. A piece left
+ * untrimmed is still a valid record (the format does not require trimming).
+ */
+export class TrimPolicy {
+  static readonly WARMUP = 16;
+  static readonly PROBE_EVERY = 8;
+  static readonly DECAY = 64 * 1024 * 1024;
+  private read = 0;
+  private saved = 0;
+  private checked = 0;
+  private skipped = 0;
+
+  wants(): boolean {
+    if (this.checked < TrimPolicy.WARMUP || this.saved * 8 >= this.read) return true;
+    this.skipped += 1;
+    return this.skipped % TrimPolicy.PROBE_EVERY === 0;
+  }
+
+  /** A piece of `length` bytes was compared with FROM, and `kept` of its bytes differ. */
+  record(length: number, kept: number): void {
+    this.checked += 1;
+    this.read += length;
+    this.saved += length - kept;
+    if (this.read >= TrimPolicy.DECAY) {
+      this.read /= 2;
+      this.saved /= 2;
+    }
+  }
+}

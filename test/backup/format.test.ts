@@ -5,6 +5,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
   BACKUP_MAGIC,
@@ -13,6 +14,8 @@ import {
   decodeHeader,
   encodeEnd,
   encodeHeader,
+  encodeRecord,
+  initialCrc,
   PIECE,
   RecordType,
 } from '../../src/backup/format.ts';
@@ -45,6 +48,18 @@ const header: BackupHeader = {
 };
 
 describe('format', () => {
+  it('chains CRC-32 (IEEE, as zlib computes it), as files already written need', () => {
+    expect(initialCrc(BACKUP_MAGIC)).toBe(0x49212396);
+    const { bytes, crc } = encodeRecord(
+      { type: RecordType.DATA, offset: 512, length: 9, payload: Buffer.from('123456789') },
+      initialCrc(BACKUP_MAGIC),
+    );
+    expect(crc).toBe(crc32(bytes.subarray(0, bytes.length - 4), 0x49212396));
+    expect(bytes.readUInt32LE(bytes.length - 4)).toBe(crc);
+    expect(crc32(Buffer.from('123456789'))).toBe(0xcbf43926);
+    expect(crc).toBe(0xa32cf6de);
+  });
+
   it('round-trips the header and the end marker', () => {
     expect(decodeHeader(encodeHeader(header))).toEqual(header);
     expect(decodeHeader(encodeHeader({ ...header, kind: 'full', fromName: '', fromPoint: 0 })).kind).toBe('full');

@@ -59,10 +59,13 @@ describe('record parts', () => {
   });
 });
 
-describe('writer with the worker hash and background syncs', () => {
+describe.each([
+  ['staging chunks (O_DIRECT, native hash)', true],
+  ['the worker hash and background syncs', false],
+])('writer with %s', (_name, staged) => {
   it('writes a file the reader accepts (every CRC, the end hash)', async () => {
-    const path = join(dir.path, 'big.nbk');
-    const p = await PendingFile.create(path, BACKUP_MAGIC, { hashInWorker: true });
+    const path = join(dir.path, `big-${staged}.nbk`);
+    const p = await PendingFile.create(path, BACKUP_MAGIC, { hashInWorker: true, staged });
     const w = p.writer;
     await w.add({ type: RecordType.HEAD, offset: 0, length: 80 * MiB, payload: Buffer.alloc(100) });
     const piece = randomBytes(MiB);

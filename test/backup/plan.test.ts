@@ -3,7 +3,7 @@
  * range instead of listing them, and picks the same blocks a listing would.
  */
 import { describe, expect, it } from 'vitest';
-import { chooseSamples } from '../../src/backup/plan.ts';
+import { chooseSamples, TrimPolicy } from '../../src/backup/plan.ts';
 
 /** The listing it replaces: every whole block of every range, then an even choice. */
 function listed(clean: [number, number][], blockSize: number, size: number, count: number) {
@@ -47,5 +47,31 @@ describe('chooseSamples', () => {
     expect(s).toHaveLength(128);
     expect(s[0]).toEqual({ offset: Math.floor((0.5 * 251658240) / 128) * 65536, length: 65536 });
     expect(s[127]).toEqual({ offset: Math.floor((127.5 * 251658240) / 128) * 65536, length: 65536 });
+  });
+});
+
+describe('TrimPolicy', () => {
+  const run = (p: TrimPolicy, pieces: number, keep: (i: number) => number): number => {
+    let reads = 0;
+    for (let i = 0; i < pieces; i++)
+      if (p.wants()) {
+        reads += 1;
+        p.record(65536, keep(i));
+      }
+    return reads;
+  };
+
+  it('reads FROM for every piece while trimming pays', () => {
+    expect(run(new TrimPolicy(), 1000, () => 4096)).toBe(1000);
+  });
+
+  it('reads FROM for one piece in PROBE_EVERY once whole blocks are rewritten, and again for all when trimming pays again', () => {
+    const p = new TrimPolicy();
+    const whole = run(p, 1000, () => 65536);
+    const probes = Math.floor((1000 - TrimPolicy.WARMUP) / TrimPolicy.PROBE_EVERY);
+    expect(whole).toBe(TrimPolicy.WARMUP + probes);
+    // small writes again: the probes see it, and every piece is compared after a while
+    run(p, 2000, () => 512);
+    expect(run(p, 100, () => 512)).toBe(100);
   });
 });
