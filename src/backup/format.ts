@@ -9,7 +9,7 @@
  * CRC (the first record's from the CRC of the file magic), so a dropped, duplicated or swapped
  * record fails as surely as a flipped bit.
  */
-import { crc32 } from 'node:zlib';
+import { checksum } from '../store/checksum.ts';
 import { NbdsnapError } from '../errors.ts';
 
 /** File magics: a backup, and a restore's undo journal. */
@@ -53,7 +53,7 @@ export interface RecordFrame {
 }
 
 /** The CRC a file's first record continues from. */
-export const initialCrc = (magic: Buffer): number => crc32(magic);
+export const initialCrc = (magic: Buffer): number => checksum(magic);
 
 /** Encode one record; returns its bytes and its CRC (the next record's starting value). */
 export function encodeRecord(r: RecordFrame, prevCrc: number): { bytes: Buffer; crc: number } {
@@ -78,11 +78,11 @@ export function encodeRecordParts(r: RecordFrame, prevCrc: number): { parts: Buf
   writeU64(head, r.length, 16);
   if (inline) {
     r.payload.copy(head, HEAD_SIZE);
-    const crc = crc32(head.subarray(0, HEAD_SIZE + p), prevCrc);
+    const crc = checksum(head.subarray(0, HEAD_SIZE + p), prevCrc);
     head.writeUInt32LE(crc, HEAD_SIZE + p);
     return { parts: [head], crc };
   }
-  const crc = crc32(r.payload, crc32(head, prevCrc));
+  const crc = checksum(r.payload, checksum(head, prevCrc));
   const tail = Buffer.allocUnsafe(CRC_SIZE);
   tail.writeUInt32LE(crc, 0);
   return { parts: [head, r.payload, tail], crc };
@@ -99,7 +99,7 @@ export function decodeHead(head: Buffer): { type: RecordType; payloadLength: num
 
 /** The CRC of a whole record (head + payload) continuing from `prevCrc`. */
 export const recordCrc = (head: Buffer, payload: Buffer, prevCrc: number): number =>
-  crc32(payload, crc32(head, prevCrc));
+  checksum(payload, checksum(head, prevCrc));
 
 export function writeU64(buf: Buffer, value: number, at: number): void {
   if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`not a u64: ${value}`);
