@@ -41,6 +41,19 @@ export interface NativeFs {
   crc32Blocks?(bytes: Uint8Array, block: number, out: Uint32Array): number;
   /** Test hook: 0 tables, 1 PCLMULQDQ, 2 VPCLMULQDQ (capped at the CPU's); returns the level in use. */
   crc32Use?(level: number): number;
+  /**
+   * On one thread of the pool (src/native/read-crc.c): fill each buffer from its fd at its
+   * position, crcs[i] its CRC-32, sums[i * blocks + k] that of its k-th 4 KiB block (blocks =
+   * sums.length / buffers.length); then done(errors), errors[i] 0 or the errno (EIO: short).
+   */
+  readCrcBatch?(
+    fds: number[],
+    buffers: Buffer[],
+    positions: number[],
+    crcs: Uint32Array,
+    sums: Uint32Array,
+    done: (errors: number[]) => void,
+  ): void;
 }
 
 export interface LoopInfo {

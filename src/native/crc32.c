@@ -5,6 +5,7 @@
  *
  *   crc32(bytes, seed = 0)          -> u32: bytes is any TypedArray or DataView (Buffer included),
  *                                     read from its byte offset for its byte length
+ *   (read-crc.c adds readCrcBatch, registered from here)
  *   crc32Blocks(bytes, block, out)  -> u32: the CRC of the whole of `bytes`, and out[k] (a
  *                                     Uint32Array) the CRC of the k-th `block`-sized piece (the
  *                                     last may be shorter): the bytes are read once, the pieces
@@ -28,6 +29,8 @@
 #define POLY 0xedb88320u
 
 static uint32_t table[8][256];
+/* Moving a CRC past 4 KiB is linear in its bits: four tables of one byte each (made at load). */
+static uint32_t shift_table[4][256];
 
 /* a * b modulo P, reflected (zlib's multmodp). */
 static uint32_t mult_mod_p(uint32_t a, uint32_t b) {
@@ -252,6 +255,9 @@ static void crc32_init(void) {
   }
 #endif
   level = best;
+  uint32_t shift = x_pow_mod_p(4096 * 8);
+  for (int t = 0; t < 4; t++)
+    for (uint32_t i = 0; i < 256; i++) shift_table[t][i] = mult_mod_p(shift, i << (8 * t));
 }
 
 /* The bytes of a TypedArray or DataView argument. */
@@ -309,8 +315,25 @@ static napi_value crc32_fn(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* The operator of the last block size asked for, as tables (crc32Blocks). */
-static uint32_t shift_block = 0, shift_table[4][256];
+uint32_t nbdsnap_crc32(uint32_t crc, const uint8_t *p, size_t n) { return crc32_update(crc, p, n); }
+
+/* The CRC of p[0..n), out[k] that of its k-th `block`-sized piece. Safe on any thread. */
+uint32_t nbdsnap_crc32_blocks(const uint8_t *p, size_t n, uint32_t block, uint32_t *out) {
+  uint32_t whole = 0;
+  for (size_t at = 0, k = 0; at < n; at += block, k++) {
+    size_t m = n - at < block ? n - at : block;
+    uint32_t c = crc32_update(0, p + at, m);
+    out[k] = c;
+    if (at == 0)
+      whole = c;
+    else if (m == 4096)
+      whole = shift_table[0][whole & 0xff] ^ shift_table[1][(whole >> 8) & 0xff] ^ shift_table[2][(whole >> 16) & 0xff] ^
+              shift_table[3][whole >> 24] ^ c;
+    else
+      whole = mult_mod_p(x_pow_mod_p((uint64_t)m * 8), whole) ^ c;
+  }
+  return whole;
+}
 
 static napi_value crc32_blocks_fn(napi_env env, napi_callback_info info) {
   size_t argc = 3;
@@ -327,26 +350,7 @@ static napi_value crc32_blocks_fn(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, "EINVAL", "crc32Blocks(bytes, block, out: Uint32Array of ceil(length / block))");
     return NULL;
   }
-  if (block != shift_block) {
-    /* Moving a CRC past `block` bytes is linear in its bits: four tables of one byte each. */
-    uint32_t shift = x_pow_mod_p((uint64_t)block * 8);
-    for (int t = 0; t < 4; t++)
-      for (uint32_t i = 0; i < 256; i++) shift_table[t][i] = mult_mod_p(shift, i << (8 * t));
-    shift_block = block;
-  }
-  uint32_t *o = sums, whole = 0;
-  for (size_t at = 0, k = 0; at < len; at += block, k++) {
-    size_t n = len - at < block ? len - at : block;
-    uint32_t c = crc32_update(0, data + at, n);
-    o[k] = c;
-    if (at == 0)
-      whole = c;
-    else if (n == block)
-      whole = shift_table[0][whole & 0xff] ^ shift_table[1][(whole >> 8) & 0xff] ^ shift_table[2][(whole >> 16) & 0xff] ^
-              shift_table[3][whole >> 24] ^ c;
-    else
-      whole = mult_mod_p(x_pow_mod_p((uint64_t)n * 8), whole) ^ c;
-  }
+  uint32_t whole = nbdsnap_crc32_blocks(data, len, block, sums);
   napi_create_uint32(env, whole, &out);
   return out;
 }
@@ -363,8 +367,11 @@ static napi_value crc32_use_fn(napi_env env, napi_callback_info info) {
   return out;
 }
 
+void register_read_crc(napi_env env, napi_value exports); /* read-crc.c */
+
 void register_crc32(napi_env env, napi_value exports) {
   crc32_init();
+  register_read_crc(env, exports);
   napi_property_descriptor props[] = {
     {"crc32", NULL, crc32_fn, NULL, NULL, NULL, napi_default_method, NULL},
     {"crc32Blocks", NULL, crc32_blocks_fn, NULL, NULL, NULL, napi_default_method, NULL},
