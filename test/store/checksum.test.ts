@@ -125,6 +125,38 @@ describe.skipIf(native?.crc32Use === undefined)('the native helper at each level
     });
   }
 
+  it('readCrcBatch: reads each buffer at its position, with its CRC and 4 KiB block CRCs; short is EIO', async () => {
+    const { mkdtempSync, writeFileSync, openSync, closeSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const dir = mkdtempSync(join(tmpdir(), 'nbdsnap-readcrc-'));
+    const file = join(dir, 'f');
+    const data = DATA.subarray(0, 300_000);
+    writeFileSync(file, data);
+    const fd = openSync(file, 'r');
+    try {
+      // Two neighbours (one preadv), one apart, one that runs past the end of the file.
+      const positions = [0, 65536, 200_001, 290_000];
+      const bufs = [65536, 65536, 5000, 65536].map((n) => Buffer.alloc(n));
+      const crcs = new Uint32Array(4);
+      const sums = new Uint32Array(4 * 16);
+      const errors = await new Promise<number[]>((resolve) =>
+        native?.readCrcBatch?.([fd, fd, fd, fd], bufs, positions, crcs, sums, resolve),
+      );
+      expect(errors).toEqual([0, 0, 0, 5]);
+      for (let i = 0; i < 3; i++) {
+        const want = data.subarray(positions[i], (positions[i] as number) + (bufs[i] as Buffer).length);
+        expect((bufs[i] as Buffer).equals(want)).toBe(true);
+        expect(crcs[i]).toBe(ref(want));
+        for (let k = 0; k * BLOCK < want.length; k++)
+          expect(sums[i * 16 + k]).toBe(ref(want.subarray(k * BLOCK, (k + 1) * BLOCK)));
+      }
+    } finally {
+      closeSync(fd);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('refuses what is not bytes, and a block table too short', () => {
     expect(() => crc('abc' as unknown as Uint8Array)).toThrow();
     expect(() => crc(Buffer.alloc(4), 'x' as unknown as number)).toThrow();
