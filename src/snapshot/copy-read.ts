@@ -207,8 +207,10 @@ export class CopyReader {
     const end = Math.min(p.chunkLength, last * BLOCK);
     const aligned = start === p.inChunk && end === p.inChunk + p.length;
     const buf = aligned ? out.subarray(p.at, p.at + p.length) : pool.take(end - start);
-    if (this.readNow(p.copy.slot, start, buf))
+    if (this.readNow(p.copy.slot, start, buf)) {
+      if (aligned && last - first === 1) return checksum(buf) === sums[first]; // one whole block, in place
       return this.checkBlocks(p, buf, aligned, start, sums.subarray(first, last), out);
+    }
     const want = sums.slice(first, last); // the kept entry may be reused while we wait
     return this.readLater(p.copy.slot, start, buf).then((ok) =>
       this.checkBlocks(p, buf, aligned, start, ok ? want : undefined, out),
