@@ -92,7 +92,7 @@ const SHIFT_BLOCK = shiftFor(BLOCK);
  * it into `out` (the last piece may be shorter); the same bytes are hashed once.
  */
 export function blockChecksums(data: Uint8Array, out: Uint32Array): number {
-  if (nativeBlocks !== undefined) return nativeBlocks(data, BLOCK, out);
+  if (nativeBlocks !== undefined && out.length * BLOCK >= data.length) return nativeBlocks(data, BLOCK, out);
   return jsBlockChecksums(data, out);
 }
 
