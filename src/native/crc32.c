@@ -303,9 +303,7 @@ static napi_value crc32_fn(napi_env env, napi_callback_info info) {
     napi_valuetype t;
     napi_typeof(env, argv[1], &t);
     if (t == napi_number) {
-      double d;
-      napi_get_value_double(env, argv[1], &d);
-      seed = (uint32_t)(int64_t)d;
+      napi_get_value_uint32(env, argv[1], &seed); /* ToUint32: the low 32 bits, as zlib's u32 */
     } else if (t != napi_undefined) {
       napi_throw_type_error(env, "EINVAL", "crc32: the seed must be a number");
       return NULL;
