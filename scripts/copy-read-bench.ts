@@ -3,13 +3,14 @@
  * process, without a network (load-independent: CPU seconds per GiB read, from process.cpuUsage).
  * A random-content image, a store, one snapshot, every chunk copied by a 4 KiB first write in
  * random chunk order (as the bench's snapshot section), then QD32 4 KiB random reads and QD16
- * 1 MiB sequential reads of the origin and of the snapshot, alternating, ROUNDS times.
+ * 1 MiB sequential reads of the origin and of the snapshot, alternating, ROUNDS times. The CPU
+ * of the event loop's thread alone is shown beside the process's (the rest ran on the pool).
  *
  *   node --import tsx scripts/copy-read-bench.ts [MiB=256] [ROUNDS=3]
  *   PROFILE_PHASE=snap-1m ...   writes snap-1m.cpuprofile of that phase (last round)
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -66,6 +67,12 @@ try {
     const u = process.cpuUsage();
     return (u.user + u.system) / 1e6;
   };
+  // The event loop's own thread (the rest is the thread pool's): utime + stime of the main task.
+  const hz = 100;
+  const loopCpu = () => {
+    const f = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+    return (Number(f[11]) + Number(f[12])) / hz;
+  };
   const measure = async (label: string, dev: typeof origin, bs: number, depth: number, random: boolean, n: number) => {
     const profiling = process.env.PROFILE_PHASE === label;
     if (profiling) await profiler('Profiler.start');
@@ -73,16 +80,18 @@ try {
       random ? Math.floor(Math.random() * (SIZE / bs)) * bs : (i * bs) % SIZE,
     );
     const c0 = cpu();
+    const l0 = loopCpu();
     const t0 = performance.now();
     await pool(offsets, depth, (off) => dev.read(off, bs).then(() => undefined));
     const secs = cpu() - c0;
+    const loop = loopCpu() - l0;
     if (profiling) {
       const { profile } = (await profiler('Profiler.stop')) as { profile: unknown };
       writeFileSync(`${label}.cpuprofile`, JSON.stringify(profile));
     }
     const gib = (n * bs) / 2 ** 30;
     console.log(
-      `${label.padEnd(10)} cpu ${(secs / gib).toFixed(2).padStart(6)} s/GiB  ${((secs / n) * 1e6).toFixed(1).padStart(7)} us/read  wall ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+      `${label.padEnd(10)} cpu ${(secs / gib).toFixed(2).padStart(6)} s/GiB (event loop ${(loop / gib).toFixed(2).padStart(5)})  ${((secs / n) * 1e6).toFixed(1).padStart(7)} us/read  wall ${((performance.now() - t0) / 1000).toFixed(1)} s`,
     );
   };
   for (let r = 0; r < ROUNDS; r++) {

@@ -11,7 +11,7 @@
  * store's checksum function (src/store/checksum.ts): a faster one there serves backups too.
  */
 import { NbdsnapError } from '../errors.ts';
-import { checksum as crc32 } from '../store/checksum.ts';
+import { checksum } from '../store/checksum.ts';
 
 /** File magics: a backup, and a restore's undo journal. */
 export const BACKUP_MAGIC = Buffer.from('NBDSNAPB', 'latin1');
@@ -54,7 +54,7 @@ export interface RecordFrame {
 }
 
 /** The CRC a file's first record continues from. */
-export const initialCrc = (magic: Buffer): number => crc32(magic);
+export const initialCrc = (magic: Buffer): number => checksum(magic);
 
 /** Encode one record; returns its bytes and its CRC (the next record's starting value). */
 export function encodeRecord(r: RecordFrame, prevCrc: number): { bytes: Buffer; crc: number } {
@@ -79,11 +79,11 @@ export function encodeRecordParts(r: RecordFrame, prevCrc: number): { parts: Buf
   writeU64(head, r.length, 16);
   if (inline) {
     r.payload.copy(head, HEAD_SIZE);
-    const crc = crc32(head.subarray(0, HEAD_SIZE + p), prevCrc);
+    const crc = checksum(head.subarray(0, HEAD_SIZE + p), prevCrc);
     head.writeUInt32LE(crc, HEAD_SIZE + p);
     return { parts: [head], crc };
   }
-  const crc = crc32(r.payload, crc32(head, prevCrc));
+  const crc = checksum(r.payload, checksum(head, prevCrc));
   const tail = Buffer.allocUnsafe(CRC_SIZE);
   tail.writeUInt32LE(crc, 0);
   return { parts: [head, r.payload, tail], crc };
@@ -100,7 +100,7 @@ export function decodeHead(head: Buffer): { type: RecordType; payloadLength: num
 
 /** The CRC of a whole record (head + payload) continuing from `prevCrc`. */
 export const recordCrc = (head: Buffer, payload: Buffer, prevCrc: number): number =>
-  crc32(payload, crc32(head, prevCrc));
+  checksum(payload, checksum(head, prevCrc));
 
 export function writeU64(buf: Buffer, value: number, at: number): void {
   if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`not a u64: ${value}`);

@@ -5,7 +5,7 @@
  * Without it, `native` is undefined and callers fall back: block status reports all data, TRIM
  * is skipped (it is a hint), WRITE_ZEROES writes zero buffers and FAST_ZERO answers ENOTSUP;
  * images and store ranges are not locked (ownership.ts says so in a warning) and loop devices are
- * identified through sysfs.
+ * identified through sysfs. CRC-32 (src/native/crc32.c) falls back to zlib's (src/store/checksum.ts).
  */
 import { createRequire } from 'node:module';
 
@@ -35,6 +35,25 @@ export interface NativeFs {
   writeBatch?(fd: number, buffers: Buffer[], offsets: number[], done: (errors: (Error | undefined)[]) => void): void;
   /** The same writes on the calling thread; returns what `writeBatch` passes to `done`. */
   writeNow?(fd: number, buffers: Buffer[], offsets: number[]): (Error | undefined)[];
+  /** zlib's crc32 of the bytes (src/native/crc32.c), `seed` continuing a previous one. */
+  crc32?(bytes: Uint8Array, seed?: number): number;
+  /** The CRC-32 of `bytes`, and out[k] that of its k-th `block`-sized piece (the last may be shorter). */
+  crc32Blocks?(bytes: Uint8Array, block: number, out: Uint32Array): number;
+  /** Test hook: 0 tables, 1 PCLMULQDQ, 2 VPCLMULQDQ (capped at the CPU's); returns the level in use. */
+  crc32Use?(level: number): number;
+  /**
+   * On one thread of the pool (src/native/read-crc.c): fill each buffer from its fd at its
+   * position, crcs[i] its CRC-32, sums[i * blocks + k] that of its k-th 4 KiB block (blocks =
+   * sums.length / buffers.length); then done(errors), errors[i] 0 or the errno (EIO: short).
+   */
+  readCrcBatch?(
+    fds: number[],
+    buffers: Buffer[],
+    positions: number[],
+    crcs: Uint32Array,
+    sums: Uint32Array,
+    done: (errors: number[]) => void,
+  ): void;
 }
 
 export interface LoopInfo {

@@ -405,8 +405,10 @@ static napi_value write_now_fn(napi_env env, napi_callback_info info) {
 }
 
 void register_backup(napi_env env, napi_value exports); /* backup.c */
+void register_crc32(napi_env env, napi_value exports);  /* crc32.c */
 
 static napi_value init(napi_env env, napi_value exports) {
+  register_crc32(env, exports);
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default_method, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default_method, NULL},

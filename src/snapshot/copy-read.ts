@@ -22,7 +22,7 @@
  */
 import { closeSync, constants, openSync, read } from 'node:fs';
 import * as pool from '../block/buffer-pool.ts';
-import { native } from '../block/native.ts';
+import { type NativeFs, native } from '../block/native.ts';
 import { NbdsnapError } from '../errors.ts';
 import { BLOCK, blockChecksums, checksum } from '../store/checksum.ts';
 import type { DiffStore } from '../store/store.ts';
@@ -44,14 +44,17 @@ export interface CopyPiece {
 
 /** Reads served on this thread from the page cache up to this size (as FileDevice does). */
 const NOWAIT_MAX = 1024 * 1024;
+/** Whole chunks of one request beyond this many bytes are read and hashed on the pool, in one batch. */
+const BATCH_MIN = 128 * 1024;
+const readCrcBatch = native?.readCrcBatch;
 
 export class CopyReader {
   readonly cache: CopyCache;
   private readonly store: DiffStore;
   private readonly fds = new Map<string, number>();
   private closed = false;
-  /** Pieces served from kept data, read by blocks, read with their whole chunk; chunks read with a neighbour. */
-  readonly stats = { data: 0, blocks: 0, whole: 0, joined: 0 };
+  /** Pieces served from kept data, read by blocks, read with their whole chunk; chunks read with a neighbour, on the pool. */
+  readonly stats = { data: 0, blocks: 0, whole: 0, joined: 0, batched: 0 };
 
   constructor(store: DiffStore, cacheBytes = DEFAULT_COPY_CACHE) {
     this.store = store;
@@ -88,11 +91,108 @@ export class CopyReader {
       if (done === false) whole.push(p);
       else if (done !== true) waits.push(done.then((ok) => (ok ? undefined : this.readRun([p], out, failed))));
     }
-    for (const run of this.runs(whole)) {
-      const done = this.readRun(run, out, failed);
-      if (done !== undefined) waits.push(done);
-    }
+    const batch = this.batchable(whole);
+    if (batch !== undefined) waits.push(this.readBatch(batch, whole, out, failed));
+    else
+      for (const run of this.runs(whole)) {
+        const done = this.readRun(run, out, failed);
+        if (done !== undefined) waits.push(done);
+      }
     return waits.length === 0 ? failed : Promise.all(waits).then(() => failed);
+  }
+
+  /** The descriptors of `whole`'s copies when they are many enough bytes to read on the pool. */
+  private batchable(whole: CopyPiece[]): number[] | undefined {
+    if (whole.length < 2 || readCrcBatch === undefined) return undefined;
+    let bytes = 0;
+    for (const p of whole) bytes += p.chunkLength;
+    if (bytes <= BATCH_MIN) return undefined;
+    const fds: number[] = [];
+    try {
+      for (const p of whole) {
+        const at = this.store.space.locate(p.copy.slot);
+        if (at.remote) return undefined; // a range on an NBD export: readRun hands it to the store
+        fds.push(this.fd(at.path));
+      }
+    } catch {
+      return undefined; // readRun fails these pieces, and the slow path reports
+    }
+    return fds;
+  }
+
+  /**
+   * The chunks of `whole` read and hashed on one thread of the pool (src/native/read-crc.c), each
+   * compared here with its recorded checksum, as `readRun` does on this thread.
+   */
+  private readBatch(fds: number[], whole: CopyPiece[], out: Buffer, failed: CopyPiece[]): Promise<void> {
+    const blocks = this.cache.blocks;
+    const crcs = new Uint32Array(whole.length);
+    const sums = new Uint32Array(whole.length * blocks);
+    const bufs: Buffer[] = [];
+    const positions: number[] = [];
+    const tokens: Token[] = [];
+    for (const p of whole) {
+      const direct = p.inChunk === 0 && p.length === p.chunkLength;
+      bufs.push(direct ? out.subarray(p.at, p.at + p.length) : pool.take(p.chunkLength));
+      positions.push(this.store.space.locate(p.copy.slot).offset);
+      tokens.push(this.cache.begin(p.copy.slot));
+    }
+    this.stats.batched += whole.length;
+    return new Promise<void>((resolve) => {
+      const done = (errors: number[]): void => {
+        for (const [k, p] of whole.entries()) {
+          const buf = bufs[k] as Buffer;
+          const partial = p.length < p.chunkLength;
+          if (errors[k] !== 0 || crcs[k] !== p.copy.crc >>> 0) failed.push(p);
+          else if (partial) {
+            buf.copy(out, p.at, p.inChunk, p.inChunk + p.length);
+            const token = tokens[k] as Token;
+            this.cache.putSums(p.copy.slot, p.copy.crc, sums.subarray(k * blocks, (k + 1) * blocks), token);
+            this.cache.putData(p.copy.slot, p.copy.crc, buf, token);
+          }
+          this.cache.end(p.copy.slot, tokens[k] as Token);
+          if (partial) pool.give(buf);
+        }
+        resolve();
+      };
+      try {
+        (readCrcBatch as NonNullable<NativeFs['readCrcBatch']>)(fds, bufs, positions, crcs, sums, done);
+      } catch {
+        done(whole.map(() => -1)); // not queued: every piece goes to the slow path
+      }
+    });
+  }
+
+  /**
+   * `read` for a request of one piece (the usual small read of a copied chunk), without the
+   * arrays: true once `out` holds the piece verified, false when it did not check out (the caller
+   * reads the chunk whole against its recorded checksum); a promise of either when it waits.
+   */
+  readOne(p: CopyPiece, out: Buffer): boolean | Promise<boolean> {
+    if (p.copy.lost || this.closed) return false;
+    const kept = this.cache.getData(p.copy.slot, p.copy.crc);
+    if (kept !== undefined) {
+      this.stats.data += 1;
+      kept.copy(out, p.at, p.inChunk, p.inChunk + p.length);
+      return true;
+    }
+    const sums = p.length < p.chunkLength ? this.cache.getSums(p.copy.slot, p.copy.crc) : undefined;
+    if (sums === undefined) {
+      this.stats.whole += 1;
+      return this.readWhole(p, out);
+    }
+    this.stats.blocks += 1;
+    const done = this.readBlocks(p, sums, out);
+    if (done === true) return true;
+    if (done === false) return this.readWhole(p, out);
+    return done.then((ok) => ok || this.readWhole(p, out));
+  }
+
+  /** The chunk of `p` read whole and checked (`readRun` of one). */
+  private readWhole(p: CopyPiece, out: Buffer): boolean | Promise<boolean> {
+    const failed: CopyPiece[] = [];
+    const done = this.readRun([p], out, failed);
+    return done === undefined ? failed.length === 0 : done.then(() => failed.length === 0);
   }
 
   /**
@@ -107,8 +207,10 @@ export class CopyReader {
     const end = Math.min(p.chunkLength, last * BLOCK);
     const aligned = start === p.inChunk && end === p.inChunk + p.length;
     const buf = aligned ? out.subarray(p.at, p.at + p.length) : pool.take(end - start);
-    if (this.readNow(p.copy.slot, start, buf))
+    if (this.readNow(p.copy.slot, start, buf)) {
+      if (aligned && last - first === 1) return checksum(buf) === sums[first]; // one whole block, in place
       return this.checkBlocks(p, buf, aligned, start, sums.subarray(first, last), out);
+    }
     const want = sums.slice(first, last); // the kept entry may be reused while we wait
     return this.readLater(p.copy.slot, start, buf).then((ok) =>
       this.checkBlocks(p, buf, aligned, start, ok ? want : undefined, out),

@@ -16,7 +16,7 @@
  *
  * Pure: no I/O here.
  */
-import { crc32 } from 'node:zlib';
+import { checksum } from './checksum.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { StoreRange } from './space.ts';
 
@@ -100,7 +100,7 @@ export const copyOffset = (generation: number): number => (generation % 2) * LAB
 function copyChecksum(b: Buffer, jsonLength: number): number {
   const copy = Buffer.from(b.subarray(0, HEADER + jsonLength));
   copy.writeUInt32LE(0, 24);
-  return crc32(copy);
+  return checksum(copy);
 }
 
 export type CopyRead =

@@ -13,7 +13,7 @@
  *          (range 0's label `journalGeneration`, 0 before the first checkpoint): a block of an
  *          older journal is never taken for one of the current journal.
  */
-import { crc32 } from 'node:zlib';
+import { checksum } from './checksum.ts';
 import { decodePayload, encodePayload } from './record-payloads.ts';
 
 export const RECORD_MAGIC = 0x524a534e; // "NSJR" little-endian
@@ -53,7 +53,7 @@ const CRC_TABLE = Uint32Array.from({ length: 256 }, (_, n) => {
   return c >>> 0;
 });
 
-/** crc32(4 zero bytes, crc): in JS, cheaper than a call into zlib. */
+/** checksum(4 zero bytes, crc): in JS, cheaper than a native call. */
 function crcZero4(crc: number): number {
   let c = ~crc >>> 0;
   for (let i = 0; i < 4; i++) c = ((CRC_TABLE[c & 0xff] as number) ^ (c >>> 8)) >>> 0;
@@ -118,7 +118,7 @@ export function encodeRecord(rec: JournalRecord, seq: number): Buffer {
   b.writeUInt16LE(payload.length, 6);
   b.writeBigUInt64LE(BigInt(seq), 8);
   payload.copy(b, RECORD_HEADER);
-  b.writeUInt32LE(crc32(b.subarray(0, RECORD_HEADER + payload.length)), 16);
+  b.writeUInt32LE(checksum(b.subarray(0, RECORD_HEADER + payload.length)), 16);
   return b;
 }
 
@@ -156,7 +156,7 @@ export function encodeRecordInto(target: Buffer, offset: number, rec: JournalRec
     writeU64(target, p + 8, rec.block);
     target.writeUInt32LE(rec.count, p + 16);
   }
-  target.writeUInt32LE(crc32(target.subarray(offset, p + len)), offset + 16);
+  target.writeUInt32LE(checksum(target.subarray(offset, p + len)), offset + 16);
   return total;
 }
 
@@ -179,7 +179,7 @@ export function decodeRecord(buf: Buffer, offset: number): DecodeResult {
   const stored = buf.readUInt32LE(offset + 16);
   // The CRC covers the header with its CRC field as zeros, then the payload: no copy needed.
   const payload = buf.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + len);
-  if (crc32(payload, crcZero4(crc32(buf.subarray(offset, offset + 16)))) !== stored)
+  if (checksum(payload, crcZero4(checksum(buf.subarray(offset, offset + 16)))) !== stored)
     return { bad: 'checksum mismatch' };
   const type = TYPE_NAMES[typeCode];
   if (type === undefined) return { bad: `unknown record type ${typeCode}` };
@@ -202,13 +202,13 @@ export function encodeBlockHeader(h: Omit<BlockHeader, 'generation'> & { generat
   b.writeUInt32LE(h.next, 8);
   b.writeUInt32LE((h.generation ?? 0) >>> 0, 12);
   b.writeBigUInt64LE(BigInt(h.firstSeq), 16);
-  b.writeUInt32LE(crc32(b.subarray(0, 24)), 24);
+  b.writeUInt32LE(checksum(b.subarray(0, 24)), 24);
   return b;
 }
 
 export function decodeBlockHeader(b: Buffer): BlockHeader | undefined {
   if (b.length < BLOCK_HEADER || b.readUInt32LE(0) !== BLOCK_MAGIC) return undefined;
-  if (crc32(b.subarray(0, 24)) !== b.readUInt32LE(24)) return undefined;
+  if (checksum(b.subarray(0, 24)) !== b.readUInt32LE(24)) return undefined;
   return {
     index: b.readUInt32LE(4),
     next: b.readUInt32LE(8),

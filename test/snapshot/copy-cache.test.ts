@@ -3,7 +3,8 @@
  * checksums for the rest), judged by what a client reads:
  * - a byte flipped in a copy on disk after the snapshot read it: while the chunk's data is kept
  *   the reads are exact; once evicted (reads of other chunks), the read of the damaged part gets
- *   EIO with a `damaged` event, and every later read of that chunk gets EIO (LOST);
+ *   EIO with a `damaged` event, and every later read of that chunk gets EIO (LOST); the same for
+ *   a chunk damaged inside a large read of whole chunks (read and hashed on the pool in one batch);
  * - slots freed and reused (snapshots deleted, a merge) never read as their old copies: rounds of
  *   create / copy / partial reads / delete or merge on a small store, every snapshot read
  *   compared with a model.
@@ -74,6 +75,20 @@ describe('damage on disk after a copy was read', () => {
     expect(await outcome(snap.read(2 * CHUNK, 3 * CHUNK))).toBe('EIO');
     assertSame(await snap.read(4 * CHUNK, 12 * CHUNK), origin.subarray(4 * CHUNK, 16 * CHUNK), 'chunks 4-15');
     expect((await rig.list()).map((s) => (s as { damaged?: number }).damaged)).toEqual([1]);
+  });
+
+  it('a large read of whole copies (read and hashed in one batch) answers EIO for a damaged one', async () => {
+    const snap = await rig.open('disk@s');
+    const at = readFileSync(store).indexOf(origin.subarray(10 * CHUNK, 11 * CHUNK));
+    expect(at).toBeGreaterThan(0);
+    const b = readAt(store, at + 60 * KiB, 1);
+    writeAt(store, at + 60 * KiB, Buffer.from([(b[0] as number) ^ 0xa5]));
+    // Four whole chunks (256 KiB), chunk 10 among them: never its damaged bytes.
+    expect(await outcome(snap.read(8 * CHUNK, 4 * CHUNK))).toBe('EIO');
+    expect(await outcome(snap.read(10 * CHUNK, 512))).toBe('EIO');
+    assertSame(await snap.read(12 * CHUNK, 4 * CHUNK), origin.subarray(12 * CHUNK, 16 * CHUNK), 'chunks 12-15');
+    assertSame(await snap.read(11 * CHUNK + 512, 3 * CHUNK), origin.subarray(11 * CHUNK + 512, 14 * CHUNK + 512), 'parts');
+    expect((await rig.list()).map((s) => (s as { damaged?: number }).damaged)).toEqual([2]);
   });
 });
 
