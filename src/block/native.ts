@@ -35,6 +35,13 @@ export interface NativeFs {
   writeBatch?(fd: number, buffers: Buffer[], offsets: number[], done: (errors: (Error | undefined)[]) => void): void;
   /** The same writes on the calling thread; returns what `writeBatch` passes to `done`. */
   writeNow?(fd: number, buffers: Buffer[], offsets: number[]): (Error | undefined)[];
+  /**
+   * A READ reply straight from the page cache to a socket (sendfile.c): `header` by send, then
+   * [offset, offset + length) of `fd` by sendfile(2), on the calling thread. Returns -1 with
+   * nothing sent when the range is not all in the page cache (or that cannot be known), else the
+   * bytes of header + data handed to the socket, in order (fewer when its buffer filled up).
+   */
+  sendReply?(sock: number, header: Buffer, fd: number, offset: number, length: number): number;
 }
 
 export interface LoopInfo {

@@ -31,6 +31,7 @@ import {
 } from '../nbd-protocol/index.ts';
 import { PayloadReads, readInto } from './direct-read.ts';
 import type { ExportRegistry } from './exports.ts';
+import { fileReplySocket, sendFileReply } from './file-reply.ts';
 import { Negotiator, type Session } from './handshake.ts';
 import type { MemoryBudget } from './memory-budget.ts';
 import { Reservations } from './reservations.ts';
@@ -120,6 +121,11 @@ export class Connection {
   }
 
   private readonly onDataBound = (chunk: Buffer) => this.onData(chunk);
+  private readonly writeReplyBound = (buffers: Buffer[], sent?: () => void) => this.writeReply(buffers, sent);
+  private readonly dropBound = (err: unknown) => {
+    this.log.warn('read failed midway through a reply, dropping connection', { err: errorMessage(err) });
+    this.destroy();
+  };
   private readonly onDrainBound = () => this.updateFlow();
 
   private attach(socket: Socket): void {
@@ -263,7 +269,13 @@ export class Connection {
     clearTimeout(this.handshakeTimer);
     this.handshakeTimer = undefined;
     this.session = session;
-    this.transmission = new Transmission(session, (bufs) => this.writeReply(bufs), this.log);
+    const sock = fileReplySocket(this.socket);
+    const fromFile =
+      sock === undefined
+        ? undefined
+        : (header: Buffer, fd: number, offset: number, length: number) =>
+            sendFileReply(this.socket, sock, { header, fd, offset, length }, this.writeReplyBound, this.dropBound);
+    this.transmission = new Transmission(session, this.writeReplyBound, this.log, fromFile);
     this.parser.startTransmission();
     const plain = (this.socket as { encrypted?: boolean }).encrypted !== true;
     if (plain && !this.readPaused) {
@@ -324,7 +336,8 @@ export class Connection {
       pool.give(req.data); // the payload is no longer referenced once the request is done
       this.inflight -= 1;
       this.inflightBytes -= bytes;
-      if (req.type === Command.READ && cost >= FLUSH_TRACKED && !this.socket.destroyed) {
+      const queued = this.socket.writableLength > 0 && !this.socket.destroyed;
+      if (req.type === Command.READ && cost >= FLUSH_TRACKED && queued) {
         // The reply is queued: its bytes come back once the kernel has taken them (callbacks run
         // in order, so this one runs after the reply's own writes).
         this.socket.write(EMPTY, () => this.share.release(cost));
@@ -365,7 +378,7 @@ export class Connection {
    * the socket is corked on the first and uncorked once the pass is over, so many small replies
    * share one writev instead of one system call each.
    */
-  private writeReply(buffers: Buffer[]): void {
+  private writeReply(buffers: Buffer[], sent?: () => void): void {
     if (this.socket.destroyed || buffers.length === 0) return;
     const last = buffers.length - 1;
     if (!this.corked) {
@@ -378,7 +391,9 @@ export class Connection {
     }
     // Once a reply's data is handed to the kernel, a pooled read buffer can be reused.
     for (const [i, b] of buffers.entries()) {
-      if (i === last && b.length >= 65536) this.socket.write(b, () => pool.give(b));
+      if (i < last) this.socket.write(b);
+      else if (sent !== undefined) this.socket.write(b, sent);
+      else if (b.length >= 65536) this.socket.write(b, () => pool.give(b));
       else this.socket.write(b);
     }
   }
