@@ -5,7 +5,7 @@
  * are ever reused: `give()` ignores anything else, so code that does not return a buffer only
  * leaves it to the garbage collector. A buffer must be given back only when nothing refers to it.
  */
-const MIN_POOLED = 64 * 1024;
+export const MIN_POOLED = 4096;
 const MAX_POOLED = 64 * 1024 * 1024;
 /**
  * Bytes kept idle in the pool at most. Enough to take back what the requests in flight hold

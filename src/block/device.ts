@@ -49,12 +49,6 @@ export interface BlockDevice {
    */
   extents(offset: number, length: number): Promise<Extent[]>;
   close(): Promise<void>;
-  /**
-   * A descriptor whose bytes [offset, offset + length) are exactly what `read(offset, length)`
-   * would give right now, so that a reply may be sent from the file itself (sendfile); -1 if
-   * there is none. Only backends with a file and layers that read through unchanged answer it.
-   */
-  directFd?(offset: number, length: number): number;
 }
 
 /** A layer that passes everything to `next`; subclasses override what they change. */
@@ -94,10 +88,6 @@ export class Layer implements BlockDevice {
   }
   close(): Promise<void> {
     return this.next.close();
-  }
-  /** None by default: a layer that reads through unchanged says so by overriding this. */
-  directFd(_offset: number, _length: number): number {
-    return -1;
   }
 }
 

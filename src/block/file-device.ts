@@ -142,11 +142,6 @@ export class FileDevice implements BlockDevice {
     return this.readInto(buf, offset).then(() => buf);
   }
 
-  /** The file itself can answer reads (sendfile), with the native helper. */
-  directFd(_offset: number, _length: number): number {
-    return this.closed || native?.sendReply === undefined ? -1 : this.fd;
-  }
-
   /** Fill `buf` from `offset`, looping over short reads; zero-fills past the end of file. */
   readInto(buf: Buffer, offset: number): Promise<void> {
     return new Promise((resolve, reject) => {

@@ -36,12 +36,13 @@ export interface NativeFs {
   /** The same writes on the calling thread; returns what `writeBatch` passes to `done`. */
   writeNow?(fd: number, buffers: Buffer[], offsets: number[]): (Error | undefined)[];
   /**
-   * A READ reply straight from the page cache to a socket (sendfile.c): `header` by send, then
-   * [offset, offset + length) of `fd` by sendfile(2), on the calling thread. Returns -1 with
-   * nothing sent when the range is not all in the page cache (or that cannot be known), else the
-   * bytes of header + data handed to the socket, in order (fewer when its buffer filled up).
+   * Send the buffers back to back on socket `fd` from a thread of libuv's pool, without waiting
+   * for room (reply-send.c); `done` gets the bytes sent, all of them or fewer when the socket's
+   * buffer filled up or failed (the caller sends the rest). At most 16 buffers.
    */
-  sendReply?(sock: number, header: Buffer, fd: number, offset: number, length: number): number;
+  sendAsync?(fd: number, buffers: Buffer[], done: (sent: number) => void): void;
+  /** A duplicate of `fd` (close-on-exec), or -1. */
+  dupFd?(fd: number): number;
 }
 
 export interface LoopInfo {

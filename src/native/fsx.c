@@ -404,7 +404,7 @@ static napi_value write_now_fn(napi_env env, napi_callback_info info) {
   return errors;
 }
 
-void register_sendfile(napi_env env, napi_value exports); /* sendfile.c */
+void register_reply_send(napi_env env, napi_value exports); /* reply-send.c */
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -420,7 +420,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"writeNow", NULL, write_now_fn, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
-  register_sendfile(env, exports);
+  register_reply_send(env, exports);
   return exports;
 }
 

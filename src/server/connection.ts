@@ -31,9 +31,9 @@ import {
 } from '../nbd-protocol/index.ts';
 import { PayloadReads, readInto } from './direct-read.ts';
 import type { ExportRegistry } from './exports.ts';
-import { fileReplySocket, sendFileReply } from './file-reply.ts';
 import { Negotiator, type Session } from './handshake.ts';
 import type { MemoryBudget } from './memory-budget.ts';
+import { ReplyWriter } from './reply-writer.ts';
 import { Reservations } from './reservations.ts';
 import { type ServerTls, startServerTls } from './tls.ts';
 import { Transmission } from './transmission.ts';
@@ -44,7 +44,6 @@ const MAX_INFLIGHT_REQUESTS = 256;
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 /** READ replies at least this large keep their reservation until flushed; smaller ones until queued. */
 const FLUSH_TRACKED = 64 * 1024;
-const EMPTY = Buffer.alloc(0);
 
 export interface ConnectionLimits {
   /** Memory shared by all connections of the server. */
@@ -68,7 +67,8 @@ export class Connection {
   private inflight = 0;
   private inflightBytes = 0;
   private readPaused = false;
-  private corked = false;
+  /** Writes replies to `socket`, whole and in order (pool sends of large ones on plain sockets). */
+  private writer: ReplyWriter;
   private closing = false;
   private shuttingDown = false;
   private announced = false;
@@ -109,9 +109,11 @@ export class Connection {
     this.negotiator = new Negotiator(registry, () => this.shuttingDown, tls?.mode ?? 'off');
     // The accepted socket closes last, also under TLS (the TLSSocket's close closes it).
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
+    this.writer = new ReplyWriter(socket);
     this.attach(socket);
     socket.once('close', () => {
       this.closing = true;
+      this.writer.close();
       clearTimeout(this.handshakeTimer);
       this.share.close();
       this.announce({ ended: 'in the handshake' });
@@ -121,11 +123,6 @@ export class Connection {
   }
 
   private readonly onDataBound = (chunk: Buffer) => this.onData(chunk);
-  private readonly writeReplyBound = (buffers: Buffer[], sent?: () => void) => this.writeReply(buffers, sent);
-  private readonly dropBound = (err: unknown) => {
-    this.log.warn('read failed midway through a reply, dropping connection', { err: errorMessage(err) });
-    this.destroy();
-  };
   private readonly onDrainBound = () => this.updateFlow();
 
   private attach(socket: Socket): void {
@@ -232,10 +229,7 @@ export class Connection {
     plain.pause();
     plain.off('data', this.onDataBound);
     plain.off('drain', this.onDrainBound);
-    if (this.corked) {
-      this.corked = false;
-      plain.uncork();
-    }
+    this.writer.uncork();
     plain.write(Buffer.concat(ack), (err) => {
       if (err != null || this.closing) return;
       startServerTls(plain, tls).then(
@@ -246,6 +240,7 @@ export class Connection {
             return;
           }
           this.socket = secure;
+          this.writer = new ReplyWriter(secure); // the accepted socket's close closes it too
           this.attach(secure);
           this.negotiator.tlsStarted();
           this.log.debug('TLS established', {
@@ -269,15 +264,10 @@ export class Connection {
     clearTimeout(this.handshakeTimer);
     this.handshakeTimer = undefined;
     this.session = session;
-    const sock = fileReplySocket(this.socket);
-    const fromFile =
-      sock === undefined
-        ? undefined
-        : (header: Buffer, fd: number, offset: number, length: number) =>
-            sendFileReply(this.socket, sock, { header, fd, offset, length }, this.writeReplyBound, this.dropBound);
-    this.transmission = new Transmission(session, this.writeReplyBound, this.log, fromFile);
+    this.transmission = new Transmission(session, (bufs) => this.writeReply(bufs), this.log);
     this.parser.startTransmission();
     const plain = (this.socket as { encrypted?: boolean }).encrypted !== true;
+    if (plain) this.writer.usePoolSends();
     if (plain && !this.readPaused) {
       const reads = new PayloadReads(
         this.parser,
@@ -336,11 +326,9 @@ export class Connection {
       pool.give(req.data); // the payload is no longer referenced once the request is done
       this.inflight -= 1;
       this.inflightBytes -= bytes;
-      const queued = this.socket.writableLength > 0 && !this.socket.destroyed;
-      if (req.type === Command.READ && cost >= FLUSH_TRACKED && queued) {
-        // The reply is queued: its bytes come back once the kernel has taken them (callbacks run
-        // in order, so this one runs after the reply's own writes).
-        this.socket.write(EMPTY, () => this.share.release(cost));
+      if (req.type === Command.READ && cost >= FLUSH_TRACKED) {
+        // The reply is queued: its bytes come back once the kernel has taken them.
+        this.writer.whenSent(() => this.share.release(cost));
       } else {
         this.share.release(cost);
       }
@@ -366,36 +354,18 @@ export class Connection {
     }
   }
 
-  private drain(): Promise<void> {
-    if (this.inflight === 0) return Promise.resolve();
-    return new Promise((resolve) => {
-      this.idle = resolve; // called again at the next idle moment: a no-op
-    });
-  }
-
-  /**
-   * Queue one whole reply. Replies finished in the same pass of the event loop go out together:
-   * the socket is corked on the first and uncorked once the pass is over, so many small replies
-   * share one writev instead of one system call each.
-   */
-  private writeReply(buffers: Buffer[], sent?: () => void): void {
-    if (this.socket.destroyed || buffers.length === 0) return;
-    const last = buffers.length - 1;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(() => {
-        this.corked = false;
-        this.socket.uncork();
+  /** Resolves once no request is in flight and their replies are in Node's stream or sent. */
+  private async drain(): Promise<void> {
+    if (this.inflight > 0) {
+      await new Promise<void>((resolve) => {
+        this.idle = resolve; // called again at the next idle moment: a no-op
       });
     }
-    // Once a reply's data is handed to the kernel, a pooled read buffer can be reused.
-    for (const [i, b] of buffers.entries()) {
-      if (i < last) this.socket.write(b);
-      else if (sent !== undefined) this.socket.write(b, sent);
-      else if (b.length >= 65536) this.socket.write(b, () => pool.give(b));
-      else this.socket.write(b);
-    }
+    await this.writer.settled();
+  }
+
+  private writeReply(buffers: Buffer[]): void {
+    this.writer.write(buffers);
   }
 
   /** Orderly close after ABORT or a refused EXPORT_NAME. */

@@ -23,7 +23,6 @@ import {
   type RequestMessage,
   serialize,
 } from '../nbd-protocol/index.ts';
-import { FILE_REPLY_MIN, type FileReplySink } from './file-reply.ts';
 import type { Session } from './handshake.ts';
 import { validateRequest } from './validate.ts';
 
@@ -38,17 +37,14 @@ export class Transmission {
   private readonly device: BlockDevice;
   private readonly send: ReplySink;
   private readonly log: Logger;
-  /** Sends a large READ reply from the device's file, when the connection can (file-reply.ts). */
-  private readonly sendFile: FileReplySink | undefined;
   /** This export's figures, when metrics are served (looked up once per connection). */
   private readonly stats: ExportStats | undefined;
 
-  constructor(session: Session, send: ReplySink, log: Logger, sendFile?: FileReplySink) {
+  constructor(session: Session, send: ReplySink, log: Logger) {
     this.session = session;
     this.device = session.entry.device;
     this.send = send;
     this.log = log;
-    this.sendFile = sendFile;
     this.stats = probes.exportStats?.(session.entry.name);
   }
 
@@ -104,7 +100,6 @@ export class Transmission {
     const dev = this.device;
     switch (req.type) {
       case Command.READ:
-        if (length >= FILE_REPLY_MIN && this.sendFile !== undefined && this.sendFromFile(req)) return;
         return this.replyRead(req, await dev.read(offset, length));
       case Command.WRITE:
         await dev.write(offset, req.data as Buffer, fua);
@@ -129,18 +124,6 @@ export class Transmission {
         return this.replyBlockStatus(req, (flags & CF.REQ_ONE) !== 0);
     }
     this.send([serialize.simpleReply(0, req.cookie)]);
-  }
-
-  /** The reply sent from the device's file by the connection (sendfile), if it can be. */
-  private sendFromFile(req: RequestMessage): boolean {
-    const fd = this.device.directFd?.(req.offset, req.length) ?? -1;
-    return fd >= 0 && (this.sendFile as FileReplySink)(this.readHeader(req), fd, req.offset, req.length);
-  }
-
-  private readHeader(req: RequestMessage): Buffer {
-    return this.session.structured
-      ? serialize.offsetDataHeader(req.cookie, true, req.offset, req.length)
-      : serialize.simpleReply(0, req.cookie);
   }
 
   private replyRead(req: RequestMessage, data: Buffer): void {

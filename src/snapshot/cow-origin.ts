@@ -63,11 +63,6 @@ export class CowOrigin extends Layer {
     return this.next;
   }
 
-  /** Reads pass straight through: so may replies sent from the file itself. */
-  override directFd(offset: number, length: number): number {
-    return this.next.directFd?.(offset, length) ?? -1;
-  }
-
   override write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     return this.guarded(offset, data.length, () => this.next.write(offset, data, fua));
   }

@@ -23,11 +23,6 @@ export class MergeLayer extends Layer {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  /** Not while a merge runs (reads may come from the store); else as the layer below. */
-  override directFd(offset: number, length: number): number {
-    return this.job === undefined ? (this.next.directFd?.(offset, length) ?? -1) : -1;
-  }
-
   override async read(offset: number, length: number): Promise<Buffer> {
     const job = this.job;
     if (job === undefined) return this.next.read(offset, length);
