@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "fsx",
-      "sources": ["src/native/fsx.c", "src/native/reply-send.c"],
+      "sources": ["src/native/fsx.c"],
       "cflags": ["-O2", "-Wall"]
     }
   ]

@@ -35,14 +35,6 @@ export interface NativeFs {
   writeBatch?(fd: number, buffers: Buffer[], offsets: number[], done: (errors: (Error | undefined)[]) => void): void;
   /** The same writes on the calling thread; returns what `writeBatch` passes to `done`. */
   writeNow?(fd: number, buffers: Buffer[], offsets: number[]): (Error | undefined)[];
-  /**
-   * Send the buffers back to back on socket `fd` from a thread of libuv's pool, without waiting
-   * for room (reply-send.c); `done` gets the bytes sent, all of them or fewer when the socket's
-   * buffer filled up or failed (the caller sends the rest). At most 16 buffers.
-   */
-  sendAsync?(fd: number, buffers: Buffer[], done: (sent: number) => void): void;
-  /** A duplicate of `fd` (close-on-exec), or -1. */
-  dupFd?(fd: number): number;
 }
 
 export interface LoopInfo {

@@ -404,8 +404,6 @@ static napi_value write_now_fn(napi_env env, napi_callback_info info) {
   return errors;
 }
 
-void register_reply_send(napi_env env, napi_value exports); /* reply-send.c */
-
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default_method, NULL},
@@ -420,7 +418,6 @@ static napi_value init(napi_env env, napi_value exports) {
     {"writeNow", NULL, write_now_fn, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
-  register_reply_send(env, exports);
   return exports;
 }
 

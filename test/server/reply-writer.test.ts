@@ -1,9 +1,8 @@
 /**
- * Large READ replies sent from the thread pool (src/server/reply-writer.ts, native sendAsync):
- * when the client's socket fills up midway, the rest of the reply goes on through Node's stream
- * before anything else, and replies finished meanwhile wait their turn. Whatever the path, every
- * reply must carry the image's bytes, in simple and structured replies, pipelined with small
- * reads, after writes, and for a client that stops reading for a while (partial sends).
+ * Large READ replies (src/server/reply-writer.ts): every reply must carry the image's bytes, whole
+ * and in order, in simple and structured replies, pipelined with small reads, after writes, and
+ * for a client that stops reading for a while (its socket fills up; the budget gets the bytes of
+ * a reply back only once the kernel has them).
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -40,7 +39,7 @@ async function collect(c: RawClient, count: number): Promise<Map<bigint, Got>> {
   return got;
 }
 
-describe('large READ replies sent from the thread pool', () => {
+describe('large READ replies', () => {
   const dir = tempDir();
   const image = join(dir.path, 'disk.img');
   let srv: RunningServer;
