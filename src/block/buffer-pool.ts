@@ -5,7 +5,11 @@
  * are ever reused: `give()` ignores anything else, so code that does not return a buffer only
  * leaves it to the garbage collector. A buffer must be given back only when nothing refers to it.
  */
-const MIN_POOLED = 64 * 1024;
+/**
+ * From 4 KiB (64 KiB before): a 4 KiB WRITE payload or READ reply was a fresh ArrayBuffer each,
+ * external memory that set off garbage collections in 4 KiB random I/O (measured).
+ */
+export const MIN_POOLED = 4096;
 const MAX_POOLED = 64 * 1024 * 1024;
 /**
  * Bytes kept idle in the pool at most. Enough to take back what the requests in flight hold

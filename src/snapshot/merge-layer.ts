@@ -67,9 +67,9 @@ export class MergeLayer extends Layer {
     return out;
   }
 
-  override async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
-    await this.mergeFirst(offset, data.length);
-    return this.next.write(offset, data, fua);
+  override write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    if (this.job === undefined) return this.next.write(offset, data, fua); // no merge: no async frame per write
+    return this.mergeFirst(offset, data.length).then(() => this.next.write(offset, data, fua));
   }
 
   override async writeZeroes(offset: number, length: number, options: ZeroOptions): Promise<void> {
