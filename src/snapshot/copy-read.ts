@@ -22,10 +22,11 @@
  */
 import { closeSync, constants, openSync, read } from 'node:fs';
 import * as pool from '../block/buffer-pool.ts';
-import { type NativeFs, native } from '../block/native.ts';
+import { native } from '../block/native.ts';
 import { NbdsnapError } from '../errors.ts';
 import { BLOCK, blockChecksums, checksum } from '../store/checksum.ts';
 import type { DiffStore } from '../store/store.ts';
+import { batchable, readBatch } from './copy-batch.ts';
 import { CopyCache, DEFAULT_COPY_CACHE, type Token } from './copy-cache.ts';
 import type { Copy } from './exception-table.ts';
 
@@ -44,9 +45,6 @@ export interface CopyPiece {
 
 /** Reads served on this thread from the page cache up to this size (as FileDevice does). */
 const NOWAIT_MAX = 1024 * 1024;
-/** Whole chunks of one request beyond this many bytes are read and hashed on the pool, in one batch. */
-const BATCH_MIN = 128 * 1024;
-const readCrcBatch = native?.readCrcBatch;
 
 export class CopyReader {
   readonly cache: CopyCache;
@@ -91,76 +89,16 @@ export class CopyReader {
       if (done === false) whole.push(p);
       else if (done !== true) waits.push(done.then((ok) => (ok ? undefined : this.readRun([p], out, failed))));
     }
-    const batch = this.batchable(whole);
-    if (batch !== undefined) waits.push(this.readBatch(batch, whole, out, failed));
-    else
+    const batch = batchable(this.store, whole, (path) => this.fd(path));
+    if (batch !== undefined) {
+      this.stats.batched += whole.length;
+      waits.push(readBatch(this.store, this.cache, batch, whole, out, failed));
+    } else
       for (const run of this.runs(whole)) {
         const done = this.readRun(run, out, failed);
         if (done !== undefined) waits.push(done);
       }
     return waits.length === 0 ? failed : Promise.all(waits).then(() => failed);
-  }
-
-  /** The descriptors of `whole`'s copies when they are many enough bytes to read on the pool. */
-  private batchable(whole: CopyPiece[]): number[] | undefined {
-    if (whole.length < 2 || readCrcBatch === undefined) return undefined;
-    let bytes = 0;
-    for (const p of whole) bytes += p.chunkLength;
-    if (bytes <= BATCH_MIN) return undefined;
-    const fds: number[] = [];
-    try {
-      for (const p of whole) {
-        const at = this.store.space.locate(p.copy.slot);
-        if (at.remote) return undefined; // a range on an NBD export: readRun hands it to the store
-        fds.push(this.fd(at.path));
-      }
-    } catch {
-      return undefined; // readRun fails these pieces, and the slow path reports
-    }
-    return fds;
-  }
-
-  /**
-   * The chunks of `whole` read and hashed on one thread of the pool (src/native/read-crc.c), each
-   * compared here with its recorded checksum, as `readRun` does on this thread.
-   */
-  private readBatch(fds: number[], whole: CopyPiece[], out: Buffer, failed: CopyPiece[]): Promise<void> {
-    const blocks = this.cache.blocks;
-    const crcs = new Uint32Array(whole.length);
-    const sums = new Uint32Array(whole.length * blocks);
-    const bufs: Buffer[] = [];
-    const positions: number[] = [];
-    const tokens: Token[] = [];
-    for (const p of whole) {
-      const direct = p.inChunk === 0 && p.length === p.chunkLength;
-      bufs.push(direct ? out.subarray(p.at, p.at + p.length) : pool.take(p.chunkLength));
-      positions.push(this.store.space.locate(p.copy.slot).offset);
-      tokens.push(this.cache.begin(p.copy.slot));
-    }
-    this.stats.batched += whole.length;
-    return new Promise<void>((resolve) => {
-      const done = (errors: number[]): void => {
-        for (const [k, p] of whole.entries()) {
-          const buf = bufs[k] as Buffer;
-          const partial = p.length < p.chunkLength;
-          if (errors[k] !== 0 || crcs[k] !== p.copy.crc >>> 0) failed.push(p);
-          else if (partial) {
-            buf.copy(out, p.at, p.inChunk, p.inChunk + p.length);
-            const token = tokens[k] as Token;
-            this.cache.putSums(p.copy.slot, p.copy.crc, sums.subarray(k * blocks, (k + 1) * blocks), token);
-            this.cache.putData(p.copy.slot, p.copy.crc, buf, token);
-          }
-          this.cache.end(p.copy.slot, tokens[k] as Token);
-          if (partial) pool.give(buf);
-        }
-        resolve();
-      };
-      try {
-        (readCrcBatch as NonNullable<NativeFs['readCrcBatch']>)(fds, bufs, positions, crcs, sums, done);
-      } catch {
-        done(whole.map(() => -1)); // not queued: every piece goes to the slow path
-      }
-    });
   }
 
   /**

@@ -20,7 +20,7 @@
  * answers ENOSPC to its own writes; an invalidated snapshot answers EIO to everything.
  */
 import * as pool from '../block/buffer-pool.ts';
-import { type BlockDevice, DATA, type DeviceCapabilities, pushExtent } from '../block/device.ts';
+import { type BlockDevice, DATA, type DeviceCapabilities } from '../block/device.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { Extent } from '../nbd-protocol/index.ts';
 import { checksum } from '../store/checksum.ts';
@@ -32,6 +32,7 @@ import { damagedCopyError } from './damage.ts';
 import { type Copy, sameCopy } from './exception-table.ts';
 import type { Snapshot } from './model.ts';
 import type { RecordSink } from './recorder.ts';
+import { snapshotExtents } from './snapshot-extents.ts';
 
 interface Piece {
   chunk: number;
@@ -347,76 +348,15 @@ export class SnapshotDevice implements BlockDevice {
   async cache(): Promise<void> {}
 
   /** base:allocation: chunks held in the store are data; the rest is whatever the origin says. */
-  extents(offset: number, length: number): Promise<Extent[]> {
-    return this.mapExtents(
-      offset,
-      length,
-      (start, len) => this.origin.extents(start, len),
-      () => DATA,
-    );
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    this.check();
+    return snapshotExtents(this.snapshot, this.size, offset, length, (start, len) => this.origin.extents(start, len), DATA);
   }
 
   /** qemu:allocation-depth: 1 = held in the difference store, 2 = read through to the origin. */
-  depthExtents(offset: number, length: number): Promise<Extent[]> {
-    return this.mapExtents(
-      offset,
-      length,
-      async (_s, len) => [{ length: len, flags: 2 }],
-      () => 1,
-    );
-  }
-
-  /**
-   * Walks only the chunks this snapshot reads from the store (the exception table is ordered:
-   * O(log n) to find the next one and the end of its run, `storedRunEnd`), and asks
-   * `originExtents` for the stretches between them, which the snapshot reads through to the
-   * origin.
-   */
-  private async mapExtents(
-    offset: number,
-    length: number,
-    originExtents: (start: number, len: number) => Promise<Extent[]>,
-    storeFlags: () => number,
-  ): Promise<Extent[]> {
+  async depthExtents(offset: number, length: number): Promise<Extent[]> {
     this.check();
-    const end = Math.min(this.size, offset + length);
-    const { table, chunkSize } = this.snapshot.origin;
-    const snap = this.snapshot;
-    const out: Extent[] = [];
-    for (let pos = offset; pos < end && out.length < 65536; ) {
-      const next = table.nextStored(Math.floor(pos / chunkSize), snap);
-      const stored = next === undefined ? end : Math.max(pos, Math.min(end, next * chunkSize));
-      if (stored > pos) {
-        await this.throughToOrigin(out, pos, stored - pos, originExtents);
-        pos = stored;
-        continue;
-      }
-      // A run of chunks read from the store, from `next` on: each is a copied or private chunk.
-      const runEnd = Math.min(end, table.storedRunEnd(next as number, snap, Math.ceil(end / chunkSize)) * chunkSize);
-      pushExtent(out, runEnd - pos, storeFlags());
-      pos = runEnd;
-    }
-    return out;
-  }
-
-  /** The origin's extents over [start, start + len). */
-  private async throughToOrigin(
-    out: Extent[],
-    start: number,
-    len: number,
-    originExtents: (start: number, len: number) => Promise<Extent[]>,
-  ): Promise<void> {
-    let covered = 0;
-    while (covered < len) {
-      const ext = await originExtents(start + covered, len - covered);
-      for (const e of ext) {
-        const take = Math.min(e.length, len - covered);
-        pushExtent(out, take, e.flags);
-        covered += take;
-        if (covered >= len) break;
-      }
-      if (ext.length === 0) break;
-    }
+    return snapshotExtents(this.snapshot, this.size, offset, length, async (_s, len) => [{ length: len, flags: 2 }], 1);
   }
 
   async close(): Promise<void> {}
