@@ -404,6 +404,8 @@ static napi_value write_now_fn(napi_env env, napi_callback_info info) {
   return errors;
 }
 
+void register_commit(napi_env env, napi_value exports); /* commit.c */
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default_method, NULL},
@@ -418,6 +420,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"writeNow", NULL, write_now_fn, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  register_commit(env, exports);
   return exports;
 }
 

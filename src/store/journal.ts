@@ -35,6 +35,7 @@
  * replay follows only blocks of the label's generation.
  */
 import { errorMessage, NbdsnapError } from '../errors.ts';
+import { copyWriteFailure, type SlotData, writeAndSync } from './copy-writes.ts';
 import { chainValue, FILL, type ReadBlock, type ScanPoint, scanJournal } from './journal-scan.ts';
 import { BLOCK_HEADER, decodeBlockHeader, encodeBlockHeader, encodeRecord, type JournalRecord } from './records.ts';
 import type { StoreSpace } from './space.ts';
@@ -76,6 +77,8 @@ export interface JournalReport {
 
 interface Pending {
   records: JournalRecord[];
+  /** Copies written with the batch, before its records (copy-writes.ts). */
+  copies: readonly SlotData[];
   resolve: () => void;
   reject: (err: unknown) => void;
 }
@@ -251,11 +254,16 @@ export class Journal {
     this.refusal = new NbdsnapError('EIO', `the journal failed earlier: ${why}`);
   }
 
-  /** Append records durably (group commit). Resolves once they and the data before them are on disk. */
-  append(records: JournalRecord[]): Promise<void> {
+  /**
+   * Append records durably (group commit). Resolves once they and the data before them are on
+   * disk. `copies` (whole slots, on the store's one local file: `space.commitTarget`) are written
+   * with the batch, before its records, in the same hand-off as its sync (copy-writes.ts); if one
+   * fails, these records are left out and the promise rejects with a copy-write failure.
+   */
+  append(records: JournalRecord[], copies: readonly SlotData[] = []): Promise<void> {
     if (this.refusal !== undefined) return Promise.reject(this.refusal);
     return new Promise((resolve, reject) => {
-      this.queue.push({ records, resolve, reject });
+      this.queue.push({ records, copies, resolve, reject });
       if (this.committing === undefined) this.committing = this.commitLoop();
     });
   }
@@ -276,12 +284,12 @@ export class Journal {
 
   private async commitLoop(): Promise<void> {
     while (this.queue.length > 0) {
-      const batch = this.queue;
+      let batch = this.queue;
       this.queue = [];
       try {
         if (this.refusal !== undefined && this.refusal.code !== 'ESHUTDOWN') throw this.refusal;
         // One batch at a time: the next is written only after this one's sync returned.
-        await this.commit(batch.flatMap((p) => p.records));
+        batch = await this.commitBatch(batch);
         for (const p of batch) p.resolve();
       } catch (err) {
         for (const p of batch) p.reject(err);
@@ -290,14 +298,96 @@ export class Journal {
     this.committing = undefined;
   }
 
+  /**
+   * Commit `batch` with its copies; returns the entries committed. An entry whose copy failed is
+   * rejected here and left out (its records are never written), and the rest go again.
+   */
+  private async commitBatch(batch: Pending[]): Promise<Pending[]> {
+    let rest = batch;
+    for (;;) {
+      const copies = rest.flatMap((p) => p.copies);
+      if (copies.length === 0) {
+        if (rest.length > 0) await this.commit(rest.flatMap((p) => p.records));
+        return rest;
+      }
+      const { failed, done } = await this.commitWithCopies(rest, copies);
+      rest = failed.size === 0 ? rest : rest.filter((p) => !failed.has(p));
+      if (done) return rest;
+    }
+  }
+
+  /**
+   * The copies of `batch`, its records and the sync in one job (copy-writes.ts), when the records
+   * fit in the current block and everything is on one file; otherwise the copies first, then the
+   * batch as usual. Returns the entries whose copy failed (rejected), and whether the others are
+   * committed (`done`) or must go again. A failure of the records or the sync stops the journal
+   * for good.
+   */
+  private async commitWithCopies(batch: Pending[], copies: SlotData[]): Promise<{ failed: Set<Pending>; done: boolean }> {
+    const failed = new Set<Pending>();
+    const fail = (p: Pending, err: unknown) => {
+      if (!failed.has(p)) p.reject(copyWriteFailure(err));
+      failed.add(p);
+    };
+    const target = this.space.commitTarget([...copies.map((c) => c.slot), this.blockSlot]);
+    const { encoded, chain } = this.encode(batch.flatMap((p) => p.records));
+    const size = encoded.reduce((n, b) => n + b.length, 0);
+    if (target === undefined || this.tail + size > this.block.length) {
+      // Rare (a new journal block, a store on several files or an export): copies, then records.
+      for (const p of batch) {
+        const written = await Promise.allSettled(p.copies.map((c) => this.space.writeSlot(c.slot, c.data)));
+        for (const r of written) if (r.status === 'rejected') fail(p, r.reason);
+      }
+      const ok = batch.filter((p) => !failed.has(p));
+      if (ok.length > 0) await this.commit(ok.flatMap((p) => p.records));
+      return { failed, done: true };
+    }
+    const start = this.tail;
+    for (const bytes of encoded) {
+      bytes.copy(this.block, this.tail);
+      this.tail += bytes.length;
+    }
+    let outcome: Awaited<ReturnType<typeof writeAndSync>>;
+    try {
+      const bytes = this.block.subarray(start, this.tail);
+      outcome = await writeAndSync(this.space, target, copies, { offset: this.space.slotOffset(this.blockSlot) + start, bytes });
+    } catch (err) {
+      outcome = { copies: [], failure: err as Error };
+    }
+    if (outcome.failure !== undefined) {
+      this.refusal = new NbdsnapError('EIO', `the journal failed earlier: ${errorMessage(outcome.failure)}`);
+      throw outcome.failure;
+    }
+    let k = 0;
+    for (const p of batch) {
+      for (let i = 0; i < p.copies.length; i++, k++) {
+        const err = outcome.copies[k];
+        if (err !== undefined && err !== 'retry') fail(p, err);
+      }
+    }
+    if (failed.size > 0) {
+      this.tail = start; // nothing of the records was written: the batch goes again without them
+      return { failed, done: false };
+    }
+    this.seq += encoded.length;
+    this.chain = chain;
+    return { failed, done: true };
+  }
+
+  /** A batch's records, numbered from the next seq, and its COMMIT; the chain value after it. */
+  private encode(records: JournalRecord[]): { encoded: Buffer[]; chain: number } {
+    const encoded = records.map((r, i) => encodeRecord(r, this.seq + i));
+    const chain = chainValue(this.chain, encoded);
+    encoded.push(
+      encodeRecord({ type: 'COMMIT', firstSeq: this.seq, count: records.length, chain }, this.seq + records.length),
+    );
+    return { encoded, chain };
+  }
+
   /** Write one batch and its COMMIT, then sync once. A failure stops the journal for good. */
   private async commit(records: JournalRecord[]): Promise<void> {
     try {
-      const encoded = records.map((r, i) => encodeRecord(r, this.seq + i));
-      const chain = chainValue(this.chain, encoded);
-      encoded.push(
-        encodeRecord({ type: 'COMMIT', firstSeq: this.seq, count: records.length, chain }, this.seq + records.length),
-      );
+      const { encoded, chain } = this.encode(records);
       const room = this.block.length - BLOCK_HEADER;
       const big = encoded.find((b) => b.length > room);
       if (big !== undefined)

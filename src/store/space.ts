@@ -267,6 +267,33 @@ export class StoreSpace {
     }
   }
 
+  /**
+   * Where copies and journal bytes in `slots` can go out with their sync in one hand-off
+   * (`native.writeAndSync`): the descriptor they all share, and every descriptor of the store
+   * (what `sync()` syncs). Undefined when they cannot: no native helper, slots on several files,
+   * or a range on an NBD export.
+   */
+  commitTarget(slots: readonly number[]): { fd: number; syncFds: number[] } | undefined {
+    if (native?.writeAndSync === undefined) return undefined;
+    let fd = -1;
+    for (const slot of slots) {
+      const r = this.ranges.find((x) => slot >= x.firstSlot && slot < x.firstSlot + x.slots);
+      if (r === undefined || r.remote !== undefined || (fd !== -1 && r.fd !== fd)) return undefined;
+      fd = r.fd;
+    }
+    const syncFds: number[] = [];
+    for (const f of this.files.values()) {
+      if (f.remote !== undefined) return undefined;
+      syncFds.push(f.fd);
+    }
+    return fd === -1 ? undefined : { fd, syncFds };
+  }
+
+  /** The byte offset of `slot` in its file. */
+  slotOffset(slot: number): number {
+    return this.where(slot).offset;
+  }
+
   async readSlot(slot: number, length: number, offsetInSlot = 0): Promise<Buffer> {
     const { fd, offset, remote } = this.where(slot);
     if (remote !== undefined) return remote.read(offset + offsetInSlot, length);
