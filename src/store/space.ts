@@ -15,9 +15,7 @@ import {
   fdatasync,
   fstatSync,
   openSync,
-  read,
   realpathSync,
-  write,
   writeSync,
   writev,
 } from 'node:fs';
@@ -28,11 +26,10 @@ import { type Claim, claimStorage } from '../block/ownership.ts';
 import { NbdsnapError } from '../errors.ts';
 import { releaseRemote, remoteSize, takeRemote } from '../remote/remote-ranges.ts';
 import { isRemote } from '../remote/uri.ts';
+import { readFully, writeFully } from './positional-io.ts';
 import { SlotMap } from './slot-map.ts';
 
 const fdatasyncAsync = promisify(fdatasync);
-const readAsync = promisify(read);
-const writeAsync = promisify(write);
 const writevAsync = promisify(writev);
 
 export interface StoreRange {
@@ -385,26 +382,3 @@ function fitRange(spec: string, path: string, size: number, startSector: number,
 }
 
 const describe = (r: StoreRange): string => `${r.path}:${r.start / 512}+${r.length / 512}`;
-
-async function writeFully(fd: number, data: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await writeAsync(fd, data, done, data.length - done, position + done);
-    done += bytesWritten;
-  }
-}
-
-async function readFully(fd: number, length: number, position: number): Promise<Buffer> {
-  const buf = Buffer.alloc(length);
-  // Cached data without the thread-pool round trip (as FileDevice.read does).
-  if (length <= 128 * 1024 && native?.readNowait !== undefined && native.readNowait(fd, buf, position) === length) {
-    return buf;
-  }
-  let done = 0;
-  while (done < length) {
-    const { bytesRead } = await readAsync(fd, buf, done, length - done, position + done);
-    if (bytesRead === 0) throw new NbdsnapError('EIO', `short read: ${done} of ${length} bytes at ${position}`);
-    done += bytesRead;
-  }
-  return buf;
-}

@@ -68,6 +68,8 @@ export class DiffStore {
   private readonly slotsPerRange: number[] = [];
   private failedReason: string | undefined;
   private closing = false;
+  /** TEST ONLY: a kill point between copies and their records is set (copies go out first). */
+  private readonly killBetween = process.env[KILL_ENV]?.startsWith('copy:slots-written') === true;
   /** Slots of journals replaced by checkpoints (only for the test kill point `checkpoint:old-reused`). */
   private replaced: number[] = [];
 
@@ -261,7 +263,7 @@ export class DiffStore {
    * and not under the test kill point between copies and records (slot-writer.ts has it).
    */
   private copiesJoinBatch(copies: readonly SlotData[]): boolean {
-    if (process.env[KILL_ENV]?.startsWith('copy:slots-written') === true) return false;
+    if (this.killBetween) return false;
     return this.space.commitTarget(copies.map((c) => c.slot)) !== undefined;
   }
 

@@ -119,7 +119,12 @@ describe('a store whose journal cannot be made durable', () => {
       if (combined) {
         if (native?.writeAndSync === undefined) return; // no native helper: the other case covers it
         vi.spyOn(native, 'writeAndSync').mockImplementation((_fd, buffers, _offsets, _n, _syncFds, done) => {
-          setImmediate(() => done(buffers.map(() => undefined), injected));
+          setImmediate(() =>
+            done(
+              buffers.map(() => undefined),
+              injected,
+            ),
+          );
         });
       } else {
         vi.spyOn(space, 'commitTarget').mockReturnValue(undefined);
@@ -149,7 +154,12 @@ describe('a store whose journal cannot be made durable', () => {
       // The copy's write fails (nothing after it written, nothing synced), as commit.c reports it.
       vi.spyOn(native, 'writeAndSync').mockImplementationOnce((_fd, buffers, _offsets, _n, _syncFds, done) => {
         const cancelled = Object.assign(new Error('cancelled'), { code: 'ECANCELED' });
-        setImmediate(() => done(buffers.map((_, i) => (i === 0 ? injected : cancelled)), cancelled));
+        setImmediate(() =>
+          done(
+            buffers.map((_, i) => (i === 0 ? injected : cancelled)),
+            cancelled,
+          ),
+        );
       });
     } else {
       vi.spyOn(space, 'writeSlot').mockRejectedValueOnce(injected);
