@@ -7,7 +7,7 @@
  */
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { native } from '../../src/block/native.ts';
 import { NbdsnapError } from '../../src/errors.ts';
 import { isCopyWriteFailure, type SlotData } from '../../src/store/copy-writes.ts';
@@ -110,6 +110,7 @@ describe('copies written with their batch', () => {
 
 describe('native writeAndSync (commit.c)', () => {
   const dir = tempDir('nbdsnap-commit-');
+  afterAll(() => dir.cleanup());
   const run = (fd: number, buffers: Buffer[], offsets: number[], n: number, syncFds: number[]) =>
     new Promise<{ errors: (Error | undefined)[]; sync: Error | undefined }>((resolve) => {
       native?.writeAndSync?.(fd, buffers, offsets, n, syncFds, (errors, sync) => resolve({ errors, sync }));
