@@ -117,17 +117,27 @@ w4k_complete() {  # json: true if the replay wrote every chunk
   [ "$(fio_value "$1" 'j.jobs[0].write.io_bytes')" = "$(((BYTES / CHUNK) * 4096))" ]
 }
 
-rec_w4k() {  # metric uri: IOPS of one replay of the w4k log (first writes)
-  local j
+rec_w4k() {  # metric uri [server]: IOPS of one replay of the w4k log (first writes), and with a
+  # server name its CPU per write (utime+stime, load-independent): cpu_METRIC in microseconds
+  local j c0 c1 srv=${3:-}
+  [ -z "$srv" ] || c0=$(cpu_seconds "${PID[$srv]}")
   j=$(fio_w4k "$2")
+  [ -z "$srv" ] || c1=$(cpu_seconds "${PID[$srv]}")
   w4k_complete "$j" || log "warning: $CUR_SERVER $1: the replay stopped after ${FW_CAP}s before every chunk was written"
   record "$1" "$(fio_value "$j" 'j.jobs[0].write.iops')" IOPS hi -
+  [ -z "$srv" ] || record "cpu_$1" "$(fio_value "$j" "($c1 - $c0) * 1e6 / Math.max(1, j.jobs[0].write.total_ios)")" us lo -
   W4K_LAST=$j
   settle
 }
 
-rec_w1m() {  # metric uri: MiB/s of one sequential pass of 1 MiB writes (first writes)
-  record "$1" "$(fio_value "$(fio_w1m "$2")" 'j.jobs[0].write.bw_bytes / 1048576')" MiB/s hi -
+rec_w1m() {  # metric uri server: MiB/s of one sequential pass of 1 MiB writes (first writes), and
+  # the server's CPU seconds per GiB written: cpu_METRIC
+  local j c0 c1
+  c0=$(cpu_seconds "${PID[$3]}")
+  j=$(fio_w1m "$2")
+  c1=$(cpu_seconds "${PID[$3]}")
+  record "$1" "$(fio_value "$j" 'j.jobs[0].write.bw_bytes / 1048576')" MiB/s hi -
+  record "cpu_$1" "$(fio_value "$j" "($c1 - $c0) * 1073741824 / Math.max(1, j.jobs[0].write.io_bytes)")" s/GiB lo -
   settle
 }
 
@@ -179,7 +189,7 @@ snapshot_nbdsnap() {
   rec_r1m read_1M_origin "$o"
   rec_r4k read_4k_snap_shared "$o@s1"
   rec_r1m read_1M_snap_shared "$o@s1"
-  rec_w4k write_4k_first "$o"
+  rec_w4k write_4k_first "$o" snapd
   fill_rest "$o"
   alive snapd
   # the store now holds a copy of every chunk of the device
@@ -195,11 +205,11 @@ snapshot_nbdsnap() {
   for r in $(seq 2 "$FW_ROUNDS"); do   # more first-write passes, each on a fresh snapshot
     snapcli snapd snapshot delete "$EXPORT@s$((r - 1))"
     snapcli snapd snapshot create "$EXPORT" "s$r"
-    rec_w4k write_4k_first "$o"
+    rec_w4k write_4k_first "$o" snapd
   done
   snapcli snapd snapshot delete "$EXPORT@s$FW_ROUNDS"
   snapcli snapd snapshot create "$EXPORT" s1M
-  rec_w1m write_1M_first "$o"
+  rec_w1m write_1M_first "$o" snapd
   # plain writes once more (no snapshot; every block recorded in the era first), so that the
   # reference is the median of a run before and a run after the snapshot workloads
   snapcli snapd snapshot delete "$EXPORT@s1M"
@@ -222,7 +232,7 @@ snapshot_overlay() {  # server (qcow2 | nbdkit-cow): the same workloads on a fre
   log "snapshot: $s (pid ${PID[$s]}) $u"
   rec_r4k read_4k_snap_shared "$u"
   rec_r1m read_1M_snap_shared "$u"
-  rec_w4k write_4k_first "$u"
+  rec_w4k write_4k_first "$u" "$s"
   fill_rest "$u"
   alive "$s"
   record peak_rss_full_store "$(hwm_mib "${PID[$s]}")" MiB lo -
@@ -234,12 +244,12 @@ snapshot_overlay() {  # server (qcow2 | nbdkit-cow): the same workloads on a fre
   stop_server "$s"
   for r in $(seq 2 "$FW_ROUNDS"); do   # more first-write passes, each on a fresh overlay
     "$start" "$s"
-    rec_w4k write_4k_first "${URI[$s]}"
+    rec_w4k write_4k_first "${URI[$s]}" "$s"
     alive "$s"
     stop_server "$s"
   done
   "$start" "$s"
-  rec_w1m write_1M_first "${URI[$s]}"
+  rec_w1m write_1M_first "${URI[$s]}" "$s"
   alive "$s"
   stop_server "$s"
 }
@@ -258,7 +268,11 @@ ratios_snapshot() {
   local t=snapshot/nbdsnap
   ratio 'snapshot: first write 4K / plain write 4K' $t/write_4k_first $t/write_4k_plain 'ratio>=0.5'
   ratio 'snapshot: overwrite 4K / plain write 4K' $t/write_4k_over $t/write_4k_plain 'ratio>=0.9'
-  ratio 'snapshot: first write 1M / plain write 1M' $t/write_1M_first $t/write_1M_plain -
+  ratio 'snapshot: first write 4K / qcow2 overlay (syncs nothing)' $t/write_4k_first snapshot/qcow2/write_4k_first 'ratio>=1.0'
+  ratio 'snapshot: first write 4K, server CPU per write / qcow2' $t/cpu_write_4k_first snapshot/qcow2/cpu_write_4k_first -
+  ratio 'snapshot: first write 1M / plain write 1M' $t/write_1M_first $t/write_1M_plain 'ratio>=0.5'
+  ratio 'snapshot: first write 1M / qcow2 overlay' $t/write_1M_first snapshot/qcow2/write_1M_first -
+  ratio 'snapshot: first write 1M, server CPU per GiB / qcow2' $t/cpu_write_1M_first snapshot/qcow2/cpu_write_1M_first -
   ratio 'snapshot: overwrite 1M / plain write 1M' $t/write_1M_over $t/write_1M_plain -
   ratio 'snapshot: read 4K, shared chunks / origin' $t/read_4k_snap_shared $t/read_4k_origin 'ratio>=0.9'
   ratio 'snapshot: read 4K, copied chunks / origin' $t/read_4k_snap_copied $t/read_4k_origin 'ratio>=0.9'

@@ -54,6 +54,19 @@ export interface NativeFs {
     sums: Uint32Array,
     done: (errors: number[]) => void,
   ): void;
+  /**
+   * commit.c: on one pool thread, the first `dataCount` buffers, then the rest, each at its
+   * offset; the first failed write stops the job (later entries ECANCELED, no sync); then
+   * fdatasync of each of `syncFds`. Absent from a helper built before it existed.
+   */
+  writeAndSync?(
+    fd: number,
+    buffers: Buffer[],
+    offsets: number[],
+    dataCount: number,
+    syncFds: number[],
+    done: (errors: (Error | undefined)[], syncError: Error | undefined) => void,
+  ): void;
 }
 
 export interface LoopInfo {

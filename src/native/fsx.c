@@ -404,11 +404,12 @@ static napi_value write_now_fn(napi_env env, napi_callback_info info) {
   return errors;
 }
 
-void register_backup(napi_env env, napi_value exports); /* backup.c */
-void register_crc32(napi_env env, napi_value exports);  /* crc32.c */
+/* The helper's other files register their functions on the same exports. */
+void register_backup(napi_env env, napi_value exports); /* backup.c: staged backup files */
+void register_crc32(napi_env env, napi_value exports);  /* crc32.c, read-crc.c: CRC-32 */
+void register_commit(napi_env env, napi_value exports); /* commit.c: copies + journal + sync */
 
 static napi_value init(napi_env env, napi_value exports) {
-  register_crc32(env, exports);
   napi_property_descriptor props[] = {
     {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default_method, NULL},
     {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default_method, NULL},
@@ -423,6 +424,8 @@ static napi_value init(napi_env env, napi_value exports) {
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   register_backup(env, exports);
+  register_crc32(env, exports);
+  register_commit(env, exports);
   return exports;
 }
 

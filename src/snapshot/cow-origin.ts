@@ -25,6 +25,7 @@ import * as pool from '../block/buffer-pool.ts';
 import { type BlockDevice, Layer, type ZeroOptions } from '../block/device.ts';
 import { errorMessage, NbdsnapError } from '../errors.ts';
 import { probes } from '../metrics/probes.ts';
+import { isCopyWriteFailure, type SlotData } from '../store/copy-writes.ts';
 import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
 import { copyChecksum } from './copy-read.ts';
@@ -33,8 +34,13 @@ import type { OriginState, Snapshot } from './model.ts';
 export interface CowHooks {
   /** Durably mark snapshots invalid; resolves once recorded, rejects (EIO) if it cannot be. */
   invalidate(snapshots: Snapshot[], reason: string): Promise<void>;
-  /** Commit records durably, then apply them to the catalog; rejects (EIO) if they cannot be made durable. */
-  record(records: JournalRecord[]): Promise<unknown>;
+  /**
+   * Commit records durably, then apply them to the catalog; rejects (EIO) if they cannot be made
+   * durable. `copies` (the chunk data the records point to) are written first, in the same batch
+   * where the store allows; a copy that cannot be written rejects with a copy-write failure
+   * (store/copy-writes.ts) and its records are not committed.
+   */
+  record(records: JournalRecord[], copies?: readonly SlotData[]): Promise<unknown>;
   /** Change tracking: resolves once the written blocks are recorded (inside the snapshot hold). */
   track(offset: number, length: number): Promise<void>;
 }
@@ -184,29 +190,43 @@ export class CowOrigin extends Layer {
     }
     const started = performance.now();
     let sum: ReturnType<typeof copyChecksum> | undefined;
+    let data: Buffer;
     try {
-      const data = await this.next.read(chunk * this.state.chunkSize, this.state.chunkLength(chunk));
+      data = await this.next.read(chunk * this.state.chunkSize, this.state.chunkLength(chunk));
       // Of what was read, before it is written: the copy is checked against it. With it, the
       // checksum of each 4 KiB block, kept for the snapshot reads of parts of the chunk (copy-read.ts).
       sum = copyChecksum(store, slot, data);
-      await store.writeSlot(slot, data);
-      pool.give(data); // written: nothing refers to it any more (a pooled buffer is reused, not left to the GC)
     } catch (err) {
-      sum?.drop();
-      store.release(slot);
-      await this.hooks.invalidate(needing, `copy-before-write failed: ${errorMessage(err)}`);
-      await guard.readersDone(chunk);
-      return;
+      return this.lose(needing, slot, chunk, err, sum);
     }
+    // The copy and its EXCEPTION go out together: written, then recorded, then one sync.
+    const record: JournalRecord = { type: 'EXCEPTION', device: this.state.id, seq, chunk, slot, crc: sum.crc };
     try {
-      await this.hooks.record([{ type: 'EXCEPTION', device: this.state.id, seq, chunk, slot, crc: sum.crc }]);
+      await this.hooks.record([record], [{ slot, data }]);
     } catch (err) {
+      if (isCopyWriteFailure(err)) return this.lose(needing, slot, chunk, err, sum);
       sum.drop();
-      throw err;
+      throw err; // fail-stop: the slot is kept (its record may have reached the disk)
+    } finally {
+      pool.give(data); // written (or not): nothing refers to it any more
     }
     sum.keep();
     probes.cowCopied?.(this.state.name, this.state.chunkLength(chunk), started);
     await guard.readersDone(chunk);
+  }
+
+  /** The copy could not be made: its slot freed, the snapshots needing it invalidated (durably). */
+  private async lose(
+    needing: Snapshot[],
+    slot: number,
+    chunk: number,
+    err: unknown,
+    sum: { drop(): void } | undefined,
+  ): Promise<void> {
+    sum?.drop();
+    this.store?.release(slot);
+    await this.hooks.invalidate(needing, `copy-before-write failed: ${errorMessage(err)}`);
+    await this.state.guard.readersDone(chunk);
   }
 }
 

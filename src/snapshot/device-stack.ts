@@ -16,6 +16,7 @@ import type { BlockDevice } from '../block/device.ts';
 import type { CbtControl } from '../cbt/cbt-control.ts';
 import { NbdsnapError } from '../errors.ts';
 import type { ExportEntry } from '../server/exports.ts';
+import type { SlotData } from '../store/copy-writes.ts';
 import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
 import { type CowHooks, CowOrigin } from './cow-origin.ts';
@@ -69,8 +70,8 @@ export class DeviceStack implements CowHooks {
     return snapshotExport(snap, this.base, store, cbt, recorder, damaged);
   }
 
-  record(records: JournalRecord[]): Promise<unknown> {
-    return this.parts.recorder.record(records);
+  record(records: JournalRecord[], copies?: readonly SlotData[]): Promise<unknown> {
+    return this.parts.recorder.record(records, copies);
   }
 
   track(offset: number, length: number): Promise<void> {

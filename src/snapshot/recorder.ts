@@ -10,6 +10,7 @@
  * every later commit). The catalog never says what the disk does not.
  */
 import { errorMessage, NbdsnapError } from '../errors.ts';
+import type { SlotData } from '../store/copy-writes.ts';
 import type { JournalRecord } from '../store/records.ts';
 import type { DiffStore } from '../store/store.ts';
 import type { Catalog } from './catalog.ts';
@@ -22,7 +23,7 @@ import { apply, type Effects, noEffects } from './transition.ts';
 
 /** Whoever records journal records: commits them durably, then applies them to the catalog. */
 export interface RecordSink {
-  record(records: JournalRecord[]): Promise<unknown>;
+  record(records: JournalRecord[], copies?: readonly SlotData[]): Promise<unknown>;
 }
 
 export interface RecorderParts {
@@ -43,24 +44,27 @@ export class Recorder implements RecordSink {
     this.parts = parts;
   }
 
-  /** Commit `records` durably, apply them in order, act on their effects; returns the effects. */
-  async record(records: JournalRecord[]): Promise<Effects> {
+  /**
+   * Commit `records` durably (with the `copies` they point to: DiffStore.commit), apply them in
+   * order, act on their effects; returns the effects.
+   */
+  async record(records: JournalRecord[], copies?: readonly SlotData[]): Promise<Effects> {
     const gate = this.parts.checkpoints;
-    if (gate === undefined) return this.commitAndApply(records);
+    if (gate === undefined) return this.commitAndApply(records, copies);
     const wait = gate.enter(); // a checkpoint being written holds records back
     if (wait !== undefined) await wait;
     try {
-      return await this.commitAndApply(records);
+      return await this.commitAndApply(records, copies);
     } finally {
       gate.leave();
     }
   }
 
-  private async commitAndApply(records: JournalRecord[]): Promise<Effects> {
+  private async commitAndApply(records: JournalRecord[], copies?: readonly SlotData[]): Promise<Effects> {
     const store = this.parts.store;
     if (store !== undefined) {
       try {
-        await store.commit(records);
+        await store.commit(records, copies);
       } catch (err) {
         const what = [...new Set(records.map((r) => r.type))].join(', ');
         throw new NbdsnapError('EIO', `the difference store could not record ${what}: ${errorMessage(err)}`, {

@@ -35,47 +35,18 @@
  * replay follows only blocks of the label's generation.
  */
 import { errorMessage, NbdsnapError } from '../errors.ts';
-import { chainValue, FILL, type ReadBlock, type ScanPoint, scanJournal } from './journal-scan.ts';
-import { BLOCK_HEADER, decodeBlockHeader, encodeBlockHeader, encodeRecord, type JournalRecord } from './records.ts';
+import { copyWriteFailure, type SlotData, writeAndSync } from './copy-writes.ts';
+import { type JournalOpenOptions, type JournalReport, replayJournal } from './journal-replay.ts';
+import { chainValue, FILL, type ScanPoint } from './journal-scan.ts';
+import { BLOCK_HEADER, encodeBlockHeader, encodeRecord, type JournalRecord } from './records.ts';
 import type { StoreSpace } from './space.ts';
 
-export interface JournalOpenOptions {
-  /**
-   * Checks the chunk data of the last batch (after a crash only): false means that data is not
-   * what the records say, so the batch's sync never completed and it is dropped as torn. `batch`:
-   * its state records; `before`: the state records of every batch before it (device sizes, what
-   * is still in use: see verify.ts).
-   */
-  verifyLastBatch?: (batch: JournalRecord[], before: JournalRecord[]) => Promise<boolean>;
-  /** Write nothing (no zeroing of a torn tail): for an offline check. The journal takes no records. */
-  readOnly?: boolean;
-  /** The journal's generation (range 0's label `journalGeneration`; 0 when absent). */
-  generation?: number;
-}
-
-/** What replay found (for `store check`); damage is never reported here: it is a CORRUPT error. */
-export interface JournalReport {
-  /** Journal blocks kept: the chain up to the end, and the zeroed block it continues in. */
-  blocks: number;
-  slots: number[];
-  /** The journal's generation (range 0's label); it starts with a CHECKPOINT record. */
-  generation: number;
-  checkpoint: boolean;
-  /** Whole batches replayed (a CLEAN batch included) and the state records they hold. */
-  batches: number;
-  records: number;
-  /** The last whole batch is a CLEAN one and nothing follows it. */
-  cleanStop: boolean;
-  /** clean: after a graceful stop; torn: a torn batch was dropped; end: a crash between batches. */
-  reason: 'clean' | 'torn' | 'end';
-  /** Where the journal ends: the next batch goes there. */
-  stop: { block: number; slot: number; offset: number; seq: number };
-  /** Why the dropped tail was judged torn (reason 'torn'). */
-  torn?: string;
-}
+export type { JournalOpenOptions, JournalReport } from './journal-replay.ts';
 
 interface Pending {
   records: JournalRecord[];
+  /** Copies written with the batch, before its records (copy-writes.ts). */
+  copies: readonly SlotData[];
   resolve: () => void;
   reject: (err: unknown) => void;
 }
@@ -141,72 +112,8 @@ export class Journal {
     firstSlot: number,
     opts: JournalOpenOptions = {},
   ): Promise<{ journal: Journal; records: JournalRecord[]; report: JournalReport }> {
-    const readOne = async (slot: number, index: number): Promise<Buffer> => {
-      if (!Number.isInteger(slot) || slot < 0 || slot >= space.totalSlots) {
-        throw new NbdsnapError('CORRUPT', `journal block ${index} would be in store slot ${slot}, beyond the store`);
-      }
-      try {
-        return await space.readSlot(slot, space.chunkSize);
-      } catch (err) {
-        throw new NbdsnapError('EIO', `cannot read journal block ${index} (store slot ${slot}): ${errorMessage(err)}`, {
-          cause: err,
-        });
-      }
-    };
-    // Read ahead: while a block is decoded, the one its header points to is being read.
-    let ahead: { slot: number; index: number; buf: Promise<Buffer> } | undefined;
-    const read: ReadBlock = async (slot, index) => {
-      const got =
-        ahead !== undefined && ahead.slot === slot && ahead.index === index ? ahead.buf : readOne(slot, index);
-      ahead = undefined;
-      const buf = await got;
-      const h = decodeBlockHeader(buf);
-      if (h !== undefined && h.index === index && Number.isInteger(h.next) && h.next < space.totalSlots) {
-        ahead = { slot: h.next, index: index + 1, buf: readOne(h.next, index + 1) };
-        ahead.buf.catch(() => {}); // reported when (if) it is asked for
-      }
-      return buf;
-    };
-    const generation = opts.generation ?? 0;
-    const scan = await scanJournal(read, firstSlot, generation);
-    let { end, records, batches } = scan;
-    let torn = scan.tail.torn ? scan.tail.why : undefined;
-    const cleanStop = !scan.tail.torn && scan.last?.clean === true;
-    const last = scan.last;
-    // Only when nothing follows the last batch may its sync have been cut short (a later batch's
-    // bytes would mean it returned: batches are serialised).
-    if (torn === undefined && !cleanStop && last !== undefined && opts.verifyLastBatch !== undefined) {
-      const before = records.slice(0, records.length - last.records.length);
-      if (!(await opts.verifyLastBatch(last.records, before))) {
-        torn = `the data of the last batch (records from ${last.start.seq}) is not what it records`;
-        end = last.start;
-        records = before;
-        batches -= 1;
-      }
-    }
-    const slots = [...scan.slots.slice(0, end.block.index + 1), end.block.next];
-    for (const slot of slots) space.claim(slot);
-    if (torn !== undefined && opts.readOnly !== true) {
-      // Forget whatever an unfinished batch left after the end, so it cannot be misread later.
-      const buf = end.block.buf;
-      buf.fill(0, end.offset);
-      await space.writeSlot(end.block.slot, buf.subarray(end.offset), end.offset);
-      await space.writeSlot(end.block.next, Buffer.alloc(space.chunkSize));
-      await space.sync();
-    }
-    const report: JournalReport = {
-      blocks: slots.length,
-      slots,
-      generation,
-      checkpoint: records[0]?.type === 'CHECKPOINT',
-      batches,
-      records: records.length,
-      cleanStop,
-      reason: cleanStop ? 'clean' : torn !== undefined ? 'torn' : 'end',
-      stop: { block: end.block.index, slot: end.block.slot, offset: end.offset, seq: end.seq },
-      ...(torn === undefined ? {} : { torn }),
-    };
-    const journal = new Journal(space, end, slots, generation);
+    const { end, slots, records, report } = await replayJournal(space, firstSlot, opts);
+    const journal = new Journal(space, end, slots, report.generation);
     if (opts.readOnly === true) journal.refusal = new NbdsnapError('EPERM', 'the journal was opened read-only');
     return { journal, records, report };
   }
@@ -251,11 +158,16 @@ export class Journal {
     this.refusal = new NbdsnapError('EIO', `the journal failed earlier: ${why}`);
   }
 
-  /** Append records durably (group commit). Resolves once they and the data before them are on disk. */
-  append(records: JournalRecord[]): Promise<void> {
+  /**
+   * Append records durably (group commit). Resolves once they and the data before them are on
+   * disk. `copies` (whole slots, on the store's one local file: `space.commitTarget`) are written
+   * with the batch, before its records, in the same hand-off as its sync (copy-writes.ts); if one
+   * fails, these records are left out and the promise rejects with a copy-write failure.
+   */
+  append(records: JournalRecord[], copies: readonly SlotData[] = []): Promise<void> {
     if (this.refusal !== undefined) return Promise.reject(this.refusal);
     return new Promise((resolve, reject) => {
-      this.queue.push({ records, resolve, reject });
+      this.queue.push({ records, copies, resolve, reject });
       if (this.committing === undefined) this.committing = this.commitLoop();
     });
   }
@@ -276,12 +188,12 @@ export class Journal {
 
   private async commitLoop(): Promise<void> {
     while (this.queue.length > 0) {
-      const batch = this.queue;
+      let batch = this.queue;
       this.queue = [];
       try {
         if (this.refusal !== undefined && this.refusal.code !== 'ESHUTDOWN') throw this.refusal;
         // One batch at a time: the next is written only after this one's sync returned.
-        await this.commit(batch.flatMap((p) => p.records));
+        batch = await this.commitBatch(batch);
         for (const p of batch) p.resolve();
       } catch (err) {
         for (const p of batch) p.reject(err);
@@ -290,14 +202,102 @@ export class Journal {
     this.committing = undefined;
   }
 
+  /**
+   * Commit `batch` with its copies; returns the entries committed. An entry whose copy failed is
+   * rejected here and left out (its records are never written), and the rest go again.
+   */
+  private async commitBatch(batch: Pending[]): Promise<Pending[]> {
+    let rest = batch;
+    for (;;) {
+      const copies = rest.flatMap((p) => p.copies);
+      if (copies.length === 0) {
+        if (rest.length > 0) await this.commit(rest.flatMap((p) => p.records));
+        return rest;
+      }
+      const { failed, done } = await this.commitWithCopies(rest, copies);
+      rest = failed.size === 0 ? rest : rest.filter((p) => !failed.has(p));
+      if (done) return rest;
+    }
+  }
+
+  /**
+   * The copies of `batch`, its records and the sync in one job (copy-writes.ts), when the records
+   * fit in the current block and everything is on one file; otherwise the copies first, then the
+   * batch as usual. Returns the entries whose copy failed (rejected), and whether the others are
+   * committed (`done`) or must go again. A failure of the records or the sync stops the journal
+   * for good.
+   */
+  private async commitWithCopies(
+    batch: Pending[],
+    copies: SlotData[],
+  ): Promise<{ failed: Set<Pending>; done: boolean }> {
+    const failed = new Set<Pending>();
+    const fail = (p: Pending, err: unknown) => {
+      if (!failed.has(p)) p.reject(copyWriteFailure(err));
+      failed.add(p);
+    };
+    const target = this.space.commitTarget([...copies.map((c) => c.slot), this.blockSlot]);
+    const { encoded, chain } = this.encode(batch.flatMap((p) => p.records));
+    const size = encoded.reduce((n, b) => n + b.length, 0);
+    if (target === undefined || this.tail + size > this.block.length) {
+      // Rare (a new journal block, a store on several files or an export): copies, then records.
+      for (const p of batch) {
+        const written = await Promise.allSettled(p.copies.map((c) => this.space.writeSlot(c.slot, c.data)));
+        for (const r of written) if (r.status === 'rejected') fail(p, r.reason);
+      }
+      const ok = batch.filter((p) => !failed.has(p));
+      if (ok.length > 0) await this.commit(ok.flatMap((p) => p.records));
+      return { failed, done: true };
+    }
+    const start = this.tail;
+    for (const bytes of encoded) {
+      bytes.copy(this.block, this.tail);
+      this.tail += bytes.length;
+    }
+    let outcome: Awaited<ReturnType<typeof writeAndSync>>;
+    try {
+      const bytes = this.block.subarray(start, this.tail);
+      outcome = await writeAndSync(this.space, target, copies, {
+        offset: this.space.slotOffset(this.blockSlot) + start,
+        bytes,
+      });
+    } catch (err) {
+      outcome = { copies: [], failure: err as Error };
+    }
+    if (outcome.failure !== undefined) {
+      this.refusal = new NbdsnapError('EIO', `the journal failed earlier: ${errorMessage(outcome.failure)}`);
+      throw outcome.failure;
+    }
+    let k = 0;
+    for (const p of batch) {
+      for (let i = 0; i < p.copies.length; i++, k++) {
+        const err = outcome.copies[k];
+        if (err !== undefined && err !== 'retry') fail(p, err);
+      }
+    }
+    if (failed.size > 0) {
+      this.tail = start; // nothing of the records was written: the batch goes again without them
+      return { failed, done: false };
+    }
+    this.seq += encoded.length;
+    this.chain = chain;
+    return { failed, done: true };
+  }
+
+  /** A batch's records, numbered from the next seq, and its COMMIT; the chain value after it. */
+  private encode(records: JournalRecord[]): { encoded: Buffer[]; chain: number } {
+    const encoded = records.map((r, i) => encodeRecord(r, this.seq + i));
+    const chain = chainValue(this.chain, encoded);
+    encoded.push(
+      encodeRecord({ type: 'COMMIT', firstSeq: this.seq, count: records.length, chain }, this.seq + records.length),
+    );
+    return { encoded, chain };
+  }
+
   /** Write one batch and its COMMIT, then sync once. A failure stops the journal for good. */
   private async commit(records: JournalRecord[]): Promise<void> {
     try {
-      const encoded = records.map((r, i) => encodeRecord(r, this.seq + i));
-      const chain = chainValue(this.chain, encoded);
-      encoded.push(
-        encodeRecord({ type: 'COMMIT', firstSeq: this.seq, count: records.length, chain }, this.seq + records.length),
-      );
+      const { encoded, chain } = this.encode(records);
       const room = this.block.length - BLOCK_HEADER;
       const big = encoded.find((b) => b.length > room);
       if (big !== undefined)

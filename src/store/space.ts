@@ -15,9 +15,7 @@ import {
   fdatasync,
   fstatSync,
   openSync,
-  read,
   realpathSync,
-  write,
   writeSync,
   writev,
 } from 'node:fs';
@@ -28,11 +26,10 @@ import { type Claim, claimStorage } from '../block/ownership.ts';
 import { NbdsnapError } from '../errors.ts';
 import { releaseRemote, remoteSize, takeRemote } from '../remote/remote-ranges.ts';
 import { isRemote } from '../remote/uri.ts';
+import { readFully, writeFully } from './positional-io.ts';
 import { SlotMap } from './slot-map.ts';
 
 const fdatasyncAsync = promisify(fdatasync);
-const readAsync = promisify(read);
-const writeAsync = promisify(write);
 const writevAsync = promisify(writev);
 
 export interface StoreRange {
@@ -267,6 +264,33 @@ export class StoreSpace {
     }
   }
 
+  /**
+   * Where copies and journal bytes in `slots` can go out with their sync in one hand-off
+   * (`native.writeAndSync`): the descriptor they all share, and every descriptor of the store
+   * (what `sync()` syncs). Undefined when they cannot: no native helper, slots on several files,
+   * or a range on an NBD export.
+   */
+  commitTarget(slots: readonly number[]): { fd: number; syncFds: number[] } | undefined {
+    if (native?.writeAndSync === undefined) return undefined;
+    let fd = -1;
+    for (const slot of slots) {
+      const r = this.ranges.find((x) => slot >= x.firstSlot && slot < x.firstSlot + x.slots);
+      if (r === undefined || r.remote !== undefined || (fd !== -1 && r.fd !== fd)) return undefined;
+      fd = r.fd;
+    }
+    const syncFds: number[] = [];
+    for (const f of this.files.values()) {
+      if (f.remote !== undefined) return undefined;
+      syncFds.push(f.fd);
+    }
+    return fd === -1 ? undefined : { fd, syncFds };
+  }
+
+  /** The byte offset of `slot` in its file. */
+  slotOffset(slot: number): number {
+    return this.where(slot).offset;
+  }
+
   async readSlot(slot: number, length: number, offsetInSlot = 0): Promise<Buffer> {
     const { fd, offset, remote } = this.where(slot);
     if (remote !== undefined) return remote.read(offset + offsetInSlot, length);
@@ -358,26 +382,3 @@ function fitRange(spec: string, path: string, size: number, startSector: number,
 }
 
 const describe = (r: StoreRange): string => `${r.path}:${r.start / 512}+${r.length / 512}`;
-
-async function writeFully(fd: number, data: Buffer, position: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) {
-    const { bytesWritten } = await writeAsync(fd, data, done, data.length - done, position + done);
-    done += bytesWritten;
-  }
-}
-
-async function readFully(fd: number, length: number, position: number): Promise<Buffer> {
-  const buf = Buffer.alloc(length);
-  // Cached data without the thread-pool round trip (as FileDevice.read does).
-  if (length <= 128 * 1024 && native?.readNowait !== undefined && native.readNowait(fd, buf, position) === length) {
-    return buf;
-  }
-  let done = 0;
-  while (done < length) {
-    const { bytesRead } = await readAsync(fd, buf, done, length - done, position + done);
-    if (bytesRead === 0) throw new NbdsnapError('EIO', `short read: ${done} of ${length} bytes at ${position}`);
-    done += bytesRead;
-  }
-  return buf;
-}

@@ -16,9 +16,10 @@
  * Low free space (below `lowSpaceSlots`) and exhaustion are reported through `onSpace`.
  */
 import { errorMessage, NbdsnapError } from '../errors.ts';
+import { copyWriteFailure, isCopyWriteFailure, type SlotData } from './copy-writes.ts';
 import { type WrittenCheckpoint, writeCheckpoint } from './checkpoint-writer.ts';
 import { Journal, type JournalReport } from './journal.ts';
-import { killPoint } from './kill-point.ts';
+import { KILL_ENV, killPoint } from './kill-point.ts';
 import { encodeLabelPair, type StoreKind } from './label.ts';
 import { planCheck, planOpen, planTransient } from './open.ts';
 import { probeRange } from './probe.ts';
@@ -67,6 +68,8 @@ export class DiffStore {
   private readonly slotsPerRange: number[] = [];
   private failedReason: string | undefined;
   private closing = false;
+  /** TEST ONLY: a kill point between copies and their records is set (copies go out first). */
+  private readonly killBetween = process.env[KILL_ENV]?.startsWith('copy:slots-written') === true;
   /** Slots of journals replaced by checkpoints (only for the test kill point `checkpoint:old-reused`). */
   private replaced: number[] = [];
 
@@ -223,24 +226,45 @@ export class DiffStore {
 
   /**
    * Make records (and all data written before) durable. Transient: nothing to do.
+   * `copies` (whole slots the records point to) are written first: with the journal's batch and
+   * its sync in one hand-off where the store allows (copy-writes.ts), else coalesced
+   * (slot-writer.ts) before the records are queued. A copy that cannot be written rejects with a
+   * copy-write failure (`isCopyWriteFailure`): its records are not written, the store is fine.
    * A failed commit leaves the journal's end unknown: the store is marked failed (in memory, and
    * in range 0's record if that can still be written) and refuses every later commit, so nothing
    * is ever recorded after a gap, and at the next start no snapshot is served as valid.
    */
-  async commit(records: JournalRecord[]): Promise<void> {
-    if (this.journal === undefined) return;
-    if (this.closing) throw new NbdsnapError('ESHUTDOWN', 'the difference store is closed');
-    if (this.failure !== undefined) throw new NbdsnapError('EIO', `difference store failed earlier: ${this.failure}`);
+  async commit(records: JournalRecord[], copies: readonly SlotData[] = []): Promise<void> {
+    const journal = this.journal;
+    if (journal !== undefined && this.closing) throw new NbdsnapError('ESHUTDOWN', 'the difference store is closed');
+    if (journal !== undefined && this.failure !== undefined)
+      throw new NbdsnapError('EIO', `difference store failed earlier: ${this.failure}`);
+    let withBatch = copies;
+    if (copies.length > 0 && (journal === undefined || !this.copiesJoinBatch(copies))) {
+      const written = await Promise.allSettled(copies.map((c) => this.writer.write(c.slot, c.data)));
+      for (const r of written) if (r.status === 'rejected') throw copyWriteFailure(r.reason);
+      withBatch = [];
+    }
+    if (journal === undefined) return;
     try {
-      await this.journal.append(records);
+      await journal.append(records, withBatch);
     } catch (err) {
-      await this.markFailed((err as Error).message);
+      if (!isCopyWriteFailure(err)) await this.markFailed((err as Error).message);
       throw err;
     }
     if (this.replaced.length > 0 && this.replaced.some((slot) => this.space.isUsed(slot))) {
       this.replaced = [];
       killPoint('checkpoint:old-reused');
     }
+  }
+
+  /**
+   * Whether copies can go out in the journal's batch job: one local file (space.commitTarget),
+   * and not under the test kill point between copies and records (slot-writer.ts has it).
+   */
+  private copiesJoinBatch(copies: readonly SlotData[]): boolean {
+    if (this.killBetween) return false;
+    return this.space.commitTarget(copies.map((c) => c.slot)) !== undefined;
   }
 
   /** Bytes of journal blocks (0 for a transient store). */

@@ -7,6 +7,7 @@
  */
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { BlockDevice } from '../../../src/block/device.ts';
+import { native } from '../../../src/block/native.ts';
 import { NbdsnapError } from '../../../src/errors.ts';
 import { replay } from '../../../src/snapshot/transition.ts';
 import { assertSame, outcome } from '../../helpers/snapshots.ts';
@@ -102,22 +103,74 @@ describe('a store whose commit fails', () => {
 });
 
 describe('a store whose journal cannot be made durable', () => {
-  it('turns failed: the write fails, and so does every later one that needs a record', async () => {
+  // The copy, its record and the sync go out as one job (copy-writes.ts) where the native helper
+  // has it; otherwise the copy is written first and the batch synced by space.sync.
+  const ways = [
+    ['with the copy in the batch job', true],
+    ['with the copy written first', false],
+  ] as const;
+  for (const [name, combined] of ways) {
+    it(`turns failed: the write fails, and so does every later one that needs a record (${name})`, async () => {
+      const s = await started();
+      await s.manager.createSnapshot(['a'], 's', false);
+      vi.restoreAllMocks(); // the real commit from here on
+      const space = s.store.space;
+      const injected = new NbdsnapError('EIO', 'injected sync error');
+      if (combined) {
+        if (native?.writeAndSync === undefined) return; // no native helper: the other case covers it
+        vi.spyOn(native, 'writeAndSync').mockImplementation((_fd, buffers, _offsets, _n, _syncFds, done) => {
+          setImmediate(() =>
+            done(
+              buffers.map(() => undefined),
+              injected,
+            ),
+          );
+        });
+      } else {
+        vi.spyOn(space, 'commitTarget').mockReturnValue(undefined);
+        vi.spyOn(space, 'sync').mockRejectedValue(injected);
+      }
+      const origin = s.device('a');
+      const err = await origin.write(CHUNK, chunkData(1, 1), false).catch((e: unknown) => e);
+      expect((err as NbdsnapError).code).toBe('EIO');
+      expect((err as Error).message).toContain('injected sync error');
+      expect(s.store.failure).toContain('injected sync error');
+      vi.restoreAllMocks(); // syncs work again, but the store stays failed until a restart
+      const commit = vi.spyOn(s.store, 'commit');
+      expect(await outcome(origin.write(6 * CHUNK, chunkData(2, 6), false))).toBe('EIO');
+      expect(commit).not.toHaveBeenCalled(); // refused before a slot is taken
+      expect(s.manager.list().map((x) => x.state)).toEqual(['valid']);
+      assertSame(await readAll(s.device('a@s')), stampedImage(SIZE, 0), 'a@s');
+    });
+  }
+
+  it('a copy whose write fails is not recorded: the snapshot is invalidated, the origin write goes on', async () => {
     const s = await started();
     await s.manager.createSnapshot(['a'], 's', false);
     vi.restoreAllMocks(); // the real commit from here on
     const space = s.store.space;
-    vi.spyOn(space, 'sync').mockRejectedValue(new NbdsnapError('EIO', 'injected sync error'));
+    const injected = new NbdsnapError('EIO', 'injected copy write error');
+    if (native?.writeAndSync !== undefined) {
+      // The copy's write fails (nothing after it written, nothing synced), as commit.c reports it.
+      vi.spyOn(native, 'writeAndSync').mockImplementationOnce((_fd, buffers, _offsets, _n, _syncFds, done) => {
+        const cancelled = Object.assign(new Error('cancelled'), { code: 'ECANCELED' });
+        setImmediate(() =>
+          done(
+            buffers.map((_, i) => (i === 0 ? injected : cancelled)),
+            cancelled,
+          ),
+        );
+      });
+    } else {
+      vi.spyOn(space, 'writeSlot').mockRejectedValueOnce(injected);
+      vi.spyOn(space, 'writeRun').mockRejectedValueOnce(injected);
+    }
     const origin = s.device('a');
-    const err = await origin.write(CHUNK, chunkData(1, 1), false).catch((e: unknown) => e);
-    expect((err as NbdsnapError).code).toBe('EIO');
-    expect((err as Error).message).toContain('injected sync error');
-    expect(s.store.failure).toContain('injected sync error');
-    vi.restoreAllMocks(); // syncs work again, but the store stays failed until a restart
-    const commit = vi.spyOn(s.store, 'commit');
-    expect(await outcome(origin.write(6 * CHUNK, chunkData(2, 6), false))).toBe('EIO');
-    expect(commit).not.toHaveBeenCalled(); // refused before a slot is taken
-    expect(s.manager.list().map((x) => x.state)).toEqual(['valid']);
-    assertSame(await readAll(s.device('a@s')), stampedImage(SIZE, 0), 'a@s');
+    await origin.write(CHUNK, chunkData(1, 1), false); // succeeds: the origin write goes on
+    expect(s.store.failure).toBeUndefined();
+    expect(s.manager.list().map((x) => x.state)).toEqual(['invalid']);
+    expect(await outcome(s.device('a@s').read(0, CHUNK))).toBe('EIO');
+    const base = s.devices.get('a') as BlockDevice;
+    assertSame((await base.read(CHUNK, CHUNK)) as Buffer, chunkData(1, 1), 'origin chunk 1');
   });
 });

@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { vi } from 'vitest';
 import { MemoryDevice } from '../../../src/block/memory-device.ts';
 import { NbdsnapError } from '../../../src/errors.ts';
+import type { SlotData } from '../../../src/store/copy-writes.ts';
 import { Logger } from '../../../src/log.ts';
 import { ExportRegistry } from '../../../src/server/exports.ts';
 import type { TimedEvent } from '../../../src/snapshot/events.ts';
@@ -57,10 +58,17 @@ export class Harness {
 
   /** Start the manager with the fake commit in place (restore with `vi.restoreAllMocks()`). */
   async start(): Promise<this> {
-    vi.spyOn(DiffStore.prototype, 'commit').mockImplementation(async (records: JournalRecord[]) => {
+    const harness = this;
+    vi.spyOn(DiffStore.prototype, 'commit').mockImplementation(async function (
+      this: DiffStore,
+      records: JournalRecord[],
+      copies: readonly SlotData[] = [],
+    ) {
       await Promise.resolve(); // a commit is never synchronous
-      if (this.failure !== undefined) throw this.failure;
-      this.committed.push(...records);
+      // The copies the records point to are written first, as the real commit does.
+      for (const c of copies) await this.writeSlot(c.slot, c.data);
+      if (harness.failure !== undefined) throw harness.failure;
+      harness.committed.push(...records);
     });
     for (const device of this.devices.values()) await device.write(0, stampedImage(device.size, 0));
     await this.manager.start();
