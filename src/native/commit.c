@@ -23,6 +23,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 #include <node_api.h>
+#include "writes.h"
 
 #define MAX_IOV 64
 
@@ -194,19 +195,10 @@ static napi_value write_and_sync(napi_env env, napi_callback_info info) {
     napi_throw_error(env, "ENOMEM", "writeAndSync: out of memory");
     return NULL;
   }
-  for (uint32_t i = 0; i < count; i++) {
-    napi_value buf, off;
-    void *data;
-    size_t length;
-    if (napi_get_element(env, argv[1], i, &buf) != napi_ok || napi_get_buffer_info(env, buf, &data, &length) != napi_ok ||
-        napi_get_element(env, argv[2], i, &off) != napi_ok || napi_get_value_int64(env, off, &j->offset[i]) != napi_ok ||
-        j->offset[i] < 0) {
-      job_free(env, j);
-      napi_throw_type_error(env, "EINVAL", "writeAndSync: buffers must be Buffers, offsets non-negative numbers");
-      return NULL;
-    }
-    j->data[i] = data;
-    j->length[i] = length;
+  if (!read_writes(env, argv[1], argv[2], count, j->data, j->length, j->offset)) {
+    job_free(env, j);
+    napi_throw_type_error(env, "EINVAL", "writeAndSync: buffers must be Buffers, offsets non-negative numbers");
+    return NULL;
   }
   for (uint32_t k = 0; k < scount; k++) {
     napi_value v;

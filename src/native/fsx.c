@@ -43,6 +43,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <node_api.h>
+#include "writes.h"
 
 static const char *errno_name(int e) {
   switch (e) {
@@ -348,19 +349,10 @@ static write_batch *batch_parse(napi_env env, napi_value *argv) {
     throw_errno(env, "writeBatch", ENOMEM);
     return NULL;
   }
-  for (uint32_t i = 0; i < count; i++) {
-    napi_value buf, off;
-    void *data;
-    size_t length;
-    if (napi_get_element(env, argv[1], i, &buf) != napi_ok || napi_get_buffer_info(env, buf, &data, &length) != napi_ok ||
-        napi_get_element(env, argv[2], i, &off) != napi_ok || napi_get_value_int64(env, off, &b->offset[i]) != napi_ok ||
-        b->offset[i] < 0) {
-      batch_free(env, b);
-      napi_throw_type_error(env, "EINVAL", "writeBatch: buffers must be Buffers, offsets non-negative numbers");
-      return NULL;
-    }
-    b->data[i] = data;
-    b->length[i] = length;
+  if (!read_writes(env, argv[1], argv[2], count, b->data, b->length, b->offset)) {
+    batch_free(env, b);
+    napi_throw_type_error(env, "EINVAL", "writeBatch: buffers must be Buffers, offsets non-negative numbers");
+    return NULL;
   }
   return b;
 }
