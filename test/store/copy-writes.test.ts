@@ -12,6 +12,7 @@ import { native } from '../../src/block/native.ts';
 import { NbdsnapError } from '../../src/errors.ts';
 import { isCopyWriteFailure, type SlotData } from '../../src/store/copy-writes.ts';
 import { Journal } from '../../src/store/journal.ts';
+import { failNextCopyWrite } from '../helpers/faults.ts';
 import { tempDir } from '../helpers/server.ts';
 import { batchRecords, CHUNK, junkFile, open, TestSpace } from './journal-rig.ts';
 
@@ -56,20 +57,7 @@ describe('copies written with their batch', () => {
     await journal.append(batchRecords(0, 1)); // the next batch fits in the first block
     const bad = space.allocate() as number;
     const good = space.allocate() as number;
-    const injected = new NbdsnapError('EIO', 'injected copy write error');
-    if (native?.writeAndSync !== undefined) {
-      vi.spyOn(native, 'writeAndSync').mockImplementationOnce((_fd, buffers, _offsets, _n, _syncFds, done) => {
-        const cancelled = Object.assign(new Error('cancelled'), { code: 'ECANCELED' });
-        setImmediate(() =>
-          done(
-            buffers.map((_, i) => (i === 0 ? injected : cancelled)),
-            cancelled,
-          ),
-        );
-      });
-    } else {
-      vi.spyOn(space, 'writeSlot').mockRejectedValueOnce(injected);
-    }
+    failNextCopyWrite(space);
     const results = await Promise.allSettled([
       journal.append(batchRecords(1, 1), [{ slot: bad, data: chunk(1) }]),
       journal.append(batchRecords(2, 2), [{ slot: good, data: chunk(2) }]),

@@ -10,6 +10,7 @@ import type { BlockDevice } from '../../../src/block/device.ts';
 import { native } from '../../../src/block/native.ts';
 import { NbdsnapError } from '../../../src/errors.ts';
 import { replay } from '../../../src/snapshot/transition.ts';
+import { failNextCopyWrite } from '../../helpers/faults.ts';
 import { assertSame, outcome } from '../../helpers/snapshots.ts';
 import { stampedData, stampedImage } from '../../helpers/stamps.ts';
 import { CHUNK, Harness } from './harness.ts';
@@ -149,22 +150,7 @@ describe('a store whose journal cannot be made durable', () => {
     await s.manager.createSnapshot(['a'], 's', false);
     vi.restoreAllMocks(); // the real commit from here on
     const space = s.store.space;
-    const injected = new NbdsnapError('EIO', 'injected copy write error');
-    if (native?.writeAndSync !== undefined) {
-      // The copy's write fails (nothing after it written, nothing synced), as commit.c reports it.
-      vi.spyOn(native, 'writeAndSync').mockImplementationOnce((_fd, buffers, _offsets, _n, _syncFds, done) => {
-        const cancelled = Object.assign(new Error('cancelled'), { code: 'ECANCELED' });
-        setImmediate(() =>
-          done(
-            buffers.map((_, i) => (i === 0 ? injected : cancelled)),
-            cancelled,
-          ),
-        );
-      });
-    } else {
-      vi.spyOn(space, 'writeSlot').mockRejectedValueOnce(injected);
-      vi.spyOn(space, 'writeRun').mockRejectedValueOnce(injected);
-    }
+    failNextCopyWrite(space); // as commit.c reports it: nothing after the copy written or synced
     const origin = s.device('a');
     await origin.write(CHUNK, chunkData(1, 1), false); // succeeds: the origin write goes on
     expect(s.store.failure).toBeUndefined();
