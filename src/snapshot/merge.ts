@@ -212,6 +212,8 @@ export class MergeJob {
           await this.commit(cur);
         } catch (err) {
           if (ahead !== undefined) {
+            // The run read ahead is dropped unmerged: wait for its reads before releasing its
+            // chunks; its own failure, if any, adds nothing to this one.
             await ahead.parts.catch(() => undefined);
             ahead.release();
           }
