@@ -15,6 +15,7 @@
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
+#include "async-job.h"
 
 #define ALIGN 4096
 
@@ -25,11 +26,10 @@ static void free_aligned(napi_env env, void *data, void *hint) {
 }
 
 static napi_value aligned_buffer(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
   double size;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
-      napi_get_value_double(env, argv[0], &size) != napi_ok || !(size > 0) || size > (double)(1u << 30)) {
+  if (!native_args(env, info, 1, argv) || napi_get_value_double(env, argv[0], &size) != napi_ok || !(size > 0) ||
+      size > (double)(1u << 30)) {
     napi_throw_range_error(env, "EINVAL", "alignedBuffer(size): 0 < size <= 1 GiB");
     return NULL;
   }
@@ -88,10 +88,7 @@ static sha_state *get_state(napi_env env, napi_value v) {
 }
 
 typedef struct {
-  napi_async_work work;
-  napi_ref state_ref;
-  napi_ref buffer_ref;
-  napi_ref callback;
+  async_job job; /* keeps the state and the buffer alive while the pool thread hashes */
   sha_state *state;
   const unsigned char *data;
   size_t length;
@@ -107,37 +104,25 @@ static void update_execute(napi_env env, void *data) {
 static void update_complete(napi_env env, napi_status status, void *data) {
   update_job *j = data;
   j->state->busy = 0;
-  napi_value cb, global, arg;
-  if (status != napi_ok || !j->ok) {
-    napi_value msg, code;
-    napi_create_string_utf8(env, "SHA-256 update failed", NAPI_AUTO_LENGTH, &msg);
-    napi_create_string_utf8(env, "EIO", NAPI_AUTO_LENGTH, &code);
-    napi_create_error(env, code, msg, &arg);
-  } else {
+  napi_value arg;
+  if (status != napi_ok || !j->ok)
+    arg = coded_error(env, "EIO", "SHA-256 update failed");
+  else
     napi_get_null(env, &arg);
-  }
-  napi_get_reference_value(env, j->callback, &cb);
-  napi_get_global(env, &global);
-  napi_delete_reference(env, j->callback);
-  napi_delete_reference(env, j->buffer_ref);
-  napi_delete_reference(env, j->state_ref);
-  napi_delete_async_work(env, j->work);
+  napi_value cb = async_job_end(env, &j->job);
   free(j);
-  napi_call_function(env, global, cb, 1, &arg, NULL);
+  async_job_call(env, cb, 1, &arg);
 }
 
 static napi_value sha256_update(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  napi_valuetype cbtype;
   void *data = NULL;
   size_t length = 0;
   bool is_buffer = false;
   sha_state *s;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
-      (s = get_state(env, argv[0])) == NULL || napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer ||
-      napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok || napi_typeof(env, argv[2], &cbtype) != napi_ok ||
-      cbtype != napi_function) {
+  if (!native_args(env, info, 3, argv) || (s = get_state(env, argv[0])) == NULL ||
+      napi_is_buffer(env, argv[1], &is_buffer) != napi_ok || !is_buffer ||
+      napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok || !native_is_function(env, argv[2])) {
     napi_throw_type_error(env, "EINVAL", "sha256Update(state, buffer, done)");
     return NULL;
   }
@@ -153,13 +138,8 @@ static napi_value sha256_update(napi_env env, napi_callback_info info) {
   j->state = s;
   j->data = data;
   j->length = length;
-  napi_value name;
-  napi_create_string_utf8(env, "nbdsnap:sha256", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_reference(env, argv[0], 1, &j->state_ref) != napi_ok ||
-      napi_create_reference(env, argv[1], 1, &j->buffer_ref) != napi_ok ||
-      napi_create_reference(env, argv[2], 1, &j->callback) != napi_ok ||
-      napi_create_async_work(env, NULL, name, update_execute, update_complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
+  if (!async_job_queue(env, &j->job, "nbdsnap:sha256", argv, 2, argv[2], update_execute, update_complete, j)) {
+    free(j);
     napi_throw_error(env, "EIO", "sha256Update: cannot queue the work");
     return NULL;
   }
@@ -168,11 +148,9 @@ static napi_value sha256_update(napi_env env, napi_callback_info info) {
 }
 
 static napi_value sha256_digest(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
   sha_state *s;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
-      (s = get_state(env, argv[0])) == NULL) {
+  if (!native_args(env, info, 1, argv) || (s = get_state(env, argv[0])) == NULL) {
     napi_throw_type_error(env, "EINVAL", "sha256Digest(state)");
     return NULL;
   }
@@ -197,10 +175,10 @@ static napi_value sha256_digest(napi_env env, napi_callback_info info) {
 
 void register_backup(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-    {"alignedBuffer", NULL, aligned_buffer, NULL, NULL, NULL, napi_default_method, NULL},
-    {"sha256Create", NULL, sha256_create, NULL, NULL, NULL, napi_default_method, NULL},
-    {"sha256Update", NULL, sha256_update, NULL, NULL, NULL, napi_default_method, NULL},
-    {"sha256Digest", NULL, sha256_digest, NULL, NULL, NULL, napi_default_method, NULL},
+    NATIVE_METHOD("alignedBuffer", aligned_buffer),
+    NATIVE_METHOD("sha256Create", sha256_create),
+    NATIVE_METHOD("sha256Update", sha256_update),
+    NATIVE_METHOD("sha256Digest", sha256_digest),
   };
-  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  NATIVE_DEFINE(env, exports, props);
 }

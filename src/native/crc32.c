@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include "napi-util.h"
 
 #define POLY 0xedb88320u
 
@@ -334,15 +335,14 @@ uint32_t nbdsnap_crc32_blocks(const uint8_t *p, size_t n, uint32_t block, uint32
 }
 
 static napi_value crc32_blocks_fn(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3], out;
   const uint8_t *data;
   size_t len, count;
   uint32_t block;
   napi_typedarray_type type;
   void *sums;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
-      !get_bytes(env, argv[0], &data, &len) || napi_get_value_uint32(env, argv[1], &block) != napi_ok || block == 0 ||
+  if (!native_args(env, info, 3, argv) || !get_bytes(env, argv[0], &data, &len) ||
+      napi_get_value_uint32(env, argv[1], &block) != napi_ok || block == 0 ||
       napi_get_typedarray_info(env, argv[2], &type, &count, &sums, NULL, NULL) != napi_ok ||
       type != napi_uint32_array || count < (len + block - 1) / block) {
     napi_throw_type_error(env, "EINVAL", "crc32Blocks(bytes, block, out: Uint32Array of ceil(length / block))");
@@ -355,11 +355,9 @@ static napi_value crc32_blocks_fn(napi_env env, napi_callback_info info) {
 
 /* crc32Use(level) -> the level in use: 0 tables, 1 PCLMULQDQ, 2 VPCLMULQDQ, capped at the CPU's. */
 static napi_value crc32_use_fn(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1], out;
   int32_t want;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc >= 1 &&
-      napi_get_value_int32(env, argv[0], &want) == napi_ok)
+  if (native_args(env, info, 1, argv) && napi_get_value_int32(env, argv[0], &want) == napi_ok)
     level = want < 0 ? 0 : want > best ? best : want;
   napi_create_int32(env, level, &out);
   return out;
@@ -371,9 +369,9 @@ void register_crc32(napi_env env, napi_value exports) {
   crc32_init();
   register_read_crc(env, exports);
   napi_property_descriptor props[] = {
-    {"crc32", NULL, crc32_fn, NULL, NULL, NULL, napi_default_method, NULL},
-    {"crc32Blocks", NULL, crc32_blocks_fn, NULL, NULL, NULL, napi_default_method, NULL},
-    {"crc32Use", NULL, crc32_use_fn, NULL, NULL, NULL, napi_default_method, NULL},
+    NATIVE_METHOD("crc32", crc32_fn),
+    NATIVE_METHOD("crc32Blocks", crc32_blocks_fn),
+    NATIVE_METHOD("crc32Use", crc32_use_fn),
   };
-  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  NATIVE_DEFINE(env, exports, props);
 }

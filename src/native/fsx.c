@@ -37,47 +37,16 @@
 #include <sys/ioctl.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
-#include <limits.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <node_api.h>
+#include "async-job.h"
 #include "writes.h"
 
-static const char *errno_name(int e) {
-  switch (e) {
-    case EBADF: return "EBADF";
-    case EINVAL: return "EINVAL";
-    case ENXIO: return "ENXIO";
-    case EOPNOTSUPP: return "EOPNOTSUPP";
-    case ENOSPC: return "ENOSPC";
-    case EIO: return "EIO";
-    case EPERM: return "EPERM";
-    case ENODEV: return "ENODEV";
-    case ESPIPE: return "ESPIPE";
-    case ENOTTY: return "ENOTTY";
-    case EACCES: return "EACCES";
-    case EROFS: return "EROFS";
-    case EDQUOT: return "EDQUOT";
-    case EFBIG: return "EFBIG";
-    case EAGAIN: return "EAGAIN";
-    case EINTR: return "EINTR";
-    default: return "EUNKNOWN";
-  }
-}
-
-static napi_value throw_errno(napi_env env, const char *what, int e) {
-  char msg[160];
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(e));
-  napi_throw_error(env, errno_name(e), msg);
-  return NULL;
-}
-
 static int get_args(napi_env env, napi_callback_info info, size_t want, int64_t *out) {
-  size_t argc = 3;
   napi_value argv[3];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) {
+  if (!native_args(env, info, want, argv)) {
     napi_throw_type_error(env, "EINVAL", "fsx: wrong number of arguments");
     return -1;
   }
@@ -122,13 +91,11 @@ static napi_value size_of(napi_env env, napi_callback_info info) {
 }
 
 static napi_value read_nowait(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
   int64_t fd, offset;
   void *data;
   size_t length;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
-      napi_get_value_int64(env, argv[0], &fd) != napi_ok ||
+  if (!native_args(env, info, 3, argv) || napi_get_value_int64(env, argv[0], &fd) != napi_ok ||
       napi_get_buffer_info(env, argv[1], &data, &length) != napi_ok ||
       napi_get_value_int64(env, argv[2], &offset) != napi_ok) {
     napi_throw_type_error(env, "EINVAL", "readNowait(fd, buffer, offset)");
@@ -221,9 +188,7 @@ static napi_value loop_info(napi_env env, napi_callback_info info) {
 /* ---------------------------------------------------------------- writeBatch */
 
 typedef struct {
-  napi_async_work work;
-  napi_ref buffers; /* keeps the buffers alive while the pool thread writes them */
-  napi_ref callback;
+  async_job job; /* keeps the buffers alive while the pool thread writes them */
   int fd;
   uint32_t count;
   char **data;
@@ -233,8 +198,7 @@ typedef struct {
 } write_batch;
 
 static void batch_free(napi_env env, write_batch *b) {
-  if (b->buffers != NULL) napi_delete_reference(env, b->buffers);
-  if (b->callback != NULL) napi_delete_reference(env, b->callback);
+  async_job_release(env, &b->job);
   free(b->data);
   free(b->length);
   free(b->offset);
@@ -257,34 +221,7 @@ static void batch_execute(napi_env env, void *arg) {
       iov[k].iov_len = b->length[i + k];
       total += b->length[i + k];
     }
-    struct iovec *v = iov;
-    int left = (int)n;
-    int64_t at = b->offset[i];
-    size_t done = 0;
-    int e = 0;
-    while (done < total) {
-      ssize_t w = pwritev(b->fd, v, left, (off_t)at);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        e = errno;
-        break;
-      }
-      if (w == 0) {
-        e = EIO;
-        break;
-      }
-      done += (size_t)w;
-      at += w;
-      while (left > 0 && (size_t)w >= v->iov_len) {
-        w -= (ssize_t)v->iov_len;
-        v++;
-        left--;
-      }
-      if (left > 0 && w > 0) {
-        v->iov_base = (char *)v->iov_base + w;
-        v->iov_len -= (size_t)w;
-      }
-    }
+    int e = pwritev_all(b->fd, iov, (int)n, b->offset[i], total);
     for (uint32_t k = 0; k < n; k++) b->err[i + k] = e;
     i += n;
   }
@@ -297,29 +234,17 @@ static napi_value batch_errors(napi_env env, write_batch *b, napi_status status)
   napi_create_array_with_length(env, b->count, &errors);
   for (uint32_t i = 0; i < b->count; i++) {
     int e = status == napi_ok ? b->err[i] : EIO;
-    napi_value item = undef;
-    if (e != 0) {
-      char msg[160];
-      napi_value code, text;
-      snprintf(msg, sizeof msg, "pwrite: %s", strerror(e));
-      napi_create_string_utf8(env, errno_name(e), NAPI_AUTO_LENGTH, &code);
-      napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
-      napi_create_error(env, code, text, &item);
-    }
-    napi_set_element(env, errors, i, item);
+    napi_set_element(env, errors, i, e == 0 ? undef : errno_error(env, "pwrite", e));
   }
   return errors;
 }
 
 static void batch_complete(napi_env env, napi_status status, void *arg) {
   write_batch *b = arg;
-  napi_value cb, global;
-  napi_get_global(env, &global);
-  napi_get_reference_value(env, b->callback, &cb);
   napi_value errors = batch_errors(env, b, status);
-  napi_delete_async_work(env, b->work);
+  napi_value cb = async_job_end(env, &b->job);
   batch_free(env, b);
-  napi_call_function(env, global, cb, 1, &errors, NULL);
+  async_job_call(env, cb, 1, &errors);
 }
 
 /* Reads (fd, buffers, offsets) into a new batch; NULL with a JS exception pending on bad input. */
@@ -358,22 +283,14 @@ static write_batch *batch_parse(napi_env env, napi_value *argv) {
 }
 
 static napi_value write_batch_fn(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  napi_valuetype cbtype;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4 ||
-      napi_typeof(env, argv[3], &cbtype) != napi_ok || cbtype != napi_function) {
+  if (!native_args(env, info, 4, argv) || !native_is_function(env, argv[3])) {
     napi_throw_type_error(env, "EINVAL", "writeBatch(fd, buffers, offsets, callback)");
     return NULL;
   }
   write_batch *b = batch_parse(env, argv);
   if (b == NULL) return NULL;
-  napi_value name;
-  napi_create_string_utf8(env, "fsx.writeBatch", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_reference(env, argv[1], 1, &b->buffers) != napi_ok ||
-      napi_create_reference(env, argv[3], 1, &b->callback) != napi_ok ||
-      napi_create_async_work(env, NULL, name, batch_execute, batch_complete, b, &b->work) != napi_ok ||
-      napi_queue_async_work(env, b->work) != napi_ok) {
+  if (!async_job_queue(env, &b->job, "fsx.writeBatch", &argv[1], 1, argv[3], batch_execute, batch_complete, b)) {
     batch_free(env, b);
     napi_throw_error(env, "EIO", "writeBatch: cannot queue the work");
     return NULL;
@@ -382,9 +299,8 @@ static napi_value write_batch_fn(napi_env env, napi_callback_info info) {
 }
 
 static napi_value write_now_fn(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3) {
+  if (!native_args(env, info, 3, argv)) {
     napi_throw_type_error(env, "EINVAL", "writeNow(fd, buffers, offsets)");
     return NULL;
   }
@@ -403,18 +319,18 @@ void register_commit(napi_env env, napi_value exports); /* commit.c: copies + jo
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-    {"seekData", NULL, seek_data, NULL, NULL, NULL, napi_default_method, NULL},
-    {"seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_default_method, NULL},
-    {"sizeOf", NULL, size_of, NULL, NULL, NULL, napi_default_method, NULL},
-    {"readNowait", NULL, read_nowait, NULL, NULL, NULL, napi_default_method, NULL},
-    {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_default_method, NULL},
-    {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default_method, NULL},
-    {"ofdLock", NULL, ofd_lock, NULL, NULL, NULL, napi_default_method, NULL},
-    {"loopInfo", NULL, loop_info, NULL, NULL, NULL, napi_default_method, NULL},
-    {"writeBatch", NULL, write_batch_fn, NULL, NULL, NULL, napi_default_method, NULL},
-    {"writeNow", NULL, write_now_fn, NULL, NULL, NULL, napi_default_method, NULL},
+    NATIVE_METHOD("seekData", seek_data),
+    NATIVE_METHOD("seekHole", seek_hole),
+    NATIVE_METHOD("sizeOf", size_of),
+    NATIVE_METHOD("readNowait", read_nowait),
+    NATIVE_METHOD("punchHole", punch_hole),
+    NATIVE_METHOD("zeroRange", zero_range),
+    NATIVE_METHOD("ofdLock", ofd_lock),
+    NATIVE_METHOD("loopInfo", loop_info),
+    NATIVE_METHOD("writeBatch", write_batch_fn),
+    NATIVE_METHOD("writeNow", write_now_fn),
   };
-  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  NATIVE_DEFINE(env, exports, props);
   register_backup(env, exports);
   register_crc32(env, exports);
   register_commit(env, exports);
