@@ -16,6 +16,8 @@ import { beyondKeep } from '../src/cbt/keep.ts';
 import { Catalog } from '../src/snapshot/catalog.ts';
 import { apply } from '../src/snapshot/transition.ts';
 import type { JournalRecord } from '../src/store/records.ts';
+import { rng } from '../test/helpers/random.ts';
+import { liveBytes as heap } from './heap.ts';
 
 const TiB = 2 ** 40;
 const DEVICE = 15 * TiB;
@@ -24,22 +26,6 @@ const CYCLES = Number(process.argv[2] ?? 365);
 const MARKS = Number(process.argv[3] ?? 2000);
 const KEEP = Number(process.argv[4] ?? 1);
 const ROLLING = 7;
-
-const gc = (globalThis as { gc?: () => void }).gc;
-if (gc === undefined) throw new Error('run with node --expose-gc');
-
-function heap(): number {
-  for (let i = 0; i < 3; i++) gc?.();
-  return process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
-}
-
-let seed = 12345;
-function random(): number {
-  seed = (seed + 0x6d2b79f5) | 0;
-  let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-  x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-  return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-}
 
 interface Result {
   catalog: Catalog;
@@ -50,7 +36,7 @@ interface Result {
 
 /** Fold a history's records through `apply`, building each delete's batch as the command does. */
 function run(history: 'once' | 'rolling', keep: number): Result {
-  seed = 12345;
+  const random = rng(12345);
   const cat = new Catalog(BLOCK);
   let records = 0;
   let forgets = 0;

@@ -11,19 +11,14 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { rng } from '../test/helpers/random.ts';
 import { MiB, makeSparse, Rig, tempDir } from '../test/helpers/snapshots.ts';
 
 const TiB = 2 ** 40;
 const SIZE = 15 * TiB;
 const BLOCK = 64 * 1024;
 const MARKS = Number(process.argv[2] ?? 20000);
-let seed = 7;
-function random(): number {
-  seed = (seed + 0x6d2b79f5) | 0;
-  let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-  x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-  return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-}
+const random = rng(7);
 const dir = tempDir();
 const disk = makeSparse(join(dir.path, 'disk.img'), SIZE);
 const store = makeSparse(join(dir.path, 'store.img'), 256 * MiB);

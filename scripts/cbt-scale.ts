@@ -9,6 +9,8 @@
 import type { CbtState, RecordSink } from '../src/cbt/cbt-control.ts';
 import { CbtControl } from '../src/cbt/cbt-control.ts';
 import { CbtTracker } from '../src/cbt/tracker.ts';
+import { rng } from '../test/helpers/random.ts';
+import { liveBytes as heap } from './heap.ts';
 
 const TiB = 2 ** 40;
 const DEVICE = 15 * TiB;
@@ -18,25 +20,8 @@ const MARKS = Number(process.argv[2] ?? 20_000);
 const MAX_REQUESTS = Number(process.argv[3] ?? 1_000_000);
 const REQUEST = 2 ** 32 - BLOCK; // the largest block status request a client may make, block aligned
 
-const gc = (globalThis as { gc?: () => void }).gc;
-if (gc === undefined) throw new Error('run with node --expose-gc');
-
-function heap(): number {
-  for (let i = 0; i < 3; i++) gc?.();
-  return process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
-}
-
-/** A deterministic generator, so before and after mark the same blocks. */
-let seed = 12345;
-function random(): number {
-  seed = (seed + 0x6d2b79f5) | 0;
-  let x = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-  x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-  return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-}
-
 function build(): CbtTracker {
-  seed = 12345;
+  const random = rng(12345); // the same blocks each build, so before and after mark the same
   const tracker = new CbtTracker(DEVICE, BLOCK, 'gen');
   for (let i = 0; i < MARKS; i++) {
     const era = 1 + Math.floor(random() * ERAS);

@@ -15,31 +15,12 @@
  * Each also times a prune after the newest snapshot is deleted.
  */
 import { ExceptionTable, PrivateChunks, type SnapshotRef } from '../src/snapshot/exception-table.ts';
-
-const gc = (globalThis as { gc?: () => void }).gc;
-if (gc === undefined) throw new Error('run with node --expose-gc --import tsx');
+import { rng } from '../test/helpers/random.ts';
+import { liveBytes as used } from './heap.ts';
 
 const CHUNK = 64 * 1024;
 const CHUNKS = Math.floor((15 * 2 ** 40) / CHUNK);
 const COPIES = Number(process.argv[2] ?? 1_000_000);
-
-/** mulberry32: the same chunks every run. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function used(): number {
-  for (let i = 0; i < 3; i++) (gc as () => void)();
-  const m = process.memoryUsage();
-  return m.heapUsed + m.arrayBuffers;
-}
 
 const snap = (seq: number): SnapshotRef => ({ seq, privateChunks: new PrivateChunks() });
 const round = (x: number, d = 2) => Math.round(x * 10 ** d) / 10 ** d;

@@ -13,6 +13,7 @@ import { NbdClient } from '../../src/client/nbd-client.ts';
 import { call } from '../../src/control/client.ts';
 import { CommandFlag } from '../../src/nbd-protocol/index.ts';
 import { type RunResult, run } from '../helpers/clients.ts';
+import { rng } from '../helpers/random.ts';
 import { CLI, freshPort, type RunningServer, startServer } from '../helpers/server.ts';
 
 export const KiB = 1024;
@@ -22,17 +23,8 @@ export const BLOCK = 64 * KiB;
 /** The file backend punches holes for TRIM only with the native helper; otherwise trims are skipped. */
 export const CAN_TRIM = native !== undefined;
 
-/** A small deterministic PRNG (mulberry32). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The seeded generator of the tests (mulberry32, test/helpers/random.ts). */
+export const prng = rng;
 
 /** `n` pseudo-random bytes from `rnd`. */
 export function randomBuffer(rnd: () => number, n: number): Buffer {

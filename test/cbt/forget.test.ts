@@ -11,17 +11,7 @@ import { Bitset } from '../../src/cbt/bitset.ts';
 import { compactEras, mergeSets } from '../../src/cbt/compact.ts';
 import { type BlockSet, RunSet } from '../../src/cbt/runs.ts';
 import { CbtTracker } from '../../src/cbt/tracker.ts';
-
-/** A deterministic generator (mulberry32). */
-function generator(seed: number): (n: number) => number {
-  let s = seed;
-  return (n: number) => {
-    s = (s + 0x6d2b79f5) | 0;
-    let x = Math.imul(s ^ (s >>> 15), 1 | s);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return Math.floor((((x ^ (x >>> 14)) >>> 0) / 2 ** 32) * n);
-  };
-}
+import { rngInt } from '../helpers/random.ts';
 
 function runsOf(set: BlockSet, limit: number): number[] {
   const out: number[] = [];
@@ -167,7 +157,7 @@ describe('CbtTracker.forget', () => {
 describe('model: forgetting never changes a query between remaining points', () => {
   for (let seed = 1; seed <= 30; seed++) {
     it(`random history ${seed}`, () => {
-      const rnd = generator(seed);
+      const rnd = rngInt(seed);
       const limit = [1, 7, 64, 300, 1000, 5000][seed % 6] as number;
       const bs = 4096;
       const size = limit * bs - (seed % 3 === 0 ? 1000 : 0); // sometimes a short last block

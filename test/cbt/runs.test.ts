@@ -11,17 +11,7 @@ import { CbtControl, type CbtState } from '../../src/cbt/cbt-control.ts';
 import { type BlockSet, RunSet, unionOf } from '../../src/cbt/runs.ts';
 import { CbtTracker } from '../../src/cbt/tracker.ts';
 import type { Extent } from '../../src/nbd-protocol/index.ts';
-
-/** A deterministic generator (mulberry32). */
-function generator(seed: number): (n: number) => number {
-  let s = seed;
-  return (n: number) => {
-    s = (s + 0x6d2b79f5) | 0;
-    let x = Math.imul(s ^ (s >>> 15), 1 | s);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return Math.floor((((x ^ (x >>> 14)) >>> 0) / 2 ** 32) * n);
-  };
-}
+import { rngInt } from '../helpers/random.ts';
 
 /** Runs of set bits of `bits` within [lo, hi), as start, end pairs, offset by `base`. */
 function modelRuns(bits: Uint8Array, lo: number, hi: number, base = 0): number[] {
@@ -58,7 +48,7 @@ describe('RunSet and Bitset against a bit array', () => {
     it(`adds, queries and keeps runs sorted, disjoint and apart (${label})`, () => {
       let cases = 0;
       for (let seed = 1; seed <= 16; seed++) {
-        const random = generator(seed);
+        const random = rngInt(seed);
         const n = [10, 100, 3000, 5000][seed % 4] as number;
         const bits = new Uint8Array(n);
         const set = make(base + n);
@@ -121,7 +111,7 @@ function modelRunsOf(from: number, to: number, step: number): number[] {
 describe('unionOf against a bit array', () => {
   it('is the OR of the sets inside the requested range', () => {
     for (let seed = 1; seed <= 60; seed++) {
-      const random = generator(1000 + seed);
+      const random = rngInt(1000 + seed);
       const n = 1 + random(2000);
       const k = random(8);
       const models = Array.from({ length: k }, () => new Uint8Array(n));
@@ -170,7 +160,7 @@ describe('CbtTracker and dirty-bitmap extents against a model', () => {
   it('needs, marks, changed and dirty-bitmap extents match, up to the short last block', async () => {
     let cases = 0;
     for (let seed = 1; seed <= 30; seed++) {
-      const random = generator(5000 + seed);
+      const random = rngInt(5000 + seed);
       // Small devices go dense after a few runs, larger ones stay sparse; most end inside a block.
       const size = 1 + random((seed % 2 === 0 ? 300 : 30_000) * BS);
       const tracker = new CbtTracker(size, BS, 'gen');

@@ -21,6 +21,7 @@
  */
 import type { NbdClient } from '../../src/client/nbd-client.ts';
 import { CommandFlag } from '../../src/nbd-protocol/index.ts';
+import { rng } from './random.ts';
 import { diffImages, SECTOR, stampedData } from './stamps.ts';
 
 export type OpKind = 'write' | 'trim' | 'zero';
@@ -63,17 +64,7 @@ export interface WorkloadOptions {
   maxOps?: number;
 }
 
-/** mulberry32: small, seedable, good enough for choosing offsets. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng };
 
 const overlaps = (a: { offset: number; length: number }, o: number, l: number) =>
   a.offset < o + l && o < a.offset + a.length;

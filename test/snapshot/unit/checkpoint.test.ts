@@ -8,24 +8,13 @@ import type { Catalog } from '../../../src/snapshot/catalog.ts';
 import { checkpointRecords, describeCatalog } from '../../../src/snapshot/checkpoint.ts';
 import { replay } from '../../../src/snapshot/transition.ts';
 import { decodeRecord, encodeRecord, type JournalRecord } from '../../../src/store/records.ts';
+import { rngInt } from '../../helpers/random.ts';
 import { stampedData } from '../../helpers/stamps.ts';
 import { CHUNK, Harness } from './harness.ts';
 
-/** A small deterministic generator (mulberry32). */
-function rng(seed: number): (n: number) => number {
-  let a = seed >>> 0;
-  return (n) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
-  };
-}
-
 /** A random history of journal records (as a run could commit them, races included). */
 function history(seed: number, length: number): JournalRecord[] {
-  const r = rng(seed);
+  const r = rngInt(seed);
   const devices = [
     { device: 1, size: 40 * CHUNK + 100, name: 'a' },
     { device: 2, size: 24 * CHUNK, name: 'b' },

@@ -20,24 +20,13 @@ import { type CopyPiece, CopyReader, copyChecksum } from '../../../src/snapshot/
 import { copyOf } from '../../../src/snapshot/exception-table.ts';
 import { blockChecksums, checksum, combine } from '../../../src/store/checksum.ts';
 import { DiffStore } from '../../../src/store/store.ts';
+import { rng } from '../../helpers/random.ts';
 import { tempDir } from '../../helpers/server.ts';
 import { makeSparse } from '../../helpers/snapshots.ts';
 
 const CS = 64 * 1024;
 const dir = tempDir('nbdsnap-copy-cache-');
 afterAll(() => dir.cleanup());
-
-/** A random generator with a seed (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const TABLE = Array.from({ length: 256 }, (_, n) => {
   let c = n;

@@ -14,18 +14,7 @@ import { copyOf, ExceptionTable, PrivateChunks, type SnapshotRef } from '../../.
 import { OriginState, type Snapshot } from '../../../src/snapshot/model.ts';
 import { SnapshotDevice } from '../../../src/snapshot/snapshot-device.ts';
 import type { DiffStore } from '../../../src/store/store.ts';
-
-/** A small deterministic generator (mulberry32), so a failure can be replayed. */
-function rng(seed: number): (n: number) => number {
-  let a = seed >>> 0;
-  return (n: number) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
-  };
-}
+import { rngInt } from '../../helpers/random.ts';
 
 function bruteNext(model: Map<number, number>, from: number, min: number): number | undefined {
   let best: number | undefined;
@@ -36,7 +25,7 @@ function bruteNext(model: Map<number, number>, from: number, min: number): numbe
 describe('ChunkTree', () => {
   it('answers "first chunk at or after C with weight at least W" like a brute-force scan', () => {
     for (let seed = 1; seed <= 300; seed++) {
-      const r = rng(seed);
+      const r = rngInt(seed);
       const model = new Map<number, number>();
       const tree = new ChunkTree(3, [4, 8, 512, 5][seed % 4]);
       // Some cases use chunk numbers past 2^32 (leaves widen to 64-bit keys).
@@ -91,7 +80,7 @@ describe('ChunkTree', () => {
   it('handles many adds between queries', () => {
     const model = new Map<number, number>();
     const tree = new ChunkTree(3);
-    const r = rng(7);
+    const r = rngInt(7);
     for (let round = 0; round < 5; round++) {
       for (let i = 0; i < 3000; i++) {
         const c = r(1_000_000);
@@ -118,7 +107,7 @@ const storedByResolve = (t: ExceptionTable, chunk: number, s: SnapshotRef) => t.
 describe('ExceptionTable.nextStored', () => {
   it('finds the next chunk each snapshot reads from the store, as resolve says chunk by chunk', () => {
     for (let seed = 1; seed <= 400; seed++) {
-      const r = rng(1000 + seed);
+      const r = rngInt(1000 + seed);
       const t = new ExceptionTable();
       const span = [16, 100, 1000][seed % 3] as number;
       const snaps: SnapshotRef[] = [1, 2, 3, 4, 5].map((seq) => ({ seq, privateChunks: new PrivateChunks() }));
@@ -238,10 +227,56 @@ const coalesce = (ext: Extent[]) => {
   return out;
 };
 
+/**
+ * A device below whose block status is `extents`: at most three extents an answer, from the
+ * requested offset on, as a device may.
+ */
+function deviceWith(extents: Extent[]): BlockDevice {
+  return {
+    extents: async (start: number, len: number) => {
+      const out: Extent[] = [];
+      let at = 0;
+      for (const e of extents) {
+        const a = Math.max(at, start);
+        const b = Math.min(at + e.length, start + len);
+        if (a < b && out.length < 3) out.push({ length: b - a, flags: e.flags });
+        at += e.length;
+      }
+      return out;
+    },
+  } as unknown as BlockDevice;
+}
+
+/** Snapshots 1 to n of `origin` (seq = id), valid; the last one writable. */
+function snapshotsOf(origin: OriginState, n: number): Snapshot[] {
+  return Array.from({ length: n }, (_, i) => ({
+    id: i + 1,
+    name: `s${i + 1}`,
+    origin,
+    seq: i + 1,
+    writable: i + 1 === n,
+    created: 0,
+    state: 'valid',
+    privateChunks: new PrivateChunks(),
+  }));
+}
+
+/** The snapshot's device over `below`, for block status only (no store, no copies). */
+function snapshotDevice(snap: Snapshot, below: BlockDevice): SnapshotDevice {
+  return new SnapshotDevice(
+    snap,
+    below,
+    {} as DiffStore,
+    async () => undefined,
+    { record: async () => undefined } as never,
+    async () => undefined,
+  );
+}
+
 describe('snapshot block status over the index', () => {
   it('matches the byte-exact model in both contexts', async () => {
     for (let seed = 1; seed <= 150; seed++) {
-      const r = rng(5000 + seed);
+      const r = rngInt(5000 + seed);
       const chunkSize = [512, 4096][seed % 2] as number;
       const chunks = 1 + r(60);
       const size = chunks * chunkSize - (seed % 3 === 0 ? r(chunkSize - 1) : 0); // often a short last chunk
@@ -252,30 +287,8 @@ describe('snapshot block status over the index', () => {
         extents.push({ length: len, flags: r(2) === 0 ? 0 : 3 });
         left -= len;
       }
-      const below = {
-        // At most three extents an answer, from the requested offset on, as a device may.
-        extents: async (start: number, len: number) => {
-          const out: Extent[] = [];
-          let at = 0;
-          for (const e of extents) {
-            const a = Math.max(at, start);
-            const b = Math.min(at + e.length, start + len);
-            if (a < b && out.length < 3) out.push({ length: b - a, flags: e.flags });
-            at += e.length;
-          }
-          return out;
-        },
-      } as unknown as BlockDevice;
-      const snaps: Snapshot[] = [1, 2, 3].map((seq) => ({
-        id: seq,
-        name: `s${seq}`,
-        origin,
-        seq,
-        writable: seq === 3,
-        created: 0,
-        state: 'valid',
-        privateChunks: new PrivateChunks(),
-      }));
+      const below = deviceWith(extents);
+      const snaps = snapshotsOf(origin, 3);
       let slot = 0;
       for (let i = r(3 * chunks); i > 0; i--) {
         const c = r(chunks);
@@ -285,14 +298,7 @@ describe('snapshot block status over the index', () => {
       }
       for (let i = r(chunks); i > 0; i--) (snaps[2] as Snapshot).privateChunks.set(r(chunks), copyOf(slot++, 0));
       for (const snap of snaps) {
-        const dev = new SnapshotDevice(
-          snap,
-          below,
-          {} as DiffStore,
-          async () => undefined,
-          { record: async () => undefined } as never,
-          async () => undefined,
-        );
+        const dev = snapshotDevice(snap, below);
         for (let q = 0; q < 8; q++) {
           const offset = r(size);
           const length = 1 + r(size - offset + chunkSize); // may run past the end
@@ -314,7 +320,7 @@ describe('snapshot block status over the index', () => {
 describe('snapshot block status past 2^32 chunks', () => {
   it('matches the byte-exact model around chunk 2^32, up to a short last chunk', async () => {
     for (let seed = 1; seed <= 40; seed++) {
-      const r = rng(9000 + seed);
+      const r = rngInt(9000 + seed);
       const chunkSize = 512;
       const first = 2 ** 32 - 40; // the chunks of interest: [first, first + 80)
       const size = (first + 80) * chunkSize - (seed % 2 === 0 ? 1 + r(chunkSize - 1) : 0);
@@ -326,29 +332,8 @@ describe('snapshot block status past 2^32 chunks', () => {
         extents.push({ length: len, flags: r(2) === 0 ? 0 : 3 });
         at += len;
       }
-      const below = {
-        extents: async (start: number, len: number) => {
-          const out: Extent[] = [];
-          let at = 0;
-          for (const e of extents) {
-            const a = Math.max(at, start);
-            const b = Math.min(at + e.length, start + len);
-            if (a < b && out.length < 3) out.push({ length: b - a, flags: e.flags });
-            at += e.length;
-          }
-          return out;
-        },
-      } as unknown as BlockDevice;
-      const snaps: Snapshot[] = [1, 2].map((seq) => ({
-        id: seq,
-        name: `s${seq}`,
-        origin,
-        seq,
-        writable: seq === 2,
-        created: 0,
-        state: 'valid',
-        privateChunks: new PrivateChunks(),
-      }));
+      const below = deviceWith(extents);
+      const snaps = snapshotsOf(origin, 2);
       let slot = 0;
       for (let i = r(120); i > 0; i--) {
         const c = first + r(80);
@@ -357,14 +342,7 @@ describe('snapshot block status past 2^32 chunks', () => {
       }
       for (let i = r(20); i > 0; i--) (snaps[1] as Snapshot).privateChunks.set(first + r(80), copyOf(slot++, 0));
       for (const snap of snaps) {
-        const dev = new SnapshotDevice(
-          snap,
-          below,
-          {} as DiffStore,
-          async () => undefined,
-          { record: async () => undefined } as never,
-          async () => undefined,
-        );
+        const dev = snapshotDevice(snap, below);
         for (let q = 0; q < 6; q++) {
           const offset = (first - 2) * chunkSize + r(size - (first - 2) * chunkSize);
           const length = 1 + r(size - offset + chunkSize); // may run past the end

@@ -13,17 +13,7 @@ import {
   type SnapshotRef,
   type Version,
 } from '../../../src/snapshot/exception-table.ts';
-
-function rng(seed: number): (n: number) => number {
-  let a = seed >>> 0;
-  return (n: number) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
-  };
-}
+import { rngInt } from '../../helpers/random.ts';
 
 /** The reference: what the table was before it was made compact. */
 class MapTable {
@@ -84,7 +74,7 @@ const BASES = [0, 2 ** 32 - 40, 2 ** 40];
 describe('ExceptionTable against a Map model', () => {
   it('agrees after random operations, with leaves that split and merge often', () => {
     for (let seed = 1; seed <= 150; seed++) {
-      const r = rng(seed);
+      const r = rngInt(seed);
       const leaf = [4, 5, 8, 16, 512][seed % 5] as number;
       const base = BASES[seed % 3] as number;
       const span = [12, 80, 600][seed % 3] as number;
