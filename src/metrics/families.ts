@@ -108,6 +108,17 @@ function histogram(registry: Registry, name: string, help: string, series: () =>
 }
 
 export function defineFamilies(registry: Registry, src: Sources): void {
+  /** One series per export, device (copies) or merge, of the figure `pick` reads. */
+  const perExport = (pick: (s: ExportStats) => number) => (emit: Emit) => {
+    for (const [name, s] of src.exports()) emit({ export: name }, pick(s));
+  };
+  const perDevice = (pick: (c: CopyStats) => number) => (emit: Emit) => {
+    for (const [device, c] of src.copies()) emit({ device }, pick(c));
+  };
+  const perMerge = (pick: (m: MergeFigures) => number) => (emit: Emit) => {
+    for (const m of src.merges()) emit({ snapshot: m.snapshot }, pick(m));
+  };
+
   // Per export.
   counter(
     registry,
@@ -133,21 +144,12 @@ export function defineFamilies(registry: Registry, src: Sources): void {
         for (const [errno, n] of s.errors) emit({ export: name, errno: nbdErrorName(errno) }, n);
     },
   );
-  counter(registry, 'nbdsnap_read_bytes_total', 'Bytes read by clients (successful READs)', ['export'], (emit) => {
-    for (const [name, s] of src.exports()) emit({ export: name }, s.readBytes);
-  });
-  counter(
-    registry,
-    'nbdsnap_written_bytes_total',
-    'Bytes written by clients (successful WRITEs)',
-    ['export'],
-    (emit) => {
-      for (const [name, s] of src.exports()) emit({ export: name }, s.writtenBytes);
-    },
-  );
-  gauge(registry, 'nbdsnap_requests_in_flight', 'NBD requests received and not yet answered', ['export'], (emit) => {
-    for (const [name, s] of src.exports()) emit({ export: name }, s.inFlight);
-  });
+  const exportFigures: [typeof counter, string, string, (s: ExportStats) => number][] = [
+    [counter, 'nbdsnap_read_bytes_total', 'Bytes read by clients (successful READs)', (s) => s.readBytes],
+    [counter, 'nbdsnap_written_bytes_total', 'Bytes written by clients (successful WRITEs)', (s) => s.writtenBytes],
+    [gauge, 'nbdsnap_requests_in_flight', 'NBD requests received and not yet answered', (s) => s.inFlight],
+  ];
+  for (const [kind, name, help, pick] of exportFigures) kind(registry, name, help, ['export'], perExport(pick));
   histogram(
     registry,
     'nbdsnap_request_duration_seconds',
@@ -185,18 +187,14 @@ export function defineFamilies(registry: Registry, src: Sources): void {
     'nbdsnap_cow_copies_total',
     'Chunks copied to the store before an origin write, by device',
     ['device'],
-    (emit) => {
-      for (const [device, c] of src.copies()) emit({ device }, c.copies);
-    },
+    perDevice((c) => c.copies),
   );
   counter(
     registry,
     'nbdsnap_cow_copied_bytes_total',
     'Bytes copied to the store before origin writes, by device',
     ['device'],
-    (emit) => {
-      for (const [device, c] of src.copies()) emit({ device }, c.bytes);
-    },
+    perDevice((c) => c.bytes),
   );
   histogram(
     registry,
@@ -239,16 +237,16 @@ export function defineFamilies(registry: Registry, src: Sources): void {
   );
 
   // Merges.
-  gauge(registry, 'nbdsnap_merge_merged_bytes', 'Bytes a merge has copied back, by snapshot', ['snapshot'], (emit) => {
-    for (const m of src.merges()) emit({ snapshot: m.snapshot }, m.mergedBytes);
-  });
-  gauge(registry, 'nbdsnap_merge_size_bytes', 'Bytes a merge copies back in all, by snapshot', ['snapshot'], (emit) => {
-    for (const m of src.merges()) emit({ snapshot: m.snapshot }, m.totalBytes);
-  });
-  gauge(registry, 'nbdsnap_merge_progress_ratio', 'Part of a merge done, 0 to 1, by snapshot', ['snapshot'], (emit) => {
-    for (const m of src.merges())
-      emit({ snapshot: m.snapshot }, m.totalBytes > 0 ? m.mergedBytes / m.totalBytes : m.state === 'done' ? 1 : 0);
-  });
+  const mergeGauges: [string, string, (m: MergeFigures) => number][] = [
+    ['nbdsnap_merge_merged_bytes', 'Bytes a merge has copied back, by snapshot', (m) => m.mergedBytes],
+    ['nbdsnap_merge_size_bytes', 'Bytes a merge copies back in all, by snapshot', (m) => m.totalBytes],
+    [
+      'nbdsnap_merge_progress_ratio',
+      'Part of a merge done, 0 to 1, by snapshot',
+      (m) => (m.totalBytes > 0 ? m.mergedBytes / m.totalBytes : m.state === 'done' ? 1 : 0),
+    ],
+  ];
+  for (const [name, help, pick] of mergeGauges) gauge(registry, name, help, ['snapshot'], perMerge(pick));
   gauge(
     registry,
     'nbdsnap_merge_state',
