@@ -91,6 +91,28 @@ static uint64_t k_512[2], k_128[2], k_64, k_poly[2], k_1024[2], k_256[2];
 #include <immintrin.h>
 #define HAVE_CLMUL 1
 
+/*
+ * The last 16-byte blocks of p[0..n) (n a multiple of 16) folded into the 128-bit register x,
+ * then x reduced: 128 bits to 64, then to 32 by Barrett reduction. The end of both kernels.
+ */
+__attribute__((target("pclmul,sse4.1"))) static inline uint32_t fold_reduce(__m128i x, const uint8_t *p, size_t n) {
+  __m128i k = _mm_loadu_si128((const __m128i *)k_128);
+  while (n >= 16) {
+    __m128i l = _mm_clmulepi64_si128(x, k, 0x00);
+    x = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x11), l), _mm_loadu_si128((const __m128i *)p));
+    p += 16;
+    n -= 16;
+  }
+  __m128i mask = _mm_setr_epi32(~0, 0, ~0, 0);
+  x = _mm_xor_si128(_mm_srli_si128(x, 8), _mm_clmulepi64_si128(x, k, 0x10));
+  k = _mm_set_epi64x(0, (long long)k_64);
+  x = _mm_xor_si128(_mm_srli_si128(x, 4), _mm_clmulepi64_si128(_mm_and_si128(x, mask), k, 0x00));
+  k = _mm_loadu_si128((const __m128i *)k_poly);
+  __m128i t = _mm_clmulepi64_si128(_mm_and_si128(x, mask), k, 0x10);
+  t = _mm_clmulepi64_si128(_mm_and_si128(t, mask), k, 0x00);
+  return (uint32_t)_mm_extract_epi32(_mm_xor_si128(x, t), 1);
+}
+
 /* The inverted register over n bytes, n >= 64 and a multiple of 16. */
 __attribute__((target("pclmul,sse4.1"))) static uint32_t crc_clmul(uint32_t c, const uint8_t *p, size_t n) {
   __m128i k = _mm_loadu_si128((const __m128i *)k_512);
@@ -122,21 +144,7 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t crc_clmul(uint32_t c, c
   x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k, 0x11), l), x3);
   l = _mm_clmulepi64_si128(x1, k, 0x00);
   x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k, 0x11), l), x4);
-  while (n >= 16) {
-    l = _mm_clmulepi64_si128(x1, k, 0x00);
-    x1 = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x1, k, 0x11), l), _mm_loadu_si128((const __m128i *)p));
-    p += 16;
-    n -= 16;
-  }
-  /* 128 bits to 64, then to 32 by Barrett reduction. */
-  __m128i mask = _mm_setr_epi32(~0, 0, ~0, 0);
-  __m128i x = _mm_xor_si128(_mm_srli_si128(x1, 8), _mm_clmulepi64_si128(x1, k, 0x10));
-  k = _mm_set_epi64x(0, (long long)k_64);
-  x = _mm_xor_si128(_mm_srli_si128(x, 4), _mm_clmulepi64_si128(_mm_and_si128(x, mask), k, 0x00));
-  k = _mm_loadu_si128((const __m128i *)k_poly);
-  __m128i t = _mm_clmulepi64_si128(_mm_and_si128(x, mask), k, 0x10);
-  t = _mm_clmulepi64_si128(_mm_and_si128(t, mask), k, 0x00);
-  return (uint32_t)_mm_extract_epi32(_mm_xor_si128(x, t), 1);
+  return fold_reduce(x1, p, n);
 }
 
 /* The same with 256-bit registers: n >= 128 and a multiple of 16. */
@@ -175,20 +183,7 @@ __attribute__((target("pclmul,sse4.1,avx2,vpclmulqdq"))) static uint32_t crc_vcl
   __m128i k1 = _mm_loadu_si128((const __m128i *)k_128);
   __m128i lo = _mm256_castsi256_si128(y1), hi = _mm256_extracti128_si256(y1, 1);
   __m128i x = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(lo, k1, 0x11), _mm_clmulepi64_si128(lo, k1, 0x00)), hi);
-  while (n >= 16) {
-    __m128i m = _mm_clmulepi64_si128(x, k1, 0x00);
-    x = _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k1, 0x11), m), _mm_loadu_si128((const __m128i *)p));
-    p += 16;
-    n -= 16;
-  }
-  __m128i mask = _mm_setr_epi32(~0, 0, ~0, 0);
-  x = _mm_xor_si128(_mm_srli_si128(x, 8), _mm_clmulepi64_si128(x, k1, 0x10));
-  k1 = _mm_set_epi64x(0, (long long)k_64);
-  x = _mm_xor_si128(_mm_srli_si128(x, 4), _mm_clmulepi64_si128(_mm_and_si128(x, mask), k1, 0x00));
-  k1 = _mm_loadu_si128((const __m128i *)k_poly);
-  __m128i t = _mm_clmulepi64_si128(_mm_and_si128(x, mask), k1, 0x10);
-  t = _mm_clmulepi64_si128(_mm_and_si128(t, mask), k1, 0x00);
-  return (uint32_t)_mm_extract_epi32(_mm_xor_si128(x, t), 1);
+  return fold_reduce(x, p, n);
 }
 #endif
 
