@@ -1,12 +1,24 @@
 /**
- * Mounting for the file-system test: nbdfuse exposes an export as a file, `mount -o loop`
+ * Mounting for the file-system tests: nbdfuse exposes an export as a file, `mount -o loop`
  * mounts a file system on that file. Both are torn down reliably (lazy unmount, loop detach,
  * nbdfuse killed by its own PID) even when a test fails halfway, so no mount outlives the run.
+ * `Mounts` keeps a test file's mounts and the steps to undo them (ext4 on an export, its files
+ * by sha256).
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type Background, background, ok, run, waitForFile } from './clients.ts';
+import { type Background, background, hasTool, ok, run, sha256, waitForFile } from './clients.ts';
+
+/** Root, /dev/fuse, loop devices, and nbdfuse, mount and mkfs.ext4 with the other `tools`. */
+export function canMountExt4(tools: string[] = []): boolean {
+  return (
+    process.getuid?.() === 0 &&
+    existsSync('/dev/fuse') &&
+    existsSync('/dev/loop-control') &&
+    ['nbdfuse', 'fusermount3', 'mkfs.ext4', 'mount', 'umount', 'losetup', ...tools].every(hasTool)
+  );
+}
 
 /** True when `path` is a mount point right now. */
 export function isMounted(path: string): boolean {
@@ -64,5 +76,71 @@ export async function detachLoops(file: string): Promise<void> {
   for (const line of r.stdout.split('\n')) {
     const dev = line.split(':')[0];
     if (dev?.startsWith('/dev/loop')) await run('losetup', ['-d', dev]);
+  }
+}
+
+/** name -> sha256 of each file's content. */
+export function hashes(files: Record<string, Buffer>): Record<string, string> {
+  return Object.fromEntries(Object.entries(files).map(([n, c]) => [n, sha256(c)]));
+}
+
+/**
+ * The exports a test file exposes with nbdfuse (under `dir`) and mounts (on `mnt`), with the steps
+ * that undo them: cleanup() runs them, last first, whatever happened (call it after each test).
+ */
+export class Mounts {
+  readonly dir: string;
+  readonly mnt: string;
+  private readonly undo: (() => Promise<unknown>)[] = [];
+  private fuses = 0;
+
+  constructor(dir: string, mnt: string) {
+    this.dir = dir;
+    this.mnt = mnt;
+  }
+
+  async cleanup(): Promise<void> {
+    while (this.undo.length > 0) await (this.undo.pop() as () => Promise<unknown>)().catch(() => {});
+  }
+
+  /** nbdfuse of the export at `uri` (read-only if asked), stopped by cleanup(). */
+  async expose(uri: string, readOnly = false): Promise<FuseDisk> {
+    const disk = await nbdfuse(uri, join(this.dir, `fuse-${++this.fuses}`), { readOnly });
+    this.undo.push(() => disk.unmount());
+    return disk;
+  }
+
+  /**
+   * Expose the export and loop-mount it on `mnt` with `options` (read-only through nbdfuse too
+   * when they include "ro"); the returned function unmounts both, in order.
+   */
+  async mount(uri: string, options: string[] = []): Promise<() => Promise<void>> {
+    const disk = await this.expose(uri, options.includes('ro'));
+    const fs = await loopMount(disk.file, this.mnt, options);
+    this.undo.push(() => fs.unmount());
+    return async () => {
+      await (this.undo.pop() as () => Promise<unknown>)();
+      await (this.undo.pop() as () => Promise<unknown>)();
+    };
+  }
+
+  /** mkfs.ext4 (label "origin") on the export, then mount it, write `files` (path -> content), unmount. */
+  async makeExt4(uri: string, files: Record<string, Buffer>): Promise<void> {
+    const disk = await this.expose(uri);
+    ok(await run('mkfs.ext4', ['-q', '-F', '-L', 'origin', disk.file]), 'mkfs.ext4');
+    await this.cleanup();
+    const unmount = await this.mount(uri);
+    for (const [name, content] of Object.entries(files)) {
+      mkdirSync(join(this.mnt, name, '..'), { recursive: true });
+      writeFileSync(join(this.mnt, name), content);
+    }
+    await unmount();
+  }
+
+  /** name -> sha256 of the mounted file `name`, or 'missing'. */
+  mounted(names: string[]): Record<string, string> {
+    return Object.fromEntries(
+      names.map((n) => [n, existsSync(join(this.mnt, n)) ? sha256(readFileSync(join(this.mnt, n))) : 'missing']),
+    );
   }
 }

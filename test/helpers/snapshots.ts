@@ -4,7 +4,7 @@
  * whole-export reads and comparisons against a model, and an event watcher (`nbdsnap events`
  * as a child process, killed by its PID).
  */
-import { truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { native } from '../../src/block/native.ts';
@@ -12,7 +12,7 @@ import { NbdClient } from '../../src/client/nbd-client.ts';
 import { call } from '../../src/control/client.ts';
 import { type Background, background, type RunResult, run } from './clients.ts';
 import { CLI, freshPort, isPortTaken, type RunningServer, startServer, tempDir } from './server.ts';
-import { diffImages } from './stamps.ts';
+import { diffImages, stampedImage } from './stamps.ts';
 
 /** The file backend punches holes for TRIM (native helper built): trimmed bytes read as zeroes. */
 export const TRIM_ZEROES = native !== undefined;
@@ -195,6 +195,35 @@ export function makeSparse(path: string, size: number): string {
   writeFileSync(path, '');
   truncateSync(path, size);
   return path;
+}
+
+/** One device `disk` and one difference store, their files in one folder, and the Rig serving them. */
+export interface DiskRig {
+  /** The folder of the files (disk.img, store.img, ctl.sock). */
+  dir: string;
+  /** The image's content when made (seed `seed` stamps): the test's model of the origin. */
+  origin: Buffer;
+  disk: string;
+  store: string;
+  rig: Rig;
+}
+
+/**
+ * A Rig serving `disk=DIR/disk.img`, a stamped image of `size` bytes, with the sparse store
+ * DIR/store.img of `storeBytes`; `dir` is made if missing. Not started.
+ */
+export function diskRig(
+  dir: string,
+  size: number,
+  storeBytes: number,
+  opts: Omit<RigOptions, 'devices' | 'stores'> & { seed?: number } = {},
+): DiskRig {
+  const { seed = 0, ...rigOptions } = opts;
+  mkdirSync(dir, { recursive: true });
+  const origin = stampedImage(size, seed);
+  const disk = makeImage(join(dir, 'disk.img'), origin);
+  const store = makeSparse(join(dir, 'store.img'), storeBytes);
+  return { dir, origin, disk, store, rig: new Rig(dir, { ...rigOptions, devices: { disk }, stores: [store] }) };
 }
 
 export interface EventWatcher {

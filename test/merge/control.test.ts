@@ -10,40 +10,21 @@
  * - an invalid (overflowed) snapshot is refused, and a scheduled merge of a snapshot that then
  *   overflows does not happen.
  */
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { NbdClient } from '../../src/client/nbd-client.ts';
 import { changeChunks, mergeStatus, startMerge, waitMergeDone } from '../helpers/merge.ts';
-import {
-  assertSame,
-  KiB,
-  MiB,
-  makeImage,
-  makeSparse,
-  outcome,
-  Rig,
-  tempDir,
-  watchEvents,
-} from '../helpers/snapshots.ts';
-import { stampedData, stampedImage } from '../helpers/stamps.ts';
+import { assertSame, diskRig, KiB, MiB, outcome, tempDir, watchEvents } from '../helpers/snapshots.ts';
+import { stampedData } from '../helpers/stamps.ts';
 
 const SIZE = 16 * MiB;
 const CHUNK = 64 * KiB;
 const dir = tempDir('nbdsnap-merge-ctl-');
 afterAll(() => dir.cleanup());
 
+/** The device `disk` (seed-0 stamps) and its store, in their own folder; 64 KiB chunks unless given. */
 function setup(name: string, storeBytes: number, size = SIZE, more: { chunkSize?: string; transient?: boolean } = {}) {
-  const sub = join(dir.path, name);
-  mkdirSync(sub);
-  const origin = stampedImage(size, 0);
-  const rig = new Rig(sub, {
-    devices: { disk: makeImage(join(sub, 'disk.img'), origin) },
-    stores: [makeSparse(join(sub, 'store.img'), storeBytes)],
-    chunkSize: more.chunkSize ?? '64K',
-    transient: more.transient ?? false,
-  });
-  return { origin, rig };
+  return diskRig(join(dir.path, name), size, storeBytes, { chunkSize: '64K', ...more });
 }
 
 describe('merge commands', () => {

@@ -9,22 +9,11 @@
  * range touched (neighbouring chunks included), and whole at the end of each phase. A second and
  * third snapshot make several versions of the same chunks coexist.
  */
-import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { NbdClient } from '../../src/client/nbd-client.ts';
 import { CommandFlag } from '../../src/nbd-protocol/index.ts';
-import {
-  assertSame,
-  KiB,
-  MiB,
-  makeImage,
-  makeSparse,
-  outcome,
-  Rig,
-  TRIM_ZEROES,
-  tempDir,
-} from '../helpers/snapshots.ts';
-import { diffImages, stampedData, stampedImage } from '../helpers/stamps.ts';
+import { assertSame, diskRig, KiB, MiB, outcome, TRIM_ZEROES, tempDir } from '../helpers/snapshots.ts';
+import { diffImages, stampedData } from '../helpers/stamps.ts';
 
 const SIZE = 8 * MiB + 5.5 * KiB;
 
@@ -33,13 +22,8 @@ describe.each([
   { chunk: '64K', cs: 64 * KiB },
 ])('chunk boundaries, chunk size $chunk', ({ chunk, cs }) => {
   const dir = tempDir('nbdsnap-bound-');
-  const rig = new Rig(dir.path, {
-    devices: { disk: makeImage(join(dir.path, 'disk.img'), stampedImage(SIZE, 0)) },
-    stores: [makeSparse(join(dir.path, 'store.img'), 64 * MiB)],
-    chunkSize: chunk,
-  });
+  const { origin, rig } = diskRig(dir.path, SIZE, 64 * MiB, { chunkSize: chunk });
   const last = Math.floor(SIZE / cs) * cs; // start of the short last chunk
-  const origin = stampedImage(SIZE, 0);
   const snaps = new Map<string, Buffer>();
   let clients: NbdClient[] = [];
   let seq = 1;

@@ -9,23 +9,13 @@
  *   create / copy / partial reads / delete or merge on a small store, every snapshot read
  *   compared with a model.
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readAt, writeAt } from '../helpers/clients.ts';
 import { startMerge, waitMergeDone } from '../helpers/merge.ts';
-import {
-  assertSame,
-  KiB,
-  MiB,
-  makeImage,
-  makeSparse,
-  outcome,
-  Rig,
-  tempDir,
-  watchEvents,
-} from '../helpers/snapshots.ts';
-import { stampedData, stampedImage } from '../helpers/stamps.ts';
+import { assertSame, diskRig, KiB, MiB, outcome, tempDir, watchEvents } from '../helpers/snapshots.ts';
+import { stampedData } from '../helpers/stamps.ts';
 
 const CHUNK = 64 * KiB;
 const SIZE = 32 * CHUNK;
@@ -33,10 +23,7 @@ const dir = tempDir('nbdsnap-copycache-');
 afterAll(() => dir.cleanup());
 
 describe('damage on disk after a copy was read', () => {
-  const origin = stampedImage(SIZE, 0);
-  const disk = makeImage(join(dir.path, 'disk.img'), origin);
-  const store = makeSparse(join(dir.path, 'store.img'), 16 * MiB);
-  const rig = new Rig(dir.path, { devices: { disk }, stores: [store], extra: ['--copy-cache', '256K'] });
+  const { origin, store, rig } = diskRig(dir.path, SIZE, 16 * MiB, { extra: ['--copy-cache', '256K'] });
   afterAll(() => rig.stop());
 
   it('is served exactly while kept, and answers EIO once evicted', async () => {
@@ -58,8 +45,7 @@ describe('damage on disk after a copy was read', () => {
       // Kept data (the verified bytes), or the block read again and checked against its block
       // checksum (kept since the copy was made): EIO. Never the damaged bytes.
       const kept = await part(3, 8 * KiB, 4 * KiB).catch((err: unknown) => err);
-      if (Buffer.isBuffer(kept))
-        assertSame(kept, origin.subarray(3 * CHUNK + 8 * KiB, 3 * CHUNK + 12 * KiB), 'kept');
+      if (Buffer.isBuffer(kept)) assertSame(kept, origin.subarray(3 * CHUNK + 8 * KiB, 3 * CHUNK + 12 * KiB), 'kept');
       else expect(String(kept)).toMatch(/EIO/);
       // Evicted by reads of other chunks in part.
       for (let c = 4; c < 16; c++) {
@@ -87,19 +73,21 @@ describe('damage on disk after a copy was read', () => {
     expect(await outcome(snap.read(8 * CHUNK, 4 * CHUNK))).toBe('EIO');
     expect(await outcome(snap.read(10 * CHUNK, 512))).toBe('EIO');
     assertSame(await snap.read(12 * CHUNK, 4 * CHUNK), origin.subarray(12 * CHUNK, 16 * CHUNK), 'chunks 12-15');
-    assertSame(await snap.read(11 * CHUNK + 512, 3 * CHUNK), origin.subarray(11 * CHUNK + 512, 14 * CHUNK + 512), 'parts');
+    assertSame(
+      await snap.read(11 * CHUNK + 512, 3 * CHUNK),
+      origin.subarray(11 * CHUNK + 512, 14 * CHUNK + 512),
+      'parts',
+    );
     expect((await rig.list()).map((s) => (s as { damaged?: number }).damaged)).toEqual([2]);
   });
 });
 
 describe('slots freed and reused', () => {
-  const sub = join(dir.path, 'reuse');
-  mkdirSync(sub);
-  const origin = stampedImage(SIZE, 100);
-  const disk = makeImage(join(sub, 'disk.img'), origin);
   // Room for about 60 copies: the rounds below reuse freed slots.
-  const store = makeSparse(join(sub, 'store.img'), 5 * MiB);
-  const rig = new Rig(sub, { devices: { disk }, stores: [store], extra: ['--copy-cache', '256K'] });
+  const { origin, rig } = diskRig(join(dir.path, 'reuse'), SIZE, 5 * MiB, {
+    seed: 100,
+    extra: ['--copy-cache', '256K'],
+  });
   afterAll(() => rig.stop());
 
   it('never read as their old copies, after deletes and merges', async () => {

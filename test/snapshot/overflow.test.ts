@@ -7,40 +7,31 @@
  *   snapshot stays valid and exact, also after a restart.
  * Chunk 4 KiB; the store holds a few dozen chunks; the low-space threshold is 50 %.
  */
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { NbdClient } from '../../src/client/nbd-client.ts';
 import {
   assertSame,
+  diskRig,
   type EventWatcher,
   KiB,
   MiB,
-  makeImage,
   makeSparse,
   outcome,
-  Rig,
+  type Rig,
   tempDir,
   watchEvents,
 } from '../helpers/snapshots.ts';
-import { stampedData, stampedImage } from '../helpers/stamps.ts';
+import { stampedData } from '../helpers/stamps.ts';
 
 const CHUNK = 4 * KiB;
 const SIZE = 2 * MiB + 1536;
 const dir = tempDir('nbdsnap-overflow-');
 afterAll(() => dir.cleanup());
 
+/** The device and its small store (128 KiB + 48 chunks), in their own folder. */
 function setup(name: string) {
-  const sub = join(dir.path, name);
-  mkdirSync(sub);
-  const origin = stampedImage(SIZE, 0);
-  const rig = new Rig(sub, {
-    devices: { disk: makeImage(join(sub, 'disk.img'), origin) },
-    stores: [makeSparse(join(sub, 'store.img'), 128 * KiB + 48 * CHUNK)],
-    chunkSize: '4K',
-    lowSpace: 50,
-  });
-  return { sub, origin, rig };
+  return diskRig(join(dir.path, name), SIZE, 128 * KiB + 48 * CHUNK, { chunkSize: '4K', lowSpace: 50 });
 }
 
 /** Data slots free now, from `store status`. */
@@ -117,7 +108,7 @@ describe('overflow', () => {
 });
 
 describe('a store append on low space', () => {
-  const { sub, origin, rig } = setup('append');
+  const { dir: sub, origin, rig } = setup('append');
   let events: EventWatcher | undefined;
   afterAll(async () => {
     await events?.stop();
