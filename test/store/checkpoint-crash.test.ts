@@ -58,6 +58,8 @@ const writes: number[][] = [];
 const snaps: { name: string; model: Buffer; at: number }[] = [];
 /** The write in flight when the server died (its blocks may or may not count). */
 let inFlight: { offset: number; data: Buffer } | undefined;
+/** A snapshot create or delete sent and not answered when the server died: done or not, either way. */
+let pending: { create: { name: string; model: Buffer; at: number } } | { delete: string } | undefined;
 let names = 0;
 let checkpoints = 0;
 
@@ -84,6 +86,10 @@ async function restartAndCheck(what: string): Promise<void> {
   delete process.env[KILL_ENV];
   await rig.start();
   const list = await rig.list();
+  const listed = new Set(list.map((s) => s.name));
+  if (pending !== undefined && 'create' in pending && listed.has(pending.create.name)) snaps.push(pending.create);
+  if (pending !== undefined && 'delete' in pending && !listed.has(pending.delete)) snaps.shift();
+  pending = undefined;
   expect(
     list.map((s) => `${s.name}:${s.state}`),
     what,
@@ -129,15 +135,19 @@ async function write(c: NbdClient): Promise<void> {
 }
 
 async function snapshot(): Promise<void> {
-  const name = `s${names++}`;
-  await rig.createSnapshot('disk', name);
-  snaps.push({ name, model: Buffer.from(origin), at: writes.length });
+  const snap = { name: `s${names++}`, model: Buffer.from(origin), at: writes.length };
+  pending = { create: snap };
+  await rig.createSnapshot('disk', snap.name);
+  pending = undefined;
+  snaps.push(snap);
 }
 
 async function deleteOldest(): Promise<void> {
   const s = snaps[0];
   if (s === undefined) return;
+  pending = { delete: s.name };
   await rig.deleteSnapshot('disk', s.name);
+  pending = undefined;
   snaps.shift();
 }
 
