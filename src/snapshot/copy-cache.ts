@@ -118,6 +118,25 @@ export class CopyCache {
     return e.subarray(1);
   }
 
+  /**
+   * `getSums` without a view (the 4 KiB read's fast path): the entry of `slot`'s block checksums
+   * if it holds the copy with checksum `crc`, else -1; read them with `sumAt` before the next insert.
+   */
+  sumEntry(slot: number, crc: number): number {
+    const i = this.sums.get(slot);
+    if (i === undefined) return -1;
+    const seg = this.segments[(i / SEGMENT) | 0] as Uint32Array;
+    if (seg[(i % SEGMENT) * (this.blocks + 1)] !== crc >>> 0) return -1;
+    this.sums.delete(slot);
+    this.sums.set(slot, i);
+    return i;
+  }
+
+  /** Block checksum `k` of entry `i` (from `sumEntry`). */
+  sumAt(i: number, k: number): number {
+    return (this.segments[(i / SEGMENT) | 0] as Uint32Array)[(i % SEGMENT) * (this.blocks + 1) + 1 + k] as number;
+  }
+
   /** Keep the block checksums `sums` of `slot` (copy checksum `crc`), unless `token` went stale. */
   putSums(slot: number, crc: number, sums: Uint32Array, token: Token): void {
     if (token.stale || this.sumCapacity === 0) return;

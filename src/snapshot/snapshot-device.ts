@@ -168,26 +168,31 @@ export class SnapshotDevice implements BlockDevice {
     const chunk = Math.floor(offset / cs);
     const inChunk = offset - chunk * cs;
     if (length === 0 || inChunk + length > cs) return undefined;
-    const src = origin.table.resolve(chunk, this.snapshot);
-    if (src.from !== 'store') return undefined;
+    const copy = origin.table.copyFor(chunk, this.snapshot);
+    if (copy === undefined) return undefined;
     const out = pool.take(length);
-    const p: CopyPiece = { chunk, inChunk, length, at: 0, copy: src.copy, chunkLength: origin.chunkLength(chunk) };
-    const finish = (ok: boolean): Buffer | Promise<Buffer> => {
-      if (!ok)
-        return this.readChunk(chunk, p.copy).then((b) => {
-          b.copy(out, 0, inChunk, inChunk + length);
-          this.check(); // invalidated while reading: the data may be wrong
-          return out;
-        });
-      this.check();
-      return out;
-    };
-    const got = this.copies.readOne(p, out);
+    const got = this.copies.readOne(copy, inChunk, length, origin.chunkLength(chunk), out);
     if (got === true) {
-      this.check();
+      this.check(); // invalidated meanwhile: the data may be wrong
       return Promise.resolve(out);
     }
-    return got === false ? Promise.resolve().then(() => finish(false)) : got.then(finish);
+    return this.finishOne(chunk, copy, inChunk, out, got);
+  }
+
+  /** `readOneCopy` once the fast path waited or did not check out (the chunk read whole, verified, or EIO). */
+  private async finishOne(
+    chunk: number,
+    copy: Copy,
+    inChunk: number,
+    out: Buffer,
+    got: false | Promise<boolean>,
+  ): Promise<Buffer> {
+    if (got === false || !(await got)) {
+      const b = await this.readChunk(chunk, copy);
+      b.copy(out, 0, inChunk, inChunk + out.length);
+    }
+    this.check(); // invalidated while reading: the data may be wrong
+    return out;
   }
 
   private async readPieces(offset: number, length: number): Promise<Buffer> {
@@ -350,7 +355,14 @@ export class SnapshotDevice implements BlockDevice {
   /** base:allocation: chunks held in the store are data; the rest is whatever the origin says. */
   async extents(offset: number, length: number): Promise<Extent[]> {
     this.check();
-    return snapshotExtents(this.snapshot, this.size, offset, length, (start, len) => this.origin.extents(start, len), DATA);
+    return snapshotExtents(
+      this.snapshot,
+      this.size,
+      offset,
+      length,
+      (start, len) => this.origin.extents(start, len),
+      DATA,
+    );
   }
 
   /** qemu:allocation-depth: 1 = held in the difference store, 2 = read through to the origin. */
