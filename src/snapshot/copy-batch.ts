@@ -61,7 +61,8 @@ export function readBatch(
   }
   return new Promise<void>((resolve) => {
     const done = (errors: number[]): void => {
-      for (const [k, p] of whole.entries()) {
+      for (let k = 0; k < whole.length; k++) {
+        const p = whole[k] as CopyPiece;
         const buf = bufs[k] as Buffer;
         const partial = p.length < p.chunkLength;
         if (errors[k] !== 0 || crcs[k] !== p.copy.crc >>> 0) failed.push(p);

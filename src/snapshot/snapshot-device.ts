@@ -199,8 +199,14 @@ export class SnapshotDevice implements BlockDevice {
     this.check();
     const { table, guard, chunkSize } = this.snapshot.origin;
     const pieces = this.pieces(offset, length);
-    const sources = pieces.map((p) => table.resolve(p.chunk, this.snapshot));
-    if (sources.every((src) => src.from === 'origin')) {
+    const found: (Copy | undefined)[] = [];
+    let stored = 0;
+    for (const p of pieces) {
+      const copy = table.copyFor(p.chunk, this.snapshot);
+      found.push(copy);
+      if (copy !== undefined) stored += 1;
+    }
+    if (stored === 0) {
       // Every chunk is read through: the origin's own buffer (pooled) is the reply, not a copy of it.
       const done = guard.beginRead(pieces.map((p) => p.chunk));
       try {
@@ -217,10 +223,20 @@ export class SnapshotDevice implements BlockDevice {
     const fromOrigin: Piece[] = [];
     const fromStore: CopyPiece[] = [];
     const reads: Promise<void>[] = [];
-    for (const [i, p] of pieces.entries()) {
-      const src = sources[i] as (typeof sources)[number];
-      if (src.from === 'origin') fromOrigin.push(p);
-      else fromStore.push({ ...p, copy: src.copy, chunkLength: this.snapshot.origin.chunkLength(p.chunk) });
+    const origin = this.snapshot.origin;
+    for (let i = 0; i < pieces.length; i++) {
+      const p = pieces[i] as Piece;
+      const copy = found[i];
+      if (copy === undefined) fromOrigin.push(p);
+      else
+        fromStore.push({
+          chunk: p.chunk,
+          copy,
+          chunkLength: origin.chunkLength(p.chunk),
+          inChunk: p.inChunk,
+          length: p.length,
+          at: p.at,
+        });
     }
     if (fromStore.length > 0) {
       // Verified copies straight into `out` (copy-read.ts); what does not check out there is read
