@@ -71,7 +71,8 @@ export function readBatch(
           // are kept, so that later small reads of it read only their blocks (after a restart,
           // a whole read is what rebuilds them), and its data for a read of part of it.
           const token = tokens[k] as Token;
-          cache.putSums(p.copy.slot, p.copy.crc, sums.subarray(k * blocks, (k + 1) * blocks), token);
+          if (cache.sumEntry(p.copy.slot, p.copy.crc) < 0)
+            cache.putSums(p.copy.slot, p.copy.crc, sums, token, k * blocks);
           if (partial) {
             buf.copy(out, p.at, p.inChunk, p.inChunk + p.length);
             cache.putData(p.copy.slot, p.copy.crc, buf, token);

@@ -146,8 +146,11 @@ export class CopyCache {
     return (this.segments[(i / SEGMENT) | 0] as Uint32Array)[(i % SEGMENT) * (this.blocks + 1) + 1 + k] as number;
   }
 
-  /** Keep the block checksums `sums` of `slot` (copy checksum `crc`), unless `token` went stale. */
-  putSums(slot: number, crc: number, sums: Uint32Array, token: Token): void {
+  /**
+   * Keep the block checksums `sums` of `slot` (copy checksum `crc`; from `sums[from]`), unless
+   * `token` went stale.
+   */
+  putSums(slot: number, crc: number, sums: Uint32Array, token: Token, from = 0): void {
     if (token.stale || this.sumCapacity === 0) return;
     let i = this.sums.get(slot);
     if (i === undefined) {
@@ -155,9 +158,10 @@ export class CopyCache {
       this.sums.set(slot, i);
     }
     this.used[i] = 0;
-    const e = this.entry(i);
-    e[0] = crc >>> 0;
-    e.set(sums.subarray(0, this.blocks), 1);
+    const seg = this.segment(i);
+    const at = (i % SEGMENT) * (this.blocks + 1);
+    seg[at] = crc >>> 0;
+    for (let k = 0; k < this.blocks; k++) seg[at + 1 + k] = sums[from + k] as number;
   }
 
   /** Drop the first entry in map order not used since it was last passed; returns its index. */
@@ -171,15 +175,20 @@ export class CopyCache {
     throw new NbdsnapError('EIO', 'copy cache: no block-checksum entry to evict'); // unreachable: the map is full
   }
 
-  private entry(i: number): Uint32Array {
-    const width = this.blocks + 1;
-    const s = Math.floor(i / SEGMENT);
+  /** The segment holding entry `i` (made as needed). */
+  private segment(i: number): Uint32Array {
+    const s = (i / SEGMENT) | 0;
     while (this.segments.length <= s) {
       const entries = Math.min(SEGMENT, this.sumCapacity - this.segments.length * SEGMENT);
-      this.segments.push(new Uint32Array(entries * width));
+      this.segments.push(new Uint32Array(entries * (this.blocks + 1)));
     }
+    return this.segments[s] as Uint32Array;
+  }
+
+  private entry(i: number): Uint32Array {
+    const width = this.blocks + 1;
     const at = (i % SEGMENT) * width;
-    return (this.segments[s] as Uint32Array).subarray(at, at + width);
+    return this.segment(i).subarray(at, at + width);
   }
 
   /** A read of `slot` starts: what it verifies may be kept unless the slot is freed before `end`. */
