@@ -3,7 +3,7 @@
  * process without a network, as `copy-read-bench.ts` does, but with the reply buffers given back
  * to the pool as the server gives them back, a phase that reads each chunk once with no block
  * checksums kept (as after a restart: `snap-4k-cold`), and meant to run BUNDLED: through tsx,
- * every closure costs a `__name` call that the bundle does not have (a third of the 4 KiB path).
+ * every closure made costs a `__name` call, which the bundle does not make.
  * Load-independent figures: CPU microseconds per read (process.cpuUsage, all threads; "loop":
  * the event loop's own thread), medians of ROUNDS. Use it to compare two checkouts, alternating.
  *
