@@ -20,14 +20,13 @@
  * Reads use descriptors of their own on the store's files (copy-locate.ts), so they can read
  * into any buffer without an intermediate one.
  */
-import { read } from 'node:fs';
 import * as pool from '../block/buffer-pool.ts';
 import { native } from '../block/native.ts';
 import { BLOCK, blockChecksums, checksum } from '../store/checksum.ts';
 import type { DiffStore } from '../store/store.ts';
 import { batchable, readBatch } from './copy-batch.ts';
 import { CopyCache, DEFAULT_COPY_CACHE, type Token } from './copy-cache.ts';
-import { SlotLocator } from './copy-locate.ts';
+import { NOWAIT_MAX, SlotLocator } from './copy-locate.ts';
 import type { Copy } from './exception-table.ts';
 
 /** A part of a request read from a store copy. */
@@ -43,8 +42,6 @@ export interface CopyPiece {
   at: number;
 }
 
-/** Reads served on this thread from the page cache up to this size (as FileDevice does). */
-const NOWAIT_MAX = 1024 * 1024;
 const readNowait = native?.readNowait;
 
 export class CopyReader {
@@ -328,34 +325,12 @@ export class CopyReader {
     }
   }
 
-  /** Fill `buf` from `slot` at `inSlot` (it may run on into the following slots) from the page cache, on this thread. */
   private readNow(slot: number, inSlot: number, buf: Buffer): boolean {
-    if (buf.length > NOWAIT_MAX || readNowait === undefined) return false;
-    try {
-      // false: a range on an NBD export (the store reads it)
-      return this.at.find(slot) && readNowait(this.at.fd, buf, this.at.position + inSlot) === buf.length;
-    } catch {
-      return false; // the slow path reads again and reports
-    }
+    return this.at.readNow(slot, inSlot, buf);
   }
 
-  /** `readNow` through the thread pool; false on any error. */
-  private async readLater(slot: number, inSlot: number, buf: Buffer): Promise<boolean> {
-    try {
-      if (!this.at.find(slot)) return false; // a range on an NBD export: the store reads it
-      const fd = this.at.fd;
-      const position = this.at.position + inSlot;
-      for (let done = 0; done < buf.length; ) {
-        const n = await new Promise<number>((resolve, reject) =>
-          read(fd, buf, done, buf.length - done, position + done, (err, bytes) => (err ? reject(err) : resolve(bytes))),
-        );
-        if (n === 0) return false;
-        done += n;
-      }
-      return true;
-    } catch {
-      return false; // the slow path reads again and reports
-    }
+  private readLater(slot: number, inSlot: number, buf: Buffer): Promise<boolean> {
+    return this.at.readLater(slot, inSlot, buf);
   }
 
   /** Close the descriptors and drop the cache (the store is closing). */

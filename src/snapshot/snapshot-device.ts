@@ -179,17 +179,11 @@ export class SnapshotDevice implements BlockDevice {
     return this.finishOne(chunk, copy, inChunk, out, got);
   }
 
-  /** `readOneCopy` once the fast path waited or did not check out (the chunk read whole, verified, or EIO). */
-  private async finishOne(
-    chunk: number,
-    copy: Copy,
-    inChunk: number,
-    out: Buffer,
-    got: false | Promise<boolean>,
-  ): Promise<Buffer> {
+  /** `readOneCopy` once the fast path waited or failed: the chunk read whole, verified, or EIO. */
+  private async finishOne(chunk: number, copy: Copy, at: number, out: Buffer, got: false | Promise<boolean>) {
     if (got === false || !(await got)) {
       const b = await this.readChunk(chunk, copy);
-      b.copy(out, 0, inChunk, inChunk + out.length);
+      b.copy(out, 0, at, at + out.length);
     }
     this.check(); // invalidated while reading: the data may be wrong
     return out;
