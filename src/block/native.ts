@@ -54,6 +54,8 @@ export interface NativeFs {
     sums: Uint32Array,
     done: (errors: number[]) => void,
   ): void;
+  /** The address of the buffer's first byte modulo 4096 (read-crc.c). Absent from a helper built before it existed. */
+  pageOffset?(buffer: Uint8Array): number;
   /**
    * commit.c: on one pool thread, the first `dataCount` buffers, then the rest, each at its
    * offset; the first failed write stops the job (later entries ECANCELED, no sync); then

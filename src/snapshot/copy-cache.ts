@@ -7,8 +7,11 @@
  *   first out. A read served from here returns exactly the bytes that were verified; the disk
  *   is not read again (damage made on disk since is found by the next read that misses, by
  *   `store scrub` or `store check`).
- * - **block checksums**: the checksum of each 4 KiB block of a verified chunk (computed while
- *   verifying it, checksum.ts `blockChecksums`). A read of part of the chunk then reads only the
+ * - **block checksums**: the checksum of each 4 KiB block of a chunk, computed from the data
+ *   when it was copied (copy-read.ts `copyChecksum`), or while verifying the whole chunk against
+ *   its recorded checksum (checksum.ts `blockChecksums`, read-crc.c: the chunk's checksum is the
+ *   combination of its blocks'), as the first read of a chunk after a restart does; evicted
+ *   with a second chance (an approximation of least recently used). A read of part of the chunk then reads only the
  *   blocks it needs and checks each against its block checksum: the bytes served are checked on
  *   every read, against a checksum derived from bytes that matched the recorded one. A block
  *   that does not match sends the read back to the whole chunk and its recorded checksum
@@ -22,6 +25,7 @@
  * block checksums (about 110 bytes a chunk of 64 KiB: 38,000 chunks, 2.4 GiB of copies), the
  * rest for data (448 chunks of 64 KiB). 0 turns both off.
  */
+import { NbdsnapError } from '../errors.ts';
 import { BLOCK } from '../store/checksum.ts';
 
 export const DEFAULT_COPY_CACHE = 32 * 1024 * 1024;
@@ -47,8 +51,14 @@ export class CopyCache {
   private dataBytes = 0;
   /** Buffers of evicted entries, reused for the next inserts. */
   private spare: Buffer[] = [];
-  /** slot -> entry index; an entry is [copy crc, block checksums...] in `segments`. Map order = LRU. */
+  /**
+   * slot -> entry index; an entry is [copy crc, block checksums...] in `segments`. Map order is
+   * insertion order, evicted with a second chance (CLOCK): a hit only sets the entry's bit in
+   * `used`, and eviction moves entries whose bit is set to the back (clearing it) instead of
+   * dropping them, so the small reads that hit cost no map updates.
+   */
   private readonly sums = new Map<number, number>();
+  private readonly used: Uint8Array;
   private readonly segments: Uint32Array[] = [];
   private readonly freeEntries: number[] = [];
   private entries = 0;
@@ -62,6 +72,7 @@ export class CopyCache {
     this.sumLimit = this.blocks > 1 ? Math.min(4 * 1024 * 1024, Math.floor(bytes / 4)) : 0;
     this.dataLimit = Math.max(0, bytes - this.sumLimit);
     this.sumCapacity = Math.floor(this.sumLimit / ((this.blocks + 1) * 4 + SUM_OVERHEAD));
+    this.used = new Uint8Array(this.sumCapacity);
   }
 
   /** Bytes held now (data buffers, spare buffers, block-checksum arrays). */
@@ -113,36 +124,71 @@ export class CopyCache {
     if (i === undefined) return undefined;
     const e = this.entry(i);
     if (e[0] !== crc >>> 0) return undefined;
-    this.sums.delete(slot);
-    this.sums.set(slot, i);
+    this.used[i] = 1;
     return e.subarray(1);
   }
 
-  /** Keep the block checksums `sums` of `slot` (copy checksum `crc`), unless `token` went stale. */
-  putSums(slot: number, crc: number, sums: Uint32Array, token: Token): void {
+  /**
+   * `getSums` without a view (the 4 KiB read's fast path): the entry of `slot`'s block checksums
+   * if it holds the copy with checksum `crc`, else -1; read them with `sumAt` before the next insert.
+   */
+  sumEntry(slot: number, crc: number): number {
+    const i = this.sums.get(slot);
+    if (i === undefined) return -1;
+    const seg = this.segments[(i / SEGMENT) | 0] as Uint32Array;
+    if (seg[(i % SEGMENT) * (this.blocks + 1)] !== crc >>> 0) return -1;
+    this.used[i] = 1;
+    return i;
+  }
+
+  /** Block checksum `k` of entry `i` (from `sumEntry`). */
+  sumAt(i: number, k: number): number {
+    return (this.segments[(i / SEGMENT) | 0] as Uint32Array)[(i % SEGMENT) * (this.blocks + 1) + 1 + k] as number;
+  }
+
+  /**
+   * Keep the block checksums `sums` of `slot` (copy checksum `crc`; from `sums[from]`), unless
+   * `token` went stale.
+   */
+  putSums(slot: number, crc: number, sums: Uint32Array, token: Token, from = 0): void {
     if (token.stale || this.sumCapacity === 0) return;
     let i = this.sums.get(slot);
-    if (i !== undefined) this.sums.delete(slot);
-    else if (this.sums.size >= this.sumCapacity) {
-      const [first, j] = this.sums.entries().next().value as [number, number];
-      this.sums.delete(first);
-      i = j;
-    } else i = this.freeEntries.pop() ?? this.entries++;
-    const e = this.entry(i);
-    e[0] = crc >>> 0;
-    e.set(sums.subarray(0, this.blocks), 1);
-    this.sums.set(slot, i);
+    if (i === undefined) {
+      i = this.sums.size >= this.sumCapacity ? this.evictSums() : (this.freeEntries.pop() ?? this.entries++);
+      this.sums.set(slot, i);
+    }
+    this.used[i] = 0;
+    const seg = this.segment(i);
+    const at = (i % SEGMENT) * (this.blocks + 1);
+    seg[at] = crc >>> 0;
+    for (let k = 0; k < this.blocks; k++) seg[at + 1 + k] = sums[from + k] as number;
+  }
+
+  /** Drop the first entry in map order not used since it was last passed; returns its index. */
+  private evictSums(): number {
+    for (const [slot, i] of this.sums) {
+      this.sums.delete(slot);
+      if (this.used[i] === 0) return i;
+      this.used[i] = 0;
+      this.sums.set(slot, i); // to the back: visited again, now unused, if every other one is used too
+    }
+    throw new NbdsnapError('EIO', 'copy cache: no block-checksum entry to evict'); // unreachable: the map is full
+  }
+
+  /** The segment holding entry `i` (made as needed). */
+  private segment(i: number): Uint32Array {
+    const s = (i / SEGMENT) | 0;
+    while (this.segments.length <= s) {
+      const entries = Math.min(SEGMENT, this.sumCapacity - this.segments.length * SEGMENT);
+      this.segments.push(new Uint32Array(entries * (this.blocks + 1)));
+    }
+    return this.segments[s] as Uint32Array;
   }
 
   private entry(i: number): Uint32Array {
     const width = this.blocks + 1;
-    const s = Math.floor(i / SEGMENT);
-    while (this.segments.length <= s) {
-      const entries = Math.min(SEGMENT, this.sumCapacity - this.segments.length * SEGMENT);
-      this.segments.push(new Uint32Array(entries * width));
-    }
     const at = (i % SEGMENT) * width;
-    return (this.segments[s] as Uint32Array).subarray(at, at + width);
+    return this.segment(i).subarray(at, at + width);
   }
 
   /** A read of `slot` starts: what it verifies may be kept unless the slot is freed before `end`. */

@@ -17,17 +17,16 @@
  * checksum and decides: the bytes, or EIO with the copy recorded lost (damage.ts). Nothing here
  * decides a copy is damaged, and nothing unchecked reaches `out`'s caller.
  *
- * Reads use descriptors of their own on the store's files (read-only, opened on first use and
- * closed by `close`), so they can read into any buffer without an intermediate one.
+ * Reads use descriptors of their own on the store's files (copy-locate.ts), so they can read
+ * into any buffer without an intermediate one.
  */
-import { closeSync, constants, openSync, read } from 'node:fs';
 import * as pool from '../block/buffer-pool.ts';
 import { native } from '../block/native.ts';
-import { NbdsnapError } from '../errors.ts';
 import { BLOCK, blockChecksums, checksum } from '../store/checksum.ts';
 import type { DiffStore } from '../store/store.ts';
 import { batchable, readBatch } from './copy-batch.ts';
 import { CopyCache, DEFAULT_COPY_CACHE, type Token } from './copy-cache.ts';
+import { NOWAIT_MAX, SlotLocator } from './copy-locate.ts';
 import type { Copy } from './exception-table.ts';
 
 /** A part of a request read from a store copy. */
@@ -43,20 +42,23 @@ export interface CopyPiece {
   at: number;
 }
 
-/** Reads served on this thread from the page cache up to this size (as FileDevice does). */
-const NOWAIT_MAX = 1024 * 1024;
+const readNowait = native?.readNowait;
 
 export class CopyReader {
   readonly cache: CopyCache;
   private readonly store: DiffStore;
-  private readonly fds = new Map<string, number>();
+  private readonly at: SlotLocator;
   private closed = false;
+  /** Block checksums of one chunk, filled and kept within one synchronous step. */
+  private readonly scratch: Uint32Array;
   /** Pieces served from kept data, read by blocks, read with their whole chunk; chunks read with a neighbour, on the pool. */
   readonly stats = { data: 0, blocks: 0, whole: 0, joined: 0, batched: 0 };
 
   constructor(store: DiffStore, cacheBytes = DEFAULT_COPY_CACHE) {
     this.store = store;
     this.cache = new CopyCache(store.chunkSize, cacheBytes);
+    this.at = new SlotLocator(store.space, store.chunkSize);
+    this.scratch = new Uint32Array(this.cache.blocks);
   }
 
   /**
@@ -89,10 +91,10 @@ export class CopyReader {
       if (done === false) whole.push(p);
       else if (done !== true) waits.push(done.then((ok) => (ok ? undefined : this.readRun([p], out, failed))));
     }
-    const batch = batchable(this.store, whole, (path) => this.fd(path));
+    const batch = batchable(whole, this.at);
     if (batch !== undefined) {
       this.stats.batched += whole.length;
-      waits.push(readBatch(this.store, this.cache, batch, whole, out, failed));
+      waits.push(readBatch(this.cache, batch, whole, out, failed));
     } else
       for (const run of this.runs(whole)) {
         const done = this.readRun(run, out, failed);
@@ -102,35 +104,100 @@ export class CopyReader {
   }
 
   /**
-   * `read` for a request of one piece (the usual small read of a copied chunk), without the
-   * arrays: true once `out` holds the piece verified, false when it did not check out (the caller
-   * reads the chunk whole against its recorded checksum); a promise of either when it waits.
+   * `read` for a request of one piece that is all of `out` (the usual small read of a copied
+   * chunk: `inChunk`, `length` of the chunk of `copy`, `chunkLength` long), without objects or
+   * arrays on its usual paths: true once `out` holds the piece verified, false when it did not
+   * check out (the caller reads the chunk whole against its recorded checksum); a promise of
+   * either when it waits.
    */
-  readOne(p: CopyPiece, out: Buffer): boolean | Promise<boolean> {
-    if (p.copy.lost || this.closed) return false;
-    const kept = this.cache.getData(p.copy.slot, p.copy.crc);
+  readOne(copy: Copy, inChunk: number, length: number, chunkLength: number, out: Buffer): boolean | Promise<boolean> {
+    if (copy.lost || this.closed) return false;
+    const kept = this.cache.getData(copy.slot, copy.crc);
     if (kept !== undefined) {
       this.stats.data += 1;
-      kept.copy(out, p.at, p.inChunk, p.inChunk + p.length);
+      kept.copy(out, 0, inChunk, inChunk + length);
       return true;
     }
-    const sums = p.length < p.chunkLength ? this.cache.getSums(p.copy.slot, p.copy.crc) : undefined;
-    if (sums === undefined) {
-      this.stats.whole += 1;
-      return this.readWhole(p, out);
+    if (length < chunkLength) {
+      const e = this.cache.sumEntry(copy.slot, copy.crc);
+      if (e >= 0) {
+        this.stats.blocks += 1;
+        const now = this.blocksNow(copy.slot, e, inChunk, out, chunkLength);
+        if (now === true) return true;
+        if (now === false) return this.readWhole(copy, inChunk, length, chunkLength, out);
+        const p: CopyPiece = { chunk: -1, copy, chunkLength, inChunk, length, at: 0 };
+        const sums = this.cache.getSums(copy.slot, copy.crc) as Uint32Array;
+        const done = this.readBlocks(p, sums, out);
+        if (done === true) return true;
+        if (done === false) return this.readWhole(copy, inChunk, length, chunkLength, out);
+        return done.then((ok) => ok || this.readWhole(copy, inChunk, length, chunkLength, out));
+      }
     }
-    this.stats.blocks += 1;
-    const done = this.readBlocks(p, sums, out);
-    if (done === true) return true;
-    if (done === false) return this.readWhole(p, out);
-    return done.then((ok) => ok || this.readWhole(p, out));
+    this.stats.whole += 1;
+    return this.readWhole(copy, inChunk, length, chunkLength, out);
   }
 
-  /** The chunk of `p` read whole and checked (`readRun` of one). */
-  private readWhole(p: CopyPiece, out: Buffer): boolean | Promise<boolean> {
-    const failed: CopyPiece[] = [];
-    const done = this.readRun([p], out, failed);
-    return done === undefined ? failed.length === 0 : done.then(() => failed.length === 0);
+  /**
+   * The blocks `out` covers from `inChunk` (block-aligned, whole blocks or up to the chunk's
+   * end) read straight into it from the page cache, each checked against block checksum entry
+   * `e`: whether they check out; undefined when this cannot be done now (unaligned, not cached,
+   * a remote range, an error: `readBlocks` then reads them and reports).
+   */
+  private blocksNow(slot: number, e: number, inChunk: number, out: Buffer, chunkLength: number): boolean | undefined {
+    const n = out.length;
+    if (inChunk % BLOCK !== 0 || (n % BLOCK !== 0 && inChunk + n !== chunkLength)) return undefined;
+    if (n > NOWAIT_MAX || readNowait === undefined) return undefined;
+    try {
+      if (!this.at.find(slot) || readNowait(this.at.fd, out, this.at.position + inChunk) !== n) return undefined;
+    } catch {
+      return undefined;
+    }
+    const first = inChunk / BLOCK;
+    if (n <= BLOCK) return checksum(out) === this.cache.sumAt(e, first);
+    for (let k = 0; k * BLOCK < n; k++) {
+      const block = out.subarray(k * BLOCK, Math.min(n, (k + 1) * BLOCK));
+      if (checksum(block) !== this.cache.sumAt(e, first + k)) return false;
+    }
+    return true;
+  }
+
+  /**
+   * The chunk of `copy` read whole and checked against its recorded checksum, the piece
+   * (`inChunk`, `length`: all of `out`) then copied out. Its block checksums are kept (unless
+   * they already are), and its data for a read of part of it: later reads of its other parts
+   * (the rest of it is what a sequential reader asks for next) then take the faster paths.
+   */
+  private readWhole(
+    copy: Copy,
+    inChunk: number,
+    length: number,
+    chunkLength: number,
+    out: Buffer,
+  ): boolean | Promise<boolean> {
+    const slot = copy.slot;
+    const partial = length < chunkLength;
+    const buf = partial ? pool.take(chunkLength) : out;
+    const token = this.cache.begin(slot);
+    const finish = (ok: boolean): boolean => {
+      try {
+        if (!ok) return false;
+        // Block checksums cost about 40% more hashing than the chunk's alone: only when not kept.
+        const sums = this.cache.sumEntry(slot, copy.crc) < 0 && this.cache.sumLimit > 0;
+        const crc = sums ? blockChecksums(buf, this.scratch) : checksum(buf);
+        if (crc !== copy.crc >>> 0) return false;
+        if (sums) this.cache.putSums(slot, copy.crc, this.scratch, token);
+        if (partial) {
+          buf.copy(out, 0, inChunk, inChunk + length);
+          this.cache.putData(slot, copy.crc, buf, token);
+        }
+        return true;
+      } finally {
+        this.cache.end(slot, token);
+        if (partial) pool.give(buf);
+      }
+    };
+    if (this.readNow(slot, 0, buf)) return finish(true);
+    return this.readLater(slot, 0, buf).then(finish);
   }
 
   /**
@@ -258,53 +325,18 @@ export class CopyReader {
     }
   }
 
-  /** Fill `buf` from `slot` at `inSlot` (it may run on into the following slots) from the page cache, on this thread. */
   private readNow(slot: number, inSlot: number, buf: Buffer): boolean {
-    if (buf.length > NOWAIT_MAX || native?.readNowait === undefined) return false;
-    try {
-      const where = this.store.space.locate(slot);
-      if (where.remote) return false; // a range on an NBD export: the store reads it
-      return native.readNowait(this.fd(where.path), buf, where.offset + inSlot) === buf.length;
-    } catch {
-      return false; // the slow path reads again and reports
-    }
+    return this.at.readNow(slot, inSlot, buf);
   }
 
-  /** `readNow` through the thread pool; false on any error. */
-  private async readLater(slot: number, inSlot: number, buf: Buffer): Promise<boolean> {
-    try {
-      const where = this.store.space.locate(slot);
-      if (where.remote) return false; // a range on an NBD export: the store reads it
-      const fd = this.fd(where.path);
-      const position = where.offset + inSlot;
-      for (let done = 0; done < buf.length; ) {
-        const n = await new Promise<number>((resolve, reject) =>
-          read(fd, buf, done, buf.length - done, position + done, (err, bytes) => (err ? reject(err) : resolve(bytes))),
-        );
-        if (n === 0) return false;
-        done += n;
-      }
-      return true;
-    } catch {
-      return false; // the slow path reads again and reports
-    }
-  }
-
-  private fd(path: string): number {
-    if (this.closed) throw new NbdsnapError('ESHUTDOWN', 'the difference store is closed');
-    let fd = this.fds.get(path);
-    if (fd === undefined) {
-      fd = openSync(path, constants.O_RDONLY);
-      this.fds.set(path, fd);
-    }
-    return fd;
+  private readLater(slot: number, inSlot: number, buf: Buffer): Promise<boolean> {
+    return this.at.readLater(slot, inSlot, buf);
   }
 
   /** Close the descriptors and drop the cache (the store is closing). */
   close(): void {
     this.closed = true;
-    for (const fd of this.fds.values()) closeSync(fd);
-    this.fds.clear();
+    this.at.close();
     this.cache.clear();
   }
 }

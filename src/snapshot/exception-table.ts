@@ -186,6 +186,15 @@ export class ExceptionTable {
     return v === undefined ? { from: 'origin' } : { from: 'store', slot: v.slot, crc: v.crc, private: false, copy: v };
   }
 
+  /** The copy `snap` reads for `chunk` (its own private one, or a shared one), or undefined: `resolve` without the `Source`. */
+  copyFor(chunk: number, snap: SnapshotRef): Copy | undefined {
+    if (snap.privateChunks.size > 0) {
+      const own = snap.privateChunks.get(chunk);
+      if (own !== undefined) return own;
+    }
+    return this.find(chunk, snap.seq);
+  }
+
   /** Whether a write to `chunk` must first copy it: some live snapshot still reads it from the origin. */
   needsCopy(chunk: number, live: readonly SnapshotRef[]): boolean {
     if (live.length === 0) return false;

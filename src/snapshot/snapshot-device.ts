@@ -168,34 +168,39 @@ export class SnapshotDevice implements BlockDevice {
     const chunk = Math.floor(offset / cs);
     const inChunk = offset - chunk * cs;
     if (length === 0 || inChunk + length > cs) return undefined;
-    const src = origin.table.resolve(chunk, this.snapshot);
-    if (src.from !== 'store') return undefined;
+    const copy = origin.table.copyFor(chunk, this.snapshot);
+    if (copy === undefined) return undefined;
     const out = pool.take(length);
-    const p: CopyPiece = { chunk, inChunk, length, at: 0, copy: src.copy, chunkLength: origin.chunkLength(chunk) };
-    const finish = (ok: boolean): Buffer | Promise<Buffer> => {
-      if (!ok)
-        return this.readChunk(chunk, p.copy).then((b) => {
-          b.copy(out, 0, inChunk, inChunk + length);
-          this.check(); // invalidated while reading: the data may be wrong
-          return out;
-        });
-      this.check();
-      return out;
-    };
-    const got = this.copies.readOne(p, out);
+    const got = this.copies.readOne(copy, inChunk, length, origin.chunkLength(chunk), out);
     if (got === true) {
-      this.check();
+      this.check(); // invalidated meanwhile: the data may be wrong
       return Promise.resolve(out);
     }
-    return got === false ? Promise.resolve().then(() => finish(false)) : got.then(finish);
+    return this.finishOne(chunk, copy, inChunk, out, got);
+  }
+
+  /** `readOneCopy` once the fast path waited or failed: the chunk read whole, verified, or EIO. */
+  private async finishOne(chunk: number, copy: Copy, at: number, out: Buffer, got: false | Promise<boolean>) {
+    if (got === false || !(await got)) {
+      const b = await this.readChunk(chunk, copy);
+      b.copy(out, 0, at, at + out.length);
+    }
+    this.check(); // invalidated while reading: the data may be wrong
+    return out;
   }
 
   private async readPieces(offset: number, length: number): Promise<Buffer> {
     this.check();
     const { table, guard, chunkSize } = this.snapshot.origin;
     const pieces = this.pieces(offset, length);
-    const sources = pieces.map((p) => table.resolve(p.chunk, this.snapshot));
-    if (sources.every((src) => src.from === 'origin')) {
+    const found: (Copy | undefined)[] = [];
+    let stored = 0;
+    for (const p of pieces) {
+      const copy = table.copyFor(p.chunk, this.snapshot);
+      found.push(copy);
+      if (copy !== undefined) stored += 1;
+    }
+    if (stored === 0) {
       // Every chunk is read through: the origin's own buffer (pooled) is the reply, not a copy of it.
       const done = guard.beginRead(pieces.map((p) => p.chunk));
       try {
@@ -212,10 +217,20 @@ export class SnapshotDevice implements BlockDevice {
     const fromOrigin: Piece[] = [];
     const fromStore: CopyPiece[] = [];
     const reads: Promise<void>[] = [];
-    for (const [i, p] of pieces.entries()) {
-      const src = sources[i] as (typeof sources)[number];
-      if (src.from === 'origin') fromOrigin.push(p);
-      else fromStore.push({ ...p, copy: src.copy, chunkLength: this.snapshot.origin.chunkLength(p.chunk) });
+    const origin = this.snapshot.origin;
+    for (let i = 0; i < pieces.length; i++) {
+      const p = pieces[i] as Piece;
+      const copy = found[i];
+      if (copy === undefined) fromOrigin.push(p);
+      else
+        fromStore.push({
+          chunk: p.chunk,
+          copy,
+          chunkLength: origin.chunkLength(p.chunk),
+          inChunk: p.inChunk,
+          length: p.length,
+          at: p.at,
+        });
     }
     if (fromStore.length > 0) {
       // Verified copies straight into `out` (copy-read.ts); what does not check out there is read
@@ -350,7 +365,14 @@ export class SnapshotDevice implements BlockDevice {
   /** base:allocation: chunks held in the store are data; the rest is whatever the origin says. */
   async extents(offset: number, length: number): Promise<Extent[]> {
     this.check();
-    return snapshotExtents(this.snapshot, this.size, offset, length, (start, len) => this.origin.extents(start, len), DATA);
+    return snapshotExtents(
+      this.snapshot,
+      this.size,
+      offset,
+      length,
+      (start, len) => this.origin.extents(start, len),
+      DATA,
+    );
   }
 
   /** qemu:allocation-depth: 1 = held in the difference store, 2 = read through to the origin. */
