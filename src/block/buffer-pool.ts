@@ -47,12 +47,33 @@ export function give(b: Buffer | undefined): void {
     returned.add(b); // reused once its holder releases it
     return;
   }
-  if (idleBytes + b.length > MAX_IDLE_BYTES) return;
-  const list = free.get(b.length) ?? [];
+  if (idleBytes + b.length > MAX_IDLE_BYTES && !makeRoom(b.length)) return;
+  let list = free.get(b.length);
+  if (list === undefined) list = [];
+  else free.delete(b.length); // set again below, last: `free` is ordered by the latest give
   idle.add(b); // given back twice: kept once
   list.push(b);
   free.set(b.length, list);
   idleBytes += b.length;
+}
+
+/**
+ * Drop idle buffers of the lengths given back longest ago (not `length`) until `length` fits.
+ * Otherwise a pool filled by one workload's size (nbdcopy's 256 KiB) stays full of it, and the
+ * next workload's buffers (1 MiB) all became garbage and fresh pages: 1.2 -> 2.9 CPU s/GiB of
+ * proxied 1 MiB writes after an nbdcopy (measured).
+ */
+function makeRoom(length: number): boolean {
+  for (const [len, list] of free) {
+    if (len === length) continue;
+    while (list.length > 0 && idleBytes + length > MAX_IDLE_BYTES) {
+      idle.delete(list.pop() as Buffer);
+      idleBytes -= len;
+    }
+    if (list.length === 0) free.delete(len);
+    if (idleBytes + length <= MAX_IDLE_BYTES) return true;
+  }
+  return false;
 }
 
 /*
