@@ -13,16 +13,14 @@
  *   order, before anything else, so that acknowledged writes the remote lost with its cache are
  *   there again before any later flush claims them durable.
  * - A logged write that the remote refuses on replay, after it was acknowledged, fails the next
- *   FLUSH (as a lost write-back fails fsync): its caller was told "done", and a flush must not
- *   then say "durable".
+ *   FLUSH (as a lost write-back fails fsync): its caller was told "done".
  * - Nothing is dropped silently: every request settles exactly once, with its answer, its error,
  *   EIO at its deadline, or ESHUTDOWN at close.
- * - Memory: the log holds at most `replayBudget` bytes of payload (one larger write alone); from
- *   half of it the session flushes by itself, and beyond it new writes wait for that flush.
- *
+ * - Memory: the log holds at most `replayBudget` bytes of payload (one larger write alone: the
+ *   callers' pooled buffers held, or copies, payloads.ts); from half of it the session flushes by
+ *   itself while writes go on, and beyond it new writes wait for that flush.
  * The link (one or several connections, pool.ts) is injected, so this is tested without a server.
  */
-
 import { NbdsnapError } from '../errors.ts';
 import { Backoff } from './backoff.ts';
 import { DeadlineSweep, expireLate } from './deadlines.ts';
@@ -59,8 +57,7 @@ interface Req {
   reject: (e: unknown) => void;
   /** Flushes: the log entries acknowledged when it was sent. */
   covers?: number[];
-  /** Writes: the log keeps the caller's buffer itself (held in the buffer pool), not a copy. */
-  held?: boolean;
+  held?: boolean; // writes: the log keeps the caller's buffer itself (payloads.ts), not a copy
 }
 
 export class RemoteSession {
