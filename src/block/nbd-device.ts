@@ -120,8 +120,16 @@ export class NbdDevice implements BlockDevice {
     return Buffer.concat((await Promise.all(parts)) as Buffer[]);
   }
 
-  async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     const flag = fua && this.has(TF.SEND_FUA) ? CommandFlag.FUA : 0;
+    // One piece: the caller's buffer itself (the replay log may then keep it without a copy,
+    // src/remote/session.ts), and no extra promise.
+    if (data.length <= this.maxPayload && (!fua || flag !== 0))
+      return this.session.submit({ kind: 'write', offset, length: data.length, flags: flag, data }) as Promise<void>;
+    return this.writePieces(offset, data, fua, flag);
+  }
+
+  private async writePieces(offset: number, data: Buffer, fua: boolean, flag: number): Promise<void> {
     const parts: Promise<unknown>[] = [];
     for (let at = 0; at < data.length; at += this.maxPayload) {
       const piece = data.subarray(at, Math.min(data.length, at + this.maxPayload));

@@ -29,6 +29,7 @@ import { connectionError, isConnectionLoss, requestError } from './failures.ts';
 import { type Endpoint, parseNbdUri } from './nbd-uri.ts';
 import { type Pending, PendingReplies } from './pending-replies.ts';
 import { ReplyReader } from './reply-reader.ts';
+import { RequestWriter } from './request-writer.ts';
 import { type ClientTls, clientTlsOptions, startClientTls, tlsErrorText } from './tls.ts';
 
 export { type Endpoint, isConnectionLoss, parseNbdUri, requestError };
@@ -86,6 +87,8 @@ export class NbdClient {
   /** The handshake's messages; then `reader` frames the replies. */
   private readonly parser = new ClientParser();
   private readonly reader: ReplyReader;
+  /** Requests out, one writev per turn of the event loop. */
+  private readonly writer: RequestWriter;
   private transmission = false;
   /** Plain connections: where the socket reads during the handshake. */
   private readonly handshakeBuffer: Buffer | undefined;
@@ -102,6 +105,7 @@ export class NbdClient {
     });
     this.pending = new PendingReplies(allocate);
     this.reader = new ReplyReader(this.pending);
+    this.writer = new RequestWriter(socket);
     this.attach(socket);
   }
 
@@ -256,6 +260,7 @@ export class NbdClient {
     const plain = this.socket;
     this.detach(plain);
     this.socket = await startClientTls(plain, options);
+    this.writer.use(this.socket);
     this.attach(this.socket);
   }
 
@@ -328,22 +333,15 @@ export class NbdClient {
       const p: Pending = { type, offset, length, resolve, reject };
       if (type === Command.BLOCK_STATUS) p.extents = new Map();
       this.pending.add(cookie, p);
-      const header = serialize.request(flags, type, cookie, offset, length);
-      if (data === undefined) this.socket.write(header);
-      else {
-        this.socket.cork();
-        this.socket.write(header);
-        this.socket.write(data);
-        this.socket.uncork();
-      }
+      this.writer.send(serialize.request(flags, type, cookie, offset, length), data);
     });
   }
 
   read(offset: number, length: number, flags = 0): Promise<Buffer> {
     return this.request(Command.READ, offset, length, flags) as Promise<Buffer>;
   }
-  async write(offset: number, data: Buffer, flags = 0): Promise<void> {
-    await this.request(Command.WRITE, offset, data.length, flags, data);
+  write(offset: number, data: Buffer, flags = 0): Promise<void> {
+    return this.request(Command.WRITE, offset, data.length, flags, data) as Promise<void>; // resolves with nothing
   }
   async flush(): Promise<void> {
     await this.request(Command.FLUSH, 0, 0);

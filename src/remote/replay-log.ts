@@ -32,6 +32,12 @@ export class ReplayLog<T> {
   /** By seq; a Map keeps insertion order, which is submission order. */
   private readonly entries = new Map<number, LogEntry<T>>();
   private held = 0;
+  /** Told about every entry that leaves the log (flushed, failed or timed out), after it left. */
+  private readonly dropped: ((item: T) => void) | undefined;
+
+  constructor(dropped?: (item: T) => void) {
+    this.dropped = dropped;
+  }
 
   get bytes(): number {
     return this.held;
@@ -67,6 +73,7 @@ export class ReplayLog<T> {
     if (e === undefined) return;
     this.entries.delete(seq);
     this.held -= e.bytes;
+    this.dropped?.(e.item);
   }
 
   /** The connection is gone: every entry must be sent again on the next one. */

@@ -13,21 +13,19 @@
  *   order, before anything else, so that acknowledged writes the remote lost with its cache are
  *   there again before any later flush claims them durable.
  * - A logged write that the remote refuses on replay, after it was acknowledged, fails the next
- *   FLUSH (as a lost write-back fails fsync): its caller was told "done", and a flush must not
- *   then say "durable".
+ *   FLUSH (as a lost write-back fails fsync): its caller was told "done".
  * - Nothing is dropped silently: every request settles exactly once, with its answer, its error,
  *   EIO at its deadline, or ESHUTDOWN at close.
- * - Memory: the log holds at most `replayBudget` bytes of payload (one larger write alone); from
- *   half of it the session flushes by itself, and beyond it new writes wait for that flush.
- *
+ * - Memory: the log holds at most `replayBudget` bytes of payload (one larger write alone: the
+ *   callers' pooled buffers held, or copies, payloads.ts); from half of it the session flushes by
+ *   itself while writes go on, and beyond it new writes wait for that flush.
  * The link (one or several connections, pool.ts) is injected, so this is tested without a server.
  */
-
 import { NbdsnapError } from '../errors.ts';
 import { Backoff } from './backoff.ts';
-import { Copies } from './copies.ts';
 import { DeadlineSweep, expireLate } from './deadlines.ts';
 import type { OpKind, RemoteLink, RemoteOp } from './link.ts';
+import { Payloads } from './payloads.ts';
 import { type LogEntry, ReplayLog } from './replay-log.ts';
 
 export type { OpKind, RemoteLink, RemoteOp };
@@ -59,6 +57,7 @@ interface Req {
   reject: (e: unknown) => void;
   /** Flushes: the log entries acknowledged when it was sent. */
   covers?: number[];
+  held?: boolean; // writes: the log keeps the caller's buffer itself (payloads.ts), not a copy
 }
 
 export class RemoteSession {
@@ -72,8 +71,8 @@ export class RemoteSession {
   private blocked: Req[] = [];
   /** Reads, status, cache and flushes in flight on the current link. */
   private readonly inflight = new Set<Req>();
-  private readonly log = new ReplayLog<Req>();
-  private readonly copies = new Copies();
+  private readonly log = new ReplayLog<Req>((req) => this.dropPayload(req));
+  private readonly payloads = new Payloads();
   private flushError: Error | undefined;
   private selfFlush = false;
   private readonly sweep: DeadlineSweep;
@@ -140,10 +139,12 @@ export class RemoteSession {
     this.stateNow = 'closed';
     this.stopTimers();
     const err = new NbdsnapError('ESHUTDOWN', `remote ${this.opts.name}: the device was closed`);
+    this.payloads.linger(); // the link may still be sending the log's payloads
     this.failAll(err);
     const link = this.link;
     this.link = undefined;
     await link?.close();
+    this.payloads.end();
   }
 
   // --- writes and the log ----------------------------------------------------------------------
@@ -155,12 +156,12 @@ export class RemoteSession {
       this.flushForRoom();
       return;
     }
-    // The caller may reuse its buffer once answered; the log keeps its own copy until flushed
-    // (from the buffer pool: given back once a flush covered it, when it is surely sent).
-    if (req.op.data !== undefined) {
-      const copy = this.copies.take(req.op.data.length);
-      req.op.data.copy(copy);
-      req.op = { ...req.op, data: copy };
+    // Kept until a flush covers it, though its caller is answered before (payloads.ts).
+    const data = req.op.data;
+    if (data !== undefined) {
+      const kept = this.payloads.keep(data);
+      req.held = kept === data;
+      req.op.data = kept; // the op is the session's (made by the caller for this request)
     }
     const entry = this.log.add(req.seq, req.op.offset, req.op.length, bytes, req);
     if (this.stateNow === 'ready') void this.sendEntry(entry);
@@ -227,6 +228,12 @@ export class RemoteSession {
     );
   }
 
+  /** A write left the log (flushed, failed, timed out): its payload is free. */
+  private dropPayload(req: Req): void {
+    const data = req.op.data;
+    if (data !== undefined) this.payloads.drop(data, req.held === true, this.opts.replayBudget - this.log.bytes);
+  }
+
   // --- reads, status, cache, flush ---------------------------------------------------------------
 
   private pump(): void {
@@ -244,8 +251,7 @@ export class RemoteSession {
       (value) => {
         if (epoch !== this.epoch || !this.inflight.delete(req)) return;
         if (req.op.kind === 'flush') {
-          for (const done of this.log.flushed(req.covers ?? []))
-            this.copies.give(done.op.data, this.opts.replayBudget - this.log.bytes);
+          this.log.flushed(req.covers ?? []);
           const lost = this.flushError;
           this.flushError = undefined;
           this.settle(req, lost, undefined);
@@ -368,7 +374,7 @@ export class RemoteSession {
       this.settle(e.item, err);
       this.log.remove(e.seq);
     }
-    this.copies.clear();
+    if (this.stateNow !== 'closed') this.payloads.end(); // closed: once the link is (close)
   }
 
   // --- deadlines (deadlines.ts) ------------------------------------------------------------------
