@@ -127,7 +127,7 @@ async function main(): Promise<void> {
     const load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
     console.log(
       `round ${r}: ${((n * 1000) / ms).toFixed(0)} writes/s, cpu ${(((c1 - c0) * 1e6) / n).toFixed(0)} us/write ` +
-        `(loop ${(((l1 - l0) * 1e6) / n).toFixed(0)}), ${jobs + plainSyncs} syncs (${plainSyncs} without copies), ${(n / Math.max(1, jobs + plainSyncs)).toFixed(1)} writes/sync, load ${load}`,
+        `(loop ${(((l1 - l0) * 1e6) / n).toFixed(0)}), ${jobs + plainSyncs} syncs (${plainSyncs} without copies), ${(n / Math.max(1, jobs + plainSyncs)).toFixed(1)} writes/sync, ${(copies / Math.max(1, jobs)).toFixed(1)} copies/copy batch, load ${load}`,
     );
     if (process.argv.includes('--threads'))
       for (const [name, v] of th1) console.log(`  ${name}: ${(((v - (th0.get(name) ?? 0)) * 1e6) / n).toFixed(0)} us/write`);
