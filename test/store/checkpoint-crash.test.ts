@@ -58,6 +58,11 @@ const writes: number[][] = [];
 const snaps: { name: string; model: Buffer; at: number }[] = [];
 /** The write in flight when the server died (its blocks may or may not count). */
 let inFlight: { offset: number; data: Buffer } | undefined;
+/**
+ * The snapshot command in flight when the server died: its record may be durable without the
+ * answer having come back, so after the restart it may or may not have happened.
+ */
+let commandInFlight: { create: { name: string; model: Buffer; at: number } } | { delete: string } | undefined;
 let names = 0;
 let checkpoints = 0;
 
@@ -84,6 +89,12 @@ async function restartAndCheck(what: string): Promise<void> {
   delete process.env[KILL_ENV];
   await rig.start();
   const list = await rig.list();
+  if (commandInFlight !== undefined) {
+    const listed = (name: string) => list.some((s) => s.name === name);
+    if ('create' in commandInFlight && listed(commandInFlight.create.name)) snaps.push(commandInFlight.create);
+    if ('delete' in commandInFlight && !listed(commandInFlight.delete)) snaps.shift();
+    commandInFlight = undefined;
+  }
   expect(
     list.map((s) => `${s.name}:${s.state}`),
     what,
@@ -130,15 +141,20 @@ async function write(c: NbdClient): Promise<void> {
 
 async function snapshot(): Promise<void> {
   const name = `s${names++}`;
+  const created = { name, model: Buffer.from(origin), at: writes.length };
+  commandInFlight = { create: created };
   await rig.createSnapshot('disk', name);
-  snaps.push({ name, model: Buffer.from(origin), at: writes.length });
+  snaps.push(created);
+  commandInFlight = undefined;
 }
 
 async function deleteOldest(): Promise<void> {
   const s = snaps[0];
   if (s === undefined) return;
+  commandInFlight = { delete: s.name };
   await rig.deleteSnapshot('disk', s.name);
   snaps.shift();
+  commandInFlight = undefined;
 }
 
 /**
