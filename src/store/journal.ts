@@ -1,7 +1,13 @@
 /**
  * The metadata journal: an append-only chain of blocks in store slots, holding the records of
  * records.ts. `append()` is a group commit: records queued while a batch is being committed go
- * together in the next batch. Callers wait until their batch is durable.
+ * together in the next batch. Callers wait until their batch is durable. An idle journal starts
+ * its next batch one event-loop turn after the first record (`afterThisTurn`), not at once: the
+ * records of everything the same turn started join it. A first write after a snapshot appends two
+ * entries a few microtasks apart, its change-tracking CBT record, then its copy's EXCEPTION once
+ * the old chunk is read; started at once, the batch took the CBT records of the first request
+ * alone, and every write waited for two syncs in turn (measured at QD32: one lone CBT batch per
+ * 32 first writes; see the head of scripts/first-write-bench.ts).
  *
  * Writing a batch: its records, then a COMMIT (first seq, count, and a chain value:
  * checksum(previous batch's chain || this batch's records as encoded)), then ONE `space.sync()`,
@@ -42,6 +48,14 @@ import { BLOCK_HEADER, encodeBlockHeader, encodeRecord, type JournalRecord } fro
 import type { StoreSpace } from './space.ts';
 
 export type { JournalOpenOptions, JournalReport } from './journal-replay.ts';
+
+/**
+ * Resolves once the current turn of the event loop is over: after the callbacks of this poll
+ * phase and their microtasks (setImmediate), so the records they append wait at most that long.
+ */
+function afterThisTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
 
 interface Pending {
   records: JournalRecord[];
@@ -168,7 +182,7 @@ export class Journal {
     if (this.refusal !== undefined) return Promise.reject(this.refusal);
     return new Promise((resolve, reject) => {
       this.queue.push({ records, copies, resolve, reject });
-      if (this.committing === undefined) this.committing = this.commitLoop();
+      if (this.committing === undefined) this.committing = afterThisTurn().then(() => this.commitLoop());
     });
   }
 

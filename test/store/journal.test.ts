@@ -58,6 +58,24 @@ describe('journal', () => {
     expect(records).toEqual([...batchRecords(0, 3), ...waves.flat()]);
     expect(report.batches).toBeLessThan(31); // grouped
   });
+  it('starts a batch one turn after the first record: appends a few microtasks apart share one sync', async () => {
+    const space = new TestSpace(junkFile());
+    const journal = await Journal.create(space);
+    const first = journal.slots[0] as number;
+    const syncs0 = space.syncs;
+    // As a first write after a snapshot: its change-tracking record at once, its copy's record
+    // once the old chunk is read (a few microtasks later, in the same turn of the event loop).
+    const tracked = journal.append(batchRecords(1, 1));
+    for (let i = 0; i < 5; i++) await Promise.resolve();
+    const copied = journal.append(batchRecords(2, 2));
+    await Promise.all([tracked, copied]);
+    expect(space.syncs - syncs0).toBe(1);
+    space.close();
+    const { records, report } = await open(space.path, first);
+    expect(records).toEqual([...batchRecords(1, 1), ...batchRecords(2, 2)]);
+    expect(report.batches).toBe(1);
+  });
+
   it('names the block and slot of a read error (EIO, short read) instead of ending the journal there', async () => {
     const built = await build(SIZES, true);
     const { report } = await open(built.path, built.first);
