@@ -14,7 +14,7 @@
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -61,7 +61,7 @@ async function waitFor(cond: () => boolean, what: string, ms = 30_000): Promise<
 /** A client that sends a 32 MiB WRITE header and part of its payload, then stalls. */
 async function stallMidPayload(p: number): Promise<RawClient> {
   const c = await RawClient.open(p, 'dev');
-  const header = serialize.request({ type: Command.WRITE, flags: 0, cookie: 1n, offset: 0n, length: 32 * MiB });
+  const header = serialize.request(0, Command.WRITE, 1n, 0, 32 * MiB);
   c.socket.write(header);
   c.socket.write(Buffer.alloc(20 * MiB, 7));
   return c;
@@ -73,9 +73,7 @@ async function neverReads(p: number): Promise<Socket> {
   c.socket.pause();
   c.socket.removeAllListeners('data');
   for (let i = 0; i < 4; i++) {
-    c.socket.write(
-      serialize.request({ type: Command.READ, flags: 0, cookie: BigInt(i + 1), offset: BigInt(i * 32 * MiB), length: 32 * MiB }),
-    );
+    c.socket.write(serialize.request(0, Command.READ, BigInt(i + 1), i * 32 * MiB, 32 * MiB));
   }
   return c.socket;
 }
@@ -119,7 +117,20 @@ async function round(i: number): Promise<Outcome> {
   port += 2;
   let origin = image;
   if (values.remote) {
-    const q = bg('qemu-nbd', ['-f', 'raw', '--cache=writeback', '-p', String(port + 1), '-b', '127.0.0.1', '-x', 'o', '-t', '--shared=8', image]);
+    const q = bg('qemu-nbd', [
+      '-f',
+      'raw',
+      '--cache=writeback',
+      '-p',
+      String(port + 1),
+      '-b',
+      '127.0.0.1',
+      '-x',
+      'o',
+      '-t',
+      '--shared=8',
+      image,
+    ]);
     await sleep(300);
     if (q.exitCode !== null) throw new Error('qemu-nbd did not start');
     origin = `nbd://127.0.0.1:${port + 1}/o`;
@@ -128,7 +139,21 @@ async function round(i: number): Promise<Outcome> {
   const pidFile = join(dir, 'pid');
   const srv = spawn(
     process.execPath,
-    [CLI, 'serve', `dev=${origin}`, '--store', store, '--control', control, '-p', String(port), '--pid-file', pidFile, '--log-level', 'info'],
+    [
+      CLI,
+      'serve',
+      `dev=${origin}`,
+      '--store',
+      store,
+      '--control',
+      control,
+      '-p',
+      String(port),
+      '--pid-file',
+      pidFile,
+      '--log-level',
+      'info',
+    ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   children.push(srv);
@@ -142,20 +167,51 @@ async function round(i: number): Promise<Outcome> {
     exit = code !== null ? `exit ${code}` : `signal ${sig}`;
     exitAt = Date.now();
   });
-  await waitFor(() => existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '' || exit !== undefined, 'server');
+  await waitFor(
+    () => (existsSync(pidFile) && readFileSync(pidFile, 'utf8').trim() !== '') || exit !== undefined,
+    'server',
+  );
   if (exit !== undefined) throw new Error(`server exited: ${log}`);
   const uri = `nbd://127.0.0.1:${port}/dev`;
 
   // Data before the snapshots, a held snapshot, more data, a snapshot to merge.
   spawnSync('nbdcopy', ['--', '[', 'nbdkit', '-s', 'pattern', `size=${SIZE / 4}`, ']', uri], { stdio: 'ignore' });
   ctl(['snapshot', 'create', 'dev', 'held'], control);
-  spawnSync('fio', ['--name=w', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=64k', `--size=${SIZE / 8}`, '--iodepth=8'], { stdio: 'ignore' });
+  spawnSync(
+    'fio',
+    ['--name=w', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=64k', `--size=${SIZE / 8}`, '--iodepth=8'],
+    { stdio: 'ignore' },
+  );
   ctl(['snapshot', 'create', 'dev', 'm'], control);
-  spawnSync('fio', ['--name=w', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=64k', `--size=${SIZE / 8}`, '--iodepth=8'], { stdio: 'ignore' });
+  spawnSync(
+    'fio',
+    ['--name=w', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=64k', `--size=${SIZE / 8}`, '--iodepth=8'],
+    { stdio: 'ignore' },
+  );
   // The load.
   const rt = '30';
-  bg('fio', ['--name=first', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=32', '--time_based', `--runtime=${rt}`, `--size=${SIZE}`]);
-  bg('fio', ['--name=seq', '--ioengine=nbd', `--uri=${uri}`, '--rw=write', '--bs=1m', '--iodepth=16', '--time_based', `--runtime=${rt}`, `--size=${SIZE}`]);
+  bg('fio', [
+    '--name=first',
+    '--ioengine=nbd',
+    `--uri=${uri}`,
+    '--rw=randwrite',
+    '--bs=4k',
+    '--iodepth=32',
+    '--time_based',
+    `--runtime=${rt}`,
+    `--size=${SIZE}`,
+  ]);
+  bg('fio', [
+    '--name=seq',
+    '--ioengine=nbd',
+    `--uri=${uri}`,
+    '--rw=write',
+    '--bs=1m',
+    '--iodepth=16',
+    '--time_based',
+    `--runtime=${rt}`,
+    `--size=${SIZE}`,
+  ]);
   bg('nbdcopy', ['--', '[', 'nbdkit', '-s', 'random', `size=${SIZE}`, ']', uri]);
   const stall = await stallMidPayload(port).catch(() => undefined);
   const deaf = await neverReads(port).catch(() => undefined);
@@ -164,7 +220,8 @@ async function round(i: number): Promise<Outcome> {
   if (exit !== undefined) throw new Error(`server exited under load (${exit}): ${log.slice(-3000)}`);
   const t0 = Date.now();
   srv.kill('SIGTERM');
-  const second = values.second === undefined ? undefined : setTimeout(() => srv.kill('SIGTERM'), Number(values.second) * 1000);
+  const second =
+    values.second === undefined ? undefined : setTimeout(() => srv.kill('SIGTERM'), Number(values.second) * 1000);
   let hung = false;
   while (exit === undefined && Date.now() - t0 < HANG_S * 1000) {
     await sleep(50);
@@ -186,7 +243,10 @@ async function round(i: number): Promise<Outcome> {
   deaf?.destroy();
   for (const c of children) if (c !== srv && c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   const stopped = /"msg":"stopped"/.test(log);
-  const lastLines = log.split('\n').filter((l) => /shutting|stopped|shutdown|forced|waiting/.test(l)).slice(-4);
+  const lastLines = log
+    .split('\n')
+    .filter((l) => /shutting|stopped|shutdown|forced|waiting/.test(l))
+    .slice(-4);
   console.log(`round ${i}: ${exit} after ${seconds.toFixed(2)} s (stopped logged: ${stopped})`);
   for (const l of lastLines) console.log(`   ${l.slice(0, 300)}`);
   rmSync(dir, { recursive: true, force: true });
