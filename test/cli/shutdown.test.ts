@@ -10,13 +10,17 @@
  *   next start finishes it.
  * The only time bound is the generous one that proves the process ends at all.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { Command } from '../../src/nbd-protocol/index.ts';
 import { hasTool, pattern, run, sameBytes } from '../helpers/clients.ts';
+import { changeChunks, mergeStatus, waitMergeDone } from '../helpers/merge.ts';
 import { RawClient } from '../helpers/raw-client.ts';
 import { CLI, type RunningServer, startServer, tempDir } from '../helpers/server.ts';
+import { assertSame, KiB, makeImage, makeSparse, Rig } from '../helpers/snapshots.ts';
+import { stampedImage } from '../helpers/stamps.ts';
 import { startPeer } from '../remote/peers.ts';
 
 const MiB = 1024 * 1024;
@@ -139,5 +143,38 @@ describe('SIGTERM', () => {
     expect(await stopWithin(srv, 'SIGTERM')).toBe('SIGTERM');
     expect(srv.stderr()).toContain('second SIGTERM during the shutdown: stopping now');
     expect(srv.stderr()).not.toContain('"msg":"stopped"');
+  }, 180_000);
+
+  it('stops a merge (not failed, no I/O on closed files) and the next start finishes it', async () => {
+    const sub = join(dir.path, 'merge');
+    mkdirSync(sub);
+    const origin = stampedImage(16 * MiB, 0);
+    const store = makeSparse(join(sub, 'store.img'), 64 * MiB);
+    const rig = new Rig(sub, {
+      devices: { disk: makeImage(join(sub, 'disk.img'), origin) },
+      stores: [store],
+      chunkSize: '64K',
+      extra: ['--merge-speed', '1M'],
+    });
+    onTestFinished(() => void rig.server?.child.kill('SIGKILL'));
+    await rig.start();
+    const c = await rig.open('disk');
+    await rig.createSnapshot('disk', 'm');
+    const snap = Buffer.from(origin);
+    await changeChunks(c, origin, { chunkSize: 64 * KiB, fraction: 0.6, seed: 31, firstSeq: 1 });
+    await rig.closeClients();
+    await rig.ctl('merge.start', { device: 'disk', name: 'm' });
+    const srv = rig.server as RunningServer;
+    rig.server = undefined;
+    expect(await stopWithin(srv)).toBe(0);
+    expect(srv.stderr()).not.toContain('merge-failed');
+    expect(srv.stderr()).not.toContain('bad file descriptor');
+    expect(await journalEnd(store)).toContain('ended clean');
+    const again = await rig.start();
+    expect((await mergeStatus(rig))[0]).toMatchObject({ snapshot: 'disk@m', state: 'merging' });
+    await rig.ctl('merge.speed', { device: 'disk', name: 'm', speed: 0 });
+    await waitMergeDone(rig, 'disk@m');
+    assertSame(await rig.readAll('disk'), snap, 'origin after the resumed merge');
+    expect(await stopWithin(again)).toBe(0);
   }, 180_000);
 });
