@@ -58,6 +58,7 @@ export function stopOnSignals(log: Logger, steps: () => ShutdownStep[], opts: Sh
     let started = 0;
     let current: ShutdownStep | undefined;
     let clean = false;
+    let finished = false;
     const force = (why: string) => {
       log.warn(`${why}: stopping now`, {
         waitingFor: current?.name ?? null,
@@ -66,6 +67,8 @@ export function stopOnSignals(log: Logger, steps: () => ShutdownStep[], opts: Sh
       endNow();
     };
     const onSignal = (sig: NodeJS.Signals) => {
+      // Every step done (the exit is under way): nothing is lost by exiting now.
+      if (finished) process.exit(process.exitCode ?? 0);
       if (started > 0) force(`second ${sig} during the shutdown`);
       started = Date.now();
       log.info('shutting down', {
@@ -112,6 +115,7 @@ export function stopOnSignals(log: Logger, steps: () => ShutdownStep[], opts: Sh
           if (step.unbounded !== true) bounded += Date.now() - since;
         }
         current = undefined;
+        finished = true;
         clearInterval(timer);
         if (failure === undefined) resolve();
         else reject(failure);
