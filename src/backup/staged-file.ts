@@ -11,8 +11,16 @@
  * allocated per record. Without the helper (or its functions), `StagedFile.create` answers
  * undefined and the writer keeps its buffered path (writer.ts, hasher.ts).
  *
- * Fail-stop: the first error of a write or of the hash fails every later call; nothing is
- * retried or skipped.
+ * O_DIRECT where it works, the page cache where it does not: a file system that refuses O_DIRECT
+ * at open (EINVAL) gets a buffered file from the start; one that takes it at open but refuses
+ * the writes (EINVAL from an aligned write) gets it from that write on: the file is opened again
+ * without O_DIRECT (the same file: device and inode are checked), and every chunk whose write was
+ * refused is written again through it, whole (a refused write wrote nothing, and rewriting the
+ * whole chunk covers one that wrote part). Chunks are freed only once written, so the bytes are
+ * still there; the hash runs from the chunks, not from the file, and is unchanged.
+ *
+ * Fail-stop: any other error of a write or of the hash (and EINVAL from a buffered write) fails
+ * every later call; nothing is skipped.
  */
 import { constants } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
@@ -36,6 +44,9 @@ const BACKGROUND_SYNC_EVERY = 64 * 1024 * 1024;
 
 const helper = native as Helper | undefined;
 
+/** The file opens, as a seam for the tests' injected faults (a file system refusing O_DIRECT). */
+export const files = { open };
+
 function available(): BackupNative | undefined {
   const h = helper;
   if (
@@ -57,7 +68,11 @@ interface Chunk {
 
 export class StagedFile {
   readonly path: string;
-  readonly direct: boolean;
+  /** Opened with O_DIRECT (whatever happened after: see `direct`). */
+  private readonly openedDirect: boolean;
+  /** The O_DIRECT descriptor's writes were refused: this is the same file without it. */
+  private buffered: FileHandle | undefined;
+  private fallingBack: Promise<FileHandle> | undefined;
   private readonly fh: FileHandle;
   private readonly n: BackupNative;
   private readonly sha: object;
@@ -85,7 +100,7 @@ export class StagedFile {
   private constructor(path: string, fh: FileHandle, direct: boolean, n: BackupNative) {
     this.path = path;
     this.fh = fh;
-    this.direct = direct;
+    this.openedDirect = direct;
     this.n = n;
     this.sha = n.sha256Create();
     this.chunk = { buf: n.alignedBuffer(CHUNK), busy: 0 };
@@ -104,7 +119,7 @@ export class StagedFile {
     try {
       if (direct) {
         try {
-          fh = await open(path, flags | constants.O_DIRECT, 0o600);
+          fh = await files.open(path, flags | constants.O_DIRECT, 0o600);
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
           direct = false; // a file system without O_DIRECT
@@ -112,11 +127,11 @@ export class StagedFile {
       }
       if (fh === undefined) {
         try {
-          fh = await open(path, flags, 0o600);
+          fh = await files.open(path, flags, 0o600);
         } catch (err) {
           // Linux refuses O_DIRECT only after creating the file: the empty file just made, ours
           if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || direct === (opts.direct ?? true)) throw err;
-          fh = await open(path, constants.O_WRONLY);
+          fh = await files.open(path, constants.O_WRONLY);
           if ((await fh.stat()).size !== 0) {
             await fh.close();
             throw err;
@@ -129,6 +144,11 @@ export class StagedFile {
       throw new NbdsnapError('BAD_ARGUMENT', `cannot create ${path}: ${(err as Error).message}`);
     }
     return new StagedFile(path, fh, direct, n);
+  }
+
+  /** Writes go through O_DIRECT (false from the start, or since the file system refused them). */
+  get direct(): boolean {
+    return this.openedDirect && this.buffered === undefined;
   }
 
   /** Bytes appended so far. */
@@ -194,13 +214,16 @@ export class StagedFile {
     this.check();
     await this.background;
     this.check();
-    if (this.direct) await this.fh.truncate(size);
-    await this.fh.sync();
+    // A last chunk written through O_DIRECT (or refused there, then written again) was rounded up.
+    if (this.openedDirect) await this.fh.truncate(size);
+    await (this.buffered ?? this.fh).sync();
   }
 
   async close(): Promise<void> {
     while (this.inFlight > 0) await new Promise<void>((r) => this.waiting.push(r));
     await this.background;
+    await this.fallingBack?.catch(() => undefined);
+    await this.buffered?.close();
     await this.fh.close();
   }
 
@@ -234,16 +257,43 @@ export class StagedFile {
   }
 
   private write(buf: Buffer, at: number, c: Chunk): void {
+    const direct = this.direct;
     (helper as NativeFs & { writeBatch: NonNullable<NativeFs['writeBatch']> }).writeBatch(
-      this.fh.fd,
+      (this.buffered ?? this.fh).fd,
       [buf],
       [at],
       (errors) => {
-        const e = errors[0];
+        const e = errors[0] as NodeJS.ErrnoException | undefined;
+        if (e?.code === 'EINVAL' && direct && this.failure === undefined) {
+          // O_DIRECT taken at open but not for writes: this chunk again, through the page cache.
+          this.fallBack().then(
+            () => this.write(buf, at, c),
+            (err: unknown) => {
+              this.fail(err as Error);
+              this.done(c);
+            },
+          );
+          return;
+        }
         if (e !== undefined) this.fail(e);
         this.done(c);
       },
     );
+  }
+
+  /** The same file opened again without O_DIRECT (once; writes in flight meanwhile wait for it). */
+  private fallBack(): Promise<FileHandle> {
+    this.fallingBack ??= (async () => {
+      const fh = await files.open(this.path, constants.O_WRONLY);
+      const [a, b] = await Promise.all([this.fh.stat(), fh.stat()]);
+      if (a.dev !== b.dev || a.ino !== b.ino) {
+        await fh.close();
+        throw Object.assign(new Error(`${this.path} was replaced while being written`), { code: 'ESTALE' });
+      }
+      this.buffered = fh;
+      return fh;
+    })();
+    return this.fallingBack;
   }
 
   private hash(part: Buffer, c: Chunk): void {

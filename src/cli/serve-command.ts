@@ -80,6 +80,12 @@ export const SERVE_OPTIONS: Record<string, OptionSpec> = {
     describe: 'seconds a client has to finish the handshake; 0 for no limit',
   },
   'max-connections': { kind: 'number', default: 4096, describe: 'clients served at once; more are closed at accept' },
+  'shutdown-timeout': {
+    kind: 'number',
+    default: 30,
+    describe:
+      'seconds a graceful stop (SIGTERM, SIGINT) may take; then it ends without the clean mark (the next start replays the journal); 0 for no limit',
+  },
   'remote-timeout': {
     kind: 'number',
     default: 60,
@@ -263,6 +269,7 @@ export const serveCommand = defineCommand({
       metrics: optString(a.metrics),
       limits: serverLimits(a),
       remote: remoteSettings(a),
+      shutdownTimeoutMs: shutdownTimeout(a),
     };
     const specs = checkServeOptions(opts);
     if (opts.fork && opts.exitWithParent) {
@@ -308,6 +315,15 @@ function remoteSettings(a: ServeArgs): ServeOptions['remote'] {
     throw new NbdsnapError('BAD_ARGUMENT', '--remote-connections must be a whole number from 1 to 64');
   }
   return { timeoutMs: Math.round(timeout * 1000), connections };
+}
+
+/** --shutdown-timeout, checked, in milliseconds. */
+function shutdownTimeout(a: ServeArgs): number {
+  const seconds = a['shutdown-timeout'] as number;
+  if (!Number.isFinite(seconds) || seconds < 0) {
+    throw new NbdsnapError('BAD_ARGUMENT', '--shutdown-timeout must be a number of seconds (0 for no limit)');
+  }
+  return Math.round(seconds * 1000);
 }
 
 /** --max-buffer, --handshake-timeout and --max-connections, checked. */

@@ -2,7 +2,7 @@
  * `nbdsnap serve`: open the images, put each behind its copy-on-write origin layer, open the
  * difference store and bring back every snapshot, register the exports, listen, print how to
  * connect, write the pid file once connections are accepted, and stop gracefully on SIGTERM /
- * SIGINT (a second signal exits at once).
+ * SIGINT (shutdown.ts: bounded by --shutdown-timeout; a second signal ends it at once).
  */
 import type { BlockDevice } from '../block/device.ts';
 import { FileDevice } from '../block/file-device.ts';
@@ -23,6 +23,7 @@ import { StoreSpace } from '../store/space.ts';
 import { checkServeOptions, type ImageSpec, parsePort } from './args.ts';
 import { forkServer, isForkChild, reportReady, watchParent } from './daemon.ts';
 import { checkPidFile, writePidFile } from './pid-file.ts';
+import { stopOnSignals } from './shutdown.ts';
 import { defaultDescription } from './serve-descriptions.ts';
 
 export interface ServeOptions {
@@ -65,6 +66,8 @@ export interface ServeOptions {
   copyCache?: number | undefined;
   /** Remote (nbd://) origins and store ranges: --remote-timeout (ms here), --remote-connections. */
   remote?: RemoteSettings | undefined;
+  /** Milliseconds a graceful stop may take before it ends without the clean mark; 0: no limit. */
+  shutdownTimeoutMs?: number | undefined;
   /** Run once the server is up (the demo takes its snapshot here); may print more lines. */
   afterStart?: (manager: SnapshotManager) => Promise<string[]>;
 }
@@ -145,24 +148,43 @@ export async function serve(opts: ServeOptions): Promise<void> {
     });
   }
 
-  await new Promise<void>((resolve) => {
-    let signals = 0;
-    const onSignal = (sig: NodeJS.Signals) => {
-      signals += 1;
-      if (signals > 1) process.exit(130);
-      log.info('shutting down', { signal: sig });
-      void server.close().then(resolve);
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-  });
-  await control?.close();
-  await metrics?.close();
-  await manager.beforeStop();
-  await Promise.all(devices.map((d) => d.device.flush().then(() => d.device.close())));
-  await manager.close();
-  await closeUnusedRemotes();
+  // What a stop waits for, in order (src/cli/README.md, "Stopping"): a second signal or
+  // --shutdown-timeout ends it at once, without the store's clean mark.
+  const timeoutMs = opts.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS;
+  await stopOnSignals(
+    log,
+    () => [
+      {
+        name: 'connections',
+        run: () => server.close(connectionGrace(timeoutMs)),
+        detail: () => ({ connections: server.connectionCount }),
+      },
+      { name: 'control and metrics', run: async () => void (await Promise.all([control?.close(), metrics?.close()])) },
+      // A transient store's merge must finish (its snapshots go at exit): not bounded.
+      { name: 'merges of a transient store', run: () => manager.beforeStop(), unbounded: true },
+      { name: 'merges', run: () => manager.stopMerges() },
+      { name: 'device flush', run: async () => void (await Promise.all(devices.map((d) => d.device.flush()))) },
+      { name: 'store', run: () => manager.close(), clean: true },
+      { name: 'devices', run: async () => void (await Promise.all(devices.map((d) => d.device.close()))) },
+      { name: 'remote exports', run: () => closeUnusedRemotes() },
+    ],
+    { timeoutMs },
+  );
   log.info('stopped');
+  // Whatever still holds the event loop now (a timer, a socket of a remote that never closes)
+  // must not keep a stopped server alive.
+  setTimeout(() => {
+    log.warn('still running after the stop: exiting', { resources: process.getActiveResourcesInfo() });
+    process.exit(0);
+  }, 2000).unref();
+}
+
+/** --shutdown-timeout's default: 30 s. */
+export const DEFAULT_SHUTDOWN_TIMEOUT_MS = 30_000;
+
+/** How long connections get to finish before clients still connected are cut off: 10 s, at most a third of the timeout. */
+export function connectionGrace(timeoutMs: number): number {
+  return timeoutMs > 0 ? Math.min(10_000, Math.floor(timeoutMs / 3)) : 10_000;
 }
 
 async function openImage(spec: ImageSpec, opts: ServeOptions, log: Logger): Promise<BlockDevice> {

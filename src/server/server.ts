@@ -152,19 +152,41 @@ export class NbdServer {
     void conn.closed.then(() => this.connections.delete(conn));
   }
 
-  /** Graceful stop; after `timeoutMs` stragglers are cut off. */
-  close(timeoutMs = 10_000): Promise<void> {
+  /**
+   * Graceful stop. At once: no new connections; every connection refuses new requests
+   * (ESHUTDOWN), finishes those in flight, flushes its export and closes once its last reply is
+   * sent. After `graceMs`, connections still open (a client that reads nothing, one stalled in the
+   * middle of a request, a reply still queued) are disconnected. Resolves once every connection
+   * is closed AND every request it had in flight has settled: the devices behind them may be
+   * closed only then (a request still running on a closed descriptor could write into a file
+   * opened later under the same number). How long that takes is bounded by the devices (a
+   * remote's --remote-timeout); serve's --shutdown-timeout bounds the whole stop.
+   */
+  close(graceMs = 10_000): Promise<void> {
     this.stopping ??= (async () => {
       // Stop accepting now, but await the listeners last: their close callbacks fire only once
       // every connection is gone, so awaiting them first would leave connected clients
       // undisturbed (never shut down) until they left on their own.
       const unlistened = Promise.all(this.listeners.map((l) => new Promise<void>((r) => l.close(() => r()))));
-      const all = Promise.all([...this.connections].map((c) => c.shutdown()));
-      const timer = setTimeout(() => {
-        for (const c of this.connections) c.destroy();
-      }, timeoutMs);
-      await all;
+      const conns = [...this.connections];
+      const all = Promise.all(conns.map((c) => c.shutdown()));
+      let timer: NodeJS.Timeout | undefined;
+      const graceOver = new Promise<boolean>((r) => {
+        timer = setTimeout(() => r(true), graceMs);
+      });
+      if (await Promise.race([all.then(() => false), graceOver])) {
+        const open = [...this.connections];
+        if (open.length > 0) {
+          this.log.warn('disconnecting clients still connected after the shutdown grace', {
+            seconds: graceMs / 1000,
+            connections: open.length,
+            exports: [...new Set(open.map((c) => c.exportName ?? null))],
+          });
+        }
+        for (const c of open) c.destroy();
+      }
       clearTimeout(timer);
+      await all;
       await unlistened;
     })();
     return this.stopping;

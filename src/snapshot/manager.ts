@@ -285,6 +285,11 @@ export class SnapshotManager {
     if (this.store?.transient === true) await this.running?.merges.settle();
   }
 
+  /** Shutdown of a durable store: running merges stop before their next run (resumed at the next start). */
+  stopMerges(): Promise<void> {
+    return this.running?.merges.stopAll() ?? Promise.resolve();
+  }
+
   async close(): Promise<void> {
     await this.checkpoints?.settled();
     if (this.store !== undefined) closeCopyReader(this.store);

@@ -206,6 +206,11 @@ export class MergeControl implements MergeHooks {
     return [...this.jobs.values()].map((j) => j.progress());
   }
 
+  /** Shutdown: end every merge loop before its next run (each resumes at the next start). */
+  async stopAll(): Promise<void> {
+    await Promise.all([...this.jobs.values()].map((j) => j.stop()));
+  }
+
   /** Resolves once no merge is running (a failed one is left as it is). */
   async settle(): Promise<void> {
     await Promise.all([...this.jobs.values()].map((j) => j.settled()));

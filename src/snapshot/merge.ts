@@ -100,6 +100,8 @@ export class MergeJob {
   private readonly bucket: TokenBucket;
   /** Ends the sleep between runs early (the speed changed). */
   private wake: (() => void) | undefined;
+  /** Set at shutdown: the loop ends before its next run (the merge resumes at the next start). */
+  private stopping = false;
 
   /** `progress`: the chunks to merge, fixed at the MERGE record (see `mergeChunks`), and those merged. */
   constructor(
@@ -173,6 +175,13 @@ export class MergeJob {
     return this.running ?? Promise.resolve();
   }
 
+  /** Shutdown: end the background loop before its next run; resolves once it has ended. */
+  stop(): Promise<void> {
+    this.stopping = true;
+    this.wake?.();
+    return this.settled();
+  }
+
   /** Start (or retry) the background loop. */
   run(): Promise<void> {
     if (this.running !== undefined) return this.running;
@@ -202,6 +211,12 @@ export class MergeJob {
       };
       for (let run = cut(); run !== undefined; ) {
         let next: number[] | undefined;
+        if (this.stopping) {
+          await ahead?.parts.catch(() => undefined);
+          ahead?.release();
+          await Promise.all(busy);
+          return;
+        }
         try {
           if (ahead === undefined) await this.pace();
           const cur = ahead ?? this.prepare(run);
@@ -259,7 +274,7 @@ export class MergeJob {
 
   /** Sleeps between runs while the rate limit says so (woken early by a change of speed). */
   private async pace(): Promise<void> {
-    for (let ms = this.bucket.delay(); ms > 0; ms = this.bucket.delay()) {
+    for (let ms = this.bucket.delay(); ms > 0 && !this.stopping; ms = this.bucket.delay()) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, ms);
         timer.unref();
