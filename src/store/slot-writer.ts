@@ -61,7 +61,7 @@ export class SlotWriter {
         this.queue = later;
         // A slot that does not exist forms a group of its own, whose write then fails.
         const end = (slot: number): number => (slot < this.space.totalSlots ? this.space.runEnd(slot) : slot + 1);
-        await Promise.all(groups(now, end).map((g) => this.writeGroup(g)));
+        await Promise.all(groups(now, end, this.space.chunkSize).map((g) => this.writeGroup(g)));
       }
     } finally {
       this.running = false;
@@ -104,8 +104,15 @@ function takeDistinct(queue: SlotWrite[]): { now: SlotWrite[]; later: SlotWrite[
 /**
  * Cut writes to distinct slots into groups of consecutive slots that do not cross a range's end
  * (`runEnd(slot)`: the first slot after the range holding `slot`), each within the size limits.
+ * Only whole slots (`slotSize` bytes) join a group: the copy of a device's last chunk, when the
+ * device's size is not a multiple of the chunk, is shorter, and one `pwritev` would put whatever
+ * follows it in the wrong place; it is written on its own.
  */
-export function groups<T extends { slot: number; data: Buffer }>(writes: T[], runEnd: (slot: number) => number): T[][] {
+export function groups<T extends { slot: number; data: Buffer }>(
+  writes: T[],
+  runEnd: (slot: number) => number,
+  slotSize: number,
+): T[][] {
   const sorted = [...writes].sort((a, b) => a.slot - b.slot);
   const out: T[][] = [];
   let cur: T[] = [];
@@ -116,6 +123,8 @@ export function groups<T extends { slot: number; data: Buffer }>(writes: T[], ru
     const joins =
       prev !== undefined &&
       w.slot === prev.slot + 1 &&
+      prev.data.length === slotSize &&
+      w.data.length === slotSize &&
       w.slot < end &&
       cur.length < MAX_GROUP_BUFFERS &&
       bytes + w.data.length <= MAX_GROUP_BYTES;

@@ -40,12 +40,17 @@ describe('groups', () => {
   const w = (slot: number) => ({ slot, data: fill(slot) });
   it('joins consecutive slots, in slot order, and cuts at gaps and range ends', () => {
     const end = (slot: number) => (slot < 10 ? 10 : 20);
-    const got = groups([w(3), w(1), w(2), w(5), w(9), w(10), w(11)], end).map((g) => g.map((x) => x.slot));
+    const got = groups([w(3), w(1), w(2), w(5), w(9), w(10), w(11)], end, CHUNK).map((g) => g.map((x) => x.slot));
     expect(got).toEqual([[1, 2, 3], [5], [9], [10, 11]]);
   });
   it('keeps a group within 256 buffers', () => {
     const many = Array.from({ length: 600 }, (_, i) => w(i));
-    expect(groups(many, () => 1000).map((g) => g.length)).toEqual([256, 256, 88]);
+    expect(groups(many, () => 1000, CHUNK).map((g) => g.length)).toEqual([256, 256, 88]);
+  });
+  it('writes a short copy (the last chunk of a device) on its own, never inside a run', () => {
+    const short = (slot: number) => ({ slot, data: Buffer.alloc(CHUNK / 2, slot) });
+    const got = groups([w(1), short(2), w(3), w(4), short(5), short(6)], () => 100, CHUNK);
+    expect(got.map((g) => g.map((x) => x.slot))).toEqual([[1], [2], [3, 4], [5], [6]]);
   });
 });
 
@@ -85,6 +90,18 @@ describe('SlotWriter', () => {
     // untouched slots still read as zeros
     const f0 = readFileSync(files[0] as string);
     expect(f0.subarray(RESERVED + 4 * CHUNK, RESERVED + 5 * CHUNK).equals(Buffer.alloc(CHUNK))).toBe(true);
+    s.close();
+  });
+  it('writes a short copy between whole ones (a last chunk shorter than the chunk size)', async () => {
+    const { space: s, files } = space([8]);
+    const writer = new SlotWriter(s);
+    const short = Buffer.alloc(CHUNK / 2, 0x5e);
+    await Promise.all([writer.write(2, fill(0x33)), writer.write(3, short), writer.write(4, fill(0x55))]);
+    const file = readFileSync(files[0] as string);
+    const at = (slot: number) => RESERVED + slot * CHUNK;
+    expect(file.subarray(at(2), at(3)).equals(fill(0x33))).toBe(true);
+    expect(file.subarray(at(3), at(3) + CHUNK / 2).equals(short)).toBe(true);
+    expect(file.subarray(at(4), at(5)).equals(fill(0x55))).toBe(true);
     s.close();
   });
   it('keeps the order of writes to one slot (the last one wins)', async () => {
