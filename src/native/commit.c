@@ -23,14 +23,13 @@
 #include <sys/uio.h>
 #include <unistd.h>
 #include <node_api.h>
+#include "async-job.h"
 #include "writes.h"
 
 #define MAX_IOV 64
 
 typedef struct {
-  napi_async_work work;
-  napi_ref buffers; /* keeps the buffers alive while the pool thread writes them */
-  napi_ref callback;
+  async_job job; /* keeps the buffers alive while the pool thread writes them */
   int fd;
   uint32_t count;
   uint32_t data_count;
@@ -43,54 +42,14 @@ typedef struct {
   int sync_err;
 } commit_job;
 
-static const char *code_of(int e) {
-  switch (e) {
-    case EBADF: return "EBADF";
-    case EINVAL: return "EINVAL";
-    case ENOSPC: return "ENOSPC";
-    case EIO: return "EIO";
-    case EDQUOT: return "EDQUOT";
-    case EFBIG: return "EFBIG";
-    case EROFS: return "EROFS";
-    case ECANCELED: return "ECANCELED";
-    default: return "EUNKNOWN";
-  }
-}
-
 static void job_free(napi_env env, commit_job *j) {
-  if (j->buffers != NULL) napi_delete_reference(env, j->buffers);
-  if (j->callback != NULL) napi_delete_reference(env, j->callback);
+  async_job_release(env, &j->job);
   free(j->data);
   free(j->length);
   free(j->offset);
   free(j->err);
   free(j->sync_fds);
   free(j);
-}
-
-/* pwritev of n buffers from iov at `at`, looped over short writes; 0 or the errno. */
-static int write_all(int fd, struct iovec *v, int left, int64_t at, size_t total) {
-  size_t done = 0;
-  while (done < total) {
-    ssize_t w = pwritev(fd, v, left, (off_t)at);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    if (w == 0) return EIO;
-    done += (size_t)w;
-    at += w;
-    while (left > 0 && (size_t)w >= v->iov_len) {
-      w -= (ssize_t)v->iov_len;
-      v++;
-      left--;
-    }
-    if (left > 0 && w > 0) {
-      v->iov_base = (char *)v->iov_base + w;
-      v->iov_len -= (size_t)w;
-    }
-  }
-  return 0;
 }
 
 static void job_execute(napi_env env, void *arg) {
@@ -114,7 +73,7 @@ static void job_execute(napi_env env, void *arg) {
       iov[k].iov_len = j->length[i + k];
       total += j->length[i + k];
     }
-    int e = write_all(j->fd, iov, (int)n, j->offset[i], total);
+    int e = pwritev_all(j->fd, iov, (int)n, j->offset[i], total);
     for (uint32_t k = 0; k < n; k++) j->err[i + k] = e;
     if (e != 0) failed = 1;
     i += n;
@@ -131,32 +90,20 @@ static void job_execute(napi_env env, void *arg) {
   }
 }
 
-static napi_value make_error(napi_env env, const char *what, int e) {
-  char msg[160];
-  napi_value code, text, err;
-  snprintf(msg, sizeof msg, "%s: %s", what, strerror(e));
-  napi_create_string_utf8(env, code_of(e), NAPI_AUTO_LENGTH, &code);
-  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
-  napi_create_error(env, code, text, &err);
-  return err;
-}
-
 static void job_complete(napi_env env, napi_status status, void *arg) {
   commit_job *j = arg;
-  napi_value cb, global, undef, args[2];
-  napi_get_global(env, &global);
+  napi_value undef, args[2];
   napi_get_undefined(env, &undef);
-  napi_get_reference_value(env, j->callback, &cb);
   napi_create_array_with_length(env, j->count, &args[0]);
   for (uint32_t i = 0; i < j->count; i++) {
     int e = status == napi_ok ? j->err[i] : EIO;
-    napi_set_element(env, args[0], i, e == 0 ? undef : make_error(env, "pwrite", e));
+    napi_set_element(env, args[0], i, e == 0 ? undef : errno_error(env, "pwrite", e));
   }
   int se = status == napi_ok ? j->sync_err : EIO;
-  args[1] = se == 0 ? undef : make_error(env, "fdatasync", se);
-  napi_delete_async_work(env, j->work);
+  args[1] = se == 0 ? undef : errno_error(env, "fdatasync", se);
+  napi_value cb = async_job_end(env, &j->job);
   job_free(env, j);
-  napi_call_function(env, global, cb, 2, args, NULL);
+  async_job_call(env, cb, 2, args);
 }
 
 static napi_value write_and_sync(napi_env env, napi_callback_info info) {
@@ -210,12 +157,7 @@ static napi_value write_and_sync(napi_env env, napi_callback_info info) {
     }
     j->sync_fds[k] = (int)sfd;
   }
-  napi_value name;
-  napi_create_string_utf8(env, "fsx.writeAndSync", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_reference(env, argv[1], 1, &j->buffers) != napi_ok ||
-      napi_create_reference(env, argv[5], 1, &j->callback) != napi_ok ||
-      napi_create_async_work(env, NULL, name, job_execute, job_complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
+  if (!async_job_queue(env, &j->job, "fsx.writeAndSync", &argv[1], 1, argv[5], job_execute, job_complete, j)) {
     job_free(env, j);
     napi_throw_error(env, "EIO", "writeAndSync: cannot queue the work");
     return NULL;
@@ -226,7 +168,7 @@ static napi_value write_and_sync(napi_env env, napi_callback_info info) {
 /* Called once from fsx.c's init. */
 void register_commit(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-    {"writeAndSync", NULL, write_and_sync, NULL, NULL, NULL, napi_default_method, NULL},
+    NATIVE_METHOD("writeAndSync", write_and_sync),
   };
-  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  NATIVE_DEFINE(env, exports, props);
 }
