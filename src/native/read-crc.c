@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <sys/uio.h>
 #include <unistd.h>
+#include "async-job.h"
 
 uint32_t nbdsnap_crc32(uint32_t crc, const uint8_t *p, size_t n);
 uint32_t nbdsnap_crc32_blocks(const uint8_t *p, size_t n, uint32_t block, uint32_t *out);
@@ -29,8 +30,7 @@ uint32_t nbdsnap_crc32_blocks(const uint8_t *p, size_t n, uint32_t block, uint32
 #define MAX_IOV 64
 
 typedef struct {
-  napi_async_work work;
-  napi_ref args[4]; /* buffers, crcs, sums, done: kept while the pool thread works */
+  async_job job; /* buffers, crcs, sums and done kept while the pool thread works */
   uint32_t count, blocks;
   int *fd;
   uint8_t **data;
@@ -41,8 +41,7 @@ typedef struct {
 } read_batch;
 
 static void rb_free(napi_env env, read_batch *b) {
-  for (int i = 0; i < 4; i++)
-    if (b->args[i] != NULL) napi_delete_reference(env, b->args[i]);
+  async_job_release(env, &b->job);
   free(b->fd);
   free(b->data);
   free(b->length);
@@ -109,18 +108,16 @@ static void rb_execute(napi_env env, void *arg) {
 
 static void rb_complete(napi_env env, napi_status status, void *arg) {
   read_batch *b = arg;
-  napi_value cb, global, errors;
-  napi_get_global(env, &global);
-  napi_get_reference_value(env, b->args[3], &cb);
+  napi_value errors;
   napi_create_array_with_length(env, b->count, &errors);
   for (uint32_t i = 0; i < b->count; i++) {
     napi_value e;
     napi_create_int32(env, status == napi_ok ? b->err[i] : EIO, &e);
     napi_set_element(env, errors, i, e);
   }
-  napi_delete_async_work(env, b->work);
+  napi_value cb = async_job_end(env, &b->job);
   rb_free(env, b);
-  napi_call_function(env, global, cb, 1, &errors, NULL);
+  async_job_call(env, cb, 1, &errors);
 }
 
 static napi_value fail(napi_env env, read_batch *b, const char *msg) {
@@ -131,13 +128,10 @@ static napi_value fail(napi_env env, read_batch *b, const char *msg) {
 
 static napi_value read_crc_batch_fn(napi_env env, napi_callback_info info) {
   static const char *usage = "readCrcBatch(fds, buffers, positions, crcs: Uint32Array, sums: Uint32Array, done)";
-  size_t argc = 6;
   napi_value argv[6];
   uint32_t count, n1, n2;
   bool arr;
-  napi_valuetype cbtype;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 6 ||
-      napi_typeof(env, argv[5], &cbtype) != napi_ok || cbtype != napi_function ||
+  if (!native_args(env, info, 6, argv) || !native_is_function(env, argv[5]) ||
       napi_is_array(env, argv[1], &arr) != napi_ok || !arr || napi_get_array_length(env, argv[1], &count) != napi_ok ||
       count == 0 || napi_get_array_length(env, argv[0], &n1) != napi_ok || n1 != count ||
       napi_get_array_length(env, argv[2], &n2) != napi_ok || n2 != count)
@@ -175,14 +169,8 @@ static napi_value read_crc_batch_fn(napi_env env, napi_callback_info info) {
     b->fd[i] = f;
     b->data[i] = data;
   }
-  static const int keep[4] = {1, 3, 4, 5};
-  for (int i = 0; i < 4; i++)
-    if (napi_create_reference(env, argv[keep[i]], 1, &b->args[i]) != napi_ok)
-      return fail(env, b, "readCrcBatch: cannot keep the arguments");
-  napi_value name;
-  napi_create_string_utf8(env, "crc.readCrcBatch", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_async_work(env, NULL, name, rb_execute, rb_complete, b, &b->work) != napi_ok ||
-      napi_queue_async_work(env, b->work) != napi_ok)
+  napi_value keep[] = {argv[1], argv[3], argv[4]};
+  if (!async_job_queue(env, &b->job, "crc.readCrcBatch", keep, 3, argv[5], rb_execute, rb_complete, b))
     return fail(env, b, "readCrcBatch: cannot queue the work");
   return NULL;
 }
@@ -210,8 +198,8 @@ static napi_value page_offset_fn(napi_env env, napi_callback_info info) {
 
 void register_read_crc(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
-    {"readCrcBatch", NULL, read_crc_batch_fn, NULL, NULL, NULL, napi_default_method, NULL},
-    {"pageOffset", NULL, page_offset_fn, NULL, NULL, NULL, napi_default_method, NULL},
+    NATIVE_METHOD("readCrcBatch", read_crc_batch_fn),
+    NATIVE_METHOD("pageOffset", page_offset_fn),
   };
-  napi_define_properties(env, exports, 2, props);
+  NATIVE_DEFINE(env, exports, props);
 }
