@@ -9,16 +9,9 @@
  *   node --import tsx scripts/copy-read-bench.ts [MiB=256] [ROUNDS=3]
  *   PROFILE_PHASE=snap-1m ...   writes snap-1m.cpuprofile of that phase (last round)
  */
-import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { FileDevice } from '../src/block/file-device.ts';
-import { Logger } from '../src/log.ts';
-import { ExportRegistry } from '../src/server/exports.ts';
-import { SnapshotManager } from '../src/snapshot/manager.ts';
-import { StoreSpace } from '../src/store/space.ts';
+import { copiedSnapshot, cpu, loopCpu, pool } from './copy-read-rig.ts';
 
 const session = new Session();
 session.connect();
@@ -28,51 +21,8 @@ await profiler('Profiler.enable');
 const MIB = Number(process.argv[2] ?? 256);
 const ROUNDS = Number(process.argv[3] ?? 3);
 const SIZE = MIB * 1024 * 1024;
-const CHUNK = 64 * 1024;
-const dir = mkdtempSync(join(tmpdir(), 'copy-read-bench-'));
+const { origin, snap, close } = await copiedSnapshot(SIZE, 'copy-read-bench-');
 try {
-  const img = join(dir, 'disk.img');
-  writeFileSync(img, randomBytes(SIZE));
-  const store = join(dir, 'store.img');
-  writeFileSync(store, Buffer.alloc(0));
-  const { truncateSync } = await import('node:fs');
-  truncateSync(store, SIZE + SIZE / 4 + 64 * 1024 * 1024);
-  const device = await FileDevice.open(img);
-  const registry = new ExportRegistry();
-  const manager = new SnapshotManager(registry, new Logger('error'), {
-    devices: [{ name: 'disk', device, description: '' }],
-    store: [StoreSpace.resolve(store)],
-    transient: false,
-    lowSpacePercent: 1,
-    readOnlyOrigins: false,
-    cbtBlockSize: 0,
-  });
-  await manager.start();
-  await manager.createSnapshot(['disk'], 's', false);
-  const origin = registry.get('disk')?.device;
-  const snap = registry.get('disk@s')?.device;
-  if (origin === undefined || snap === undefined) throw new Error('no exports');
-  const chunks = SIZE / CHUNK;
-  const order = Array.from({ length: chunks }, (_, i) => i);
-  for (let i = chunks - 1; i > 0; i--) {
-    const j = Math.floor(Math.random() * (i + 1));
-    [order[i], order[j]] = [order[j] as number, order[i] as number];
-  }
-  await pool(order, 32, (c) =>
-    origin.write(c * CHUNK + 4096 * Math.floor(Math.random() * 16), randomBytes(4096), false),
-  );
-  await origin.flush();
-
-  const cpu = () => {
-    const u = process.cpuUsage();
-    return (u.user + u.system) / 1e6;
-  };
-  // The event loop's own thread (the rest is the thread pool's): utime + stime of the main task.
-  const hz = 100;
-  const loopCpu = () => {
-    const f = readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
-    return (Number(f[11]) + Number(f[12])) / hz;
-  };
   const measure = async (label: string, dev: typeof origin, bs: number, depth: number, random: boolean, n: number) => {
     const profiling = process.env.PROFILE_PHASE === label;
     if (profiling) await profiler('Profiler.start');
@@ -100,16 +50,6 @@ try {
     await measure('origin-1m', origin, 1 << 20, 16, false, 2 * MIB);
     await measure('snap-1m', snap, 1 << 20, 16, false, 2 * MIB);
   }
-  await manager.close();
 } finally {
-  rmSync(dir, { recursive: true, force: true });
-}
-
-async function pool<T>(items: T[], depth: number, fn: (x: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(
-    Array.from({ length: depth }, async () => {
-      while (next < items.length) await fn(items[next++] as T);
-    }),
-  );
+  await close();
 }
