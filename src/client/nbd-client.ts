@@ -68,6 +68,9 @@ export interface BlockSizes {
   maximum: number;
 }
 
+/** How long `close()` waits for the server to close after NBD_CMD_DISC before destroying the socket. */
+const CLOSE_GRACE_MS = 5000;
+
 export class NbdClient {
   size = 0;
   transmissionFlags = 0;
@@ -373,14 +376,25 @@ export class NbdClient {
     this.socket.destroy();
   }
 
-  /** Soft disconnect: NBD_CMD_DISC once every reply is in, then close. */
-  async close(): Promise<void> {
+  /**
+   * Soft disconnect: NBD_CMD_DISC, then wait for the server to close. A server that does not
+   * close within `graceMs` (stopped, or not reading) has its socket destroyed: a stop of nbdsnap
+   * never waits on a remote for longer than that.
+   */
+  async close(graceMs = CLOSE_GRACE_MS): Promise<void> {
     if (this.failure === undefined) {
       this.failure = new NbdsnapError('EIO', 'client closed');
       connectionError(this.failure);
       this.resolveLost(this.failure);
       this.socket.end(serialize.request(0, Command.DISC, this.nextCookie++, 0, 0));
     }
-    await new Promise<void>((resolve) => (this.socket.closed ? resolve() : this.socket.once('close', () => resolve())));
+    if (this.socket.closed) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => this.socket.destroy(), graceMs);
+      this.socket.once('close', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 }
