@@ -212,8 +212,7 @@ export class MergeJob {
       for (let run = cut(); run !== undefined; ) {
         let next: number[] | undefined;
         if (this.stopping) {
-          await ahead?.parts.catch(() => undefined);
-          ahead?.release();
+          if (ahead !== undefined) await dropUnmerged(ahead);
           await Promise.all(busy);
           return;
         }
@@ -226,12 +225,7 @@ export class MergeJob {
           if (next !== undefined && this.bucket.speed === 0) ahead = this.prepare(next);
           await this.commit(cur);
         } catch (err) {
-          if (ahead !== undefined) {
-            // The run read ahead is dropped unmerged: wait for its reads before releasing its
-            // chunks; its own failure, if any, adds nothing to this one.
-            await ahead.parts.catch(() => undefined);
-            ahead.release();
-          }
+          if (ahead !== undefined) await dropUnmerged(ahead);
           this.state = 'failed';
           this.failure = {
             chunk: (typeof err === 'object' && err !== null ? failedChunk.get(err) : undefined) ?? (run[0] as number),
@@ -355,4 +349,14 @@ export class MergeJob {
       p.release();
     }
   }
+}
+
+/**
+ * A run read ahead and then not merged (a stop, or the run before it failed): wait for its reads
+ * before releasing its chunks. Its own read failure is not reported: nothing of it was written,
+ * and the run is read again when the merge resumes.
+ */
+async function dropUnmerged(run: PreparedRun): Promise<void> {
+  await run.parts.catch(() => undefined);
+  run.release();
 }

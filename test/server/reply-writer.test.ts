@@ -39,6 +39,26 @@ async function collect(c: RawClient, count: number): Promise<Map<bigint, Got>> {
   return got;
 }
 
+/**
+ * Send `reads` pipelined, run `between` (if given) before taking replies, then check that every
+ * reply succeeded and holds exactly the image's bytes.
+ */
+async function expectReads(
+  c: RawClient,
+  image: string,
+  reads: readonly (readonly [number, number])[],
+  between?: () => Promise<unknown>,
+): Promise<void> {
+  const cookies = reads.map(([offset, length]) => c.sendRequest(Command.READ, { offset, length }));
+  await between?.();
+  const got = await collect(c, reads.length);
+  reads.forEach(([offset, length], i) => {
+    const r = got.get(cookies[i] as bigint);
+    expect(r?.error, `read ${i}`).toBe(0);
+    expect(sameBytes(Buffer.concat(r?.data ?? []), readAt(image, offset, length)), `read ${i}`).toBe('equal');
+  });
+}
+
 describe('large READ replies', () => {
   const dir = tempDir();
   const image = join(dir.path, 'disk.img');
@@ -69,13 +89,7 @@ describe('large READ replies', () => {
         [7 * MiB + 9, 200_000],
         [SIZE - 65_536, 65_536],
       ] as const;
-      const cookies = reads.map(([offset, length]) => c.sendRequest(Command.READ, { offset, length }));
-      const got = await collect(c, reads.length);
-      reads.forEach(([offset, length], i) => {
-        const r = got.get(cookies[i] as bigint);
-        expect(r?.error, `read ${i}`).toBe(0);
-        expect(sameBytes(Buffer.concat(r?.data ?? []), readAt(image, offset, length)), `read ${i}`).toBe('equal');
-      });
+      await expectReads(c, image, reads);
       await c.disconnect();
     });
   }
@@ -90,14 +104,9 @@ describe('large READ replies', () => {
         const length = i % 5 === 0 ? 4096 : MiB + 1000 * i + 7 * round;
         reads.push([((i * 5 + round) % 44) * MiB + i * 4096, length]);
       }
-      const cookies = reads.map(([offset, length]) => c.sendRequest(Command.READ, { offset, length }));
-      await new Promise((r) => setTimeout(r, 300));
-      c.socket.resume();
-      const got = await collect(c, reads.length);
-      reads.forEach(([offset, length], i) => {
-        const r = got.get(cookies[i] as bigint);
-        expect(r?.error, `read ${i}`).toBe(0);
-        expect(sameBytes(Buffer.concat(r?.data ?? []), readAt(image, offset, length)), `read ${i}`).toBe('equal');
+      await expectReads(c, image, reads, async () => {
+        await new Promise((r) => setTimeout(r, 300));
+        c.socket.resume();
       });
     }
     await c.disconnect();
